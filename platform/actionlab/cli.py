@@ -1,0 +1,312 @@
+"""`actionlab ...`: the command line. Each subcommand is a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+
+def _recipes_dir() -> Path:
+    import workloads
+
+    return Path(workloads.__file__).resolve().parent / "recipes"
+
+
+def load_recipe(ref: str) -> dict:
+    """A recipe path/URI, or the name of a shipped recipe (`smoke`, `tsm_r50_sthv2`, ...)."""
+    from . import storage
+    from .config import load_recipe_text
+
+    candidate = _recipes_dir() / f"{ref}.yaml"
+    if not storage.is_remote(ref) and not Path(ref).exists() and candidate.exists():
+        ref = str(candidate)
+    if not storage.is_remote(ref) and not Path(ref).exists():
+        shipped = sorted(p.stem for p in _recipes_dir().glob("*.yaml"))
+        raise FileNotFoundError(f"recipe {ref!r} not found; give a YAML path or one of the shipped recipes: {shipped}")
+    return load_recipe_text(storage.read_text(ref), ref)
+
+
+def _print(obj, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj, default=str))
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            print(f"{key}: {value}")
+    else:
+        print(obj)
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_train(args) -> int:
+    from .config import resolve
+    from .train.launch import train
+
+    cfg = resolve(load_recipe(args.recipe), args.set)
+    outcome = train(cfg, register_name=args.register or "")
+    _print(outcome.summary(), args.json)
+    return 0
+
+
+def cmd_register(args) -> int:
+    from . import tracking
+
+    info = tracking.register(args.run_id, args.name, alias=args.alias)
+    _print(info, args.json)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict
+
+    results = predict(args.model, args.videos, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['video']}: ERROR {r['error']}")
+                continue
+            top = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"])
+            print(f"{r['video']}: {top}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def cmd_list(args) -> int:
+    from workloads import get_workload, list_workloads
+
+    try:
+        import tune_spaces
+
+        spaces = tune_spaces.list_spaces()
+    except (ImportError, AttributeError):
+        spaces = []
+    listing = {
+        "workloads": {n: f"[{get_workload(n).sampling}] {get_workload(n).summary}" for n in list_workloads()},
+        "recipes": sorted(p.stem for p in _recipes_dir().glob("*.yaml")),
+        "spaces": spaces,
+    }
+    if args.json:
+        print(json.dumps(listing))
+        return 0
+    print("workloads:")
+    for name, text in listing["workloads"].items():
+        print(f"  {name:10s} {text}")
+    print("recipes:  " + " ".join(listing["recipes"]))
+    print("spaces:   " + (" ".join(listing["spaces"]) or "-"))
+    return 0
+
+
+def cmd_flops(args) -> int:
+    from .config import parse_override
+    from .flops import workload_compute
+
+    params: dict = {}
+    for text in args.set:
+        params.update(parse_override(text))
+    compute = workload_compute(
+        args.workload, num_frames=args.frames, size_px=args.size, num_classes=args.num_classes, params=params
+    )
+    info = {"workload": args.workload, "frames": args.frames, "size_px": args.size,
+            "gmacs": round(compute.gmacs, 3), "params": compute.params}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(f"{args.workload} {args.frames}x{args.size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from .data.synthetic import synthesize
+
+    start = time.perf_counter()
+    manifest = synthesize(
+        args.out,
+        num_classes=args.num_classes,
+        videos_per_class=args.videos_per_class,
+        num_frames=args.frames,
+        size_px=args.size,
+        seed=args.seed,
+    )
+    print(f"wrote {manifest} ({args.num_classes} classes x {args.videos_per_class} videos) in "
+          f"{time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def cmd_data_index(args) -> int:
+    from .data.manifest import index_annotations
+
+    report = index_annotations(
+        args.annotations, fmt=args.format, root=args.root, classes_uri=args.classes, out_uri=args.output
+    )
+    print(report.summary() if hasattr(report, "summary") else report)
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from .data.check import check_manifest
+
+    report = check_manifest(args.manifest, root=args.root, out_bad_list=args.bad_list)
+    print(report.summary())
+    return 1 if report.num_bad else 0
+
+
+def cmd_quickstart(args) -> int:
+    """Synthetic MP4s -> Ray Train (TSM) -> MLflow -> registry -> predict, on this machine."""
+    from . import tracking
+    from .config import resolve
+    from .data.manifest import read_manifest
+    from .data.synthetic import synthesize
+    from .predict import predict
+    from .train.launch import train
+
+    t0 = time.perf_counter()
+    home = tracking.home()
+    data_dir = Path(args.data or home / "data" / "motion")
+    manifest = data_dir / "manifest.parquet"
+    print(f"[1/4] dataset: {data_dir}", flush=True)
+    if not manifest.exists():
+        synthesize(data_dir, num_classes=6, videos_per_class=48, num_frames=16, size_px=64, seed=0)
+        print(f"      generated 6 motion classes x 48 H.264 videos in {time.perf_counter() - t0:.0f}s", flush=True)
+    else:
+        print("      reusing the generated dataset", flush=True)
+    overrides = [f"data.manifest={manifest}", *args.set]
+    if args.epochs:
+        overrides.append(f"schedule.epochs={args.epochs}")
+    cfg = resolve(load_recipe("smoke"), overrides)
+    print(f"[2/4] training {cfg.workload.name} on Ray ({cfg.schedule.epochs} epochs, "
+          f"{cfg.clip.num_frames} frames at {cfg.clip.size_px}px); MLflow store: {tracking.tracking_uri()}", flush=True)
+    outcome = train(cfg)
+    print(f"[3/4] registering run {outcome.run_id} as '{args.model_name}'", flush=True)
+    registered = tracking.register(outcome.run_id, args.model_name)
+    model_uri = f"models:/{args.model_name}@champion"
+    df = read_manifest(str(manifest))
+    val = df[df["split"] == "val"].groupby("label").head(1).head(3)
+    videos = [str(data_dir / v) for v in val["video"]]
+    print(f"[4/4] predicting {len(videos)} videos with {model_uri}", flush=True)
+    predictions = predict(model_uri, videos)
+    classes = (data_dir / "classes.txt").read_text().split()
+    for (_, row), pred in zip(val.iterrows(), predictions):
+        top = pred.get("top", [{}])[0]
+        print(f"      {Path(pred['video']).name}: predicted {top.get('class')} ({top.get('prob', 0):.2f}), "
+              f"true {classes[int(row['label'])]}", flush=True)
+    summary = {
+        **outcome.summary(),
+        "model_uri": model_uri,
+        "registered_version": registered["version"],
+        "champion_moved": registered["alias_moved"],
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "mlflow_ui": tracking.ui_command(),
+    }
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(f"done in {summary['wall_s']:.0f}s: val/top1 {outcome.metrics.get('val/top1', float('nan')):.3f}; "
+              f"registered {args.model_name} v{registered['version']}"
+              f"{' (champion)' if registered['alias_moved'] else ' (champion unchanged: not better)'}")
+        print(f"open the MLflow UI with:  {tracking.ui_command()}")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="actionlab", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="more logging from Ray and MLflow")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn, help_text):
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def sets(sp):
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted config override, e.g. optim.lr=0.01 (repeatable)")
+
+    sp = add("quickstart", cmd_quickstart, "generate data, train TSM on Ray, track, register, predict")
+    sp.add_argument("--data", help="dataset folder (default: $ACTIONLAB_HOME/data/motion)")
+    sp.add_argument("--epochs", type=int, help="override the smoke recipe's epochs")
+    sp.add_argument("--model-name", default="actionlab-quickstart")
+    sp.add_argument("--json", action="store_true")
+    sets(sp)
+
+    sp = add("train", cmd_train, "train a workload from a recipe on Ray Train")
+    sp.add_argument("recipe", help="recipe YAML path/URI or shipped recipe name (see `actionlab list`)")
+    sp.add_argument("--register", metavar="NAME", help="register the final checkpoint under NAME")
+    sp.add_argument("--json", action="store_true", help="print one JSON object with the run id and metrics")
+    sets(sp)
+
+    sp = add("register", cmd_register, "register a run's checkpoint as a model version")
+    sp.add_argument("run_id")
+    sp.add_argument("--name", required=True)
+    sp.add_argument("--alias", default="champion", help="moved only when the new version's val/top1 is better")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("predict", cmd_predict, "top-5 classes for videos")
+    sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")
+    sp.add_argument("videos", nargs="+")
+    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("list", cmd_list, "registered workloads, shipped recipes and tune spaces")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("flops", cmd_flops, "GMACs and parameters of a workload, measured on the module")
+    sp.add_argument("workload")
+    sp.add_argument("--frames", type=int, default=8)
+    sp.add_argument("--size", type=int, default=224)
+    sp.add_argument("--num-classes", type=int, default=400)
+    sp.add_argument("--json", action="store_true")
+    sets(sp)
+
+    data = sub.add_parser("data", help="datasets: synth, index, check").add_subparsers(dest="data_command", required=True)
+    sp = data.add_parser("synth", help="render the motion dataset as H.264 MP4 files")
+    sp.set_defaults(fn=cmd_data_synth)
+    sp.add_argument("out")
+    sp.add_argument("--num-classes", type=int, default=6)
+    sp.add_argument("--videos-per-class", type=int, default=48)
+    sp.add_argument("--frames", type=int, default=16)
+    sp.add_argument("--size", type=int, default=64)
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = data.add_parser("index", help="convert IBM / TSN / mmaction2 annotation files to a manifest")
+    sp.set_defaults(fn=cmd_data_index)
+    sp.add_argument("annotations")
+    sp.add_argument("--format", required=True, choices=["ibm", "tsn", "mmaction"])
+    sp.add_argument("--root", required=True, help="folder or URI the annotation paths are relative to")
+    sp.add_argument("--classes", required=True, help="class-name list, one per line")
+    sp.add_argument("-o", "--output", required=True, help="manifest.parquet to write")
+
+    sp = data.add_parser("check", help="pre-flight: open every video, list the bad ones and what to fix")
+    sp.set_defaults(fn=cmd_data_check)
+    sp.add_argument("manifest")
+    sp.add_argument("--root")
+    sp.add_argument("--bad-list", help="write the bad files as CSV here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.verbose:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return args.fn(args) or 0
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
+        if args.verbose:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"actionlab: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

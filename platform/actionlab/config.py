@@ -1,0 +1,266 @@
+"""Experiment configuration: frozen dataclasses, YAML recipes and dotted `--set` overrides.
+
+Precedence is dataclass defaults < recipe YAML < `--set key=value`. Every key is checked: an unknown
+key raises with the nearest valid name, a value of the wrong type raises with the expected type. The
+config becomes a plain dict only at the Ray boundary (`to_dict` / `from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe, override or value that does not fit the config schema."""
+
+
+@dataclass(frozen=True)
+class WorkloadConfig:
+    name: str = "tsm"
+    # Keys of the workload's own Params dataclass (checked when the workload is built).
+    params: dict = field(default_factory=dict)
+    # Warm start: a checkpoint URI or `models:/NAME@ALIAS`; the head is re-created when the
+    # number of classes differs and the loader reports loaded / skipped / new weights.
+    init_from: str = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str = ""
+    val_manifest: str = ""
+    root: str = ""  # default: the manifest's folder
+    classes: str = ""  # default: classes.txt beside the manifest
+    name: str = ""  # dataset name for tags; default: the manifest folder's name
+    batch_size: int = 8  # per Ray Train worker
+    num_loader_workers: int = 2
+    loader_timeout_s: float = 300.0
+    max_bad_fraction: float = 0.05
+    flip: str = "on"  # off | on | swap_pairs (left/right classes swap labels on flip)
+    cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    num_frames: int = 8
+    stride: int = 1  # frame interval for dense (clip) sampling; unused by segment sampling
+    size_px: int = 224  # crop fed to the network
+    resize_px: int = 256  # short side before cropping (eval: centre crop of size_px)
+    scales: tuple = (1.0, 0.875, 0.75, 0.66)  # multi-scale crop (train), fractions of the short side
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    num_clips: int = 1
+    num_crops: int = 1
+    fusion: str = "logits"  # logits | probs: how views are averaged per video
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    epochs: int = 10
+    warmup_epochs: int = 0
+    lr_schedule: str = "cosine"  # cosine | step | constant
+    lr_steps: tuple = ()  # epochs at which lr *= 0.1 (step schedule)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    grad_clip: float = 20.0  # 0 disables
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: float = 1.0
+    amp: bool = True  # bf16 autocast on GPU
+    max_failures: int = 2  # worker-group restarts before the run fails
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    uri: str = ""  # checkpoints: local dir or s3://bucket/prefix; default under ACTIONLAB_HOME
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "actionlab"
+    run_name: str = ""  # default: <workload>-<backbone>_<T>x<stride>_<dataset>; reruns resume it
+    register: str = ""  # register the final checkpoint under this model name
+
+
+@dataclass(frozen=True)
+class Config:
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 0
+
+
+_CHOICES = {
+    ("data", "flip"): ("off", "on", "swap_pairs"),
+    ("eval", "fusion"): ("logits", "probs"),
+    ("schedule", "lr_schedule"): ("cosine", "step", "constant"),
+    ("optim", "name"): ("sgd", "adamw"),
+}
+
+
+def _nearest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}known: {sorted(options)}"
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Checks `value` against a field annotation, converting only where it is lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif annotation is tuple or origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(value)
+    elif annotation is dict or origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, values: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'; {_nearest(key, names)}")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: expected a mapping of {annotation.__name__} keys, got {value!r}")
+            kwargs[key] = _build(annotation, value, path)
+        else:
+            kwargs[key] = _coerce(value, annotation, path)
+            choices = _CHOICES.get((where, key))
+            if choices and kwargs[key] not in choices:
+                raise ConfigError(f"{path}: {kwargs[key]!r} is not one of {list(choices)}")
+    return cls(**kwargs)
+
+
+def to_dict(config: Config) -> dict:
+    """The config as plain nested dicts (for Ray, MLflow params and YAML)."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> Config:
+    """Rebuilds a Config from `to_dict` output or a recipe mapping, validating every key."""
+    return _build(Config, values or {}, "")
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """Turns `a.b.c=value` into `{"a": {"b": {"c": value}}}`; the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. optim.lr=0.01)")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def load_recipe_text(text: str, source: str) -> dict:
+    """Parses recipe YAML safely into a mapping."""
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping of config sections, got {type(values).__name__}")
+    return values
+
+
+def resolve(recipe: dict | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults < recipe mapping < dotted overrides, validated."""
+    values = to_dict(Config())
+    values = _merge(values, recipe or {})
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    return from_dict(values)
+
+
+def dump_yaml(config: Config) -> str:
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump(plain(to_dict(config)), sort_keys=False)
+
+
+def flat_params(config: Config) -> dict[str, str]:
+    """Dotted `section.key` -> string, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = str(list(value) if isinstance(value, tuple) else value)
+
+    walk("", to_dict(config))
+    return out

@@ -1,0 +1,263 @@
+"""MLflow runs, metrics, artifacts, the model registry and safe model loading.
+
+Driven by this module rather than Ray's MLflow callbacks: the driver creates (or reopens) the run,
+Ray Train's rank 0 writes to it by run id, and `MLFLOW_TRACKING_URI` is always explicit because
+Ray workers change directory. With nothing configured, runs go to an embedded SQLite store with
+local artifacts under the state folder (`ACTIONLAB_HOME`, default `~/.actionlab`).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+RUN_NAME_TAG = "actionlab.run_name"
+CHECKPOINT_ARTIFACT = "checkpoint"
+MODEL_FILE = "model.safetensors"
+META_FILE = "meta.json"
+ALIAS_HISTORY_TAG = "actionlab.alias_history"
+
+
+def home() -> Path:
+    """The state folder: embedded MLflow store, checkpoints, video cache, generated data."""
+    return Path(os.environ.get("ACTIONLAB_HOME") or Path.home() / ".actionlab").expanduser().resolve()
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` when set, else the embedded SQLite store under the state folder."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    home().mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home() / 'mlflow.db'}"
+
+
+def ui_command() -> str:
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def client():
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
+
+
+def experiment_id(name: str) -> str:
+    """Creates the experiment if needed; embedded stores keep artifacts under the state folder."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if tracking_uri().startswith("sqlite:"):
+        location = (home() / "mlartifacts").as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_runs(experiment: str, run_name: str):
+    """Runs of `experiment` whose stable actionlab run name is `run_name`, newest first."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+    )
+
+
+def start_run(experiment: str, run_name: str, *, tags: dict | None = None, parent_run_id: str = "") -> str:
+    """Creates a run and returns its id."""
+    all_tags = {RUN_NAME_TAG: run_name, "mlflow.runName": run_name, "mlflow.user": getpass.getuser()}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    all_tags.update(tags or {})
+    run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def log_params(run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    existing = client().get_run(run_id).data.params
+    new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(new), 100):
+        client().log_batch(run_id, params=new[i : i + 100])
+
+
+def log_metrics(run_id: str, metrics: dict, *, step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    if batch:
+        client().log_batch(run_id, metrics=batch)
+
+
+def set_tags(run_id: str, tags: dict) -> None:
+    for key, value in tags.items():
+        client().set_tag(run_id, key, str(value))
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    client().log_text(run_id, text, artifact_file)
+
+
+def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    client().log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+# --- checkpoints as registered models -------------------------------------------------------------
+
+
+def save_model_dir(out_dir: str | Path, model, meta: dict) -> Path:
+    """Writes `model.safetensors` + `meta.json` (everything needed to rebuild the workload)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / MODEL_FILE))
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return out
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: object  # torch.nn.Module in eval mode
+    meta: dict
+    source: str
+
+
+def resolve_model_dir(uri: str) -> Path:
+    """`models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/ID/checkpoint` or a local dir -> local dir."""
+    import mlflow
+
+    if uri.startswith("models:/"):
+        name_ref = uri[len("models:/") :]
+        c = client()
+        if "@" in name_ref:
+            name, alias = name_ref.split("@", 1)
+            mv = c.get_model_version_by_alias(name, alias)
+        elif "/" in name_ref:
+            name, version = name_ref.split("/", 1)
+            mv = c.get_model_version(name, version)
+        else:
+            raise ValueError(f"model URI {uri!r} needs an alias or a version: models:/NAME@champion or models:/NAME/3")
+        source = mv.source
+    else:
+        source = uri
+    if source.startswith(("runs:/", "mlflow-artifacts:", "s3://", "file:")) and not Path(source).is_dir():
+        mlflow.set_tracking_uri(tracking_uri())
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri()))
+    path = Path(source).expanduser()
+    if not (path / META_FILE).is_file():
+        raise FileNotFoundError(f"{uri!r}: no {META_FILE} in {path}; expected a directory written by actionlab")
+    return path
+
+
+def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
+    """Rebuilds the workload from meta.json and loads safetensors weights (never unpickles)."""
+    from safetensors.torch import load_file
+
+    from workloads import get_workload
+
+    path = resolve_model_dir(uri)
+    meta = json.loads((path / META_FILE).read_text())
+    spec = get_workload(meta["workload"])
+    model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"])
+    state = load_file(str(path / MODEL_FILE), device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{uri}: checkpoint does not match workload '{meta['workload']}': "
+            f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
+    model.to(device).eval()
+    return LoadedModel(model=model, meta=meta, source=str(path))
+
+
+def _top1_of(c, name: str, version: str) -> float | None:
+    value = c.get_model_version(name, version).tags.get("top1")
+    return float(value) if value not in (None, "") else None
+
+
+def register(
+    run_id: str,
+    name: str,
+    *,
+    alias: str = "champion",
+    artifact_path: str = CHECKPOINT_ARTIFACT,
+) -> dict:
+    """Registers the run's checkpoint as a new version of `name`; moves `alias` only on improvement.
+
+    Tags come from the run: workload, dataset, frames, top1 (`val/top1`), gmacs. The alias moves when
+    the new version's top1 beats the current holder's (or when the alias is unset); every move is
+    appended to the registered model's alias history tag (who, from which version, when).
+    """
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    run = c.get_run(run_id)
+    artifacts = [a.path for a in c.list_artifacts(run_id)]
+    if artifact_path not in artifacts:
+        raise ValueError(f"run {run_id} has no '{artifact_path}' artifact (has {artifacts}); did training finish?")
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="Registered by actionlab: safetensors checkpoint + meta.json")
+    params, metrics = run.data.params, run.data.metrics
+    tags = {
+        "workload": params.get("workload.name", ""),
+        "dataset": params.get("data.name", ""),
+        "frames": params.get("clip.num_frames", ""),
+        "top1": metrics.get("val/top1", ""),
+        "gmacs": metrics.get("model/gmacs", ""),
+        "protocol": run.data.tags.get("actionlab.val_protocol", ""),
+    }
+    mv = c.create_model_version(
+        name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+    )
+    moved = False
+    previous = None
+    if alias:
+        try:
+            previous = c.get_model_version_by_alias(name, alias).version
+        except MlflowException:
+            previous = None
+        new_top1 = _top1_of(c, name, mv.version)
+        old_top1 = _top1_of(c, name, previous) if previous else None
+        if previous is None or (new_top1 is not None and (old_top1 is None or new_top1 > old_top1)):
+            c.set_registered_model_alias(name, alias, mv.version)
+            moved = True
+            history = json.loads(c.get_registered_model(name).tags.get(ALIAS_HISTORY_TAG, "[]"))
+            history.append(
+                {
+                    "alias": alias,
+                    "version": mv.version,
+                    "previous": previous,
+                    "by": getpass.getuser(),
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "top1": new_top1,
+                }
+            )
+            c.set_registered_model_tag(name, ALIAS_HISTORY_TAG, json.dumps(history[-50:]))
+    return {"name": name, "version": mv.version, "alias": alias, "alias_moved": moved, "previous": previous}

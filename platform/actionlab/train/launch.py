@@ -1,0 +1,216 @@
+"""The training driver: resolves data paths and run identity, then runs a Ray Train TorchTrainer.
+
+Run identity is the run name plus the storage URI. Rerunning an interrupted run (same name, MLflow
+run not FINISHED) resumes it from its last checkpoint into the same MLflow run; a finished run is
+never overwritten: the new run gets a `-2`, `-3`, ... suffix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import storage, tracking
+from ..config import Config, dump_yaml, flat_params, to_dict
+from ..data import manifest as data_manifest
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    run_name: str
+    resumed: bool
+    metrics: dict
+    storage_path: str
+    registered: dict | None = None
+
+    def summary(self) -> dict:
+        out = {"run_id": self.run_id, "run_name": self.run_name, "resumed": self.resumed, **self.metrics}
+        out["checkpoints"] = self.storage_path
+        if self.registered:
+            out["registered"] = self.registered
+        return out
+
+
+def resolve_data(cfg: Config) -> dict:
+    """Manifest, root, classes and val split, with the defaults documented in DataConfig."""
+    if not cfg.data.manifest:
+        raise ValueError(
+            "data.manifest is not set: pass --set data.manifest=PATH_OR_URI, or make a dataset with "
+            "`actionlab data synth DIR` or `actionlab data index ANNOTATIONS ...`"
+        )
+    manifest = cfg.data.manifest
+    if not storage.is_remote(manifest):
+        manifest = str(Path(manifest).expanduser().resolve())
+        if not Path(manifest).is_file():
+            raise FileNotFoundError(f"data.manifest {cfg.data.manifest!r} does not exist (resolved to {manifest})")
+    classes_uri = cfg.data.classes or data_manifest.default_classes(manifest)
+    classes = data_manifest.read_classes(classes_uri)
+    val_manifest = cfg.data.val_manifest or manifest
+    if not storage.is_remote(val_manifest):
+        val_manifest = str(Path(val_manifest).expanduser().resolve())
+    root = cfg.data.root or data_manifest.default_root(manifest)
+    if not storage.is_remote(root):
+        root = str(Path(root).expanduser().resolve())
+    return {
+        "manifest": manifest,
+        "val_manifest": val_manifest,
+        "val_split": "val",
+        "root": root,
+        "classes": classes,
+        "dataset": cfg.data.name or Path(manifest.rstrip("/")).parent.name,
+        "cache_dir": cfg.data.cache_dir or str(tracking.home() / "cache"),
+    }
+
+
+def default_run_name(cfg: Config, dataset: str) -> str:
+    backbone = cfg.workload.params.get("backbone")
+    if backbone is None:
+        from workloads import get_workload
+
+        backbone = getattr(get_workload(cfg.workload.name).params_cls(), "backbone", "")
+    arch = f"{cfg.workload.name}-{backbone}" if backbone else cfg.workload.name
+    return f"{arch}_{cfg.clip.num_frames}x{cfg.clip.stride}_{dataset}"
+
+
+def storage_root(cfg: Config) -> str:
+    if cfg.storage.uri:
+        return cfg.storage.uri if storage.is_remote(cfg.storage.uri) else str(Path(cfg.storage.uri).expanduser().resolve())
+    return str(tracking.home() / "runs")
+
+
+def claim_run(cfg: Config, base_name: str, root: str) -> tuple[str, str | None]:
+    """Picks the run name to use and, when it is an interrupted run, the MLflow run id to resume.
+
+    Returns (name, run_id or None). A FINISHED MLflow run, or checkpoints in storage that no MLflow
+    run owns, make the name taken: the next suffix is tried.
+    """
+    for n in range(1, 1000):
+        name = base_name if n == 1 else f"{base_name}-{n}"
+        runs = tracking.find_runs(cfg.tracking.experiment, name)
+        if runs:
+            if runs[0].info.status == "FINISHED":
+                continue
+            return name, runs[0].info.run_id
+        if storage.exists(storage.join(root, name)):
+            continue
+        return name, None
+    raise RuntimeError(f"could not find a free run name for {base_name!r}")
+
+
+def _check_resources(cfg: Config, use_gpu: bool) -> None:
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpu = cfg.compute.num_workers * cfg.compute.cpus_per_worker
+    if need_cpu > have.get("CPU", 0):
+        raise RuntimeError(
+            f"compute.num_workers={cfg.compute.num_workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
+            f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
+        )
+    if use_gpu and cfg.compute.num_workers > have.get("GPU", 0):
+        raise RuntimeError(
+            f"compute.num_workers={cfg.compute.num_workers} with GPUs needs {cfg.compute.num_workers} GPUs but the "
+            f"cluster has {have.get('GPU', 0):g}; set compute.num_workers or compute.use_gpu=false"
+        )
+
+
+def init_ray() -> None:
+    """Joins `RAY_ADDRESS` when set (as under `ray job submit`), else starts a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS") or "local",
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": worker_env()},
+    )
+
+
+def worker_env() -> dict:
+    """Environment every Ray worker needs (workers chdir, so the tracking URI must be explicit)."""
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
+    for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "ACTIONLAB_DECODER"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env
+
+
+def train(cfg: Config, *, register_name: str = "", parent_run_id: str = "") -> TrainOutcome:
+    """Runs (or resumes) a training run and returns its final metrics."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from workloads import get_workload
+
+    from .loop import train_worker
+
+    spec = get_workload(cfg.workload.name)
+    spec.resolve_params(cfg.workload.params)  # bad params fail here, before Ray starts
+    data = resolve_data(cfg)
+    root = storage_root(cfg)
+    base_name = cfg.tracking.run_name or default_run_name(cfg, data["dataset"])
+    run_name, run_id = claim_run(cfg, base_name, root)
+    resumed = run_id is not None
+    if resumed:
+        tracking.client().update_run(run_id, status="RUNNING")
+        print(f"resuming interrupted run '{run_name}' (MLflow run {run_id})", flush=True)
+    else:
+        run_id = tracking.start_run(
+            cfg.tracking.experiment,
+            run_name,
+            tags={"workload": spec.name, "dataset": data["dataset"], "actionlab.val_protocol": "1clip x 1crop"},
+            parent_run_id=parent_run_id,
+        )
+        tracking.log_params(run_id, {**flat_params(cfg), "data.name": data["dataset"],
+                                     "data.num_classes": len(data["classes"])})
+        tracking.log_text(run_id, dump_yaml(cfg), "config.yaml")
+    print(f"run '{run_name}': MLflow run {run_id}; checkpoints under {storage.join(root, run_name)}", flush=True)
+
+    init_ray()
+    import ray
+
+    use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    _check_resources(cfg, use_gpu)
+    resources = {"CPU": cfg.compute.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"config": to_dict(cfg), "ctx": {**data, "run_id": run_id, "run_name": run_name}},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.compute.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=root,
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.compute.max_failures, controller_failure_limit=3
+            ),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except BaseException as err:
+        tracking.end_run(run_id, "FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
+        tracking.set_tags(run_id, {"actionlab.error": str(err)[:4000]})
+        raise
+    metrics = dict(result.return_value or result.metrics or {})
+    tracking.end_run(run_id, "FINISHED")
+    registered = None
+    name = register_name or cfg.tracking.register
+    if name:
+        registered = tracking.register(run_id, name)
+    return TrainOutcome(
+        run_id=run_id,
+        run_name=run_name,
+        resumed=resumed,
+        metrics=metrics,
+        storage_path=storage.join(root, run_name),
+        registered=registered,
+    )

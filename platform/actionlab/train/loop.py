@@ -1,0 +1,351 @@
+"""The per-worker training function that Ray Train runs on every rank.
+
+Rank 0 owns side effects (MLflow, printing, artifacts); every rank calls `ray.train.report` once per
+epoch. A checkpoint (model, optimiser, scheduler, scaler, epoch, RNG) is reported every epoch and
+restored automatically after a worker-group restart or a rerun of the same run name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import flops, tracking
+from ..config import Config, from_dict
+from ..data import dataset as data_dataset
+from ..data import manifest as data_manifest
+from ..data import transforms as data_transforms
+from .evaluate import all_reduce_result, confusion_figure, evaluate, normalise, stats_tensors
+
+STATE_FILE = "state.pt"
+
+
+class TrainStep(nn.Module):
+    """Wraps a workload so DDP sees one forward per step, hook or not.
+
+    A workload with a `training_step(clips, labels)` hook owns its loss (mixing, gating,
+    restoration); the others get cross-entropy on their logits.
+    """
+
+    def __init__(self, model: nn.Module, *, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, clips: torch.Tensor, labels: torch.Tensor) -> dict:
+        hook = getattr(self.model, "training_step", None)
+        if hook is not None:
+            return hook(clips, labels)
+        logits = self.model(clips)  # (B, K)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        return {"loss": loss, "logits": logits}
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    """Per-step LR multiplier: linear warmup, then cosine / step / constant."""
+    total = max(1, cfg.schedule.epochs * steps_per_epoch)
+    warmup = cfg.schedule.warmup_epochs * steps_per_epoch
+    milestones = [m * steps_per_epoch for m in cfg.schedule.lr_steps]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule.lr_schedule == "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule.lr_schedule == "step":
+            return 0.1 ** sum(step >= m for m in milestones)
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def make_datasets(cfg: Config, spec, ctx: dict):
+    """Train and val datasets from the manifest(s) resolved by the driver."""
+    class_names = ctx["classes"]
+    flip_pairs = data_transforms.flip_pairs_from_names(class_names) if cfg.data.flip == "swap_pairs" else {}
+    common = dict(
+        root=ctx["root"],
+        num_classes=len(class_names),
+        sampling=spec.sampling,
+        num_frames=cfg.clip.num_frames,
+        stride=cfg.clip.stride,
+        size_px=cfg.clip.size_px,
+        resize_px=cfg.clip.resize_px,
+        scales=cfg.clip.scales,
+        flip=cfg.data.flip,
+        flip_pairs=flip_pairs,
+        seed=cfg.seed,
+        cache_dir=ctx.get("cache_dir"),
+    )
+    train_df = data_manifest.select_split(data_manifest.read_manifest(ctx["manifest"]), "train")
+    val_df = data_manifest.select_split(data_manifest.read_manifest(ctx["val_manifest"]), ctx["val_split"])
+    train = data_dataset.VideoClipDataset(df=train_df, train=True, **common)
+    # Training keeps the cheap protocol (1 clip x 1 crop); `actionlab eval` runs the full one.
+    val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, **common)
+    return train, val
+
+
+def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
+    sampler = torch.utils.data.DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.seed, drop_last=False
+    )
+    loader = data_dataset.make_loader(
+        dataset,
+        batch_size=cfg.data.batch_size,
+        shuffle=False,  # the sampler shuffles, reproducibly per epoch
+        num_workers=cfg.data.num_loader_workers,
+        timeout_s=cfg.data.loader_timeout_s,
+        sampler=sampler,
+        drop_last=train and len(dataset) >= cfg.data.batch_size * world * 2,
+    )
+    return loader, sampler
+
+
+def _log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(message, flush=True)
+        sys.stdout.flush()
+
+
+def _check_bad_fraction(cfg: Config, bad: int, seen: int, examples: list) -> None:
+    if seen and bad / seen > cfg.data.max_bad_fraction:
+        shown = "; ".join(f"{vid}: {why}" for vid, why in examples[:5])
+        raise RuntimeError(
+            f"{bad} of {seen} samples ({bad / seen:.1%}) could not be loaded, above data.max_bad_fraction="
+            f"{cfg.data.max_bad_fraction}. First ones: {shown}. Run `actionlab data check MANIFEST` to list "
+            f"every bad file, fix or drop them, or raise data.max_bad_fraction."
+        )
+
+
+def train_worker(loop_config: dict) -> dict:
+    """Ray Train entry point. `loop_config` = {"config": Config dict, "ctx": driver-resolved paths/ids}."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = from_dict(loop_config["config"])
+    ctx = loop_config["ctx"]
+    train_ctx = ray.train.get_context()
+    rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+
+    from workloads import get_workload
+
+    spec = get_workload(cfg.workload.name)
+    class_names = ctx["classes"]
+    num_classes = len(class_names)
+    model = spec.build(cfg.workload.params, num_classes=num_classes, num_frames=cfg.clip.num_frames)
+    if cfg.workload.init_from and ray.train.get_checkpoint() is None:
+        report = load_init_weights(model, cfg.workload.init_from)
+        _log(rank, f"init_from {cfg.workload.init_from}: {report}")
+
+    run_id = ctx["run_id"]
+    if rank == 0:
+        compute = flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
+        tracking.log_metrics(run_id, {"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
+        _log(rank, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
+
+    step_module = ray.train.torch.prepare_model(TrainStep(model, label_smoothing=cfg.optim.label_smoothing))
+    train_set, val_set = make_datasets(cfg, spec, ctx)
+    train_loader, train_sampler = _loader(cfg, train_set, train=True, rank=rank, world=world)
+    val_loader, _ = _loader(cfg, val_set, train=False, rank=rank, world=world)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    use_amp = cfg.compute.amp and device.type == "cuda"
+    mean_t, std_t = stats_tensors(spec.mean, spec.std, device)
+
+    start_epoch, total_bad, bad_examples = 0, 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch = int(state["epoch"]) + 1
+        total_bad = int(state.get("bad_samples", 0))
+        _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
+
+    epochs = cfg.schedule.epochs
+    metrics: dict = {}
+    result = None
+    for epoch in range(start_epoch, epochs):
+        hook = getattr(model, "on_epoch_start", None)
+        if hook is not None:
+            hook(epoch, epochs)
+        train_sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        step_module.train()
+        n_steps = len(train_loader)
+        loss_sum, seen, bad, extras = 0.0, 0, 0, {}
+        data_time = step_time = 0.0
+        epoch_start = tick = time.perf_counter()
+        for i, batch in enumerate(train_loader):
+            bad += len(batch["bad"])
+            bad_examples.extend(batch["bad"][:5])
+            if batch["clip"] is None or len(batch["label"]) == 0:
+                tick = time.perf_counter()
+                continue
+            clips = batch["clip"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            t_data = time.perf_counter()
+            data_time += t_data - tick
+            x = normalise(clips, mean_t, std_t)  # (B, T, C, H, W) float
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = step_module(x, labels)
+            loss = out["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            b = labels.shape[0]
+            loss_sum += float(loss.detach()) * b
+            seen += b
+            for key, value in out.items():
+                if key not in ("loss", "logits") and torch.is_tensor(value) and value.numel() == 1:
+                    extras[key] = extras.get(key, 0.0) + float(value) * b
+            tick = time.perf_counter()
+            step_time += tick - t_data
+            if rank == 0 and (i + 1) % max(1, n_steps // 4) == 0 or i + 1 == n_steps:
+                rate = seen * world / max(1e-9, tick - epoch_start)
+                _log(
+                    rank,
+                    f"epoch {epoch + 1}/{epochs} step {i + 1}/{n_steps} loss {loss_sum / max(1, seen):.4f} "
+                    f"{rate:.1f} clips/s (data {data_time:.1f}s, compute {step_time:.1f}s)",
+                )
+        epoch_time = time.perf_counter() - epoch_start
+
+        val = all_reduce_result(
+            evaluate(model, val_loader, device=device, mean=spec.mean, std=spec.std, num_classes=num_classes,
+                     fusion=cfg.eval.fusion),
+            device,
+        )
+        counts = _all_reduce_sums(device, [loss_sum, seen, bad, *extras.values()])
+        loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
+        total_bad += bad + len(val.bad)
+        bad_examples.extend(val.bad[:5])
+        _check_bad_fraction(cfg, bad, seen + bad, bad_examples)
+        metrics = {
+            "epoch": epoch + 1,
+            "train/loss": loss_sum / max(1, seen),
+            "train/clips_per_s": seen / max(1e-9, epoch_time),
+            "train/data_time_s": data_time,
+            "train/step_time_s": step_time,
+            "train/lr": optimizer.param_groups[0]["lr"],
+            "val/top1": val.top1,
+            "val/top5": val.top5,
+            "data/bad_samples": total_bad,
+        }
+        metrics.update({f"train/{k}": v / max(1, seen) for k, v in zip(extras, counts[3:])})
+        _log(
+            rank,
+            f"epoch {epoch + 1}/{epochs} done in {epoch_time:.1f}s: train/loss {metrics['train/loss']:.4f} "
+            f"val/top1 {val.top1:.3f} val/top5 {val.top5:.3f} bad {total_bad}",
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch,
+                        "torch_rng": torch.get_rng_state(),
+                        "bad_samples": total_bad,
+                    },
+                    Path(tmp) / STATE_FILE,
+                )
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        result = val
+
+    if rank == 0:
+        _finalise(cfg, ctx, spec, model, result, bad_examples)
+    return metrics
+
+
+def _all_reduce_sums(device, values: list) -> list:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor([float(v) for v in values], device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def model_meta(cfg: Config, spec, class_names: list[str]) -> dict:
+    """Everything `tracking.load_model` needs to rebuild the network and preprocess a video."""
+    return {
+        "workload": spec.name,
+        "params": dict(cfg.workload.params),
+        "classes": list(class_names),
+        "num_frames": cfg.clip.num_frames,
+        "stride": cfg.clip.stride,
+        "size_px": cfg.clip.size_px,
+        "resize_px": cfg.clip.resize_px,
+        "sampling": spec.sampling,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+    }
+
+
+def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples: list) -> None:
+    """Rank 0: the final checkpoint, confusion matrix and bad-sample list as MLflow artifacts."""
+    import matplotlib.pyplot as plt
+
+    run_id = ctx["run_id"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        tracking.save_model_dir(out / tracking.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx["classes"]))
+        tracking.log_artifacts(run_id, out / tracking.CHECKPOINT_ARTIFACT, tracking.CHECKPOINT_ARTIFACT)
+        if val is not None:
+            fig = confusion_figure(val.confusion, ctx["classes"], f"{ctx['run_name']}: val top-1 {val.top1:.3f}")
+            fig.savefig(out / "confusion_matrix.png", dpi=110)
+            plt.close(fig)
+            (out / "per_class.json").write_text(json.dumps(dict(zip(ctx["classes"], val.per_class)), indent=1))
+            tracking.log_artifacts(run_id, out, "eval")
+    if bad_examples:
+        tracking.log_text(run_id, "\n".join(f"{vid}\t{why}" for vid, why in bad_examples), "data/bad_samples.tsv")
+
+
+def load_init_weights(model: nn.Module, uri: str) -> str:
+    """Warm start from a registered model or checkpoint dir; a head of another shape is re-created.
+
+    Returns a one-line report of loaded / skipped (shape mismatch) / newly initialised tensors.
+    """
+    from safetensors.torch import load_file
+
+    path = tracking.resolve_model_dir(uri)
+    state = load_file(str(path / tracking.MODEL_FILE), device="cpu")
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    unexpected = sorted(k for k in state if k not in own)
+    new = sorted(k for k in own if k not in loaded)
+    model.load_state_dict(loaded, strict=False)
+    return (
+        f"loaded {len(loaded)} tensors; skipped {len(skipped)} with other shapes {skipped[:6]}; "
+        f"unexpected {len(unexpected)} {unexpected[:6]}; newly initialised {len(new)} {new[:6]}"
+    )

@@ -1,0 +1,6 @@
+"""actionlab's methods: pure PyTorch + timm. Importing a method's module registers it."""
+
+from . import tsn, tsm  # noqa: F401  (registration)
+from .registry import WorkloadSpec, get_workload, list_workloads, register_workload
+
+__all__ = ["WorkloadSpec", "get_workload", "list_workloads", "register_workload"]

@@ -1,0 +1,122 @@
+"""2D image backbones from timm, run frame by frame, and checked loading of local weight files.
+
+`create_backbone_2d` returns a headless timm model mapping (N, C, H, W) -> (N, D) features with
+`num_features = D`; the video head (`SegmentClassifier`) owns the classifier. Local weights are read
+without unpickling arbitrary objects and must match the model key for key.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def create_backbone_2d(name: str, *, pretrained: bool = False, pretrained_file: str = "") -> nn.Module:
+    """A timm model without its classifier (`num_classes=0`): (N, C, H, W) -> (N, num_features).
+
+    Args:
+        name: a timm model name, optionally with a pretrained tag ("resnet50.tv_in1k" are the
+            torchvision weights the TSN/TSM/IBM reference code starts from).
+        pretrained: download (or take from the Hugging Face cache) timm's weights for `name`.
+        pretrained_file: instead, a local state dict (.safetensors, or .pth/.pt read with
+            `weights_only=True`); see `load_backbone_weights`.
+    """
+    if pretrained and pretrained_file:
+        raise ValueError(
+            f"backbone {name!r}: set either pretrained=True (timm weights) or pretrained_file="
+            f"{pretrained_file!r} (a local file), not both"
+        )
+    backbone = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    if pretrained_file:
+        load_backbone_weights(backbone, pretrained_file)
+    return backbone
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Reads a state dict from .safetensors or a torch file, never unpickling arbitrary objects.
+
+    Checkpoints that nest the weights under "state_dict" or "model" (timm, DDP trainers) are
+    unwrapped, and a DDP "module." prefix is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    names = cfg.get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    return tuple(f"{n}." for n in names)
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, list[str]]:
+    """Loads a local state dict into a headless backbone; every key must match.
+
+    The file's ImageNet classifier (timm's `pretrained_cfg["classifier"]`, e.g. `fc.*`) is skipped
+    because the video head is new. Any other missing or unexpected key, or a shape mismatch, raises
+    with the full list: a silent partial load would train from a half-random network.
+
+    Returns:
+        {"loaded": [...keys], "skipped": [...keys]}
+    """
+    state = read_state_dict(path)
+    head = _classifier_prefixes(backbone)
+    skipped = sorted(k for k in state if k.startswith(head)) if head else []
+    state = {k: v for k, v in state.items() if k not in set(skipped)}
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"weights file {str(path)!r} does not match backbone {type(backbone).__name__}: "
+            f"missing {missing}; unexpected {unexpected}; shape mismatch {mismatched}. "
+            "Use a state dict saved from the same timm architecture (classifier keys may differ)."
+        )
+    backbone.load_state_dict(state, strict=True)
+    log.info("loaded %d tensors from %s; skipped classifier keys %s", len(state), path, skipped)
+    return {"loaded": sorted(state), "skipped": skipped}
+
+
+def resnet_stages(backbone: nn.Module) -> list[nn.Sequential]:
+    """The four residual stages (`layer1..layer4`) of a timm ResNet-family model.
+
+    Raises a clear error for other architectures, where the ResNet-specific temporal layers
+    (shift, TAM, temporal pooling) have no defined place.
+    """
+    stages = [getattr(backbone, name, None) for name in RESNET_STAGES]
+    ok = all(isinstance(s, nn.Sequential) and all(hasattr(b, "conv1") for b in s) for s in stages)
+    if not ok:
+        raise TypeError(
+            f"expected a timm ResNet-family backbone with residual blocks in {list(RESNET_STAGES)} "
+            f"(resnet18/50/101, resnet10t, resnext50_32x4d, ...); got {type(backbone).__name__}"
+        )
+    return stages

@@ -1,0 +1,50 @@
+"""Temporal max-pooling inside a frame-folded 2D backbone (TSM's `--temporal_pool`, IBM's `-tp`).
+
+A 3-tap max over time with stride 2 halves the frames that later stages see (and their MACs); it is
+also the only place where a TSN backbone lets neighbouring frames interact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import resnet_stages
+
+
+def pooled_frames(num_frames: int) -> int:
+    """Frames left after `TemporalMaxPool` (kernel 3, stride 2, padding 1): ceil(T / 2)."""
+    return (num_frames - 1) // 2 + 1
+
+
+class TemporalMaxPool(nn.Module):
+    """(B*T, C, H, W) -> (B*T', C, H, W) with T' = ceil(T / 2); no parameters."""
+
+    def __init__(self, *, num_frames: int):
+        super().__init__()
+        self.num_frames = num_frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nt, c, h, w = x.shape
+        t = self.num_frames
+        x = x.view(nt // t, t, c, h, w).transpose(1, 2)  # (B, C, T, H, W)
+        x = F.max_pool3d(x, kernel_size=(3, 1, 1), stride=(2, 1, 1), padding=(1, 0, 0))  # (B, C, T', H, W)
+        return x.transpose(1, 2).reshape(-1, c, h, w)  # (B*T', C, H, W)
+
+    def extra_repr(self) -> str:
+        return f"num_frames={self.num_frames}"
+
+
+def insert_temporal_pool(backbone: nn.Module, *, num_frames: int) -> int:
+    """Appends a `TemporalMaxPool` to `layer1` of a timm ResNet (= before `layer2`, as in TSM).
+
+    Appending keeps every parameter name unchanged, so weights load the same with or without it.
+    Insert other temporal layers first: they need to know the frames per stage.
+
+    Returns:
+        The number of frames that `layer2..layer4` and the head see.
+    """
+    layer1 = resnet_stages(backbone)[0]
+    layer1.append(TemporalMaxPool(num_frames=num_frames))
+    return pooled_frames(num_frames)

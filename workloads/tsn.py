@@ -1,0 +1,39 @@
+"""TSN: Temporal Segment Networks (Wang et al., ECCV 2016, arXiv 1608.00859).
+
+One frame per segment through a 2D ImageNet CNN, per-frame dropout + FC, and the mean of the frame
+logits: no temporal interaction, so the prediction cannot depend on frame order (the 2D baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .layers import SegmentClassifier, create_backbone_2d, insert_temporal_pool
+from .registry import register_workload
+
+
+@dataclass(frozen=True)
+class TSNParams:
+    """Defaults follow the ResNet-50 TSN of the TSM and IBM reference code (not BN-Inception).
+
+    To reproduce the papers' ImageNet start, set `backbone: resnet50.tv_in1k` and `pretrained: true`;
+    the default never reaches the network.
+    """
+
+    backbone: str = "resnet50"  # timm name, optionally with a pretrained tag
+    pretrained: bool = False  # timm weights for `backbone`
+    pretrained_file: str = ""  # or a local .safetensors / .pth state dict, checked key by key
+    dropout: float = 0.5
+    temporal_pool: bool = False  # max-pool time by 2 after layer1 (ResNets only)
+
+
+@register_workload("tsn", params=TSNParams, sampling="segments", tiny={"backbone": "resnet18"})
+def build_tsn(params: TSNParams, *, num_classes: int, num_frames: int) -> nn.Module:
+    backbone = create_backbone_2d(
+        params.backbone, pretrained=params.pretrained, pretrained_file=params.pretrained_file
+    )
+    if params.temporal_pool:
+        insert_temporal_pool(backbone, num_frames=num_frames)
+    return SegmentClassifier(backbone, num_classes=num_classes, num_frames=num_frames, dropout=params.dropout)

@@ -1,6 +1,7 @@
 """actionlab's methods: pure PyTorch + timm. Importing a method's module registers it."""
 
 from . import tsn, tsm  # noqa: F401  (registration)
+from . import i3d, r2plus1d, r3d, s3d, tam  # noqa: F401  (registration)
 from .registry import WorkloadSpec, get_workload, list_workloads, register_workload
 
 __all__ = ["WorkloadSpec", "get_workload", "list_workloads", "register_workload"]

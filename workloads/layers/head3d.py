@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .inflate import INFLATE_SCALES
+
 
 class ClipHead(nn.Module):
     """Per-time-step classifier with average consensus over time."""
@@ -42,3 +44,23 @@ class VideoNet3d(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(clips))  # (B, K)
+
+
+def build_video_net3d(
+    backbone: nn.Module,
+    *,
+    num_classes: int,
+    dropout: float,
+    pretrained: str = "",
+    inflate_scale: str = "repeat",
+) -> VideoNet3d:
+    """Wraps a 3D trunk with the clip head and, when `pretrained` names 2D weights, inflates them.
+
+    The inflation report (which keys were inflated, copied, newly initialised, skipped) is kept on
+    the model as ``pretrained_report`` so the training loop can log it.
+    """
+    if inflate_scale not in INFLATE_SCALES:
+        raise ValueError(f"inflate_scale must be one of {INFLATE_SCALES}, got {inflate_scale!r}")
+    model = VideoNet3d(backbone, num_classes=num_classes, dropout=dropout)
+    model.pretrained_report = backbone.load_2d(pretrained, scale=inflate_scale) if pretrained else None
+    return model

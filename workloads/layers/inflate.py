@@ -23,6 +23,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .backbones import read_state_dict
+
 INFLATE_SCALES = ("repeat", "mean")
 
 
@@ -46,24 +48,14 @@ def load_2d_state_dict(source: str) -> dict[str, torch.Tensor]:
     """Loads 2D ImageNet weights from a local file, a timm tag or a torchvision tag.
 
     Args:
-        source: a local ``.pth/.pt/.bin`` (read with ``weights_only=True``) or ``.safetensors`` file;
+        source: a local ``.pth/.pt/.bin`` (read with ``weights_only=True``) or ``.safetensors`` file
+            (see `backbones.read_state_dict`);
             ``"tv:NAME"`` for torchvision's default weights of model NAME (e.g. ``"tv:googlenet"``);
             anything else is a timm tag such as ``"resnet50.tv_in1k"`` (needs the network or the HF
             cache).
     """
     if os.path.isfile(source):
-        if source.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(source)
-        else:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        for wrapper in ("state_dict", "model"):  # common checkpoint layouts
-            if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-                state = state[wrapper]
-        if not isinstance(state, dict):
-            raise ValueError(f"{source}: expected a state dict, got {type(state).__name__}")
-        return dict(state)
+        return read_state_dict(source)  # weights_only / safetensors; unwraps "state_dict", "module."
     if source.startswith("tv:"):
         import torchvision
 
@@ -107,7 +99,9 @@ def inflate_into(
     for key, dst in target.items():
         src = state_2d.get(key)
         if src is None:
-            (report.new if is_new(key) else missing).append(key)
+            # Old torchvision checkpoints carry no BN step counters; they are not weights.
+            benign = is_new(key) or key.endswith("num_batches_tracked")
+            (report.new if benign else missing).append(key)
             merged[key] = dst
             continue
         if src.dim() == 4 and dst.dim() == 5 and src.shape == dst.shape[:2] + dst.shape[3:]:

@@ -41,34 +41,34 @@ def tran_mid_channels(c_in: int, c_out: int, k_t: int = 3, k_s: int = 3) -> int:
     return (k_t * k_s * k_s * c_in * c_out) // (k_s * k_s * c_in + k_t * c_out)
 
 
-def _make_3x3(kind, mid, c_in, c_out, stride, t_stride):
-    """Returns the modules replacing one 3x3 conv: dict of name -> module, in forward order."""
-    if kind == "3d":
-        return {"conv": nn.Conv3d(c_in, c_out, 3, stride=(t_stride, stride, stride), padding=1, bias=False)}
-    m = c_out if mid == "ibm" else tran_mid_channels(c_in, c_out)
-    return {
-        "conv": nn.Conv3d(c_in, m, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False),
-        "bn": nn.BatchNorm3d(m),
-        "conv_t": nn.Conv3d(m, c_out, (3, 1, 1), stride=(t_stride, 1, 1), padding=(1, 0, 0), bias=False),
-    }
-
-
 class _Block(nn.Module):
-    def _add_3x3(self, idx: int, kind, mid, c_in, c_out, stride, t_stride):
-        """Registers conv{idx} (+ bn{idx}, conv{idx}_t, bn{idx}_t for 2plus1d); returns its runner."""
-        parts = _make_3x3(kind, mid, c_in, c_out, stride, t_stride)
-        setattr(self, f"conv{idx}", parts["conv"])
-        if kind == "3d":
-            setattr(self, f"bn{idx}", nn.BatchNorm3d(c_out))
-            return [f"conv{idx}", f"bn{idx}"]
-        setattr(self, f"bn{idx}", parts["bn"])
-        setattr(self, f"conv{idx}_t", parts["conv_t"])
-        setattr(self, f"bn{idx}_t", nn.BatchNorm3d(c_out))
-        return [f"conv{idx}", f"bn{idx}", "relu", f"conv{idx}_t", f"bn{idx}_t"]
+    """What both blocks share: a ResNet 3x3 conv made 3D, under flat ImageNet-matching names."""
 
-    def _run(self, names, x):
-        for name in names:
-            x = self.relu(x) if name == "relu" else getattr(self, name)(x)
+    def __init__(self, kind: str, mid: str):
+        super().__init__()
+        self.kind, self.mid = kind, mid
+        self.relu = nn.ReLU(inplace=True)
+
+    def _add_3x3(self, idx: int, c_in: int, c_out: int, *, stride: int, t_stride: int) -> None:
+        """Registers conv{idx} + bn{idx} (and conv{idx}_t + bn{idx}_t for (2+1)D)."""
+        if self.kind == "3d":
+            conv = nn.Conv3d(c_in, c_out, 3, stride=(t_stride, stride, stride), padding=1, bias=False)
+            setattr(self, f"conv{idx}", conv)
+            setattr(self, f"bn{idx}", nn.BatchNorm3d(c_out))
+            return
+        m = c_out if self.mid == "ibm" else tran_mid_channels(c_in, c_out)
+        conv = nn.Conv3d(c_in, m, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+        conv_t = nn.Conv3d(m, c_out, (3, 1, 1), stride=(t_stride, 1, 1), padding=(1, 0, 0), bias=False)
+        setattr(self, f"conv{idx}", conv)
+        setattr(self, f"bn{idx}", nn.BatchNorm3d(m))
+        setattr(self, f"conv{idx}_t", conv_t)
+        setattr(self, f"bn{idx}_t", nn.BatchNorm3d(c_out))
+
+    def _3x3(self, idx: int, x: torch.Tensor) -> torch.Tensor:
+        x = getattr(self, f"bn{idx}")(getattr(self, f"conv{idx}")(x))
+        if self.kind == "2plus1d":
+            x = self.relu(x)  # (2+1)D: BN-ReLU between the spatial and the temporal conv
+            x = getattr(self, f"bn{idx}_t")(getattr(self, f"conv{idx}_t")(x))
         return x
 
 
@@ -76,16 +76,14 @@ class BasicBlock3d(_Block):
     expansion = 1
 
     def __init__(self, inplanes, planes, *, stride=1, t_stride=1, kind="3d", mid="ibm", downsample=None):
-        super().__init__()
-        self.relu = nn.ReLU(inplace=True)
-        self.seq1 = self._add_3x3(1, kind, mid, inplanes, planes, stride, t_stride)
-        self.seq2 = self._add_3x3(2, kind, mid, planes, planes, 1, 1)
+        super().__init__(kind, mid)
+        self._add_3x3(1, inplanes, planes, stride=stride, t_stride=t_stride)
+        self._add_3x3(2, planes, planes, stride=1, t_stride=1)
         self.downsample = downsample
 
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self._run(self.seq1, x))
-        out = self._run(self.seq2, out)
+        out = self._3x3(2, self.relu(self._3x3(1, x)))
         return self.relu(out + shortcut)
 
 
@@ -93,11 +91,10 @@ class Bottleneck3d(_Block):
     expansion = 4
 
     def __init__(self, inplanes, planes, *, stride=1, t_stride=1, kind="3d", mid="ibm", downsample=None):
-        super().__init__()
-        self.relu = nn.ReLU(inplace=True)
+        super().__init__(kind, mid)
         self.conv1 = nn.Conv3d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm3d(planes)
-        self.seq2 = self._add_3x3(2, kind, mid, planes, planes, stride, t_stride)
+        self._add_3x3(2, planes, planes, stride=stride, t_stride=t_stride)
         self.conv3 = nn.Conv3d(planes, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm3d(planes * 4)
         self.downsample = downsample
@@ -105,13 +102,17 @@ class Bottleneck3d(_Block):
     def forward(self, x):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self._run(self.seq2, out))
+        out = self.relu(self._3x3(2, out))
         out = self.bn3(self.conv3(out))
         return self.relu(out + shortcut)
 
 
 class ResNet3d(nn.Module):
-    """3D ResNet trunk: (B, 3, T, H, W) -> (B, num_features, T', H/32, W/32)."""
+    """3D ResNet trunk: (B, 3, T, H, W) -> (B, num_features, T', H/32, W/32).
+
+    `base_width` is layer1's width (64 in ResNets; stages double it); `stem_width` defaults to it
+    (timm's narrow ResNets keep a 64-wide stem).
+    """
 
     def __init__(
         self,
@@ -121,6 +122,7 @@ class ResNet3d(nn.Module):
         mid: str = "ibm",
         t_strides: bool = True,
         base_width: int = 64,
+        stem_width: int | None = None,
         in_chans: int = 3,
     ):
         super().__init__()
@@ -133,23 +135,30 @@ class ResNet3d(nn.Module):
         block_type, counts = RESNET_DEPTHS[depth]
         block = BasicBlock3d if block_type == "basic" else Bottleneck3d
         self.depth, self.kind, self.mid = depth, kind, mid
-        self.conv1 = nn.Conv3d(in_chans, base_width, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False)
-        self.bn1 = nn.BatchNorm3d(base_width)
+        stem_width = stem_width or base_width
+        self.conv1 = nn.Conv3d(
+            in_chans, stem_width, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3), bias=False
+        )
+        self.bn1 = nn.BatchNorm3d(stem_width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
-        inplanes = base_width
+        inplanes = stem_width
         for i, n in enumerate(counts):
             planes = base_width * 2**i
             stride = 1 if i == 0 else 2
             t_stride = 2 if (i > 0 and t_strides) else 1
+            out = planes * block.expansion
             downsample = None
-            if stride != 1 or t_stride != 1 or inplanes != planes * block.expansion:
+            if stride != 1 or t_stride != 1 or inplanes != out:
                 downsample = nn.Sequential(
-                    nn.Conv3d(inplanes, planes * block.expansion, 1, stride=(t_stride, stride, stride), bias=False),
-                    nn.BatchNorm3d(planes * block.expansion),
+                    nn.Conv3d(inplanes, out, 1, stride=(t_stride, stride, stride), bias=False),
+                    nn.BatchNorm3d(out),
                 )
-            blocks = [block(inplanes, planes, stride=stride, t_stride=t_stride, kind=kind, mid=mid, downsample=downsample)]
-            inplanes = planes * block.expansion
+            first = block(
+                inplanes, planes, stride=stride, t_stride=t_stride, kind=kind, mid=mid, downsample=downsample
+            )
+            inplanes = out
+            blocks = [first]
             blocks += [block(inplanes, planes, kind=kind, mid=mid) for _ in range(1, n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.num_features = inplanes

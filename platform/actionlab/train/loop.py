@@ -118,8 +118,9 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
 
 
 def _log(rank: int, message: str) -> None:
+    # Not print(): Ray Train patches print to tee into its logger, which shows every line twice.
     if rank == 0:
-        print(message, flush=True)
+        sys.stdout.write(message + "\n")
         sys.stdout.flush()
 
 

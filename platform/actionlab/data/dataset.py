@@ -1,0 +1,370 @@
+"""The clip dataset: manifest rows -> sampled, decoded, transformed uint8 clips.
+
+A bad sample never raises: paths escaping the root, labels out of range and undecodable files
+become error items `{"error": reason, "kind": kind, "video_id": video}` that `collate_clips`
+drops and reports, so the training loop can count them against `max_bad_fraction`.
+
+Randomness is a function of (seed, epoch, index) only: resuming at an epoch reproduces the same
+clips, and DataLoader workers never repeat each other's draws.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from actionlab import storage
+from actionlab.data import decode, sampling, transforms
+
+SAMPLINGS = ("segments", "clip")
+
+
+class BadSample(Exception):
+    """A manifest row that cannot become a clip (outside the root, bad label, unreadable media)."""
+
+    def __init__(self, video_id: str, reason: str, kind: str):
+        self.video_id = video_id
+        self.reason = reason
+        self.kind = kind  # outside_root | label | missing | empty | corrupt | short
+        super().__init__(f"{video_id}: {reason}")
+
+
+def resolve_media(root: str, video: str) -> str:
+    """The local path or URI of a manifest row's media, refusing anything outside `root`.
+
+    Local roots resolve symlinks, so a link inside the root that points elsewhere is refused too.
+
+    Args:
+        root: dataset root (local folder, `file://` or `s3://...`).
+        video: the row's `video` value (relative path, or an absolute path / URI under the root).
+
+    Raises:
+        BadSample: (kind `outside_root`) the path escapes the root.
+    """
+    if storage.is_remote(root):
+        base = root.rstrip("/")
+        if "://" in video:
+            if not video.startswith(base + "/"):
+                reason = f"URI is not under the data root {root}; set data.root or fix the manifest"
+                raise BadSample(video, reason, "outside_root")
+            video = video[len(base) + 1 :]
+        relative = posixpath.normpath(video)
+        if relative.startswith("/") or relative == ".." or relative.startswith("../"):
+            reason = f"path escapes the data root {root}; manifest paths must stay inside it"
+            raise BadSample(video, reason, "outside_root")
+        return storage.join(base, relative)
+    if storage.is_remote(video):
+        reason = f"remote URI under a local data root {root}; set data.root to its bucket prefix"
+        raise BadSample(video, reason, "outside_root")
+    root_path = Path(root.removeprefix("file://")).resolve()
+    resolved = (root_path / video.removeprefix("file://")).resolve()  # follows symlinks
+    if not resolved.is_relative_to(root_path):
+        raise BadSample(
+            video,
+            f"path escapes the data root {root_path} (resolves to {resolved}); keep the data inside the root "
+            "(no '..', absolute paths or symlinks pointing out)",
+            "outside_root",
+        )
+    return str(resolved)
+
+
+def fetch_local(uri: str, cache_dir: str | None) -> str:
+    """A local path for media at `uri` (remote files through the read-through cache).
+
+    Raises:
+        decode.DecodeError: (kind `missing`) the remote file is absent or the download failed.
+    """
+    if not storage.is_remote(uri):
+        return uri
+    try:
+        return storage.local_copy(uri, cache_dir)
+    except FileNotFoundError:
+        reason = "file does not exist in remote storage; fix the manifest path or the data root"
+        raise decode.DecodeError(uri, reason, "missing") from None
+    except OSError as err:
+        raise decode.DecodeError(uri, f"download failed ({err})", "missing") from None
+
+
+def _optional_int(row: dict, key: str) -> int | None:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def frame_range(row: dict, available: int | None) -> tuple[int, int]:
+    """(first frame, number of usable frames) of a row, checked against the media's frame count.
+
+    Args:
+        row: manifest row (`start`/`end` 0-based inclusive, or `num_frames`).
+        available: frames the media really has (None when unknown).
+
+    Raises:
+        decode.DecodeError: (kind `short`) the manifest asks for frames the media does not have.
+    """
+    start, end, count = _optional_int(row, "start"), _optional_int(row, "end"), _optional_int(row, "num_frames")
+    video = str(row["video"])
+    if start is not None and end is not None:
+        if end < start or start < 0:
+            raise decode.DecodeError(video, f"frame range start={start} end={end} is empty; fix the manifest", "short")
+        if available is not None and end >= available:
+            raise decode.DecodeError(
+                video,
+                f"manifest range ends at frame {end} but the media has {available} frames; fix start/end",
+                "short",
+            )
+        return start, end - start + 1
+    if available is not None:
+        return 0, available  # the decoder's count is the truth for videos
+    if count is None or count < 1:
+        raise decode.DecodeError(video, "frame count unknown; add num_frames (or start/end) to the manifest", "short")
+    return 0, count
+
+
+class VideoClipDataset(Dataset):
+    """Clips from manifest rows, for training (random views) or testing (fixed multi-view).
+
+    Items: train `{"clip": uint8 (T, C, H, W), "label": int, "video_id": str}`; test the same with
+    `clip` uint8 (V, T, C, H, W), V = num_clips * num_crops, clip-major and crop-minor; a bad row
+    gives `{"error": str, "kind": str, "video_id": str}`.
+    """
+
+    def __init__(
+        self,
+        *,
+        df: pd.DataFrame,
+        root: str | os.PathLike,
+        num_classes: int,
+        sampling: str,
+        num_frames: int,
+        stride: int,
+        train: bool,
+        size_px: int,
+        resize_px: int,
+        scales: Sequence[float],
+        flip: str,
+        flip_pairs: dict[int, int] | None,
+        num_clips: int = 1,
+        num_crops: int = 1,
+        seed: int = 0,
+        cache_dir: str | os.PathLike | None = None,
+        frame_template: str = "{:05d}.jpg",
+    ):
+        """Builds the dataset; nothing is read until an item is asked for.
+
+        Args:
+            df: manifest rows (`video`, `label`, optional `start`/`end`/`num_frames`/`media`).
+            root: dataset root the `video` paths are relative to (local or `s3://`).
+            num_classes: labels must lie in [0, num_classes).
+            sampling: `segments` (TSN-style, one frame per segment) or `clip` (dense T x stride).
+            num_frames: T.
+            stride: frame interval for `clip` sampling.
+            train: random sampling and augmentation, else deterministic multi-view testing.
+            size_px: crop side fed to the network.
+            resize_px: short side before cropping.
+            scales: multi-scale crop fractions (training).
+            flip: `off`, `on` or `swap_pairs` (training).
+            flip_pairs: {label: mirrored label} for `swap_pairs`.
+            num_clips: test clips per video.
+            num_crops: test crops per clip (1 or 3).
+            seed: base seed of the per-item random generators.
+            cache_dir: local read-through cache; required for remote roots.
+            frame_template: file names in frame folders (1-based numbering).
+        """
+        missing = [c for c in ("video", "label") if c not in df.columns]
+        if missing:
+            raise ValueError(f"manifest rows lack columns {missing}; read them with manifest.read_manifest")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
+        if flip not in transforms.FLIP_POLICIES:
+            raise ValueError(f"flip={flip!r} is not one of {list(transforms.FLIP_POLICIES)}")
+        if num_classes < 1 or num_frames < 1 or stride < 1 or num_clips < 1 or num_crops not in (1, 3):
+            raise ValueError(
+                f"need num_classes, num_frames, stride, num_clips >= 1 and num_crops in (1, 3); got "
+                f"{num_classes}, {num_frames}, {stride}, {num_clips}, {num_crops}"
+            )
+        if not train and size_px > resize_px:
+            raise ValueError(f"size_px={size_px} > resize_px={resize_px}: test crops must fit the resized frame")
+        self.root = os.fspath(root)
+        if storage.is_remote(self.root) and cache_dir is None:
+            raise ValueError(f"data root {self.root} is remote: pass cache_dir (a local folder for downloaded videos)")
+        keep = [c for c in ("video", "label", "start", "end", "num_frames", "media") if c in df.columns]
+        self._rows = df[keep].to_dict("records")
+        self.num_classes = num_classes
+        self.sampling = sampling
+        self.num_frames = num_frames
+        self.stride = stride
+        self.train = train
+        self.size_px = size_px
+        self.resize_px = resize_px
+        self.scales = tuple(scales)
+        self.flip = flip
+        self.flip_pairs = dict(flip_pairs or {})
+        self.num_clips = num_clips
+        self.num_crops = num_crops
+        self.seed = seed
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        self.frame_template = frame_template
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the random draws of an epoch (call before creating the epoch's iterator)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _indices(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing)."""
+        clips = 1 if self.train else self.num_clips
+        picks = []
+        for clip_index in range(clips):
+            if self.sampling == "segments":
+                picks.append(
+                    sampling.segment_indices(
+                        length, self.num_frames, train=self.train, rng=rng, clip_index=clip_index, num_clips=clips
+                    )
+                )
+            else:
+                picks.append(
+                    sampling.dense_indices(
+                        length,
+                        self.num_frames,
+                        self.stride,
+                        train=self.train,
+                        rng=rng,
+                        clip_index=clip_index,
+                        num_clips=clips,
+                    )
+                )
+        return np.concatenate(picks)  # (clips * T,)
+
+    def _read(self, row: dict, rng: np.random.Generator) -> np.ndarray:
+        """(clips * T, H, W, 3) uint8 frames of a row."""
+        uri = resolve_media(self.root, str(row["video"]))
+        if row.get("media", "video") == "frames":
+            remote = storage.is_remote(uri)
+            available = None  # frame folders: trust num_frames or start/end, probe files only without them
+            if not remote and _optional_int(row, "num_frames") is None and _optional_int(row, "end") is None:
+                available = decode.count_frame_files(uri, template=self.frame_template)
+                if available == 0:
+                    raise decode.DecodeError(uri, f"frame folder has no {self.frame_template.format(1)}", "missing")
+            first, length = frame_range(row, available)
+            indices = self._indices(length, rng) + first
+            if not remote:
+                return decode.read_frame_folder(uri, indices, template=self.frame_template)
+            # Remote frame folders: fetch just the sampled JPEGs into the cache, then read them there.
+            names = [storage.join(uri, self.frame_template.format(i + 1)) for i in indices.tolist()]
+            local = {name: fetch_local(name, self.cache_dir) for name in set(names)}
+            return decode.read_image_files([local[name] for name in names], source=uri)  # (N, H, W, 3)
+
+        def choose(available: int) -> np.ndarray:
+            first, length = frame_range(row, available)
+            return self._indices(length, rng) + first
+
+        frames, _ = decode.read_sampled(fetch_local(uri, self.cache_dir), choose)
+        return frames
+
+    def __getitem__(self, index: int) -> dict:
+        row = self._rows[index]
+        video_id = str(row["video"])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        try:
+            label = int(row["label"])
+            if not 0 <= label < self.num_classes:
+                reason = f"label {label} is outside [0, {self.num_classes}); fix the manifest or the class list"
+                raise BadSample(video_id, reason, "label")
+            frames = self._read(row, rng)  # (clips * T, H, W, 3)
+        except BadSample as err:
+            return {"error": str(err), "kind": err.kind, "video_id": video_id}
+        except decode.DecodeError as err:
+            return {"error": str(err), "kind": err.kind, "video_id": video_id}
+        if self.train:
+            clip, label = transforms.train_transform(
+                frames,
+                label,
+                size_px=self.size_px,
+                resize_px=self.resize_px,
+                scales=self.scales,
+                flip=self.flip,
+                flip_pairs=self.flip_pairs,
+                rng=rng,
+            )
+            return {"clip": clip, "label": label, "video_id": video_id}  # clip (T, C, H, W)
+        per_clip = frames.reshape(self.num_clips, self.num_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
+        views = torch.stack(
+            [
+                transforms.test_transform(c, size_px=self.size_px, resize_px=self.resize_px, num_crops=self.num_crops)
+                for c in per_clip
+            ]
+        )  # (clips, crops, T, C, H, W)
+        views = views.flatten(0, 1)  # (V, T, C, H, W): clip-major, crop-minor
+        return {"clip": views, "label": label, "video_id": video_id}
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Stacks good items and lists the bad ones.
+
+    Returns:
+        `clip` (B, ...) uint8, `label` (B,) int64, `video_id` list of B, `bad` list of
+        (video_id, reason). When every item is bad, `clip` and `label` are empty (0,) tensors.
+    """
+    good = [item for item in items if "error" not in item]
+    bad = [(item["video_id"], item["error"]) for item in items if "error" in item]
+    if not good:
+        empty_clip, empty_label = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return {"clip": empty_clip, "label": empty_label, "video_id": [], "bad": bad}
+    return {
+        "clip": torch.stack([item["clip"] for item in good]),  # (B, T, C, H, W) or (B, V, T, C, H, W)
+        "label": torch.tensor([item["label"] for item in good], dtype=torch.int64),
+        "video_id": [item["video_id"] for item in good],
+        "bad": bad,
+    }
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    timeout_s: float,
+    sampler: Sampler | None = None,
+    drop_last: bool,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over clips with `collate_clips`.
+
+    Workers are not persistent, so each epoch's workers see the dataset's current epoch, and the
+    timeout (only meaningful with workers) turns a hung decoder into an error instead of a stall.
+
+    Args:
+        dataset: usually a `VideoClipDataset`.
+        batch_size: clips per batch (before bad ones are dropped).
+        shuffle: shuffle when no sampler is given.
+        num_workers: loader processes (0 loads in this process).
+        timeout_s: seconds to wait for a batch from a worker.
+        sampler: e.g. a `DistributedSampler`; shuffling is then its job.
+        drop_last: drop the last incomplete batch.
+        pin_memory: pin batches for faster host-to-GPU copies.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_clips,
+        timeout=timeout_s if num_workers > 0 else 0,
+        persistent_workers=False,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+    )

@@ -1,0 +1,307 @@
+"""Decoding sampled frames from video files (decord, PyAV fallback) and JPEG frame folders.
+
+Every failure raises `DecodeError(path, reason)`, so callers catch one type. A decord reader is
+created inside each call: a reader made before a fork hangs in DataLoader workers (dmlc/decord#294),
+and short-lived readers sidestep decord's reported leaks. `ACTIONLAB_DECODER=decord|pyav` picks the
+backend; by default decord when it imports (no wheels for aarch64/macOS arm64), else PyAV.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+DECODERS = ("decord", "pyav")
+
+
+class DecodeError(Exception):
+    """A video or frame folder that cannot give the requested frames.
+
+    Attributes:
+        path: the file or folder.
+        reason: what is wrong, for people.
+        kind: `missing`, `empty`, `corrupt` or `short` (for counting bad samples by cause).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str, kind: str = "corrupt"):
+        self.path = os.fspath(path)
+        self.reason = reason
+        self.kind = kind
+        super().__init__(f"{self.path}: {reason}")
+
+
+def decoder_name() -> str:
+    """The video backend in use: `ACTIONLAB_DECODER`, else decord when importable, else PyAV."""
+    wanted = os.environ.get("ACTIONLAB_DECODER", "").strip().lower()
+    if wanted:
+        if wanted not in DECODERS:
+            raise ValueError(f"ACTIONLAB_DECODER={wanted!r} is not one of {list(DECODERS)}")
+        return wanted
+    try:
+        import decord  # noqa: F401
+    except ImportError:
+        return "pyav"
+    return "decord"
+
+
+def _check_file(path: str) -> None:
+    if not os.path.exists(path):
+        raise DecodeError(path, "file does not exist; fix the manifest path or the data root", "missing")
+    if os.path.isdir(path):
+        raise DecodeError(path, "is a folder, not a video; set media='frames' for JPEG frame folders", "corrupt")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "file is empty (0 bytes); re-download or re-encode it", "empty")
+
+
+def _as_indices(path: str, indices: Sequence[int] | np.ndarray, num_frames: int) -> list[int]:
+    wanted = [int(i) for i in np.asarray(indices).reshape(-1)]
+    if not wanted:
+        raise DecodeError(path, "no frame indices were requested")
+    if min(wanted) < 0 or max(wanted) >= num_frames:
+        raise DecodeError(
+            path,
+            f"video has {num_frames} frames but frame {max(wanted) if max(wanted) >= num_frames else min(wanted)} "
+            "was requested; fix num_frames/start/end in the manifest or drop the video",
+            "short",
+        )
+    return wanted
+
+
+def _decord_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarray, int]:
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    except Exception as err:  # decord raises RuntimeError/DECORDError for any unreadable file
+        raise DecodeError(path, _unreadable(err)) from None
+    try:
+        num_frames = len(reader)
+        if num_frames < 1:
+            raise DecodeError(path, "video has no frames", "short")
+        wanted = _as_indices(path, choose(num_frames), num_frames)
+        try:
+            frames = reader.get_batch(wanted).asnumpy()  # (N, H, W, 3)
+        except Exception as err:
+            decord_error = _first_line(err)
+        else:
+            decord_error = ""
+    finally:
+        del reader
+    if decord_error:
+        # decord 0.6.0 fails on some valid files (e.g. H.264 widths 16, 24, 48, 72 px: "The size must
+        # exactly match"); PyAV decides whether the file is really broken.
+        try:
+            return _pyav_read(path, lambda _: np.asarray(wanted))
+        except DecodeError as err:
+            reason = f"decoding frames failed (decord: {decord_error}; PyAV: {err.reason})"
+            raise DecodeError(path, reason, err.kind) from None
+    if frames.shape[0] != len(wanted):
+        raise DecodeError(path, f"decoded {frames.shape[0]} of {len(wanted)} requested frames", "short")
+    return frames, num_frames
+
+
+def _pyav_count(container, stream) -> int:
+    if stream.frames:
+        return int(stream.frames)
+    return sum(1 for packet in container.demux(stream) if packet.size)  # no index: count packets
+
+
+def _pyav_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        container = av.open(path)
+    except Exception as err:  # PyAV raises several av.error types for unreadable files
+        raise DecodeError(path, _unreadable(err)) from None
+    try:
+        if not container.streams.video:
+            raise DecodeError(path, "file has no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        num_frames = _pyav_count(container, stream)
+        wanted = _as_indices(path, choose(num_frames), num_frames)
+        if not stream.frames:
+            container.seek(0)
+        # Sequential decode up to the last wanted frame: the fallback favours exactness over speed;
+        # only the wanted frames are converted to RGB.
+        needed = set(wanted)
+        last = max(wanted)
+        picked: dict[int, np.ndarray] = {}
+        try:
+            for position, frame in enumerate(container.decode(stream)):
+                if position in needed:
+                    picked[position] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                if position >= last:
+                    break
+        except Exception as err:
+            raise DecodeError(
+                path, f"decoding frames failed ({_first_line(err)}); the file is probably truncated or corrupt"
+            ) from None
+    finally:
+        container.close()
+    missing = needed - picked.keys()
+    if missing:
+        raise DecodeError(
+            path, f"only {len(picked)} of {len(needed)} wanted frames decoded (first missing: {min(missing)}); "
+            "the file is truncated or shorter than its header says",
+            "short",
+        )
+    return np.stack([picked[i] for i in wanted]), num_frames  # (N, H, W, 3)
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    # decord prefixes its messages with "[hh:mm:ss] /path/to/source.cc:LINE: ".
+    text = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", lines[0]) if lines else type(err).__name__
+    return text[:200]
+
+
+def _unreadable(err: Exception) -> str:
+    return f"cannot open as a video ({_first_line(err)}): corrupt, truncated or not a video; re-encode it as H.264 MP4"
+
+
+def read_sampled(path: str | os.PathLike, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarray, int]:
+    """Opens a video once, asks `choose(num_frames)` for indices and decodes only those frames.
+
+    Args:
+        path: local video file.
+        choose: maps the frame count to the 0-based indices to decode (any order, repeats allowed).
+
+    Returns:
+        (frames (N, H, W, 3) uint8 in the order asked, num_frames).
+
+    Raises:
+        DecodeError: missing, empty, unreadable, truncated, or too short for the indices.
+    """
+    text = os.fspath(path)
+    _check_file(text)
+    if decoder_name() == "decord":
+        return _decord_read(text, choose)
+    return _pyav_read(text, choose)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Frames in a video according to its container (decoding nothing).
+
+    Raises:
+        DecodeError: missing, empty or unreadable file.
+    """
+    text = os.fspath(path)
+    _check_file(text)
+    if decoder_name() == "decord":
+        import decord
+
+        try:
+            reader = decord.VideoReader(text, ctx=decord.cpu(0), num_threads=1)
+        except Exception as err:
+            raise DecodeError(text, _unreadable(err)) from None
+        count = len(reader)
+        del reader
+        return count
+    import av
+
+    try:
+        with av.open(text) as container:
+            if not container.streams.video:
+                raise DecodeError(text, "file has no video stream")
+            return _pyav_count(container, container.streams.video[0])
+    except DecodeError:
+        raise
+    except Exception as err:
+        raise DecodeError(text, _unreadable(err)) from None
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Decodes the frames at 0-based `indices` (any order, repeats allowed).
+
+    Returns:
+        (N, H, W, 3) uint8 RGB frames in the order of `indices`.
+
+    Raises:
+        DecodeError: missing, empty, unreadable, truncated, or fewer frames than an index needs.
+    """
+    frames, _ = read_sampled(path, lambda _: np.asarray(indices))
+    return frames
+
+
+def frame_file(folder: str | os.PathLike, index: int, *, template: str = "{:05d}.jpg", start: int = 1) -> str:
+    """The file holding 0-based frame `index` of a frame folder (file numbers begin at `start`)."""
+    return os.path.join(os.fspath(folder), template.format(int(index) + start))
+
+
+def count_frame_files(folder: str | os.PathLike, *, template: str = "{:05d}.jpg", start: int = 1) -> int:
+    """Consecutive frame files present from the first one on (0 when the first is missing)."""
+    count = 0
+    # Probe by name instead of listing: folders may hold other files (flow, thumbnails).
+    while os.path.exists(frame_file(folder, count, template=template, start=start)):
+        count += 1
+    return count
+
+
+def read_image_files(paths: Sequence[str], *, source: str | os.PathLike | None = None) -> np.ndarray:
+    """Reads image files (JPEG frames) with PIL; repeated paths are read once.
+
+    Args:
+        paths: local image files, one per output frame.
+        source: what errors name (e.g. the frame folder); each file's own path when omitted.
+
+    Returns:
+        (N, H, W, 3) uint8 RGB frames in the order of `paths`.
+
+    Raises:
+        DecodeError: missing, empty or unreadable image, or images of different sizes.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not paths:
+        raise DecodeError(source or "<no files>", "no frames were requested")
+    cache: dict[str, np.ndarray] = {}
+    for name in paths:
+        if name in cache:
+            continue
+        where = os.fspath(source) if source is not None else name
+        if not os.path.exists(name):
+            reason = f"frame {Path(name).name} is missing; fix num_frames or re-extract the frames"
+            raise DecodeError(where, reason, "short")
+        if os.path.getsize(name) == 0:
+            raise DecodeError(where, f"frame {Path(name).name} is empty (0 bytes); re-extract the frames", "empty")
+        try:
+            with Image.open(name) as image:
+                cache[name] = np.asarray(image.convert("RGB"))  # (H, W, 3)
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DecodeError(where, f"frame {Path(name).name} is not a readable image ({_first_line(err)})") from None
+    shapes = sorted({frame.shape for frame in cache.values()})
+    if len(shapes) > 1:
+        raise DecodeError(source or paths[0], f"frames differ in size {shapes}; re-extract the frames")
+    return np.stack([cache[name] for name in paths])  # (N, H, W, 3)
+
+
+def read_frame_folder(
+    folder: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray,
+    template: str = "{:05d}.jpg",
+    start: int = 1,
+) -> np.ndarray:
+    """Reads frames of a JPEG frame folder with PIL.
+
+    Args:
+        folder: local folder of frames.
+        indices: 0-based frame indices; index i is the file `template.format(i + start)`.
+        template: file-name template.
+        start: number of the first file (1 for IBM/TSN/mmaction2 folders).
+
+    Returns:
+        (N, H, W, 3) uint8 RGB frames in the order of `indices`.
+
+    Raises:
+        DecodeError: missing folder or frame, unreadable JPEG, or frames of different sizes.
+    """
+    text = os.fspath(folder)
+    if not os.path.isdir(text):
+        raise DecodeError(text, "frame folder does not exist; fix the manifest path or the data root", "missing")
+    names = [frame_file(text, i, template=template, start=start) for i in np.asarray(indices).reshape(-1).tolist()]
+    return read_image_files(names, source=text)

@@ -1,0 +1,43 @@
+"""Shared data fixtures: real H.264 files written by the tests (no mocked decoders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actionlab.data import synthetic
+
+INDEX_STEP = 8  # pixel value of frame i in `index_video` files is i * INDEX_STEP
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory) -> Path:
+    """A tiny motion dataset (4 classes x 6 videos, 8 frames, 32 px); returns its manifest path."""
+    out = tmp_path_factory.mktemp("synth")
+    return synthetic.synthesize(out, num_classes=4, videos_per_class=6, num_frames=8, size_px=32, seed=0, num_procs=1)
+
+
+def index_frames(num_frames: int, *, height: int = 32, width: int = 48) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames whose every pixel equals `frame index * INDEX_STEP`."""
+    values = (np.arange(num_frames) * INDEX_STEP).astype(np.uint8)
+    return np.broadcast_to(values[:, None, None, None], (num_frames, height, width, 3)).copy()
+
+
+@pytest.fixture
+def index_video(tmp_path):
+    """Factory: writes an H.264 MP4 whose frame i has pixel value i * INDEX_STEP; returns its path."""
+
+    def make(name: str = "index.mp4", *, num_frames: int = 24, height: int = 32, width: int = 48) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synthetic.write_mp4(
+            path,
+            index_frames(num_frames, height=height, width=width),
+            options={"g": "6", "bf": "2", "crf": "10", "preset": "ultrafast"},
+        )
+        return path
+
+    make.step = INDEX_STEP
+    return make

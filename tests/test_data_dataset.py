@@ -1,0 +1,164 @@
+"""The clip dataset over real files: items, views, bad samples, determinism, a 2-worker DataLoader."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from actionlab.data import manifest
+from actionlab.data.dataset import VideoClipDataset, collate_clips, make_loader
+
+COMMON = dict(
+    num_classes=4, sampling="segments", num_frames=4, stride=1, size_px=24, resize_px=28,
+    scales=(1.0, 0.875, 0.75), flip="swap_pairs", flip_pairs={0: 1, 1: 0},
+)
+
+
+def _dataset(df, root, **kwargs):
+    return VideoClipDataset(df=df, root=root, **(COMMON | dict(train=True) | kwargs))
+
+
+def test_train_items(synth_dataset):
+    df = manifest.select_split(manifest.read_manifest(synth_dataset), "train")
+    ds = _dataset(df, synth_dataset.parent)
+    item = ds[0]
+    assert item["clip"].shape == (4, 3, 24, 24) and item["clip"].dtype == torch.uint8
+    assert item["video_id"] == df["video"][0] and item["label"] in (0, 1)
+
+
+def test_dense_sampling_item(synth_dataset):
+    df = manifest.read_manifest(synth_dataset)
+    ds = _dataset(df, synth_dataset.parent, sampling="clip", num_frames=3, stride=2)
+    assert ds[5]["clip"].shape == (3, 3, 24, 24)
+
+
+def test_test_mode_views_are_clip_major(synth_dataset):
+    df = manifest.select_split(manifest.read_manifest(synth_dataset), "val")
+    ds = _dataset(df, synth_dataset.parent, train=False, num_clips=2, num_crops=3, resize_px=24)
+    item = ds[0]
+    assert item["clip"].shape == (6, 4, 3, 24, 24)
+    again = ds[0]["clip"]
+    torch.testing.assert_close(item["clip"], again)  # deterministic
+    single = _dataset(df, synth_dataset.parent, train=False, resize_px=24)[0]["clip"]
+    assert single.shape == (1, 4, 3, 24, 24)
+
+
+def test_randomness_is_a_function_of_seed_epoch_index(synth_dataset):
+    df = manifest.read_manifest(synth_dataset)
+    a, b = _dataset(df, synth_dataset.parent), _dataset(df, synth_dataset.parent)
+    torch.testing.assert_close(a[3]["clip"], b[3]["clip"])
+    clips = {a[3]["clip"].numpy().tobytes()}
+    for epoch in range(1, 6):
+        a.set_epoch(epoch)
+        clips.add(a[3]["clip"].numpy().tobytes())
+    assert len(clips) > 1
+    b.set_epoch(5)
+    torch.testing.assert_close(a[3]["clip"], b[3]["clip"])  # resume at epoch 5 gives the same clips
+
+
+@pytest.fixture
+def bad_root(tmp_path, synth_dataset, index_video):
+    """A root with one good video and every kind of bad sample; returns (root, manifest rows)."""
+    root = tmp_path / "root"
+    (root / "v").mkdir(parents=True)
+    good = index_video("root/v/good.mp4", num_frames=12)
+    (root / "v" / "zero.mp4").write_bytes(b"")
+    (root / "v" / "text.mp4").write_text("not a video at all\n")
+    (root / "v" / "trunc.mp4").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    outside = tmp_path / "outside.mp4"
+    outside.write_bytes(good.read_bytes())
+    os.symlink(outside, root / "v" / "link_out.mp4")
+    os.symlink(good, root / "v" / "link_in.mp4")
+    rows = [
+        ("v/good.mp4", 0),
+        ("v/missing.mp4", 0),
+        ("v/zero.mp4", 1),
+        ("v/text.mp4", 1),
+        ("v/trunc.mp4", 2),
+        ("../outside.mp4", 2),
+        (str(outside), 3),
+        ("v/link_out.mp4", 3),
+        ("v/good.mp4", 9),
+        ("v/link_in.mp4", 1),
+    ]
+    return root, pd.DataFrame(rows, columns=["video", "label"])
+
+
+EXPECTED_KINDS = {
+    1: "missing", 2: "empty", 3: "corrupt", 4: ("corrupt", "short"), 5: "outside_root", 6: "outside_root",
+    7: "outside_root", 8: "label",
+}
+
+
+def test_bad_samples_become_error_items(bad_root):
+    root, df = bad_root
+    ds = _dataset(df, root)
+    items = [ds[i] for i in range(len(df))]
+    for i, item in enumerate(items):
+        if i in EXPECTED_KINDS:
+            assert "clip" not in item and item["video_id"] == df["video"][i]
+            assert item["kind"] in EXPECTED_KINDS[i], (i, item)
+            assert os.path.basename(df["video"][i]) in item["error"]
+        else:
+            assert item["clip"].shape == (4, 3, 24, 24)
+    batch = collate_clips(items)
+    assert batch["clip"].shape == (2, 4, 3, 24, 24) and batch["label"].tolist() in ([0, 1], [1, 0], [0, 0], [1, 1])
+    assert batch["video_id"] == ["v/good.mp4", "v/link_in.mp4"]
+    assert [v for v, _ in batch["bad"]] == [df["video"][i] for i in sorted(EXPECTED_KINDS)]
+    assert "outside" in dict(batch["bad"])["../outside.mp4"] or "escapes" in dict(batch["bad"])["../outside.mp4"]
+
+
+def test_collate_all_bad_gives_empty_batch():
+    batch = collate_clips([{"error": "x: gone", "kind": "missing", "video_id": "x"}])
+    assert batch["clip"].numel() == 0 and batch["label"].numel() == 0 and batch["bad"] == [("x", "x: gone")]
+
+
+def test_manifest_range_beyond_the_video_is_short(bad_root):
+    root, _ = bad_root
+    df = pd.DataFrame({"video": ["v/good.mp4", "v/good.mp4"], "label": [0, 0], "start": [2, 5], "end": [9, 20]})
+    ds = _dataset(df, root)
+    assert "clip" in ds[0]
+    assert ds[1]["kind"] == "short" and "ends at frame 20" in ds[1]["error"]
+
+
+def test_remote_root_needs_a_cache_dir(synth_dataset):
+    with pytest.raises(ValueError, match="cache_dir"):
+        _dataset(manifest.read_manifest(synth_dataset), "s3://bucket/data")
+
+
+def test_dataloader_with_two_workers(synth_dataset):
+    df = manifest.select_split(manifest.read_manifest(synth_dataset), "train")
+    ds = _dataset(df, synth_dataset.parent)
+    loader = make_loader(ds, batch_size=4, shuffle=True, num_workers=2, timeout_s=60, drop_last=False)
+    seen = []
+    for batch in loader:
+        assert batch["clip"].dtype == torch.uint8 and batch["clip"].shape[1:] == (4, 3, 24, 24)
+        assert batch["bad"] == []
+        seen.extend(batch["video_id"])
+    assert sorted(seen) == sorted(df["video"])
+
+
+def test_frame_folder_rows_with_ranges(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames" / "v1"
+    folder.mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((30, 40, 3), i * 20, np.uint8)).save(folder / f"{i + 1:05d}.jpg", quality=95)
+    df = pd.DataFrame(
+        {
+            "video": ["frames/v1", "frames/v1", "frames/v1", "frames/v2"],
+            "label": [0, 1, 2, 3],
+            "start": [0, 8, 0, 0],
+            "end": [11, 11, 13, 3],
+            "media": ["frames"] * 4,
+        }
+    )
+    ds = _dataset(df, tmp_path, train=False, resize_px=24, flip="off")
+    whole, tail = ds[0]["clip"], ds[1]["clip"]  # (1, T, C, H, W)
+    assert whole.shape == (1, 4, 3, 24, 24)
+    values = tail[0].float().mean(dim=(1, 2, 3)) / 20  # frames 8..11 only
+    assert values.min() >= 7.5 and values.max() <= 11.5
+    assert ds[2]["kind"] == "short" and ds[3]["kind"] == "missing"

@@ -1,0 +1,178 @@
+"""The spine end to end with real parts: generated H.264 files, a local Ray instance, the embedded
+MLflow store, the registry and `actionlab predict`, all driven through the CLI as a user would.
+
+Ray binds every interface, so these run only inside the private network namespace that
+scripts/test.sh creates (ACTIONLAB_TEST_NETNS=1).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not os.environ.get("ACTIONLAB_TEST_NETNS"),
+        reason="starts Ray: run through scripts/test.sh (as root) so Ray is confined to a private network namespace",
+    ),
+]
+
+FAST = [
+    "--set", "schedule.epochs=2",
+    "--set", "clip.num_frames=4",
+    "--set", "clip.size_px=32",
+    "--set", "clip.resize_px=32",
+    "--set", "data.batch_size=4",
+    "--set", "data.num_loader_workers=0",
+]
+
+
+@pytest.fixture()
+def env(tmp_path):
+    """A private state folder and a short Ray temp dir (unix socket paths must stay < 108 bytes)."""
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    e = dict(os.environ)
+    e.pop("MLFLOW_TRACKING_URI", None)
+    e.pop("RAY_ADDRESS", None)
+    e.update(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled",
+             HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    yield e
+
+
+def actionlab(env, *args, timeout=600, check=True):
+    proc = subprocess.run([sys.executable, "-m", "actionlab", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"actionlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def last_json(stdout: str) -> dict:
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON line in output:\n{stdout[-3000:]}")
+
+
+def mlflow_client(env):
+    import mlflow
+
+    uri = f"sqlite:///{Path(env['ACTIONLAB_HOME']).resolve() / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_train_track_register_predict(env, synth_dataset):
+    manifest = str(synth_dataset)
+    out = last_json(actionlab(env, "train", "smoke", "--set", f"data.manifest={manifest}", *FAST, "--json").stdout)
+    assert out["epoch"] == 2 and not out["resumed"]
+    assert 0.0 <= out["val/top1"] <= 1.0
+    run_id = out["run_id"]
+
+    c = mlflow_client(env)
+    run = c.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["workload.name"] == "tsm"
+    assert run.data.params["clip.num_frames"] == "4"
+    assert [m.step for m in c.get_metric_history(run_id, "val/top1")] == [1, 2]
+    assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2]
+    assert run.data.metrics["model/gmacs"] > 0 and run.data.metrics["model/params"] > 1e6
+    assert run.data.metrics["data/bad_samples"] == 0
+    artifacts = {a.path for a in c.list_artifacts(run_id)} | {a.path for a in c.list_artifacts(run_id, "checkpoint")}
+    assert {"config.yaml", "checkpoint/model.safetensors", "checkpoint/meta.json"} <= artifacts
+    assert "eval/confusion_matrix.png" in {a.path for a in c.list_artifacts(run_id, "eval")}
+    ckpt_dir = Path(out["checkpoints"])
+    assert (ckpt_dir / "epoch_0002" / "state.pt").is_file()
+
+    reg = last_json(actionlab(env, "register", run_id, "--name", "motion-tsm", "--json").stdout)
+    assert reg["version"] == "1" and reg["alias_moved"]
+    mv = c.get_model_version_by_alias("motion-tsm", "champion")
+    assert mv.version == "1"
+    assert mv.tags["workload"] == "tsm" and mv.tags["frames"] == "4"
+    assert float(mv.tags["top1"]) == pytest.approx(out["val/top1"])
+
+    video = str(synth_dataset.parent / "videos" / sorted(os.listdir(synth_dataset.parent / "videos"))[0])
+    preds = json.loads(actionlab(env, "predict", "--model", "models:/motion-tsm@champion", video, "--json").stdout)
+    assert preds[0]["video"] == video
+    top = preds[0]["top"]
+    num_classes = len((synth_dataset.parent / "classes.txt").read_text().split())
+    assert len(top) == min(5, num_classes)
+    assert sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-3) or num_classes > 5
+    assert top == sorted(top, key=lambda t: -t["prob"])
+
+    # The same command again: the finished run is kept and the new one gets a suffix.
+    again = last_json(actionlab(env, "train", "smoke", "--set", f"data.manifest={manifest}", *FAST,
+                                "--set", "schedule.epochs=1", "--json").stdout)
+    assert again["run_name"] == out["run_name"] + "-2"
+    reg2 = last_json(actionlab(env, "register", again["run_id"], "--name", "motion-tsm", "--json").stdout)
+    assert reg2["version"] == "2"
+    champion = c.get_model_version_by_alias("motion-tsm", "champion").version
+    assert reg2["alias_moved"] == (again["val/top1"] > out["val/top1"])
+    assert champion == ("2" if reg2["alias_moved"] else "1")
+    history = json.loads(c.get_registered_model("motion-tsm").tags["actionlab.alias_history"])
+    assert history[0]["version"] == "1" and history[0]["previous"] is None
+
+
+def _worker_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "RayTrainWorker" in cmd and "train_worker" not in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset):
+    """SIGKILL a Ray Train worker mid-run (Ray restarts the group from the last checkpoint), then
+    SIGKILL the driver, and rerun the same command: it resumes the same MLflow run to the end."""
+    manifest = str(synth_dataset)
+    args = [sys.executable, "-m", "actionlab", "train", "smoke", "--set", f"data.manifest={manifest}", *FAST,
+            "--set", "schedule.epochs=4", "--set", "tracking.run_name=faulty", "--json"]
+    storage = Path(env["ACTIONLAB_HOME"]) / "runs" / "faulty"
+    log_path = storage.parent.parent / "first.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "w")
+    driver = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (storage / "epoch_0001").exists():
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.time() < deadline, "no first checkpoint within 300 s"
+            time.sleep(0.5)
+        workers = _worker_pids()
+        assert workers, "no RayTrainWorker process found"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        while not (storage / "epoch_0002").exists():
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.time() < deadline, "no checkpoint after the worker restart"
+            time.sleep(0.5)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    log.close()
+    first_log = log_path.read_text()
+    assert "resumed from checkpoint at epoch 1" in first_log, first_log[-4000:]
+
+    out = last_json(actionlab(env, "train", "smoke", "--set", f"data.manifest={manifest}", *FAST,
+                              "--set", "schedule.epochs=4", "--set", "tracking.run_name=faulty", "--json").stdout)
+    assert out["resumed"] and out["run_name"] == "faulty" and out["epoch"] == 4
+    c = mlflow_client(env)
+    runs = c.search_runs([c.get_experiment_by_name("actionlab-smoke").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = sorted({m.step for m in c.get_metric_history(out["run_id"], "val/top1")})
+    assert steps == [1, 2, 3, 4]

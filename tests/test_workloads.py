@@ -1,0 +1,175 @@
+"""Every registered workload, through the same checks, at its tiny CPU size.
+
+New workloads are picked up from `list_workloads()` automatically. A workload module whose tiny
+variant needs a larger clip than (T=4, 32 px) declares it at module level, e.g.
+`TINY_CLIP = {"num_frames": 8, "size_px": 64}`.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from actionlab.flops import measure
+from workloads import get_workload, list_workloads
+from workloads.registry import SAMPLINGS
+
+NUM_CLASSES = 5
+BATCH = 2
+DEFAULT_CLIP = {"num_frames": 4, "size_px": 32}
+
+WORKLOADS = list_workloads()
+
+
+def _tiny(name: str):
+    """(model, clips, labels) for workload `name` at its tiny size; the model is in train mode."""
+    spec = get_workload(name)
+    clip = {**DEFAULT_CLIP, **getattr(sys.modules[spec.builder.__module__], "TINY_CLIP", {})}
+    torch.manual_seed(0)
+    model = spec.build(spec.tiny, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
+    clips = torch.randn(BATCH, clip["num_frames"], 3, clip["size_px"], clip["size_px"])
+    labels = torch.arange(BATCH) % NUM_CLASSES
+    return model, clips, labels
+
+
+def test_registry_is_not_empty():
+    assert {"tsn", "tsm"} <= set(WORKLOADS)
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_spec_declares_what_the_platform_needs(name):
+    spec = get_workload(name)
+    assert spec.sampling in SAMPLINGS
+    assert dataclasses.is_dataclass(spec.params_cls) and spec.params_cls.__dataclass_params__.frozen
+    defaults = spec.params_cls()  # paper defaults: constructible with no arguments
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(defaults, dataclasses.fields(defaults)[0].name, None)
+    spec.resolve_params(spec.tiny)  # tiny overrides name real fields
+    assert spec.summary, f"{name}: the module needs a docstring whose first line names the paper"
+    assert len(spec.mean) == len(spec.std) == 3
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_forward_backward_determinism_and_macs(name):
+    model, clips, labels = _tiny(name)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+    # Backward through what the train loop would call: the hook when present, else CE on forward.
+    if hasattr(model, "training_step"):
+        loss = model.training_step(clips, labels)["loss"]
+    else:
+        logits = model(clips)
+        assert logits.shape == (BATCH, NUM_CLASSES)
+        loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    no_grad = [n for n, p in trainable.items() if p.grad is None]
+    assert not no_grad, f"{name}: trainable parameters without a gradient: {no_grad[:10]}"
+    not_finite = [n for n, p in trainable.items() if not torch.isfinite(p.grad).all()]
+    assert not not_finite, f"{name}: non-finite gradients in {not_finite[:10]}"
+
+    model.eval()
+    with torch.no_grad():
+        first, second = model(clips), model(clips)
+    assert first.shape == (BATCH, NUM_CLASSES)
+    assert torch.isfinite(first).all()
+    assert torch.equal(first, second), f"{name}: eval-mode forward is not deterministic"
+
+    compute = measure(model, (1, *clips.shape[1:]))
+    assert compute.gmacs > 0 and compute.params == sum(p.numel() for p in model.parameters())
+    assert not model.training, "measure() must leave the model's mode alone"
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_optional_hooks_follow_the_contract(name):
+    model, clips, labels = _tiny(name)
+    if not (hasattr(model, "training_step") or hasattr(model, "on_epoch_start")):
+        pytest.skip(f"{name} defines no optional hooks")
+    if hasattr(model, "on_epoch_start"):
+        model.on_epoch_start(0, 10)  # the loop ignores any return value
+        model.on_epoch_start(9, 10)
+    if hasattr(model, "training_step"):
+        out = model.training_step(clips, labels)
+        assert isinstance(out, dict) and "loss" in out, f"{name}: training_step must return {{'loss': ...}}"
+        assert out["loss"].dim() == 0 and out["loss"].requires_grad and torch.isfinite(out["loss"])
+        if "logits" in out:
+            assert out["logits"].shape == (BATCH, NUM_CLASSES)
+        for key, value in out.items():
+            if key not in ("loss", "logits"):
+                scalar = value.item() if torch.is_tensor(value) else value
+                assert isinstance(scalar, (int, float)) and math.isfinite(scalar), f"{name}: '{key}' is not a scalar"
+
+
+def test_unknown_workload_names_the_nearest():
+    with pytest.raises(KeyError, match=r"unknown workload 'tsmm'; did you mean 'tsm'\?"):
+        get_workload("tsmm")
+
+
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_unknown_param_names_the_nearest(name):
+    spec = get_workload(name)
+    field = max((f.name for f in dataclasses.fields(spec.params_cls)), key=len)
+    typo = field[:-1] + "x" + field[-1]
+    with pytest.raises(ValueError, match=f"did you mean '{field}'"):
+        spec.build({typo: 1}, num_classes=NUM_CLASSES, num_frames=4)
+
+
+def test_wrong_param_type_is_an_error():
+    with pytest.raises(ValueError, match="fold_div"):
+        get_workload("tsm").build({"fold_div": "eight"}, num_classes=NUM_CLASSES, num_frames=4)
+
+
+# Shared layers: loading a local weight file (what `pretrained_file` does for 2D backbones).
+
+
+@pytest.fixture
+def imagenet_resnet18_state():
+    import timm
+
+    torch.manual_seed(1)
+    return timm.create_model("resnet18", num_classes=1000).state_dict()  # with its `fc.*` classifier
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_pretrained_file_loads_every_backbone_weight(tmp_path, imagenet_resnet18_state, suffix):
+    path = tmp_path / f"resnet18{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(imagenet_resnet18_state, str(path))
+    else:
+        torch.save({"state_dict": imagenet_resnet18_state}, path)  # nested, as timm trainers save
+    for name in ("tsn", "tsm"):
+        model = get_workload(name).build(
+            {"backbone": "resnet18", "pretrained_file": str(path)}, num_classes=NUM_CLASSES, num_frames=4
+        )
+        own = model.backbone.state_dict()
+        key = "layer1.0.conv1.net.weight" if name == "tsm" else "layer1.0.conv1.weight"
+        assert torch.equal(own[key], imagenet_resnet18_state["layer1.0.conv1.weight"])
+        assert torch.equal(own["bn1.running_mean"], imagenet_resnet18_state["bn1.running_mean"])
+
+
+def test_pretrained_file_with_missing_or_foreign_keys_lists_them(tmp_path, imagenet_resnet18_state):
+    state = dict(imagenet_resnet18_state)
+    del state["layer4.1.bn2.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pth"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"missing \['layer4.1.bn2.weight'\]; unexpected \['extra.weight'\]"):
+        get_workload("tsn").build({"backbone": "resnet18", "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+
+
+def test_pretrained_and_pretrained_file_are_exclusive(tmp_path):
+    with pytest.raises(ValueError, match="not both"):
+        get_workload("tsn").build(
+            {"backbone": "resnet18", "pretrained": True, "pretrained_file": str(tmp_path / "w.pth")},
+            num_classes=5,
+            num_frames=4,
+        )

@@ -243,6 +243,9 @@ def test_tran_width_matches_the_full_3d_conv():
         full, pair = 27 * c_in * c_out, 9 * c_in * m + 3 * m * c_out
         assert pair <= full < pair + 9 * c_in + 3 * c_out  # floor: within one mid channel
     assert tran_mid_channels(64, 64) == 144  # Tran et al.: 2.25 x planes for square convs
+    tran = workload_compute("r2plus1d", num_frames=8, size_px=224, num_classes=400, params={"mid_width": "tran"})
+    full = workload_compute("r3d", num_frames=8, size_px=224, num_classes=400)
+    assert tran.params == pytest.approx(full.params, rel=1e-3)  # R50: 47.00 M vs 46.98 M
 
 
 # TAM.

@@ -94,7 +94,7 @@ def test_train_track_register_predict(env, synth_dataset):
     reg = last_json(actionlab(env, "register", run_id, "--name", "motion-tsm", "--json").stdout)
     assert reg["version"] == "1" and reg["alias_moved"]
     mv = c.get_model_version_by_alias("motion-tsm", "champion")
-    assert mv.version == "1"
+    assert str(mv.version) == "1"
     assert mv.tags["workload"] == "tsm" and mv.tags["frames"] == "4"
     assert float(mv.tags["top1"]) == pytest.approx(out["val/top1"])
 
@@ -107,17 +107,31 @@ def test_train_track_register_predict(env, synth_dataset):
     assert sum(t["prob"] for t in top) == pytest.approx(1.0, abs=1e-3) or num_classes > 5
     assert top == sorted(top, key=lambda t: -t["prob"])
 
+    ev = json.loads(actionlab(env, "eval", "--model", "models:/motion-tsm@champion", "--data", manifest,
+                              "--clips", "2", "--crops", "3", "--run", run_id, "--json").stdout)
+    assert ev["num_videos"] == len(_val_rows(manifest)) and ev["bad_samples"] == 0
+    assert 0.0 <= ev["test/top1@2x3"] <= ev["test/top5@2x3"] <= 1.0
+    assert "test/top1@2x3" in c.get_run(run_id).data.metrics
+    assert "test/confusion_2x3.png" in {a.path for a in c.list_artifacts(run_id, "test")}
+
     # The same command again: the finished run is kept and the new one gets a suffix.
     again = last_json(actionlab(env, "train", "smoke", "--set", f"data.manifest={manifest}", *FAST,
                                 "--set", "schedule.epochs=1", "--json").stdout)
     assert again["run_name"] == out["run_name"] + "-2"
     reg2 = last_json(actionlab(env, "register", again["run_id"], "--name", "motion-tsm", "--json").stdout)
     assert reg2["version"] == "2"
-    champion = c.get_model_version_by_alias("motion-tsm", "champion").version
+    champion = str(c.get_model_version_by_alias("motion-tsm", "champion").version)
     assert reg2["alias_moved"] == (again["val/top1"] > out["val/top1"])
     assert champion == ("2" if reg2["alias_moved"] else "1")
     history = json.loads(c.get_registered_model("motion-tsm").tags["actionlab.alias_history"])
     assert history[0]["version"] == "1" and history[0]["previous"] is None
+
+
+def _val_rows(manifest):
+    import pandas as pd
+
+    df = pd.read_parquet(manifest)
+    return df[df["split"] == "val"]
 
 
 def _worker_pids() -> list[int]:

@@ -11,6 +11,9 @@ Optional hooks a module may define (the train loop calls them when present, neve
   training_step(clips, labels) -> dict   "loss" (scalar) required, "logits" (B, K) optional,
                                          any other scalar entries are logged as `train/<key>`
   on_epoch_start(epoch, num_epochs)      schedules that live in the method (temperatures, targets)
+  on_step_end()                          after each optimiser step (EMA updates)
+  eval_variants() -> dict[str, Module]   models to validate, first = primary (e.g. {"ema": .., "online": ..});
+                                         each is scored as `val/<name>/top1`, the primary also as `val/top1`
 """
 
 from __future__ import annotations

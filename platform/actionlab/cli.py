@@ -54,6 +54,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune.space import load_sweep
+    from .tune.sweep import sweep
+
+    spec = load_sweep(args.space, overrides=args.set)
+    outcome = sweep(spec, register_name=args.register or "")
+    if args.json:
+        print(json.dumps(outcome.summary(), default=str))
+        return 0
+    metric = spec.metric
+    print(f"sweep '{outcome.name}' (MLflow parent run {outcome.parent_run_id}):")
+    for row in outcome.table:
+        mark = "*" if row["trial_id"] in outcome.front else " "
+        cfg = " ".join(f"{k.removeprefix('config/')}={v:.4g}" if isinstance(v, float) else f"{k.removeprefix('config/')}={v}"
+                       for k, v in row.items() if k.startswith("config/"))
+        print(f" {mark} {row['trial_id']:>12s} {row['status']:>13s} epochs {row['epochs']:>3d} "
+              f"{metric} {row.get(metric, float('nan')):.4f} GMACs {row.get('model/gmacs', float('nan')):.3f}  {cfg}")
+    if outcome.best:
+        print(f"best: {outcome.best['trial_id']} {metric} {outcome.best[metric]:.4f} (* = on the accuracy/GMACs front)")
+    if outcome.registered:
+        print(f"registered {outcome.registered['name']} v{outcome.registered['version']}")
+    return 0
+
+
 def cmd_register(args) -> int:
     from . import tracking
 
@@ -119,6 +143,23 @@ def cmd_flops(args) -> int:
         print(json.dumps(info))
     else:
         print(f"{args.workload} {args.frames}x{args.size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train.evaluate import evaluate_model
+
+    summary = evaluate_model(args.model, args.data, split=args.split, root=args.root or "", num_clips=args.clips,
+                             num_crops=args.crops, fusion=args.fusion, run_id=args.run or "")
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    protocol = f"{args.clips}x{args.crops}"
+    print(f"{summary['model']} on {summary['num_videos']} videos ({summary['protocol']}): "
+          f"top-1 {summary[f'test/top1@{protocol}']:.4f}, top-5 {summary[f'test/top5@{protocol}']:.4f}, "
+          f"{summary['bad_samples']} bad samples skipped")
+    for name, acc in summary["per_class"].items():
+        print(f"  {name:30s} {acc:.3f}")
     return 0
 
 
@@ -244,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object with the run id and metrics")
     sets(sp)
 
+    sp = add("tune", cmd_tune, "Ray Tune sweep over Train runs (MLflow parent run + a child per trial)")
+    sp.add_argument("space", help="sweep YAML path or the name of one in tune_spaces/ (see `actionlab list`)")
+    sp.add_argument("--register", metavar="NAME", help="register the best completed trial's checkpoint")
+    sp.add_argument("--json", action="store_true")
+    sets(sp)
+
     sp = add("register", cmd_register, "register a run's checkpoint as a model version")
     sp.add_argument("run_id")
     sp.add_argument("--name", required=True)
@@ -254,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")
     sp.add_argument("videos", nargs="+")
     sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("eval", cmd_eval, "full test protocol (clips x crops) on a manifest split")
+    sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")
+    sp.add_argument("--data", required=True, help="manifest.parquet path or URI")
+    sp.add_argument("--split", default="val")
+    sp.add_argument("--root", help="dataset root (default: the manifest's folder)")
+    sp.add_argument("--clips", type=int, default=1)
+    sp.add_argument("--crops", type=int, default=1, choices=[1, 3])
+    sp.add_argument("--fusion", default="logits", choices=["logits", "probs"])
+    sp.add_argument("--run", help="MLflow run id to log test/top1@CLIPSxCROPS and the confusion matrix to")
     sp.add_argument("--json", action="store_true")
 
     sp = add("list", cmd_list, "registered workloads, shipped recipes and tune spaces")

@@ -236,23 +236,24 @@ def register(
     mv = c.create_model_version(
         name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags={k: str(v) for k, v in tags.items()}
     )
+    version = str(mv.version)
     moved = False
     previous = None
     if alias:
         try:
-            previous = c.get_model_version_by_alias(name, alias).version
+            previous = str(c.get_model_version_by_alias(name, alias).version)
         except MlflowException:
             previous = None
-        new_top1 = _top1_of(c, name, mv.version)
+        new_top1 = _top1_of(c, name, version)
         old_top1 = _top1_of(c, name, previous) if previous else None
         if previous is None or (new_top1 is not None and (old_top1 is None or new_top1 > old_top1)):
-            c.set_registered_model_alias(name, alias, mv.version)
+            c.set_registered_model_alias(name, alias, version)
             moved = True
             history = json.loads(c.get_registered_model(name).tags.get(ALIAS_HISTORY_TAG, "[]"))
             history.append(
                 {
                     "alias": alias,
-                    "version": mv.version,
+                    "version": version,
                     "previous": previous,
                     "by": getpass.getuser(),
                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -260,4 +261,4 @@ def register(
                 }
             )
             c.set_registered_model_tag(name, ALIAS_HISTORY_TAG, json.dumps(history[-50:]))
-    return {"name": name, "version": mv.version, "alias": alias, "alias_moved": moved, "previous": previous}
+    return {"name": name, "version": version, "alias": alias, "alias_moved": moved, "previous": previous}

@@ -138,3 +138,79 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
+
+
+def evaluate_model(
+    model_uri: str,
+    manifest: str,
+    *,
+    split: str = "val",
+    root: str = "",
+    num_clips: int = 1,
+    num_crops: int = 1,
+    fusion: str = "logits",
+    batch_size: int = 4,
+    num_loader_workers: int = 2,
+    run_id: str = "",
+) -> dict:
+    """The full test protocol on a manifest split: views = clips x crops, scores averaged per video.
+
+    Logs `test/top1@<clips>x<crops>` (and top-5, per-class accuracy, the confusion matrix) to the
+    MLflow run `run_id` when given, so the protocol travels with the number.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from .. import tracking
+    from ..data import dataset as data_dataset
+    from ..data import manifest as data_manifest
+
+    loaded = tracking.load_model(model_uri)
+    meta = loaded.meta
+    df = data_manifest.select_split(data_manifest.read_manifest(manifest), split)
+    if df.empty:
+        raise ValueError(f"{manifest}: no rows in split {split!r}; pass --split with one the manifest has")
+    dataset = data_dataset.VideoClipDataset(
+        df=df,
+        root=root or data_manifest.default_root(manifest),
+        num_classes=len(meta["classes"]),
+        sampling=meta["sampling"],
+        num_frames=meta["num_frames"],
+        stride=meta["stride"],
+        train=False,
+        size_px=meta["size_px"],
+        resize_px=meta["resize_px"],
+        scales=(1.0,),
+        flip="off",
+        flip_pairs={},
+        num_clips=num_clips,
+        num_crops=num_crops,
+        cache_dir=str(tracking.home() / "cache"),
+    )
+    loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
+                                      num_workers=num_loader_workers, timeout_s=300, drop_last=False)
+    result = evaluate(loaded.model, loader, device="cpu", mean=meta["mean"], std=meta["std"],
+                      num_classes=len(meta["classes"]), fusion=fusion)
+    protocol = f"{num_clips}x{num_crops}"
+    summary = {
+        "model": model_uri,
+        "protocol": f"{num_clips} clips x {num_crops} crops, {fusion} averaged",
+        f"test/top1@{protocol}": result.top1,
+        f"test/top5@{protocol}": result.top5,
+        "num_videos": result.num_videos,
+        "bad_samples": len(result.bad),
+        "per_class": dict(zip(meta["classes"], result.per_class)),
+    }
+    if run_id:
+        tracking.log_metrics(run_id, {f"test/top1@{protocol}": result.top1, f"test/top5@{protocol}": result.top5},
+                             step=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            fig = confusion_figure(result.confusion, meta["classes"], f"test top-1 {result.top1:.3f} ({protocol})")
+            fig.savefig(Path(tmp) / f"confusion_{protocol}.png", dpi=110)
+            plt.close(fig)
+            (Path(tmp) / f"summary_{protocol}.json").write_text(json.dumps(summary, indent=1))
+            tracking.log_artifacts(run_id, tmp, "test")
+    return summary

@@ -117,17 +117,20 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
         )
 
 
-def init_ray() -> None:
-    """Joins `RAY_ADDRESS` when set (as under `ray job submit`), else starts a local instance."""
+def init_ray(*, dashboard: bool = False) -> None:
+    """Joins `RAY_ADDRESS` when set (as under `ray job submit`), else starts a local instance.
+
+    A local instance for one training run skips the dashboard (a dozen fewer processes to start
+    and stop); sweeps ask for it, since Train's placement-group cleanup after an early-stopped
+    trial goes through the State API that the dashboard serves.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    ray.init(
-        address=os.environ.get("RAY_ADDRESS") or "local",
-        logging_level=logging.WARNING,
-        runtime_env={"env_vars": worker_env()},
-    )
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = {"include_dashboard": dashboard} if address == "local" else {}
+    ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": worker_env()}, **kwargs)
 
 
 def worker_env() -> dict:
@@ -139,8 +142,19 @@ def worker_env() -> dict:
     return env
 
 
-def train(cfg: Config, *, register_name: str = "", parent_run_id: str = "") -> TrainOutcome:
-    """Runs (or resumes) a training run and returns its final metrics."""
+def train(
+    cfg: Config,
+    *,
+    register_name: str = "",
+    parent_run_id: str = "",
+    callbacks: tuple = (),
+    extra_tags: dict | None = None,
+) -> TrainOutcome:
+    """Runs (or resumes) a training run and returns its final metrics.
+
+    `callbacks` are `ray.train.UserCallback`s (a Tune trial passes `TuneReportCallback`);
+    `parent_run_id` nests the MLflow run under a sweep's parent run.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -162,7 +176,8 @@ def train(cfg: Config, *, register_name: str = "", parent_run_id: str = "") -> T
         run_id = tracking.start_run(
             cfg.tracking.experiment,
             run_name,
-            tags={"workload": spec.name, "dataset": data["dataset"], "actionlab.val_protocol": "1clip x 1crop"},
+            tags={"workload": spec.name, "dataset": data["dataset"], "actionlab.val_protocol": "1clip x 1crop",
+                  **(extra_tags or {})},
             parent_run_id=parent_run_id,
         )
         tracking.log_params(run_id, {**flat_params(cfg), "data.name": data["dataset"],
@@ -192,6 +207,7 @@ def train(cfg: Config, *, register_name: str = "", parent_run_id: str = "") -> T
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env()},
+            callbacks=list(callbacks),
         ),
     )
     try:

@@ -157,6 +157,7 @@ def train_worker(loop_config: dict) -> dict:
         _log(rank, f"init_from {cfg.workload.init_from}: {report}")
 
     run_id = ctx["run_id"]
+    compute = None
     if rank == 0:
         compute = flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
         tracking.log_metrics(run_id, {"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
@@ -185,6 +186,7 @@ def train_worker(loop_config: dict) -> dict:
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
 
     epochs = cfg.schedule.epochs
+    step_end = getattr(model, "on_step_end", None)
     metrics: dict = {}
     result = None
     for epoch in range(start_epoch, epochs):
@@ -218,6 +220,8 @@ def train_worker(loop_config: dict) -> dict:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
+            if step_end is not None:
+                step_end()
             b = labels.shape[0]
             loss_sum += float(loss.detach()) * b
             seen += b
@@ -235,11 +239,16 @@ def train_worker(loop_config: dict) -> dict:
                 )
         epoch_time = time.perf_counter() - epoch_start
 
-        val = all_reduce_result(
-            evaluate(model, val_loader, device=device, mean=spec.mean, std=spec.std, num_classes=num_classes,
-                     fusion=cfg.eval.fusion),
-            device,
-        )
+        variants = model.eval_variants() if hasattr(model, "eval_variants") else {"": model}
+        scored = {
+            name: all_reduce_result(
+                evaluate(m, val_loader, device=device, mean=spec.mean, std=spec.std, num_classes=num_classes,
+                         fusion=cfg.eval.fusion),
+                device,
+            )
+            for name, m in variants.items()
+        }
+        val = next(iter(scored.values()))  # the primary variant
         counts = _all_reduce_sums(device, [loss_sum, seen, bad, *extras.values()])
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
         total_bad += bad + len(val.bad)
@@ -256,7 +265,12 @@ def train_worker(loop_config: dict) -> dict:
             "val/top5": val.top5,
             "data/bad_samples": total_bad,
         }
+        if compute is not None:  # rank 0's metrics are the ones Ray and Tune keep
+            metrics["model/gmacs"] = compute.gmacs
         metrics.update({f"train/{k}": v / max(1, seen) for k, v in zip(extras, counts[3:])})
+        for name, scores in scored.items():
+            if name:
+                metrics.update({f"val/{name}/top1": scores.top1, f"val/{name}/top5": scores.top5})
         _log(
             rank,
             f"epoch {epoch + 1}/{epochs} done in {epoch_time:.1f}s: train/loss {metrics['train/loss']:.4f} "

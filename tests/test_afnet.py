@@ -1,0 +1,158 @@
+"""AFNet's own logic: skipping equals masking, MACs really saved, the RT loss, the schedules, the structure."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+from workloads import get_workload
+
+K = 5
+TINY = {"layers": (2, 2, 2, 1), "width": 8}
+
+
+def _build(num_frames=4, **overrides):
+    torch.manual_seed(0)
+    return get_workload("afnet").build({**TINY, **overrides}, num_classes=K, num_frames=num_frames)
+
+
+def _random_gates(model, seed=0):
+    """Navigation biases that keep some frames and drop others (an untrained gate keeps all)."""
+    g = torch.Generator().manual_seed(seed)
+    for stage in model.backbone.stages:
+        for nav in stage.navigation:
+            nav.temporal.bias.data = torch.randn(nav.temporal.bias.shape, generator=g) * 3
+
+
+def test_untrained_gate_keeps_every_frame():
+    model = _build().eval()
+    _, masks = model.forward_with_masks(torch.randn(2, 4, 3, 32, 32))
+    assert len(masks) == 3 and all(bool(m.all()) for m in masks)
+
+
+@pytest.mark.parametrize("shift", [True, False])
+def test_skipping_frames_gives_the_logits_of_masking_them(shift):
+    model = _build(shift=shift)
+    _random_gates(model)
+    model.train()
+    model.training_step(torch.randn(4, 4, 3, 48, 48), torch.arange(4) % K)  # non-trivial BN statistics
+    model.eval()
+    clips = torch.randn(3, 4, 3, 48, 48)
+    rows = []
+    handle = model.backbone.stages[1].focal[0].branch.conv1.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    with torch.no_grad():
+        model.execution = "skip"
+        skipped, masks = model.forward_with_masks(clips)
+        model.execution = "mask"
+        masked, masks_again = model.forward_with_masks(clips)
+    handle.remove()
+    kept = int(masks[1].sum())
+    assert 0 < kept < masks[1].numel(), "the test needs a gate that drops some frames"
+    assert rows == [1, kept, masks[1].numel()]  # skip: branch(0) on one small map, then the kept frames only
+    assert all(torch.equal(a, b) for a, b in zip(masks, masks_again))
+    assert torch.allclose(skipped, masked, atol=1e-5, rtol=1e-4)
+
+
+def test_measured_macs_fall_with_rt_and_match_the_analytic_count():
+    model = _build(num_frames=8).eval()
+    report = model.compute_report((1, 8, 3, 64, 64), rts=(0.25, 0.5, 1.0))
+    rows = {r["rt"]: r for r in report["rows"]}
+    assert rows[0.25]["measured_gmacs"] < rows[0.5]["measured_gmacs"] < rows[1.0]["measured_gmacs"]
+    assert rows[1.0]["measured_gmacs"] == pytest.approx(report["fixed_gmacs"] + report["focal_gmacs"], rel=1e-6)
+    for r in rows.values():  # skipping spends the analytic amount, plus branch(0) on <= 3x3 maps
+        assert r["expected_gmacs_at_kept"] <= r["measured_gmacs"] <= r["expected_gmacs_at_kept"] * 1.02
+    # The counter through the eval forward (what `actionlab flops` runs) agrees, with a top-k budget.
+    from actionlab.flops import measure
+
+    budget = _build(num_frames=8, eval_gating="topk", rt=0.25)
+    assert measure(budget, (1, 8, 3, 64, 64)).gmacs == pytest.approx(rows[0.25]["measured_gmacs"], rel=1e-6)
+
+
+def test_eval_stats_report_keep_ratio_and_macs_spent():
+    model = _build()
+    _random_gates(model, seed=1)
+    model.on_epoch_start(0, 1)
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(2, 4, 3, 32, 32))
+    stats = model.eval_stats()
+    costs = model.focal_costs((4, 3, 32, 32))
+    assert 0 < stats["keep_ratio"] < 1 and {"keep_ratio/stage1", "keep_ratio/stage3"} <= set(stats)
+    assert costs["fixed"] / 1e9 < stats["gmacs"] < (costs["fixed"] + sum(costs["focal"])) / 1e9
+
+
+def test_rt_loss_drives_the_keep_rate_to_its_target():
+    """Toy problem: only the navigation modules learn; the RT loss pulls the batch keep rate to RT."""
+    model = _build(rt=0.25, lambda_rt=2.0)
+    for stage in model.backbone.stages:  # an undecided gate, so the test needs few steps
+        for nav in stage.navigation:
+            nav.temporal.bias.data.zero_()
+    model.on_epoch_start(54, 55)  # past rt_end: target = RT, tau = t1; raise tau for useful gradients
+    model.temperature = 1.0
+    nav_params = [p for n, p in model.named_parameters() if ".navigation." in n]
+    optimiser = torch.optim.Adam(nav_params, lr=0.05)
+    torch.manual_seed(0)
+    clips, labels = torch.randn(4, 4, 3, 32, 32), torch.arange(4) % K
+    model.train()
+    rates = []
+    for _ in range(60):
+        out = model.training_step(clips, labels)
+        optimiser.zero_grad()
+        out["loss"].backward()
+        optimiser.step()
+        rates.append(float(out["keep_ratio"]))
+    assert rates[0] > 0.4
+    assert abs(sum(rates[-10:]) / 10 - 0.25) < 0.1
+
+
+def test_schedules_scale_with_the_run():
+    model = _build(rt=0.4)
+    targets = [model.rt_target_at(e, 55) for e in (0, 9, 10, 14, 15, 19, 20, 54)]
+    assert targets == pytest.approx([1, 1, 0.8, 0.8, 0.6, 0.6, 0.4, 0.4])
+    assert [model.rt_target_at(e, 11) for e in (1, 2, 3, 4)] == pytest.approx([1, 0.8, 0.6, 0.4])
+    taus = []
+    for epoch in range(11):
+        model.on_epoch_start(epoch, 11)
+        taus.append(model.temperature)
+        for _ in range(3):
+            model.on_step_end()
+    assert taus[0] == 1.0 and taus[-1] == pytest.approx(0.01)
+    assert all(a > b for a, b in zip(taus[:10], taus[1:10]))
+
+
+def test_eval_gating_modes():
+    model = _build()
+    _random_gates(model, seed=2)
+    model.eval()
+    clips = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(clips), model(clips))  # argmax: deterministic
+        model.eval_gating, model.rt = "topk", 0.5
+        _, masks = model.forward_with_masks(clips)
+        assert all(torch.equal(m.sum(1), torch.full((2,), 2.0)) for m in masks)  # exactly 2 of 4 per clip
+        model.eval_gating = "gumbel"
+        draws = {tuple(torch.cat([m.flatten() for m in model.forward_with_masks(clips)[1]]).tolist()) for _ in range(5)}
+        assert len(draws) > 1  # the paper's noisy protocol
+
+
+def test_af_resnet50_structure_on_meta():
+    with torch.device("meta"):
+        model = get_workload("afnet").build({}, num_classes=174, num_frames=12)
+    assert model.backbone.masks_per_stage == [2, 3, 5]  # 10 navigation modules
+    stage = model.backbone.stages[0]
+    assert stage.focal[0].branch.conv2.groups == 2 and stage.ample[0].branch.conv2.out_channels == 32
+    assert stage.navigation[0].temporal.groups == 12
+    costs = model.focal_costs((12, 3, 224, 224))
+    per_frame = (costs["fixed"] + sum(costs["focal"])) / 12 / 1e9
+    assert 2.8 < per_frame < 3.2  # the README's 2.9 GFLOPs for AF-ResNet50 on one ImageNet image
+
+
+def test_optim_groups_cover_every_trainable_parameter_once():
+    model = _build()
+    groups = model.optim_groups()
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(1 for p in model.parameters() if p.requires_grad)
+    mults = {g["name"]: g["lr_mult"] for g in groups}
+    assert mults["navigation_lr10_wd1"] == 10 and mults["linear_lr5_wd1"] == 5

@@ -1,0 +1,554 @@
+"""AFNet: Ample and Focal Network, "Look More but Care Less in Video Recognition" (Zhang et al., NeurIPS 2022).
+
+AF-ResNet after the official code (`ops/backbone/AF_ResNet.py`): stages 1-3 split into an ample branch
+(all frames, half resolution, 1/alpha width) and a focal branch (full resolution, grouped convs) whose
+frames a per-block navigation module keeps or drops with a hard Gumbel gate; an SE-style blend fuses
+them. Loss = CE + lambda_rt * mean_blocks (RT_e - keep rate)^2, with staged RT and annealed temperature.
+
+Differences from the released code, on purpose: at evaluation dropped frames are *skipped* (the kept
+frames are gathered through the focal convs and scattered back; the dropped ones receive the branch's
+constant response to a zero input, so the logits equal the masked computation), and the gate is
+deterministic (keep iff keep-logit > skip-logit) unless `eval_gating="gumbel"` (the paper's noisy
+protocol). `eval_gating="topk"` keeps exactly round(rt * T) frames per clip in every block (a fixed
+budget; what `actionlab flops` needs to measure the MACs spent at a given RT on an untrained model).
+
+Shapes (AF-ResNet50, 224 px): stem (B*T, 64, 56, 56); stage k: ample (B*T, C_k / alpha, H / 2, W / 2),
+focal (B*T, C_k, H, W) on the kept frames; the fusion bottleneck carries the stride (2, 2, 1), so the
+stages end at 28, 14, 14 and stage 4 (plain) at 7; then (B*T, 2048) -> dropout -> FC -> mean over T.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import read_state_dict, temporal_shift
+from .registry import register_workload
+
+SKIP, KEEP = 0, 1  # channel order of the navigation logits
+STAGE_STRIDES = (2, 2, 1)  # carried by each AF stage's fusion block; stage 4 has stride 2
+EVAL_GATINGS = ("argmax", "gumbel", "topk")
+EXECUTIONS = ("skip", "mask")
+
+
+@dataclass(frozen=True)
+class AFNetParams:
+    """Defaults: AFNet-TSM with AF-ResNet50 on Something-Something V1 (`train_sth.sh`, `opts.py`)."""
+
+    layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (3, 4, 23, 3) for AF-ResNet101
+    width: int = 64  # stem width; stage k has width * 2**k bottleneck planes
+    alpha: int = 2  # ample branch width divisor
+    patch_groups: int = 2  # groups of the focal branch's convs
+    shift: bool = True  # TSM in both branches, the fusion blocks and stage 4 (AFNet-TSM)
+    fold_div: int = 8
+    dropout: float = 0.5
+    rt: float = 0.5  # target ratio of frames the focal branch processes (the knob)
+    lambda_rt: float = 0.5  # weight of the RT loss (scripts; opts.py default 1.0)
+    t0: float = 1.0  # Gumbel temperature at the start ...
+    t1: float = 0.01  # ... at the end, reached after t_end epochs (exponential per step)
+    t_end: float = 50.0
+    rt_begin: float = 10.0  # RT target 1.0 before; RT + (1 - RT) * 2/3, then * 1/3 until ...
+    rt_end: float = 20.0  # ... RT from here on
+    reference_epochs: int = 55  # t_end / rt_begin / rt_end are epochs of a run this long: scaled to the real one
+    eval_gating: str = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
+    execution: str = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
+    pretrained_file: str = ""  # a state dict of this AF-ResNet (e.g. converted official ImageNet weights)
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1) -> list:
+    conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False)
+    return [conv, nn.BatchNorm2d(cout)]
+
+
+def _edge_index(n: int, device) -> torch.Tensor:
+    """Row/column map from an n-wide map to a min(n, 3)-wide one: border, interior..., border."""
+    idx = [0] + [1] * (n - 2) + [2] if n >= 3 else list(range(n))
+    return torch.tensor(idx, device=device)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck (stride in the 3x3), with an optional TSM shift of the residual-branch input and
+    an optional per-frame gate on it (the focal blocks).
+
+    Shortcut: identity, or [avg-pool 3x3 / 2 when strided] + 1x1 conv + BN (bL-Net's downsampling).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        cin: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        num_frames: int,
+        shift: bool,
+        fold_div: int = 8,
+        last_relu: bool = True,
+    ):
+        super().__init__()
+        cout = planes * self.expansion
+        c1, b1 = _conv_bn(cin, planes, 1, groups=groups)
+        c2, b2 = _conv_bn(planes, planes, 3, stride=stride, groups=groups)
+        c3, b3 = _conv_bn(planes, cout, 1, groups=groups)
+        self.branch = nn.Sequential(
+            OrderedDict(
+                conv1=c1, bn1=b1, relu1=nn.ReLU(inplace=True), conv2=c2, bn2=b2, relu2=nn.ReLU(inplace=True),
+                conv3=c3, bn3=b3,
+            )
+        )
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            pool = [nn.AvgPool2d(3, stride=stride, padding=1)] if stride != 1 else []
+            self.downsample = nn.Sequential(*pool, *_conv_bn(cin, cout, 1))
+        self.num_frames, self.shift, self.fold_div = num_frames, shift, fold_div
+        self.last_relu = last_relu
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, *, skip: bool = False) -> torch.Tensor:
+        """x (B*T, C, H, W); keep (B*T,) in {0, 1} or None (every frame); skip: gather instead of mask."""
+        identity = x if self.downsample is None else self.downsample(x)
+        h = temporal_shift(x, num_frames=self.num_frames, fold_div=self.fold_div) if self.shift else x
+        if keep is None:
+            out = self.branch(h) + identity
+        elif skip and not self.training:
+            rows = keep.nonzero().squeeze(1)  # the kept frames; the shift above already saw all of them
+            if rows.numel() == keep.numel():
+                out = self.branch(h) + identity
+            else:
+                out = identity + self._response_to_zero(h)  # dropped frames: branch(0), as when masked
+                if rows.numel():
+                    out = out.index_copy(0, rows, identity.index_select(0, rows) + self.branch(h.index_select(0, rows)))
+        else:
+            out = self.branch(h * keep.view(-1, 1, 1, 1).to(h.dtype)) + identity
+        return F.relu(out) if self.last_relu else out
+
+    def _response_to_zero(self, like: torch.Tensor) -> torch.Tensor:
+        """branch(0) at like's resolution, (1, C_out, H, W), from a <= 3x3 map.
+
+        A zero input gives a constant per channel after bn1; the only spatial op, the stride-1 zero-padded
+        3x3, then differs only at the borders, so a 3x3 map holds every distinct value (eval-mode BN).
+        """
+        h, w = like.shape[-2:]
+        zero = like.new_zeros(1, like.shape[1], min(h, 3), min(w, 3))
+        small = self.branch(zero)  # (1, C_out, <=3, <=3)
+        return small.index_select(2, _edge_index(h, like.device)).index_select(3, _edge_index(w, like.device))
+
+
+class Navigation(nn.Module):
+    """Per-frame keep/skip logits from the ample branch's input: GAP -> 1x1 conv (C -> 2) -> BN -> ReLU ->
+    a separate 2x2 linear map per temporal position (grouped 1x1 conv, groups = T; no cross-frame mixing).
+
+    The bias starts at 1 (skip) / 10 (keep): at first every frame is kept.
+    """
+
+    def __init__(self, cin: int, *, num_frames: int):
+        super().__init__()
+        self.num_frames = num_frames
+        self.conv = nn.Conv2d(cin, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(2)
+        self.temporal = nn.Conv2d(2 * num_frames, 2 * num_frames, 1, groups=num_frames, bias=True)
+        with torch.no_grad():
+            self.temporal.bias.view(num_frames, 2)[:, SKIP] = 1.0
+            self.temporal.bias.view(num_frames, 2)[:, KEEP] = 10.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn(self.conv(x.mean((2, 3), keepdim=True))))  # (B*T, 2, 1, 1)
+        h = h.view(-1, 2 * self.num_frames, 1, 1)  # (B, T*2, 1, 1): frame t owns channels 2t, 2t+1
+        return self.temporal(h).view(-1, self.num_frames, 2)  # (B, T, 2) logits [skip, keep]
+
+
+class AFStage(nn.Module):
+    """One AF stage: n-1 ample + n-1 gated focal bottlenecks, n-1 navigation modules, fusion, 1 bottleneck."""
+
+    def __init__(
+        self, cin: int, planes: int, blocks: int, *, stride: int, alpha: int, patch_groups: int,
+        num_frames: int, shift: bool, fold_div: int,
+    ):
+        super().__init__()
+        if blocks < 2:
+            raise ValueError(f"afnet: an AF stage needs >= 2 blocks (n-1 per branch + fusion), got {blocks}")
+        cout, n = planes * Bottleneck.expansion, blocks - 1
+        common = dict(num_frames=num_frames, shift=shift, fold_div=fold_div)
+        # The last block of each branch leaves out its ReLU: the fusion applies one after blending.
+        self.ample = nn.ModuleList(
+            Bottleneck(cin if i == 0 else cout // alpha, planes // alpha, stride=2 if i == 0 else 1,
+                       last_relu=i < n - 1, **common)
+            for i in range(n)
+        )
+        self.focal = nn.ModuleList(
+            Bottleneck(cin if i == 0 else cout, planes, groups=patch_groups, last_relu=i < n - 1, **common)
+            for i in range(n)
+        )
+        self.navigation = nn.ModuleList(
+            Navigation(cin if i == 0 else cout // alpha, num_frames=num_frames) for i in range(n)
+        )
+        self.ample_proj = nn.Sequential(*_conv_bn(cout // alpha, cout, 1))
+        squeeze = max(1, cout // 16)
+        self.attention = nn.Sequential(nn.Linear(cout, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, cout), nn.Sigmoid())
+        self.fusion = Bottleneck(cout, planes, stride=stride, **common)
+
+    def forward(self, x: torch.Tensor, gate, *, skip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        ample, focal, masks = x, x, []
+        for nav, ample_block, focal_block in zip(self.navigation, self.ample, self.focal):
+            keep = gate(nav(ample))  # (B, T) in {0, 1}, from the ample branch's input to this block
+            masks.append(keep)
+            ample = ample_block(ample)  # (B*T, C/alpha, H/2, W/2): every frame
+            focal = focal_block(focal, keep.flatten(), skip=skip)  # (B*T, C, H, W): kept frames computed
+        little = F.interpolate(self.ample_proj(ample), size=focal.shape[-2:], mode="nearest")  # (B*T, C, H, W)
+        a = self.attention((little + focal).mean((2, 3)))[:, :, None, None]  # (B*T, C, 1, 1)
+        return self.fusion(F.relu(a * little + (1.0 - a) * focal)), masks
+
+
+class AFResNet(nn.Module):
+    """(B*T, 3, H, W) -> pooled features (B*T, 8 * 4 * width) and the list of per-block masks (B, T)."""
+
+    def __init__(
+        self, *, layers: tuple, width: int, alpha: int, patch_groups: int, num_frames: int, shift: bool,
+        fold_div: int,
+    ):
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"afnet: layers needs 4 stage depths, got {layers}")
+        self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        common = dict(num_frames=num_frames, shift=shift, fold_div=fold_div)
+        cin, stages = width, []
+        for k, (blocks, stride) in enumerate(zip(layers[:3], STAGE_STRIDES)):
+            planes = width * 2**k
+            stages.append(AFStage(cin, planes, blocks, stride=stride, alpha=alpha, patch_groups=patch_groups, **common))
+            cin = planes * Bottleneck.expansion
+        self.stages = nn.ModuleList(stages)
+        planes = width * 8
+        self.layer4 = nn.Sequential(
+            *(Bottleneck(cin if i == 0 else planes * 4, planes, stride=2 if i == 0 else 1, **common) for i in range(layers[3]))
+        )
+        self.num_features = planes * Bottleneck.expansion
+        self.masks_per_stage = [n - 1 for n in layers[:3]]
+        navigation = {id(m) for stage in self.stages for nav in stage.navigation for m in nav.modules()}
+        for m in self.modules():
+            # Navigation convs keep PyTorch's default (small) init: with Kaiming fan-out (fan-out 2) their
+            # logits would swamp the 1 / 10 bias, and "every frame kept at the start" would not hold.
+            if isinstance(m, nn.Conv2d) and id(m) not in navigation:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, frames: torch.Tensor, gate, *, skip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = self.maxpool(F.relu(self.bn1(self.conv1(frames))))  # (B*T, width, H/4, W/4)
+        masks = []
+        for stage in self.stages:
+            x, stage_masks = stage(x, gate, skip=skip)
+            masks.extend(stage_masks)
+        x = self.layer4(x)  # (B*T, 32 * width, H/32, W/32)
+        return x.mean((2, 3)), masks  # (B*T, D)
+
+
+class AFNet(nn.Module):
+    """AF-ResNet + per-frame dropout/FC + average consensus, the RT loss and the gate schedules."""
+
+    def __init__(
+        self,
+        backbone: AFResNet,
+        *,
+        num_classes: int,
+        num_frames: int,
+        dropout: float = 0.5,
+        rt: float = 0.5,
+        lambda_rt: float = 0.5,
+        t0: float = 1.0,
+        t1: float = 0.01,
+        t_end: float = 50.0,
+        rt_begin: float = 10.0,
+        rt_end: float = 20.0,
+        reference_epochs: int = 55,
+        eval_gating: str = "argmax",
+        execution: str = "skip",
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.num_frames, self.num_classes = num_frames, num_classes
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(backbone.num_features, num_classes)
+        nn.init.normal_(self.fc.weight, std=0.001)  # TSN/TSM's new-classifier init
+        nn.init.zeros_(self.fc.bias)
+        self.rt, self.lambda_rt = rt, lambda_rt
+        self.t0, self.t1, self.t_end = t0, t1, t_end
+        self.rt_begin, self.rt_end, self.reference_epochs = rt_begin, rt_end, reference_epochs
+        self.eval_gating, self.execution = eval_gating, execution
+        # Schedule state (recomputed from the epoch on resume); before on_epoch_start: epoch 0.
+        self.rt_target, self.temperature = 1.0, t0
+        self._epoch, self._num_epochs = 0, reference_epochs
+        self._steps_in_epoch, self._steps_per_epoch = 0, 0
+        self._gating_override: str | None = None
+        self._calibration: dict = {}
+        self._reset_eval_stats()
+
+    # -- forward -------------------------------------------------------------------------------------
+
+    def _gate(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, T, 2) logits -> (B, T) keep mask in {0, 1} (straight-through gradient in training)."""
+        mode = self._gating_override or ("train" if self.training else self.eval_gating)
+        if mode == "train":
+            return F.gumbel_softmax(logits, tau=self.temperature, hard=True)[..., KEEP]
+        if mode == "gumbel":
+            return F.gumbel_softmax(logits, tau=self.t1, hard=True)[..., KEEP]
+        if mode == "all":
+            return torch.ones_like(logits[..., KEEP])
+        if mode == "topk":
+            k = min(self.num_frames, max(0, round(self.rt * self.num_frames)))
+            score = logits[..., KEEP] - logits[..., SKIP]  # (B, T)
+            return torch.zeros_like(score).scatter_(1, score.topk(k, dim=1).indices, 1.0)
+        return (logits[..., KEEP] > logits[..., SKIP]).to(logits.dtype)
+
+    def forward_with_masks(self, clips: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        b, t = clips.shape[:2]
+        if t != self.num_frames:
+            raise ValueError(
+                f"afnet: expected clips of {self.num_frames} frames (B, T, C, H, W), got {tuple(clips.shape)}; "
+                "build the workload with num_frames equal to the sampled clip length"
+            )
+        skip = self.execution == "skip" and self._gating_override != "all"
+        feats, masks = self.backbone(clips.flatten(0, 1), self._gate, skip=skip)  # (B*T, D), [(B, T)] * n
+        logits = self.fc(self.dropout(feats))  # (B*T, K)
+        return logits.view(b, t, -1).mean(1), masks  # (B, K): average consensus
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        logits, masks = self.forward_with_masks(clips)
+        if not self.training and self._gating_override is None:
+            kept = torch.stack([m.detach().sum() for m in masks]).float()
+            self._eval_kept = kept if self._eval_kept is None else self._eval_kept + kept
+            self._eval_frames += clips.shape[0] * clips.shape[1]
+            self._eval_clip_shape = tuple(clips.shape[1:])
+        return logits
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def training_step(self, clips: torch.Tensor, labels: torch.Tensor) -> dict:
+        logits, masks = self.forward_with_masks(clips)
+        ce = F.cross_entropy(logits.float(), labels)
+        keep = torch.stack([m.float().mean() for m in masks])  # batch-level keep rate per block
+        loss_rt = self.lambda_rt * ((self.rt_target - keep) ** 2).mean()
+        out = {
+            "loss": ce + loss_rt,
+            "logits": logits,
+            "loss_ce": ce.detach(),
+            "loss_rt": loss_rt.detach(),
+            "keep_ratio": keep.mean().detach(),
+            "rt_target": torch.tensor(self.rt_target),
+            "temperature": torch.tensor(self.temperature),
+        }
+        out.update(self._per_stage(keep.detach()))
+        return out
+
+    def _per_stage(self, keep: torch.Tensor) -> dict:
+        out, start = {}, 0
+        for k, n in enumerate(self.backbone.masks_per_stage):
+            out[f"keep_ratio/stage{k + 1}"] = keep[start : start + n].mean()
+            start += n
+        return out
+
+    def _scale(self) -> float:
+        return self._num_epochs / max(1, self.reference_epochs)
+
+    def rt_target_at(self, epoch: int, num_epochs: int) -> float:
+        """The staged RT target (`adjust_ratio`), its epochs scaled from `reference_epochs` to `num_epochs`."""
+        s = num_epochs / max(1, self.reference_epochs)
+        begin, end = self.rt_begin * s, self.rt_end * s
+        if epoch < begin:
+            return 1.0
+        if epoch < (begin + end) / 2:
+            return self.rt + (1.0 - self.rt) * 2.0 / 3.0
+        if epoch < end:
+            return self.rt + (1.0 - self.rt) / 3.0
+        return self.rt
+
+    def _update_temperature(self) -> None:
+        # Exponential decay per step from t0 to t1 over t_end (scaled) epochs (`adjust_temperature`).
+        t_end = self.t_end * self._scale()
+        frac = self._steps_in_epoch / self._steps_per_epoch if self._steps_per_epoch else 0.0
+        progress = self._epoch + min(1.0, frac)
+        if progress >= t_end:
+            self.temperature = self.t1
+        else:
+            self.temperature = self.t0 * (self.t1 / self.t0) ** (progress / t_end)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        if self._steps_in_epoch:
+            self._steps_per_epoch = self._steps_in_epoch
+        self._epoch, self._num_epochs, self._steps_in_epoch = epoch, num_epochs, 0
+        self.rt_target = self.rt_target_at(epoch, num_epochs)
+        self._update_temperature()
+        self._reset_eval_stats()
+
+    def on_step_end(self) -> None:
+        self._steps_in_epoch += 1
+        self._update_temperature()
+
+    def optim_groups(self) -> list[dict]:
+        """The official parameter groups (`get_optim_policies`) as lr / weight-decay multipliers.
+
+        navigation: lr x10 (no decay on BN and biases); nn.Linear (classifier and the fusion's SE FCs):
+        weight lr x5, bias lr x10 without decay; other conv biases lr x2 without decay; BN: no decay.
+        """
+        groups: dict[tuple, list] = {}
+        for module_name, module in self.named_modules():
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                is_bias = name == "bias"
+                if ".navigation." in f".{module_name}.":
+                    key = ("navigation", 10.0, 0.0 if is_bias or isinstance(module, nn.BatchNorm2d) else 1.0)
+                elif isinstance(module, nn.Linear):
+                    key = ("linear", 10.0, 0.0) if is_bias else ("linear", 5.0, 1.0)
+                elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    key = ("bn", 1.0, 0.0)
+                else:
+                    key = ("conv_bias", 2.0, 0.0) if is_bias else ("conv", 1.0, 1.0)
+                groups.setdefault(key, []).append(p)
+        return [
+            {"name": f"{n}_lr{lr:g}_wd{wd:g}", "params": ps, "lr_mult": lr, "weight_decay_mult": wd}
+            for (n, lr, wd), ps in groups.items()
+        ]
+
+    # -- compute: what the focal branch costs, what was spent ----------------------------------------
+
+    def _reset_eval_stats(self) -> None:
+        self._eval_kept: torch.Tensor | None = None
+        self._eval_frames = 0
+        self._eval_clip_shape: tuple | None = None
+
+    def focal_costs(self, clip_shape: tuple) -> dict:
+        """MACs of one clip of `clip_shape` (T, C, H, W): the always-paid part and each focal branch's
+        part with every frame kept, counted on a weightless (meta) copy with the masked computation.
+
+        Returns {"fixed": MACs, "focal": [MACs per block]}; MACs spent at keep ratios r_i are then
+        fixed + sum_i r_i * focal_i (the official analytic count, and what skipping really spends).
+        """
+        from torch.utils.flop_counter import FlopCounterMode
+
+        key = tuple(clip_shape)
+        if key in self._calibration:
+            return self._calibration[key]
+        memo = {id(t): torch.empty_like(t, device="meta") for t in itertools.chain(self.parameters(), self.buffers())}
+        memo.update({id(p): nn.Parameter(memo[id(p)], requires_grad=False) for p in self.parameters()})
+        probe = copy.deepcopy(self, memo).eval()
+        probe._gating_override = "all"
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            probe(torch.empty(1, *key, device="meta"))
+        counts = {name.split(".", 1)[-1]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()}
+        focal = [
+            counts.get(f"backbone.stages.{s}.focal.{i}.branch", 0.0)
+            for s, n in enumerate(self.backbone.masks_per_stage)
+            for i in range(n)
+        ]
+        total = counter.get_total_flops() / 2
+        self._calibration[key] = {"fixed": total - sum(focal), "focal": focal}
+        return self._calibration[key]
+
+    def eval_stats(self) -> dict:
+        """Since the last epoch start, over evaluation forwards: keep ratios and GMACs spent per clip."""
+        if self._eval_kept is None or not self._eval_frames:
+            return {}
+        keep = (self._eval_kept / self._eval_frames).cpu()
+        costs = self.focal_costs(self._eval_clip_shape)
+        gmacs = (costs["fixed"] + float((keep * torch.tensor(costs["focal"])).sum())) / 1e9
+        out = {"keep_ratio": float(keep.mean()), "gmacs": gmacs}
+        out.update({k: float(v) for k, v in self._per_stage(keep).items()})
+        return out
+
+    def compute_report(self, clip_shape: tuple, rts: tuple = (0.25, 0.5, 1.0)) -> dict:
+        """Expected (analytic) vs measured (counted on a real forward that skips) GMACs per clip at each RT.
+
+        clip_shape: (1, T, C, H, W). Measured runs the skip execution with exactly round(rt * T) frames
+        kept per clip in every focal block (the top-scoring ones), on a copy of this model (real weights,
+        or zeros when this model lives on the meta device).
+        """
+        from torch.utils.flop_counter import FlopCounterMode
+
+        shape = tuple(clip_shape[1:])
+        costs = self.focal_costs(shape)
+        fixed, focal = costs["fixed"], sum(costs["focal"])
+        real = copy.deepcopy(self)
+        if next(real.parameters()).device.type == "meta":
+            real = real.to_empty(device="cpu")
+            for t in itertools.chain(real.parameters(), real.buffers()):
+                t.detach().zero_()
+        real.eval()
+        real.execution = "skip"
+        real._gating_override = "topk"
+        rows = []
+        for rt in rts:
+            real.rt = rt
+            k = min(self.num_frames, max(0, round(rt * self.num_frames)))
+            clips = torch.randn(1, *shape, device=next(real.parameters()).device)
+            counter = FlopCounterMode(display=False)
+            with torch.no_grad(), counter:
+                real(clips)
+            rows.append({
+                "rt": rt,
+                "kept_frames": k,
+                "expected_gmacs": (fixed + rt * focal) / 1e9,
+                "expected_gmacs_at_kept": (fixed + k / self.num_frames * focal) / 1e9,
+                "measured_gmacs": counter.get_total_flops() / 2e9,
+            })
+        return {
+            "fixed_gmacs": fixed / 1e9,
+            "focal_gmacs": focal / 1e9,
+            "params": sum(p.numel() for p in self.parameters()),
+            "rows": rows,
+        }
+
+
+# What the AFNet README reports on Something-Something V1, 224 px, 1 clip x 1 crop; its "GFLOPs" are
+# GMACs per clip: (backbone, frames, TSM, rt, GMACs).
+PAPER_GMACS = (
+    ("AF-ResNet50", 12, True, 0.4, 27.9),
+    ("AF-ResNet50", 12, True, 0.8, 31.7),
+    ("AF-ResNet50", 8, False, 0.5, 19.5),  # "Less is More": 8 frames as printed (the only script uses 12)
+    ("AF-ResNet50", 8, False, 0.25, 18.3),
+    ("TSM-ResNet50", 8, True, None, 32.7),
+)
+
+
+@register_workload(
+    "afnet",
+    params=AFNetParams,
+    sampling="segments",
+    tiny={"layers": (2, 2, 2, 1), "width": 8},
+)
+def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Module:
+    if p.eval_gating not in EVAL_GATINGS:
+        raise ValueError(f"afnet: eval_gating {p.eval_gating!r} is not one of {list(EVAL_GATINGS)}")
+    if p.execution not in EXECUTIONS:
+        raise ValueError(f"afnet: execution {p.execution!r} is not one of {list(EXECUTIONS)}")
+    if not 0.0 <= p.rt <= 1.0:
+        raise ValueError(f"afnet: rt is a ratio of frames in [0, 1], got {p.rt}")
+    if not (0 < p.t1 <= p.t0):
+        raise ValueError(f"afnet: temperatures need 0 < t1 <= t0, got t0={p.t0}, t1={p.t1}")
+    if p.width % (2 * p.alpha) or p.width % p.patch_groups:
+        raise ValueError(f"afnet: width {p.width} must be divisible by 2 * alpha and by patch_groups")
+    backbone = AFResNet(
+        layers=tuple(p.layers), width=p.width, alpha=p.alpha, patch_groups=p.patch_groups,
+        num_frames=num_frames, shift=p.shift, fold_div=p.fold_div,
+    )
+    if p.pretrained_file:
+        state = read_state_dict(p.pretrained_file)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"afnet: {p.pretrained_file!r} does not match AF-ResNet{tuple(p.layers)}: missing {sorted(missing)[:10]}; "
+                f"unexpected {sorted(unexpected)[:10]}. Convert the weights to this module's names first."
+            )
+    return AFNet(
+        backbone, num_classes=num_classes, num_frames=num_frames, dropout=p.dropout, rt=p.rt,
+        lambda_rt=p.lambda_rt, t0=p.t0, t1=p.t1, t_end=p.t_end, rt_begin=p.rt_begin, rt_end=p.rt_end,
+        reference_epochs=p.reference_epochs, eval_gating=p.eval_gating, execution=p.execution,
+    )

@@ -18,6 +18,15 @@ TINY = get_workload("sllm").tiny
 K_CLASSES = 5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny steps: thread start-up costs more than the maths on shared CPUs.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _build(num_frames=8, **overrides):
     torch.manual_seed(0)
     return get_workload("sllm").build({**TINY, **overrides}, num_classes=K_CLASSES, num_frames=num_frames)
@@ -129,17 +138,8 @@ def _toy_trajectories(n, num_frames, dim, generator):
     return 2.0 * basis @ mix  # (n, S, D)
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny steps: thread start-up costs more than the maths on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("rate", [0.5, 0.75])
-def test_restoration_beats_zero_filling_on_a_toy_problem(rate, one_thread):
+def test_restoration_beats_zero_filling_on_a_toy_problem(rate):
     """FFRes, trained with the official KL on smooth trajectories, restores dropped features far
     better than zero-filling (which is the uniform distribution under the feature softmax)."""
     layout = frame_layout(8, rate)

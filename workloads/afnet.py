@@ -191,7 +191,9 @@ class AFStage(nn.Module):
         )
         self.ample_proj = nn.Sequential(*_conv_bn(cout // alpha, cout, 1))
         squeeze = max(1, cout // 16)
-        self.attention = nn.Sequential(nn.Linear(cout, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, cout), nn.Sigmoid())
+        self.attention = nn.Sequential(  # SE-style excitation, reduction 16
+            nn.Linear(cout, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, cout), nn.Sigmoid()
+        )
         self.fusion = Bottleneck(cout, planes, stride=stride, **common)
 
     def forward(self, x: torch.Tensor, gate, *, skip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -228,7 +230,10 @@ class AFResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         planes = width * 8
         self.layer4 = nn.Sequential(
-            *(Bottleneck(cin if i == 0 else planes * 4, planes, stride=2 if i == 0 else 1, **common) for i in range(layers[3]))
+            *(
+                Bottleneck(cin if i == 0 else planes * 4, planes, stride=2 if i == 0 else 1, **common)
+                for i in range(layers[3])
+            )
         )
         self.num_features = planes * Bottleneck.expansion
         self.masks_per_stage = [n - 1 for n in layers[:3]]
@@ -544,8 +549,9 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(
-                f"afnet: {p.pretrained_file!r} does not match AF-ResNet{tuple(p.layers)}: missing {sorted(missing)[:10]}; "
-                f"unexpected {sorted(unexpected)[:10]}. Convert the weights to this module's names first."
+                f"afnet: {p.pretrained_file!r} does not match AF-ResNet{tuple(p.layers)}: "
+                f"missing {sorted(missing)[:10]}; unexpected {sorted(unexpected)[:10]}. "
+                "Convert the weights to this module's parameter names first."
             )
     return AFNet(
         backbone, num_classes=num_classes, num_frames=num_frames, dropout=p.dropout, rt=p.rt,

@@ -12,6 +12,7 @@ as a cheaper proxy, RGB frame differences (`motion: diff`). Neither is Farneback
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .layers.vit import create_vit, freeze
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_workload
+
+log = logging.getLogger(__name__)
 
 MOTIONS = {"flow": 2, "diff": 3, "none": 0}  # motion input -> channels added to RGB
 NUM_SPATIAL_FRAMES = 3  # first, key, last: hard-coded in the official code
@@ -67,9 +70,6 @@ class HSARParams:
 
 # --- motion input -------------------------------------------------------------------------------
 
-_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
-
-
 def _warp(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     """img (N, 1, H, W) sampled at x + flow (N, 2, H, W), in pixels."""
     n, _, h, w = img.shape
@@ -104,7 +104,7 @@ def lucas_kanade_flow(
     while min(pyramid[-1][0].shape[-2:]) // 2 >= min_size_px:
         p, q = pyramid[-1]
         pyramid.append((F.avg_pool2d(p, 2), F.avg_pool2d(q, 2)))
-    sobel = _SOBEL.to(device=prev.device, dtype=prev.dtype)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=prev.device, dtype=prev.dtype) / 8
     kernels = torch.stack([sobel, sobel.t()])[:, None]  # (2, 1, 3, 3): d/dx, d/dy
     flow = None
     for p, q in reversed(pyramid):
@@ -415,6 +415,11 @@ class HSAR(nn.Module):
 )
 def build_hsar(params: HSARParams, *, num_classes: int, num_frames: int) -> nn.Module:
     extra = {"depth": params.spatial_depth} if params.spatial_depth else {}
+    if params.freeze_spatial and not (params.pretrained or params.pretrained_file):
+        log.warning(
+            "hsar: the spatial ViT is frozen at random initialisation; set pretrained_file (iBOT "
+            "checkpoint_teacher.pth) or pretrained: true (timm tag), or freeze_spatial: false"
+        )
     spatial = create_vit(
         params.spatial_backbone,
         pretrained=params.pretrained,

@@ -271,7 +271,12 @@ class SVMix(nn.Module):
             mixed = torch.lerp(clips[perm], clips, lam)  # lam * x + (1 - lam) * x[perm], every frame
         logits = self.online(mixed)
         loss = soft_target_ce(logits, self._targets(labels, perm, lam))
-        return {"loss": loss, "logits": logits, "mix_lambda": torch.tensor(lam), "spatial": torch.tensor(float(spatial))}
+        return {
+            "loss": loss,
+            "logits": logits,
+            "mix_lambda": torch.tensor(lam),
+            "spatial": torch.tensor(float(spatial)),
+        }
 
     def _svmix_step(self, clips, labels) -> dict:
         b = clips.shape[0]

@@ -198,6 +198,69 @@ def cmd_data_check(args) -> int:
     return 1 if report.num_bad else 0
 
 
+def cmd_data_upload(args) -> int:
+    from . import storage
+
+    start = time.perf_counter()
+    num_files, num_bytes = storage.upload_dir(args.local_dir, args.uri, num_threads=args.threads)
+    target = storage.redact(args.uri)
+    print(f"uploaded {num_files} files ({num_bytes / 1e6:.1f} MB) to {target} in {time.perf_counter() - start:.1f}s")
+    if (Path(args.local_dir) / "manifest.parquet").is_file():
+        print(f"train with:  --set data.manifest={storage.join(target, 'manifest.parquet')}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from . import jobs
+
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    env = {}
+    for text in args.env:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise ValueError(f"--env {text!r}: expected KEY=VALUE")
+        env[key] = value
+    job = jobs.submit(command, address=args.address, runtime_env_file=args.runtime_env, env=env,
+                      submission_id=args.job_id, num_gpus=args.num_gpus)
+    print(f"job id: {job.job_id}")
+    print(f"address: {job.address}")
+    print(f"entrypoint: {job.entrypoint}")
+    print(f"env forwarded: {', '.join(job.env_keys) or '-'}", flush=True)
+    if not args.follow:
+        print(f"status: {jobs.status(job.job_id, address=args.address)}")
+        print(f"follow: ray job logs -f {job.job_id} --address {job.address}")
+        return 0
+    print("--- logs ---", flush=True)
+    try:
+        state = jobs.follow(job.job_id, address=args.address)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running (ray job stop {job.job_id} --address {job.address})")
+        return 130
+    print(f"--- job {job.job_id} {state} ---")
+    if state != "SUCCEEDED":
+        message = jobs.failure_message(job.job_id, address=args.address)
+        if message:
+            print(message, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_mlflow_server(args) -> int:
+    from . import mlflow_server
+
+    kwargs = dict(host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+                  artifacts_destination=args.artifacts_destination, workers=args.workers)
+    if args.print_command:
+        from . import storage
+
+        print(" ".join(storage.redact(a) for a in mlflow_server.command(**kwargs)))
+        return 0
+    mlflow_server.serve(**kwargs)
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     """Synthetic MP4s -> Ray Train (TSM) -> MLflow -> registry -> predict, on this machine."""
     from . import tracking
@@ -343,11 +406,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--classes", required=True, help="class-name list, one per line")
     sp.add_argument("-o", "--output", required=True, help="manifest.parquet to write")
 
+    sp = data.add_parser("upload", help="copy a dataset folder to s3://bucket/prefix as it is (rewrites nothing)")
+    sp.set_defaults(fn=cmd_data_upload)
+    sp.add_argument("local_dir", help="dataset folder (manifest.parquet, classes.txt, videos/)")
+    sp.add_argument("uri", help="destination, e.g. s3://bucket/datasets/motion (the bucket must exist)")
+    sp.add_argument("--threads", type=int, default=8, help="parallel uploads")
+
     sp = data.add_parser("check", help="pre-flight: open every video, list the bad ones and what to fix")
     sp.set_defaults(fn=cmd_data_check)
     sp.add_argument("manifest")
     sp.add_argument("--root")
     sp.add_argument("--bad-list", help="write the bad files as CSV here")
+
+    sp = add("submit", cmd_submit, "run an actionlab command as a Ray job (Jobs SDK + platform/runtime_env.yaml)")
+    sp.add_argument("--address", help="Ray dashboard URL (default: $RAY_API_SERVER_ADDRESS, an http $RAY_ADDRESS, "
+                    "or http://127.0.0.1:8265)")
+    sp.add_argument("--follow", action="store_true", help="stream the job's logs until it ends; exit 1 unless it succeeded")
+    sp.add_argument("--runtime-env", help="runtime env YAML (default: platform/runtime_env.yaml of this checkout)")
+    sp.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra env var for the job (credentials are refused: the dashboard shows them)")
+    sp.add_argument("--job-id", help="submission id (default: actionlab-COMMAND-TIMESTAMP-RANDOM)")
+    sp.add_argument("--num-gpus", type=float, help="GPUs reserved for the job's driver (usually none)")
+    sp.add_argument("command", nargs=argparse.REMAINDER, help="-- train|tune|eval ... (an actionlab command)")
+
+    sp = add("mlflow-server", cmd_mlflow_server,
+             "MLflow tracking server: database store + proxied S3 or local artifact root")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=5000)
+    sp.add_argument("--backend-store-uri", default="",
+                    help="database URI (default: sqlite:///$ACTIONLAB_HOME/server/mlflow.db)")
+    sp.add_argument("--artifacts-destination", default="",
+                    help="s3://bucket/prefix or a folder (default: $ACTIONLAB_HOME/server/artifacts)")
+    sp.add_argument("--workers", type=int, default=1)
+    sp.add_argument("--print-command", action="store_true", help="print the `mlflow server` command and exit")
     return p
 
 

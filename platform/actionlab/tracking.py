@@ -20,6 +20,7 @@ CHECKPOINT_ARTIFACT = "checkpoint"
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 ALIAS_HISTORY_TAG = "actionlab.alias_history"
+CHECKPOINT_URI_TAG = "actionlab.checkpoint"  # the Ray checkpoint (local dir or s3://...) the weights came from
 
 
 def home() -> Path:
@@ -233,8 +234,15 @@ def register(
         "gmacs": metrics.get("model/gmacs", ""),
         "protocol": run.data.tags.get("actionlab.val_protocol", ""),
     }
+    checkpoint = run.data.tags.get(CHECKPOINT_URI_TAG, "")
+    if checkpoint:
+        tags["checkpoint"] = checkpoint
     mv = c.create_model_version(
-        name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id, tags={k: str(v) for k, v in tags.items()}
+        name,
+        source=f"runs:/{run_id}/{artifact_path}",
+        run_id=run_id,
+        tags={k: str(v) for k, v in tags.items()},
+        description=f"Checkpoint {checkpoint} (run {run_id})" if checkpoint else None,
     )
     version = str(mv.version)
     moved = False

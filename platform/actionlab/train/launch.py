@@ -7,6 +7,7 @@ never overwritten: the new run gets a `-2`, `-3`, ... suffix.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -130,13 +131,28 @@ def init_ray(*, dashboard: bool = False) -> None:
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
     kwargs = {"include_dashboard": dashboard} if address == "local" else {}
-    ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": worker_env()}, **kwargs)
+    # Under `ray job submit` the job's runtime env is merged with this one, and Ray refuses a variable
+    # set by both (even to the same value): the job's own are already in this process's environment.
+    env_vars = {k: v for k, v in worker_env().items() if k not in _job_env_keys()}
+    ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars}, **kwargs)
+
+
+def _job_env_keys() -> set[str]:
+    """Env var names that the enclosing Ray job's runtime env sets (empty outside a job)."""
+    text = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not text:
+        return set()
+    try:
+        return set(((json.loads(text).get("runtime_env") or {}).get("env_vars")) or {})
+    except (ValueError, AttributeError):
+        return set()
 
 
 def worker_env() -> dict:
     """Environment every Ray worker needs (workers chdir, so the tracking URI must be explicit)."""
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
-    for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "ACTIONLAB_DECODER"):
+    for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -180,10 +196,12 @@ def train(
                   **(extra_tags or {})},
             parent_run_id=parent_run_id,
         )
-        tracking.log_params(run_id, {**flat_params(cfg), "data.name": data["dataset"],
+        params = {k: storage.redact(v) if isinstance(v, str) else v for k, v in flat_params(cfg).items()}
+        tracking.log_params(run_id, {**params, "data.name": data["dataset"],
                                      "data.num_classes": len(data["classes"])})
-        tracking.log_text(run_id, dump_yaml(cfg), "config.yaml")
-    print(f"run '{run_name}': MLflow run {run_id}; checkpoints under {storage.join(root, run_name)}", flush=True)
+        tracking.log_text(run_id, storage.redact_text(dump_yaml(cfg)), "config.yaml")
+    print(f"run '{run_name}': MLflow run {run_id}; checkpoints under {storage.redact(storage.join(root, run_name))}",
+          flush=True)
 
     init_ray()
     import ray
@@ -214,9 +232,13 @@ def train(
         result = trainer.fit()
     except BaseException as err:
         tracking.end_run(run_id, "FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
-        tracking.set_tags(run_id, {"actionlab.error": str(err)[:4000]})
+        tracking.set_tags(run_id, {"actionlab.error": storage.redact_text(str(err))[:4000]})
         raise
     metrics = dict(result.return_value or result.metrics or {})
+    if result.checkpoint is not None:
+        # Ray returns scheme-less paths for S3; the registry shows the full URI of the source checkpoint.
+        final = storage.join(root, run_name, os.path.basename(result.checkpoint.path.rstrip("/")))
+        tracking.set_tags(run_id, {tracking.CHECKPOINT_URI_TAG: storage.redact(final)})
     tracking.end_run(run_id, "FINISHED")
     registered = None
     name = register_name or cfg.tracking.register

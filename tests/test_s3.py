@@ -1,0 +1,221 @@
+"""S3 storage against a real S3 endpoint on 127.0.0.1 (moto's server mode): retries, the read-through
+video cache (URI + ETag keys, size limit), `actionlab data upload`, and the whole path from s3://
+(recipe, manifest, videos) to s3:// checkpoints, MLflow artifacts proxied to S3, the registry and
+`actionlab predict` on an s3:// video. No secret may reach MLflow, logs or printed config.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from actionlab import storage
+
+pytest_plugins = ["servers"]  # session-wide servers shared with test_jobs / test_mlflow_server
+pytest.register_assert_rewrite("servers")
+
+from servers import SECRET_KEY, base_env, needs_netns  # noqa: E402
+
+FAST = ["--set", "schedule.epochs=2", "--set", "clip.num_frames=4", "--set", "clip.size_px=32",
+        "--set", "clip.resize_px=32", "--set", "data.batch_size=4", "--set", "data.num_loader_workers=0"]
+
+
+# --- retries (no server: a filesystem that fails on cue) ------------------------------------------
+
+
+class FlakyFilesystem:
+    """Stands in for a pyarrow S3 filesystem whose first `failures` reads fail with `error`."""
+
+    def __init__(self, failures: int, error: Exception, data: bytes = b"payload"):
+        self.failures, self.error, self.data, self.calls = failures, error, data, 0
+
+    def open_input_stream(self, path):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return io.BytesIO(self.data)
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    monkeypatch.setattr(storage, "_BACKOFF_S", 0.001)
+
+    def install(fs):
+        monkeypatch.setattr(storage, "_resolve", lambda uri: (fs, "bkt/key"))
+        return fs
+
+    return install
+
+
+def test_transient_errors_are_retried_with_backoff(flaky):
+    fs = flaky(FlakyFilesystem(2, OSError("AWS Error NETWORK_CONNECTION during GetObject operation: curlCode: 28")))
+    assert storage.read_bytes("s3://bkt/key") == b"payload"
+    assert fs.calls == 3
+
+
+def test_retries_give_up_naming_the_uri(flaky, monkeypatch):
+    monkeypatch.setenv(storage.MAX_ATTEMPTS_ENV, "3")
+    fs = flaky(FlakyFilesystem(10, OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce rate")))
+    with pytest.raises(OSError, match=r"read s3://bkt/key failed after 3 attempts"):
+        storage.read_bytes("s3://bkt/key")
+    assert fs.calls == 3
+
+
+def test_permanent_errors_are_not_retried(flaky):
+    fs = flaky(FlakyFilesystem(1, OSError("AWS Error ACCESS_DENIED during GetObject operation: Access Denied")))
+    with pytest.raises(OSError, match="ACCESS_DENIED"):
+        storage.read_bytes("s3://bkt/key")
+    assert fs.calls == 1
+
+
+def test_transient_classification():
+    class ClientError(Exception):
+        def __init__(self, status, code):
+            self.response = {"ResponseMetadata": {"HTTPStatusCode": status}, "Error": {"Code": code}}
+
+    assert storage.is_transient(ClientError(503, "SlowDown"))
+    assert storage.is_transient(ClientError(500, "InternalError"))
+    assert not storage.is_transient(ClientError(403, "AccessDenied"))
+    assert not storage.is_transient(FileNotFoundError("s3://b/k"))
+    assert storage.is_transient(OSError("Connection reset by peer"))
+
+
+def test_redact_hides_credentials_only():
+    assert storage.redact("s3://AKIA:s3cret@bkt/data?endpoint_override=h:9000&secret_key=x") == \
+        "s3://***@bkt/data?endpoint_override=h:9000&secret_key=***"
+    assert storage.redact("http://user:pw@mlflow:5000") == "http://***@mlflow:5000"
+    for plain in ("s3://bkt/data/m.parquet", "sqlite:////abs/mlflow.db", "/data/x", "models:/m@champion"):
+        assert storage.redact(plain) == plain
+    assert "pw" not in storage.redact_text("tracking: http://user:pw@mlflow:5000\nroot: s3://bkt/x")
+
+
+# --- storage against the S3 endpoint ----------------------------------------------------------------
+
+
+@needs_netns
+def test_read_write_exists_and_missing_objects(s3):
+    bucket = s3.make_bucket("unit-rw")
+    storage.write_bytes(f"{bucket}/dir/a.txt", b"hello")
+    assert storage.read_text(f"{bucket}/dir/a.txt") == "hello"
+    assert storage.exists(f"{bucket}/dir") and storage.exists(f"{bucket}/dir/a.txt")
+    assert not storage.exists(f"{bucket}/dir/b.txt")
+    with pytest.raises(FileNotFoundError, match="s3://unit-rw/dir/b.txt"):
+        storage.read_bytes(f"{bucket}/dir/b.txt")
+    with pytest.raises(FileNotFoundError, match="s3://unit-rw/dir/b.mp4"):
+        storage.local_copy(f"{bucket}/dir/b.mp4", "/tmp/unused-cache")
+
+
+@needs_netns
+def test_upload_dir_copies_a_dataset_as_is(s3, synth_dataset, tmp_path):
+    bucket = s3.make_bucket("unit-upload")
+    local = synth_dataset.parent
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    num_files, num_bytes = storage.upload_dir(local, f"{bucket}/motion")
+    assert num_files == len(files) and num_bytes == sum((local / f).stat().st_size for f in files)
+    listed = s3.client().list_objects_v2(Bucket="unit-upload", Prefix="motion/")["Contents"]
+    assert sorted(o["Key"].removeprefix("motion/") for o in listed) == files
+    assert storage.read_bytes(f"{bucket}/motion/manifest.parquet") == (local / "manifest.parquet").read_bytes()
+    with pytest.raises(FileNotFoundError, match="no-such-bucket"):
+        storage.upload_dir(local, "s3://no-such-bucket/motion")
+
+
+@needs_netns
+def test_video_cache_is_keyed_by_etag_and_evicts_lru(s3, tmp_path, monkeypatch):
+    bucket = s3.make_bucket("unit-cache")
+    cache = tmp_path / "cache"
+    storage.write_bytes(f"{bucket}/v/a.mp4", b"a" * 1000)
+    first = storage.local_copy(f"{bucket}/v/a.mp4", cache)
+    assert first.endswith(".mp4") and Path(first).read_bytes() == b"a" * 1000
+    assert storage.local_copy(f"{bucket}/v/a.mp4", cache) == first  # a hit: no second copy
+
+    # The object is replaced: a new ETag, so a new cache entry with the new bytes.
+    storage.write_bytes(f"{bucket}/v/a.mp4", b"b" * 1000)
+    monkeypatch.setattr(storage, "_VERSION_TTL_S", 0.0)
+    second = storage.local_copy(f"{bucket}/v/a.mp4", cache)
+    assert second != first and Path(second).read_bytes() == b"b" * 1000
+
+    # Size limit: 2500 bytes holds two 1000-byte videos; the least recently used goes first.
+    storage._cache_estimates.clear()
+    for name in ("c", "d"):
+        storage.write_bytes(f"{bucket}/v/{name}.mp4", name.encode() * 1000)
+    os.utime(second, (1, 1))  # `second` is the least recently used, then `first`
+    os.utime(first, (2, 2))
+    c = storage.local_copy(f"{bucket}/v/c.mp4", cache, max_bytes=2500)
+    assert not Path(second).exists() and Path(first).exists()
+    d = storage.local_copy(f"{bucket}/v/d.mp4", cache, max_bytes=2500)
+    kept = {p for p in map(str, cache.glob("*/*")) if not Path(p).name.startswith(".")}
+    assert kept == {c, d}
+    assert sum(Path(p).stat().st_size for p in kept) <= 2500
+    assert storage.local_copy(f"{bucket}/v/a.mp4", cache, max_bytes=2500) == second  # fetched again on demand
+
+
+# --- the whole path from and to S3 -------------------------------------------------------------------
+
+
+def _actionlab(env, *args, timeout=900):
+    proc = subprocess.run([sys.executable, "-m", "actionlab", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"actionlab {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def _last_json(stdout: str):
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith(("{", "[")):
+            return json.loads(line)
+    raise AssertionError(stdout[-3000:])
+
+
+@needs_netns
+@pytest.mark.integration
+def test_train_from_s3_checkpoint_to_s3_register_and_predict(s3_server, mlflow_server, synth_dataset, tmp_path):
+    import tempfile
+
+    data_bucket = s3_server.make_bucket("datasets")
+    ckpt_bucket = s3_server.make_bucket("checkpoints")
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"),
+                   MLFLOW_TRACKING_URI=mlflow_server.url, **s3_server.env)
+    outputs = []
+
+    upload = _actionlab(env, "data", "upload", str(synth_dataset.parent), f"{data_bucket}/motion")
+    outputs.append(upload)
+    assert "uploaded" in upload.stdout and "s3://datasets/motion/manifest.parquet" in upload.stdout
+    recipe = (Path(__file__).resolve().parents[1] / "workloads" / "recipes" / "smoke.yaml").read_bytes()
+    s3_server.client().put_object(Bucket="datasets", Key="recipes/smoke.yaml", Body=recipe)
+
+    train = _actionlab(env, "train", f"{data_bucket}/recipes/smoke.yaml",
+                       "--set", f"data.manifest={data_bucket}/motion/manifest.parquet",
+                       "--set", f"storage.uri={ckpt_bucket}/runs", "--set", "tracking.experiment=s3-e2e",
+                       *FAST, "--register", "motion-s3", "--json")
+    outputs.append(train)
+    out = _last_json(train.stdout)
+    assert out["epoch"] == 2 and out["checkpoints"] == f"s3://checkpoints/runs/{out['run_name']}"
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="checkpoints")["Contents"]}
+    assert f"runs/{out['run_name']}/epoch_0002/state.pt" in keys
+
+    c = mlflow_server.client()
+    run = c.get_run(out["run_id"])
+    assert run.info.status == "FINISHED" and run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert run.data.params["data.manifest"] == "s3://datasets/motion/manifest.parquet"
+    artifact_keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="mlflow-artifacts")["Contents"]}
+    assert any(k.endswith(f"{out['run_id']}/artifacts/checkpoint/model.safetensors") for k in artifact_keys)
+    mv = c.get_model_version_by_alias("motion-s3", "champion")
+    assert mv.tags["checkpoint"] == f"s3://checkpoints/runs/{out['run_name']}/epoch_0002"
+
+    video_key = sorted(k for k in (o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket="datasets", Prefix="motion/videos/")["Contents"]))[0]
+    predict = _actionlab(env, "predict", "--model", "models:/motion-s3@champion", f"s3://datasets/{video_key}",
+                         "--json", timeout=300)
+    outputs.append(predict)
+    preds = _last_json(predict.stdout)
+    assert preds[0]["video"] == f"s3://datasets/{video_key}" and len(preds[0]["top"]) >= 1
+
+    leaked = [t for t in [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(dict(mv.tags))]
+              + [p.stdout + p.stderr for p in outputs] if SECRET_KEY in t]
+    assert not leaked, "the AWS secret key showed up in MLflow or the command output"

@@ -215,21 +215,26 @@ class RayHead:
     temp_dir: Path
     process: Process
 
-    def stop(self) -> None:
+    def leftover_pids(self) -> list[int]:
+        """Live processes whose command line names this cluster's temp dir (zombies excluded)."""
+        marker, pids = str(self.temp_dir), []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+        return pids
+
+    def stop(self) -> list[int]:
+        """Stops the cluster; returns the PIDs still alive afterwards (none expected)."""
         self.process.stop()
         # Raylet workers and dashboard agents may have left the process group; inside the PID namespace
         # everything whose command line names this cluster's temp dir is ours.
-        marker = str(self.temp_dir)
         for _ in range(3):
-            pids = []
-            for entry in Path("/proc").iterdir():
-                if not entry.name.isdigit() or int(entry.name) == os.getpid():
-                    continue
-                try:
-                    if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
+            pids = self.leftover_pids()
             if not pids:
                 break
             for pid in pids:
@@ -239,6 +244,7 @@ class RayHead:
                     pass
             time.sleep(1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return self.leftover_pids()
 
 
 def start_ray_head(*, env: dict, log_dir: Path, num_cpus: int = 4) -> RayHead:

@@ -165,10 +165,10 @@ def test_af_resnet50_structure_on_meta():
     assert 2.8 < per_frame < 3.2  # the README's 2.9 GFLOPs for AF-ResNet50 on one ImageNet image
 
 
-def test_optim_groups_cover_every_trainable_parameter_once():
+def test_param_groups_cover_every_trainable_parameter_once():
     model = _build()
-    groups = model.optim_groups()
+    groups = model.param_groups()
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == sum(1 for p in model.parameters() if p.requires_grad)
-    mults = {g["name"]: g["lr_mult"] for g in groups}
+    mults = {g["name"]: g["lr_scale"] for g in groups}
     assert mults["navigation_lr10_wd1"] == 10 and mults["linear_lr5_wd1"] == 5

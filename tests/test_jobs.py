@@ -67,7 +67,8 @@ def cluster(s3_server, mlflow_server, tmp_path_factory):
     try:
         yield head
     finally:
-        head.stop()
+        left = head.stop()
+    assert not left, f"Ray processes left after stopping the cluster: {left}"
 
 
 def _client_env(**extra):

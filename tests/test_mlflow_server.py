@@ -51,7 +51,7 @@ def test_registry_ui_shows_version_alias_tags_and_checkpoint(mlflow_server, regi
     browser = Chromium(tmp_path)
     try:
         browser.open(f"{mlflow_server.url}/#/models/ui-tsm")
-        page = browser.wait_for_text("ui-tsm", "Version 1", "champion")
+        page = browser.wait_for_text("ui-tsm", "Version 1", "champion", "workload", "0.625")
         browser.screenshot(artifacts_dir() / "mlflow-registered-model.png")
         assert "champion" in page
 

@@ -395,7 +395,7 @@ class AFNet(nn.Module):
         self._steps_in_epoch += 1
         self._update_temperature()
 
-    def optim_groups(self) -> list[dict]:
+    def param_groups(self) -> list[dict]:
         """The official parameter groups (`get_optim_policies`) as lr / weight-decay multipliers.
 
         navigation: lr x10 (no decay on BN and biases); nn.Linear (classifier and the fusion's SE FCs):
@@ -417,7 +417,7 @@ class AFNet(nn.Module):
                     key = ("conv_bias", 2.0, 0.0) if is_bias else ("conv", 1.0, 1.0)
                 groups.setdefault(key, []).append(p)
         return [
-            {"name": f"{n}_lr{lr:g}_wd{wd:g}", "params": ps, "lr_mult": lr, "weight_decay_mult": wd}
+            {"name": f"{n}_lr{lr:g}_wd{wd:g}", "params": ps, "lr_scale": lr, "weight_decay_scale": wd}
             for (n, lr, wd), ps in groups.items()
         ]
 

@@ -12,6 +12,8 @@ Optional hooks a module may define (the train loop calls them when present, neve
                                          any other scalar entries are logged as `train/<key>`
   on_epoch_start(epoch, num_epochs)      schedules that live in the method (temperatures, targets)
   on_step_end()                          after each optimiser step (EMA updates)
+  param_groups() -> list[dict]          optimiser groups: {"params", "lr_scale", "weight_decay_scale"}
+  eval_stats() -> dict                   scalars measured over the last validation (logged as `val/<key>`)
   eval_variants() -> dict[str, Module]   models to validate, first = primary (e.g. {"ema": .., "online": ..});
                                          each is scored as `val/<name>/top1`, the primary also as `val/top1`
 """

@@ -70,7 +70,7 @@ def cmd_tune(args) -> int:
         cfg = " ".join(f"{k.removeprefix('config/')}={v:.4g}" if isinstance(v, float) else f"{k.removeprefix('config/')}={v}"
                        for k, v in row.items() if k.startswith("config/"))
         print(f" {mark} {row['trial_id']:>12s} {row['status']:>13s} epochs {row['epochs']:>3d} "
-              f"{metric} {row.get(metric, float('nan')):.4f} GMACs {row.get('model/gmacs', float('nan')):.3f}  {cfg}")
+              f"{metric} {row.get(metric, float('nan')):.4f} GMACs {row.get('gmacs') or float('nan'):.3f}  {cfg}")
     if outcome.best:
         print(f"best: {outcome.best['trial_id']} {metric} {outcome.best[metric]:.4f} (* = on the accuracy/GMACs front)")
     if outcome.registered:
@@ -139,11 +139,40 @@ def cmd_flops(args) -> int:
     )
     info = {"workload": args.workload, "frames": args.frames, "size_px": args.size,
             "gmacs": round(compute.gmacs, 3), "params": compute.params}
+    report = _dynamic_compute(args.workload, args.frames, args.size, args.num_classes, params)
+    if report:
+        info["by_ratio"] = report
     if args.json:
         print(json.dumps(info))
-    else:
-        print(f"{args.workload} {args.frames}x{args.size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
+        return 0
+    print(f"{args.workload} {args.frames}x{args.size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
+    for row in report:
+        paper = f"   paper {row['paper_gmacs']}" if row.get("paper_gmacs") is not None else ""
+        print(f"  rt {row['rt']:<5g} frames kept {row['kept_frames']:>2d}: expected {row['expected_gmacs']:.2f}, "
+              f"measured {row['measured_gmacs']:.2f} GMACs{paper}")
     return 0
+
+
+def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, params: dict) -> list:
+    """Expected vs measured GMACs per selection ratio, for workloads whose cost depends on the data
+    (they expose `compute_report`); the paper's figure for the same frames is put beside them."""
+    from workloads import get_workload
+
+    spec = get_workload(workload)
+    weights = ("pretrained", "pretrained_file")
+    model = spec.build({k: v for k, v in params.items() if k not in weights},
+                       num_classes=num_classes, num_frames=frames)
+    if not hasattr(model, "compute_report"):
+        return []
+    report = model.compute_report((1, frames, 3, size, size))
+    paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())
+    if size != 224 or set(params) & {"layers", "width", "alpha", "patch_groups"}:
+        paper = ()  # the papers' figures are for the full network at 224 px
+    rows = []
+    for row in report["rows"]:
+        quoted = [g for (_, t, _, rt, g) in paper if t == frames and rt == row["rt"]]
+        rows.append({**row, "paper_gmacs": quoted[0] if quoted else None})
+    return rows
 
 
 def cmd_eval(args) -> int:
@@ -161,6 +190,35 @@ def cmd_eval(args) -> int:
     for name, acc in summary["per_class"].items():
         print(f"  {name:30s} {acc:.3f}")
     return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench, parse_sweep
+    from .config import parse_override
+
+    from workloads import get_workload
+
+    params: dict = dict(get_workload(args.workload).tiny) if args.tiny else {}
+    for text in args.set:
+        params.update(parse_override(text))
+    rows = bench(args.workload, params=params, sweep=parse_sweep(args.sweep) if args.sweep else None,
+                 num_frames=args.frames, size_px=args.size, num_classes=args.num_classes,
+                 batch_size=args.batch_size, iters=args.iters, threads=args.threads)
+    if args.json:
+        print(json.dumps([row.__dict__ for row in rows]))
+        return 0
+    print(f"{args.workload} forward, batch {args.batch_size} x {args.frames} frames x {args.size}px, "
+          f"{torch_threads()} threads; baseline = first row")
+    print(f"  {'setting':24s} {'clips/s':>9s} {'ms/batch':>9s} {'GMACs/clip':>11s} {'vs baseline':>11s}")
+    for r in rows:
+        print(f"  {r.setting:24s} {r.clips_per_s:9.2f} {r.ms_per_batch:9.1f} {r.gmacs:11.3f} {r.speedup:10.2f}x")
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def cmd_data_synth(args) -> int:
@@ -276,7 +334,7 @@ def cmd_quickstart(args) -> int:
     manifest = data_dir / "manifest.parquet"
     print(f"[1/4] dataset: {data_dir}", flush=True)
     if not manifest.exists():
-        synthesize(data_dir, num_classes=6, videos_per_class=48, num_frames=16, size_px=64, seed=0)
+        synthesize(data_dir, num_classes=6, videos_per_class=48, num_frames=8, size_px=64, seed=0)
         print(f"      generated 6 motion classes x 48 H.264 videos in {time.perf_counter() - t0:.0f}s", flush=True)
     else:
         print("      reusing the generated dataset", flush=True)
@@ -385,6 +443,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--frames", type=int, default=8)
     sp.add_argument("--size", type=int, default=224)
     sp.add_argument("--num-classes", type=int, default=400)
+    sp.add_argument("--json", action="store_true")
+    sets(sp)
+
+    sp = add("bench", cmd_bench, "forward clips/s of a workload across settings, beside a baseline")
+    sp.add_argument("workload")
+    sp.add_argument("--sweep", help="PARAM=V1,V2,...: one row per value, the first is the baseline")
+    sp.add_argument("--tiny", action="store_true", help="start from the workload's tiny CPU params")
+    sp.add_argument("--frames", type=int, default=8)
+    sp.add_argument("--size", type=int, default=224)
+    sp.add_argument("--num-classes", type=int, default=400)
+    sp.add_argument("--batch-size", type=int, default=2)
+    sp.add_argument("--iters", type=int, default=5)
+    sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     sp.add_argument("--json", action="store_true")
     sets(sp)
 

@@ -125,6 +125,10 @@ def workload_compute(
         for f in dataclasses.fields(resolved)
         if f.name in _WEIGHT_SOURCE_FIELDS
     }
+    for f in dataclasses.fields(resolved):  # wrappers (SV-Mix) carry their backbone's params as a dict
+        value = getattr(resolved, f.name)
+        if f.name.endswith("_params") and isinstance(value, dict):
+            cleared[f.name] = {k: v for k, v in value.items() if k not in _WEIGHT_SOURCE_FIELDS}
     resolved = dataclasses.replace(resolved, **cleared)
     clip_shape = (1, num_frames, 3, size_px, size_px)
     try:

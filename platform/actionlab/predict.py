@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import storage, tracking
-from .data.dataset import VideoClipDataset
-from .train.evaluate import normalise, stats_tensors
+from .train.evaluate import normalise, stats_tensors, eval_dataset
 
 
 def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None) -> list[dict]:
@@ -25,20 +24,8 @@ def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str
     out = []
     for video in videos:
         local = storage.local_copy(video, cache_dir) if storage.is_remote(video) else str(Path(video).resolve())
-        dataset = VideoClipDataset(
-            df=pd.DataFrame({"video": [Path(local).name], "label": [0]}),
-            root=str(Path(local).parent),
-            num_classes=len(meta["classes"]),
-            sampling=meta["sampling"],
-            num_frames=meta["num_frames"],
-            stride=meta["stride"],
-            train=False,
-            size_px=meta["size_px"],
-            resize_px=meta["resize_px"],
-            scales=(1.0,),
-            flip="off",
-            flip_pairs={},
-        )
+        row = pd.DataFrame({"video": [Path(local).name], "label": [0]})
+        dataset = eval_dataset(meta, row, str(Path(local).parent))
         item = dataset[0]
         if "error" in item:
             out.append({"video": video, "error": item["error"]})

@@ -345,9 +345,14 @@ def object_version(uri: str, *, refresh: bool = False) -> str:
         try:
             head = retrying("look up", uri, lambda: client.head_object(Bucket=bucket, Key=key))
         except ClientError as err:
-            if err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 404) or \
-                    err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket"):
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404 or err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket"):
                 raise _missing_error(uri) from None
+            if status == 403:
+                raise PermissionError(
+                    f"{redact(uri)}: access denied (S3 answers 403 also for a missing object when the credentials "
+                    "may not list the bucket); check the object and the credentials' read permission"
+                ) from None
             raise
         version = head["ETag"].strip('"')
     else:

@@ -73,6 +73,24 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(f"{n}." for n in names)
 
 
+def load_exact(model: nn.Module, state: dict, *, what: str, fix: str) -> None:
+    """`load_state_dict(strict=True)`, but a mismatch raises with every missing, unexpected and
+    mis-shaped key listed (`what` names the two sides, `fix` says what to do)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{what} do not match: missing {missing}; unexpected {unexpected}; shape mismatch {mismatched}. {fix}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Loads a local state dict into a headless backbone; every key must match.
 
@@ -87,21 +105,12 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> dict[str, li
     head = _classifier_prefixes(backbone)
     skipped = sorted(k for k in state if k.startswith(head)) if head else []
     state = {k: v for k, v in state.items() if k not in set(skipped)}
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
+    load_exact(
+        backbone,
+        state,
+        what=f"weights file {str(path)!r} vs backbone {type(backbone).__name__}",
+        fix="Use a state dict saved from the same timm architecture (classifier keys may differ).",
     )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"weights file {str(path)!r} does not match backbone {type(backbone).__name__}: "
-            f"missing {missing}; unexpected {unexpected}; shape mismatch {mismatched}. "
-            "Use a state dict saved from the same timm architecture (classifier keys may differ)."
-        )
-    backbone.load_state_dict(state, strict=True)
     log.info("loaded %d tensors from %s; skipped classifier keys %s", len(state), path, skipped)
     return {"loaded": sorted(state), "skipped": skipped}
 

@@ -14,6 +14,8 @@ import timm
 import torch
 from torch import nn
 
+from .backbones import load_exact
+
 log = logging.getLogger(__name__)
 
 # Wrappers self-supervised trainers put around the encoder's weights (DINO/iBOT save
@@ -109,21 +111,14 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]
         head = sorted(k for k in state if k.startswith("head.") and k not in own)
         skipped += head
         state = {k: v for k, v in state.items() if k not in set(head)}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
+    load_exact(
+        model,
+        state,
+        what=f"weights file {str(path)!r} vs {type(model).__name__} (embed_dim "
+        f"{getattr(model, 'embed_dim', '?')}, depth {len(model.blocks)})",
+        fix="Use a checkpoint of the same ViT architecture (timm, OpenAI CLIP or DINO/iBOT layout) "
+        "or change the backbone name.",
     )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"weights file {str(path)!r} does not match {type(model).__name__} "
-            f"(embed_dim {getattr(model, 'embed_dim', '?')}, depth {len(model.blocks)}): missing {missing}; "
-            f"unexpected {unexpected}; shape mismatch {mismatched}. Use a checkpoint of the same ViT "
-            "architecture (timm, OpenAI CLIP or DINO/iBOT layout) or change the backbone name."
-        )
-    model.load_state_dict(state, strict=True)
     log.info("loaded %d ViT tensors from %s; skipped %s", len(state), path, skipped)
     return {"loaded": sorted(state), "skipped": skipped}
 

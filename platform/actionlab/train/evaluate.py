@@ -140,6 +140,29 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     return fig
 
 
+def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None):
+    """A test-mode dataset with the preprocessing stored beside a registered model (meta.json)."""
+    from ..data.dataset import VideoClipDataset
+
+    return VideoClipDataset(
+        df=df,
+        root=root,
+        num_classes=len(meta["classes"]),
+        sampling=meta["sampling"],
+        num_frames=meta["num_frames"],
+        stride=meta["stride"],
+        train=False,
+        size_px=meta["size_px"],
+        resize_px=meta["resize_px"],
+        scales=(1.0,),
+        flip="off",
+        flip_pairs={},
+        num_clips=num_clips,
+        num_crops=num_crops,
+        cache_dir=cache_dir,
+    )
+
+
 def evaluate_model(
     model_uri: str,
     manifest: str,
@@ -173,23 +196,8 @@ def evaluate_model(
     df = data_manifest.select_split(data_manifest.read_manifest(manifest), split)
     if df.empty:
         raise ValueError(f"{manifest}: no rows in split {split!r}; pass --split with one the manifest has")
-    dataset = data_dataset.VideoClipDataset(
-        df=df,
-        root=root or data_manifest.default_root(manifest),
-        num_classes=len(meta["classes"]),
-        sampling=meta["sampling"],
-        num_frames=meta["num_frames"],
-        stride=meta["stride"],
-        train=False,
-        size_px=meta["size_px"],
-        resize_px=meta["resize_px"],
-        scales=(1.0,),
-        flip="off",
-        flip_pairs={},
-        num_clips=num_clips,
-        num_crops=num_crops,
-        cache_dir=str(tracking.home() / "cache"),
-    )
+    dataset = eval_dataset(meta, df, root or data_manifest.default_root(manifest), num_clips=num_clips,
+                           num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
     loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
                                       num_workers=num_loader_workers, timeout_s=300, drop_last=False)
     result = evaluate(loaded.model, loader, device="cpu", mean=meta["mean"], std=meta["std"],

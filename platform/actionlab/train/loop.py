@@ -50,10 +50,23 @@ class TrainStep(nn.Module):
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """SGD or AdamW; a workload's `param_groups()` scales lr / weight decay per group (e.g. AFNet's
+    navigation x10, SLLM's encoder x0.1), as in the methods' official code."""
+    if hasattr(model, "param_groups"):
+        groups = [
+            {
+                "params": [p for p in g["params"] if p.requires_grad],
+                "lr": cfg.optim.lr * g.get("lr_scale", 1.0),
+                "weight_decay": cfg.optim.weight_decay * g.get("weight_decay_scale", 1.0),
+            }
+            for g in model.param_groups()
+        ]
+        groups = [g for g in groups if g["params"]]
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
     if cfg.optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
 
 
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -271,6 +284,8 @@ def train_worker(loop_config: dict) -> dict:
         for name, scores in scored.items():
             if name:
                 metrics.update({f"val/{name}/top1": scores.top1, f"val/{name}/top5": scores.top5})
+        if hasattr(model, "eval_stats"):  # what a data-dependent method really spent while validating
+            metrics.update({f"val/{k}": v for k, v in model.eval_stats().items()})
         _log(
             rank,
             f"epoch {epoch + 1}/{epochs} done in {epoch_time:.1f}s: train/loss {metrics['train/loss']:.4f} "

@@ -86,7 +86,7 @@ def _plot(table: list, front: list, metric: str, path: Path, title: str) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["trial_id"], r["model/gmacs"], r[metric]) for r in table if _finite(r.get(metric), r.get("model/gmacs"))]
+    pts = [(r["trial_id"], r["gmacs"], r[metric]) for r in table if _finite(r.get(metric), r.get("gmacs"))]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for tid, x, y in pts:
         on_front = tid in front
@@ -203,8 +203,8 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     if done:
         pick = max if spec.mode == "max" else min
         best = pick(done, key=lambda r: r[spec.metric])
-    front = pareto_front([(r["trial_id"], r["model/gmacs"], r[spec.metric] if spec.mode == "max" else -r[spec.metric])
-                          for r in table if _finite(r.get(spec.metric), r.get("model/gmacs"))])
+    front = pareto_front([(r["trial_id"], r["gmacs"], r[spec.metric] if spec.mode == "max" else -r[spec.metric])
+                          for r in table if _finite(r.get(spec.metric), r.get("gmacs"))])
     with tempfile.TemporaryDirectory() as tmp:
         import pandas as pd
 
@@ -240,9 +240,11 @@ def _results_table(grid, spec: SweepSpec, epochs: int) -> list[dict]:
             status = "early-stopped"
         row = {"trial_id": str(metrics.get("trial_id", "")), "status": status, "epochs": epoch}
         row.update({f"config/{k}": result.config.get(k) for k in spec.space})
-        for key in (spec.metric, "val/top1", "val/top5", "model/gmacs", "train/loss"):
+        for key in (spec.metric, "val/top1", "val/top5", "model/gmacs", "val/gmacs", "train/loss"):
             if key in metrics:
                 row[key] = float(metrics[key])
+        # Compute per clip as spent: data-dependent methods (AFNet) measure it while validating.
+        row["gmacs"] = row.get("val/gmacs", row.get("model/gmacs"))
         if result.error is not None:
             row["error"] = str(result.error)[:500]
         rows.append(row)

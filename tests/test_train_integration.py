@@ -87,7 +87,8 @@ def test_train_track_register_predict(env, synth_dataset):
     assert run.data.metrics["data/bad_samples"] == 0
     artifacts = {a.path for a in c.list_artifacts(run_id)} | {a.path for a in c.list_artifacts(run_id, "checkpoint")}
     assert {"config.yaml", "checkpoint/model.safetensors", "checkpoint/meta.json"} <= artifacts
-    assert "eval/confusion_matrix.png" in {a.path for a in c.list_artifacts(run_id, "eval")}
+    eval_files = {a.path for a in c.list_artifacts(run_id, "eval")}
+    assert eval_files == {"eval/confusion_matrix.png", "eval/per_class.json"}
     ckpt_dir = Path(out["checkpoints"])
     assert (ckpt_dir / "epoch_0002" / "state.pt").is_file()
 
@@ -110,8 +111,8 @@ def test_train_track_register_predict(env, synth_dataset):
     ev = json.loads(actionlab(env, "eval", "--model", "models:/motion-tsm@champion", "--data", manifest,
                               "--clips", "2", "--crops", "3", "--run", run_id, "--json").stdout)
     assert ev["num_videos"] == len(_val_rows(manifest)) and ev["bad_samples"] == 0
-    assert 0.0 <= ev["test/top1@2x3"] <= ev["test/top5@2x3"] <= 1.0
-    assert "test/top1@2x3" in c.get_run(run_id).data.metrics
+    assert 0.0 <= ev["test/top1_2x3"] <= ev["test/top5_2x3"] <= 1.0
+    assert "test/top1_2x3" in c.get_run(run_id).data.metrics
     assert "test/confusion_2x3.png" in {a.path for a in c.list_artifacts(run_id, "test")}
 
     # The same command again: the finished run is kept and the new one gets a suffix.

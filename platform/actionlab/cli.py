@@ -185,7 +185,7 @@ def cmd_eval(args) -> int:
         return 0
     protocol = f"{args.clips}x{args.crops}"
     print(f"{summary['model']} on {summary['num_videos']} videos ({summary['protocol']}): "
-          f"top-1 {summary[f'test/top1@{protocol}']:.4f}, top-5 {summary[f'test/top5@{protocol}']:.4f}, "
+          f"top-1 {summary[f'test/top1_{protocol}']:.4f}, top-5 {summary[f'test/top5_{protocol}']:.4f}, "
           f"{summary['bad_samples']} bad samples skipped")
     for name, acc in summary["per_class"].items():
         print(f"  {name:30s} {acc:.3f}")
@@ -432,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--clips", type=int, default=1)
     sp.add_argument("--crops", type=int, default=1, choices=[1, 3])
     sp.add_argument("--fusion", default="logits", choices=["logits", "probs"])
-    sp.add_argument("--run", help="MLflow run id to log test/top1@CLIPSxCROPS and the confusion matrix to")
+    sp.add_argument("--run", help="MLflow run id to log test/top1_CLIPSxCROPS and the confusion matrix to")
     sp.add_argument("--json", action="store_true")
 
     sp = add("list", cmd_list, "registered workloads, shipped recipes and tune spaces")
@@ -515,8 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.verbose:
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if args.verbose:
+        os.environ["ACTIONLAB_VERBOSE"] = "1"
+    else:
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return args.fn(args) or 0

@@ -178,8 +178,9 @@ def evaluate_model(
 ) -> dict:
     """The full test protocol on a manifest split: views = clips x crops, scores averaged per video.
 
-    Logs `test/top1@<clips>x<crops>` (and top-5, per-class accuracy, the confusion matrix) to the
-    MLflow run `run_id` when given, so the protocol travels with the number.
+    Logs `test/top1_<clips>x<crops>` (and top-5, per-class accuracy, the confusion matrix) to the
+    MLflow run `run_id` when given, so the protocol travels with the number (MLflow allows no `@`
+    in metric names, hence `_`).
     """
     import json
     import tempfile
@@ -206,14 +207,14 @@ def evaluate_model(
     summary = {
         "model": model_uri,
         "protocol": f"{num_clips} clips x {num_crops} crops, {fusion} averaged",
-        f"test/top1@{protocol}": result.top1,
-        f"test/top5@{protocol}": result.top5,
+        f"test/top1_{protocol}": result.top1,
+        f"test/top5_{protocol}": result.top5,
         "num_videos": result.num_videos,
         "bad_samples": len(result.bad),
         "per_class": dict(zip(meta["classes"], result.per_class)),
     }
     if run_id:
-        tracking.log_metrics(run_id, {f"test/top1@{protocol}": result.top1, f"test/top5@{protocol}": result.top5},
+        tracking.log_metrics(run_id, {f"test/top1_{protocol}": result.top1, f"test/top5_{protocol}": result.top5},
                              step=0)
         with tempfile.TemporaryDirectory() as tmp:
             fig = confusion_figure(result.confusion, meta["classes"], f"test top-1 {result.top1:.3f} ({protocol})")

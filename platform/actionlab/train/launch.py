@@ -134,7 +134,8 @@ def init_ray(*, dashboard: bool = False) -> None:
     # Under `ray job submit` the job's runtime env is merged with this one, and Ray refuses a variable
     # set by both (even to the same value): the job's own are already in this process's environment.
     env_vars = {k: v for k, v in worker_env().items() if k not in _job_env_keys()}
-    ray.init(address=address, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars}, **kwargs)
+    level = logging.INFO if os.environ.get("ACTIONLAB_VERBOSE") else logging.WARNING
+    ray.init(address=address, logging_level=level, runtime_env={"env_vars": env_vars}, **kwargs)
 
 
 def _job_env_keys() -> set[str]:

@@ -351,11 +351,13 @@ def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples:
         tracking.save_model_dir(out / tracking.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx["classes"]))
         tracking.log_artifacts(run_id, out / tracking.CHECKPOINT_ARTIFACT, tracking.CHECKPOINT_ARTIFACT)
         if val is not None:
+            evals = out / "eval"
+            evals.mkdir()
             fig = confusion_figure(val.confusion, ctx["classes"], f"{ctx['run_name']}: val top-1 {val.top1:.3f}")
-            fig.savefig(out / "confusion_matrix.png", dpi=110)
+            fig.savefig(evals / "confusion_matrix.png", dpi=110)
             plt.close(fig)
-            (out / "per_class.json").write_text(json.dumps(dict(zip(ctx["classes"], val.per_class)), indent=1))
-            tracking.log_artifacts(run_id, out, "eval")
+            (evals / "per_class.json").write_text(json.dumps(dict(zip(ctx["classes"], val.per_class)), indent=1))
+            tracking.log_artifacts(run_id, evals, "eval")
     if bad_examples:
         tracking.log_text(run_id, "\n".join(f"{vid}\t{why}" for vid, why in bad_examples), "data/bad_samples.tsv")
 

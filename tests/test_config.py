@@ -56,3 +56,12 @@ def test_flat_params_are_dotted_strings():
     assert flat["workload.params.backbone"] == "resnet18"
     assert flat["optim.lr"] == "0.01"
     assert all(isinstance(v, str) for v in flat.values())
+
+
+def test_switching_workload_drops_the_recipes_params():
+    recipe = {"workload": {"name": "tsm", "params": {"backbone": "resnet18", "fold_div": 4}}}
+    assert resolve(recipe, ["workload.name=tam"]).workload.params == {}
+    switched = resolve(recipe, ["workload.name=tam", "workload.params.depth=18"])
+    assert switched.workload.params == {"depth": 18}
+    kept = resolve(recipe, ["workload.name=tsm", "workload.params.fold_div=8"])
+    assert kept.workload.params == {"backbone": "resnet18", "fold_div": 8}

@@ -232,11 +232,21 @@ def load_recipe_text(text: str, source: str) -> dict:
 
 
 def resolve(recipe: dict | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Defaults < recipe mapping < dotted overrides, validated."""
+    """Defaults < recipe mapping < dotted overrides, validated.
+
+    `workload.params` belong to their workload: an override that switches `workload.name` starts
+    from the new workload's defaults instead of inheriting the recipe's params for another method.
+    """
     values = to_dict(Config())
     values = _merge(values, recipe or {})
-    for text in overrides:
-        values = _merge(values, parse_override(text))
+    parsed = [parse_override(text) for text in overrides]
+    recipe_workload = values.get("workload", {}).get("name")
+    for update in parsed:
+        name = update.get("workload", {}).get("name") if isinstance(update.get("workload"), dict) else None
+        if name is not None and name != recipe_workload:
+            values["workload"]["params"] = {}
+            recipe_workload = name
+        values = _merge(values, update)
     return from_dict(values)
 
 

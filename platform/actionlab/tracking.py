@@ -8,9 +8,11 @@ local artifacts under the state folder (`ACTIONLAB_HOME`, default `~/.actionlab`
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 ALIAS_HISTORY_TAG = "actionlab.alias_history"
 CHECKPOINT_URI_TAG = "actionlab.checkpoint"  # the Ray checkpoint (local dir or s3://...) the weights came from
+OUTAGE_TAG = "actionlab.tracking_outage"  # what happened when the tracking server was unreachable
+WAIT_ENV = "ACTIONLAB_MLFLOW_WAIT_S"  # how long the end of a run waits for an unreachable server (default 600)
 
 
 def home() -> Path:
@@ -126,6 +130,171 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
 
 
+# --- surviving a tracking-server outage ------------------------------------------------------------
+
+
+def is_outage(err: BaseException) -> bool:
+    """True when a tracking call failed because the server is unreachable or failing (5xx), not refused."""
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(err, MlflowException):
+        return err.get_http_status_code() >= 500
+    return isinstance(err, OSError | ConnectionError | TimeoutError)
+
+
+@contextlib.contextmanager
+def _fail_fast():
+    # MLflow's HTTP client retries a refused connection for about 4 minutes by default; rank 0 would
+    # stall training that long. Buffered writes try once and keep their data for the next flush.
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="15")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+class MetricBuffer:
+    """Rank 0's metric writer: survives a tracking-server outage and writes each (metric, step) once.
+
+    Values are queued with the time they were measured and written on `flush()`; when the server is
+    unreachable they stay queued (and go into the checkpoint through `state()`, so a worker restart
+    loses nothing) and are retried on the next flush. A (metric, step) already in the run's history is
+    never written again: after a restart, redone epochs keep the values first logged, so the history
+    has no gaps and no duplicates.
+    """
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        self.pending: list[tuple[int, int, dict]] = []  # (step, timestamp ms, {key: value})
+        self.outage: dict = {}  # failed_writes, first, last, error, written_late
+        self._logged: dict[str, set[int]] = {}
+        self.down = False  # the last flush failed: what the next one writes is written late
+
+    def restore(self, state: dict | None) -> None:
+        """Takes back the queue and outage record saved in a checkpoint by `state()`."""
+        state = state or {}
+        self.pending = [(int(s), int(t), dict(m)) for s, t, m in state.get("pending", [])] + self.pending
+        self.outage = {**dict(state.get("outage") or {}), **self.outage}
+        self.down = self.down or bool(self.pending and self.outage)
+
+    def state(self) -> dict:
+        """What a checkpoint keeps: plain lists and dicts, loadable with `torch.load(weights_only=True)`."""
+        return {"pending": [[s, t, dict(m)] for s, t, m in self.pending], "outage": dict(self.outage)}
+
+    def add(self, metrics: dict, *, step: int) -> None:
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        if values:
+            self.pending.append((int(step), int(time.time() * 1000), values))
+
+    def log(self, metrics: dict, *, step: int) -> bool:
+        self.add(metrics, step=step)
+        return self.flush()
+
+    def flush(self) -> bool:
+        """Writes the queue; False (queue kept) when the server is unreachable.
+
+        Raises:
+            MlflowException: the server refused the write (a 4xx: not an outage).
+        """
+        if not self.pending:
+            return True
+        try:
+            with _fail_fast():
+                written = self._write()
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            now = time.time()
+            self.outage["failed_writes"] = int(self.outage.get("failed_writes", 0)) + 1
+            self.outage.setdefault("first", _utc(now))
+            self.outage["last"] = _utc(now)
+            from . import storage
+
+            self.outage["error"] = storage.redact_text(str(err).splitlines()[0])[:300]
+            self.down = True
+            return False
+        if self.down:
+            self.outage["written_late"] = int(self.outage.get("written_late", 0)) + written
+            self.down = False
+        return True
+
+    def _write(self) -> int:
+        from mlflow.entities import Metric
+
+        c = client()
+        for key in sorted({k for _, _, m in self.pending for k in m} - self._logged.keys()):
+            self._logged[key] = {m.step for m in c.get_metric_history(self.run_id, key)}
+        batch, seen = [], set()
+        for step, stamp, metrics in self.pending:
+            for key, value in metrics.items():
+                if step in self._logged[key] or (key, step) in seen:
+                    continue
+                seen.add((key, step))
+                batch.append(Metric(key, value, stamp, step))
+        for i in range(0, len(batch), 1000):
+            chunk = batch[i : i + 1000]
+            c.log_batch(self.run_id, metrics=chunk)
+            for m in chunk:
+                self._logged[m.key].add(m.step)
+        self.pending = []
+        return len(batch)
+
+    def finish(self, *, wait_s: float | None = None, poll_s: float = 5.0) -> None:
+        """Flushes the queue, waiting up to `wait_s` (`ACTIONLAB_MLFLOW_WAIT_S`, default 600) for the server.
+
+        Raises:
+            RuntimeError: the server stayed unreachable; the values are still in the last checkpoint.
+        """
+        wait_s = float(os.environ.get(WAIT_ENV) or 600) if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while not self.flush():
+            if time.monotonic() > deadline:
+                from . import storage
+
+                raise RuntimeError(
+                    f"the MLflow server {storage.redact(tracking_uri())} was unreachable for more than {wait_s:.0f}s "
+                    f"at the end of the run ({self.outage.get('error', '')}); {sum(len(m) for _, _, m in self.pending)} "
+                    f"metric values are kept in the last checkpoint. Bring the server back and rerun the same "
+                    f"command: it resumes this run and writes them (or raise {WAIT_ENV})."
+                )
+            time.sleep(poll_s)
+
+    def outage_note(self) -> str:
+        """A line for the run's `actionlab.tracking_outage` tag; empty when nothing went wrong."""
+        if not self.outage:
+            return ""
+        return (
+            f"MLflow unreachable for {self.outage.get('failed_writes', 0)} metric writes between "
+            f"{self.outage.get('first')} and {self.outage.get('last')} ({self.outage.get('error', '')}); "
+            f"training went on and {self.outage.get('written_late', 0)} buffered metric values were written "
+            f"when it came back, with their original timestamps"
+        )
+
+
+def when_reachable(fn, *, what: str, wait_s: float | None = None, poll_s: float = 5.0):
+    """Calls `fn()`, retrying while the tracking server is unreachable for up to `wait_s` (`ACTIONLAB_MLFLOW_WAIT_S`)."""
+    wait_s = float(os.environ.get(WAIT_ENV) or 600) if wait_s is None else wait_s
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with _fail_fast():
+                return fn()
+        except Exception as err:
+            if not is_outage(err) or time.monotonic() > deadline:
+                raise
+            sys.stderr.write(f"MLflow unreachable while trying to {what}; retrying in {poll_s:.0f}s\n")
+            time.sleep(poll_s)
+
+
 # --- checkpoints as registered models -------------------------------------------------------------
 
 
@@ -175,17 +344,38 @@ def resolve_model_dir(uri: str) -> Path:
     return path
 
 
-def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
-    """Rebuilds the workload from meta.json and loads safetensors weights (never unpickles)."""
+def load_weights(path: str | Path) -> dict:
+    """Tensors of a safetensors file; anything else (a pickle, a torch.save file) is refused unread.
+
+    Raises:
+        ValueError: not a safetensors file (the message names it and says how to convert it).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise FileNotFoundError(f"{path}: no such weights file; expected a directory written by actionlab") from None
+        raise ValueError(
+            f"{path} is not a safetensors file ({err}); actionlab never unpickles model files. Convert trusted "
+            "weights with safetensors.torch.save_file(state_dict, 'model.safetensors'), or register the run again"
+        ) from None
+
+
+def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
+    """Rebuilds the workload from meta.json and loads safetensors weights (never unpickles)."""
     from workloads import get_workload
 
     path = resolve_model_dir(uri)
-    meta = json.loads((path / META_FILE).read_text())
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path / META_FILE} is not JSON ({err}); expected a directory written by actionlab") from None
     spec = get_workload(meta["workload"])
     model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"])
-    state = load_file(str(path / MODEL_FILE), device="cpu")
+    state = load_weights(path / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(

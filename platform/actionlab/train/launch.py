@@ -66,6 +66,19 @@ def resolve_data(cfg: Config) -> dict:
     }
 
 
+def check_buildable(spec, cfg: Config) -> None:
+    """Builds the workload once on the meta device (no memory, no weights), so that bad params fail
+    here with the builder's own message, before Ray and MLflow are touched."""
+    import torch
+
+    params = spec.resolve_params(cfg.workload.params)
+    try:
+        with torch.device("meta"):
+            spec.build(params, num_classes=2, num_frames=cfg.clip.num_frames)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"workload '{spec.name}' cannot be built from workload.params={cfg.workload.params}: {err}") from None
+
+
 def default_run_name(cfg: Config, dataset: str) -> str:
     backbone = cfg.workload.params.get("backbone")
     if backbone is None:
@@ -180,7 +193,7 @@ def train(
     from .loop import train_worker
 
     spec = get_workload(cfg.workload.name)
-    spec.resolve_params(cfg.workload.params)  # bad params fail here, before Ray starts
+    check_buildable(spec, cfg)
     data = resolve_data(cfg)
     root = storage_root(cfg)
     base_name = cfg.tracking.run_name or default_run_name(cfg, data["dataset"])

@@ -137,6 +137,25 @@ def _log(rank: int, message: str) -> None:
         sys.stdout.flush()
 
 
+def load_state(path: Path) -> dict:
+    """A resume state written by this loop: tensors and plain containers only (`weights_only=True`).
+
+    Raises:
+        ValueError: the file holds anything else (e.g. a pickle that would run code); it is not executed.
+    """
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"checkpoint {path} is not a resume state this platform wrote and was refused unexecuted ({first}). "
+            "Delete that checkpoint folder to resume from an earlier one, or start afresh with "
+            "--set tracking.run_name=NEW_NAME"
+        ) from None
+
+
 def _check_bad_fraction(cfg: Config, bad: int, seen: int, examples: list) -> None:
     if seen and bad / seen > cfg.data.max_bad_fraction:
         shown = "; ".join(f"{vid}: {why}" for vid, why in examples[:5])
@@ -170,10 +189,11 @@ def train_worker(loop_config: dict) -> dict:
         _log(rank, f"init_from {cfg.workload.init_from}: {report}")
 
     run_id = ctx["run_id"]
+    tracker = tracking.MetricBuffer(run_id)  # used on rank 0 only
     compute = None
     if rank == 0:
         compute = flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
-        tracking.log_metrics(run_id, {"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
+        tracker.add({"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
         _log(rank, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
 
     step_module = ray.train.torch.prepare_model(TrainStep(model, label_smoothing=cfg.optim.label_smoothing))
@@ -189,14 +209,17 @@ def train_worker(loop_config: dict) -> dict:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=True)
+            state = load_state(Path(ckpt_dir) / STATE_FILE)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"]) + 1
         total_bad = int(state.get("bad_samples", 0))
+        tracker.restore(state.get("tracking"))
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
+    if rank == 0:
+        _flush(tracker, rank)
 
     epochs = cfg.schedule.epochs
     step_end = getattr(model, "on_step_end", None)
@@ -294,7 +317,9 @@ def train_worker(loop_config: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                tracking.log_metrics(run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                # Queued before the checkpoint and written after it is saved: the checkpoint carries
+                # what MLflow has not confirmed yet, so neither a restart nor an outage loses it.
+                tracker.add({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
                 torch.save(
                     {
                         "model": model.state_dict(),
@@ -303,16 +328,30 @@ def train_worker(loop_config: dict) -> dict:
                         "epoch": epoch,
                         "torch_rng": torch.get_rng_state(),
                         "bad_samples": total_bad,
+                        "tracking": tracker.state(),
                     },
                     Path(tmp) / STATE_FILE,
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        if rank == 0:
+            _flush(tracker, rank)
         result = val
 
     if rank == 0:
-        _finalise(cfg, ctx, spec, model, result, bad_examples)
+        _finalise(cfg, ctx, spec, model, result, bad_examples, tracker)
     return metrics
+
+
+def _flush(tracker: tracking.MetricBuffer, rank: int) -> None:
+    """Writes queued metrics; an unreachable tracking server is reported and training goes on."""
+    was_down = tracker.down
+    if tracker.flush():
+        if was_down:
+            _log(rank, "MLflow reachable again: wrote the buffered metrics")
+    else:
+        _log(rank, f"MLflow unreachable ({tracker.outage.get('error', '')}); training goes on, "
+                   f"{len(tracker.pending)} metric steps kept to write later")
 
 
 def _all_reduce_sums(device, values: list) -> list:
@@ -341,11 +380,17 @@ def model_meta(cfg: Config, spec, class_names: list[str]) -> dict:
     }
 
 
-def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples: list) -> None:
-    """Rank 0: the final checkpoint, confusion matrix and bad-sample list as MLflow artifacts."""
+def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples: list,
+              tracker: tracking.MetricBuffer) -> None:
+    """Rank 0: buffered metrics, the final checkpoint, confusion matrix and bad-sample list in MLflow.
+
+    An unreachable tracking server is waited for (`ACTIONLAB_MLFLOW_WAIT_S`); what happened during an
+    outage is written to the run's `actionlab.tracking_outage` tag.
+    """
     import matplotlib.pyplot as plt
 
     run_id = ctx["run_id"]
+    tracker.finish()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         tracking.save_model_dir(out / tracking.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx["classes"]))
@@ -360,6 +405,8 @@ def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples:
             tracking.log_artifacts(run_id, evals, "eval")
     if bad_examples:
         tracking.log_text(run_id, "\n".join(f"{vid}\t{why}" for vid, why in bad_examples), "data/bad_samples.tsv")
+    if tracker.outage:
+        tracking.set_tags(run_id, {tracking.OUTAGE_TAG: tracker.outage_note()})
 
 
 def load_init_weights(model: nn.Module, uri: str) -> str:
@@ -367,10 +414,8 @@ def load_init_weights(model: nn.Module, uri: str) -> str:
 
     Returns a one-line report of loaded / skipped (shape mismatch) / newly initialised tensors.
     """
-    from safetensors.torch import load_file
-
     path = tracking.resolve_model_dir(uri)
-    state = load_file(str(path / tracking.MODEL_FILE), device="cpu")
+    state = tracking.load_weights(path / tracking.MODEL_FILE)
     own = model.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)

@@ -37,13 +37,7 @@ class TAMParams:
 def _resnet_2d(depth: int, pretrained: str) -> nn.Module:
     arch = f"resnet{depth}"
     if not pretrained:
-        backbone = create_backbone_2d(arch)
-        # timm zero-initialises each block's last BN scale, which would start every residual
-        # branch, and so every TAM, as a no-op; IBM's torchvision ResNets start with scale 1.
-        for m in backbone.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-        return backbone
+        return create_backbone_2d(arch)  # residual branches start open (IBM's torchvision init)
     is_file = os.path.isfile(pretrained) or os.sep in pretrained
     if is_file or pretrained.endswith((".pth", ".pt", ".bin", ".safetensors")):
         return create_backbone_2d(arch, pretrained_file=pretrained)

@@ -35,9 +35,27 @@ def create_backbone_2d(name: str, *, pretrained: bool = False, pretrained_file: 
             f"{pretrained_file!r} (a local file), not both"
         )
     backbone = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    if not pretrained:
+        start_residual_branches_open(backbone)
     if pretrained_file:
         load_backbone_weights(backbone, pretrained_file)
     return backbone
+
+
+def start_residual_branches_open(backbone: nn.Module) -> None:
+    """Undoes timm's zero-init of each residual block's last BN scale (torchvision's default, which
+    the TSN/TSM/IBM reference code trains from).
+
+    With zero-initialised branches every block starts as the identity, so a temporal module on the
+    residual branch (TSM's shift, TAM) does nothing until those scales grow. Measured on the
+    generated motion set (TSM-ResNet-18, 56 px, 8 frames, 10 epochs from random init): val top-1
+    0.44 with timm's zero-init, 0.99 with the branches open.
+    """
+    for module in backbone.modules():
+        if hasattr(module, "zero_init_last"):  # timm's BasicBlock / Bottleneck
+            last = getattr(module, "bn3", None) or getattr(module, "bn2", None)
+            if isinstance(last, nn.BatchNorm2d):
+                nn.init.ones_(last.weight)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -131,24 +131,22 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
         )
 
 
-def init_ray(*, dashboard: bool = False) -> None:
+def init_ray() -> None:
     """Joins `RAY_ADDRESS` when set (as under `ray job submit`), else starts a local instance.
 
-    A local instance for one training run skips the dashboard (a dozen fewer processes to start
-    and stop); sweeps ask for it, since Train's placement-group cleanup after an early-stopped
-    trial goes through the State API that the dashboard serves.
+    A local instance keeps Ray's dashboard: Train's placement-group cleaner polls the State API it
+    serves (without it, it warns every second and cannot clean up after a killed trial).
     """
     import ray
 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or "local"
-    kwargs = {"include_dashboard": dashboard} if address == "local" else {}
     # Under `ray job submit` the job's runtime env is merged with this one, and Ray refuses a variable
     # set by both (even to the same value): the job's own are already in this process's environment.
     env_vars = {k: v for k, v in worker_env().items() if k not in _job_env_keys()}
     level = logging.INFO if os.environ.get("ACTIONLAB_VERBOSE") else logging.WARNING
-    ray.init(address=address, logging_level=level, runtime_env={"env_vars": env_vars}, **kwargs)
+    ray.init(address=address, logging_level=level, runtime_env={"env_vars": env_vars})
 
 
 def _job_env_keys() -> set[str]:

@@ -1,5 +1,6 @@
 """Faults a run survives: the MLflow server going away mid-run (metrics buffered, written when it comes
-back, the outage recorded on the run), and restarts that must not duplicate metric steps.
+back, the outage recorded on the run), and restarts that must not duplicate metric steps. The worker
+SIGKILL + driver SIGKILL + rerun test is test_train_integration.py::test_worker_killed_and_driver_killed_both_resume.
 
 The unit tests use a refused port on 127.0.0.1 as the "down" server and the embedded SQLite store as the
 one that comes back; the integration test stops a real `mlflow server` process by PID during a Ray
@@ -24,7 +25,9 @@ from actionlab import tracking
 pytest_plugins = ["servers"]
 pytest.register_assert_rewrite("servers")
 
-from servers import base_env, free_port, http_ok, needs_netns, start_process  # noqa: E402
+from servers import ACCESS_KEY, SECRET_KEY, base_env, free_port, http_ok, needs_netns, start_process  # noqa: E402
+
+PASSWORD = "actionlab-mlflow-pw-7c1e"  # in the tracking URI the run is given; must never be shown or logged
 
 
 @pytest.fixture
@@ -135,7 +138,11 @@ def test_training_survives_the_mlflow_server_going_down(tmp_path, synth_dataset)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = _start_mlflow(tmp_path, port, "server-1.log")
-    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), MLFLOW_TRACKING_URI=url,
+    # The server has no auth and ignores the basic-auth header; the password and the AWS keys are there
+    # to be grepped for in everything the run prints and writes to MLflow.
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"),
+                   MLFLOW_TRACKING_URI=f"http://actionlab:{PASSWORD}@127.0.0.1:{port}",
+                   AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                    RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     runs = tmp_path / "home" / "runs" / "outage"
     log_path = tmp_path / "train.log"
@@ -170,6 +177,11 @@ def test_training_survives_the_mlflow_server_going_down(tmp_path, synth_dataset)
         note = run.data.tags[tracking.OUTAGE_TAG]
         assert "MLflow unreachable" in note and "buffered metric values were written" in note
         assert "checkpoint" in {a.path for a in c.list_artifacts(run.info.run_id)}
+
+        config_yaml = Path(c.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+        written = [output, config_yaml, repr(run.data.params), repr(run.data.tags)]
+        for secret in (PASSWORD, SECRET_KEY):
+            assert not [t for t in written if secret in t], f"a secret reached the output or MLflow: {secret}"
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, 9)

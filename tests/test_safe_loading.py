@@ -8,6 +8,7 @@ never written.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import re
 import subprocess
@@ -100,7 +101,7 @@ def test_predict_cli_refuses_a_pickled_model(tmp_path, marker, index_video):
     video = index_video("v.mp4", num_frames=8)
     proc = subprocess.run([sys.executable, "-m", "actionlab", "predict", "--model", str(model_dir), str(video)],
                           capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "ACTIONLAB_HOME": str(tmp_path / "home")})
+                          env={**os.environ, "ACTIONLAB_HOME": str(tmp_path / "home")})
     assert proc.returncode != 0
     assert "is not a safetensors file" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
 

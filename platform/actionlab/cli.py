@@ -326,6 +326,7 @@ def cmd_quickstart(args) -> int:
     from .data.manifest import read_manifest
     from .data.synthetic import synthesize
     from .predict import predict
+    from .storage import redact
     from .train.launch import train
 
     t0 = time.perf_counter()
@@ -343,7 +344,8 @@ def cmd_quickstart(args) -> int:
         overrides.append(f"schedule.epochs={args.epochs}")
     cfg = resolve(load_recipe("smoke"), overrides)
     print(f"[2/4] training {cfg.workload.name} on Ray ({cfg.schedule.epochs} epochs, "
-          f"{cfg.clip.num_frames} frames at {cfg.clip.size_px}px); MLflow store: {tracking.tracking_uri()}", flush=True)
+          f"{cfg.clip.num_frames} frames at {cfg.clip.size_px}px); MLflow store: {redact(tracking.tracking_uri())}",
+          flush=True)
     outcome = train(cfg)
     print(f"[3/4] registering run {outcome.run_id} as '{args.model_name}'", flush=True)
     registered = tracking.register(outcome.run_id, args.model_name)
@@ -521,8 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         return args.fn(args) or 0
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as err:
-        if args.verbose:
+    except Exception as err:
+        # Errors a user can act on get one line; anything else keeps its traceback.
+        user_facing = isinstance(err, (ValueError, KeyError, FileNotFoundError, RuntimeError)) or type(
+            err
+        ).__module__.startswith("ray.train")
+        if args.verbose or not user_facing:
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"actionlab: error: {message}", file=sys.stderr)

@@ -12,7 +12,6 @@ import contextlib
 import getpass
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,11 @@ def tracking_uri() -> str:
 
 
 def ui_command() -> str:
+    from . import storage
+
     uri = tracking_uri()
     if uri.startswith(("http://", "https://")):
-        return f"open {uri}"
+        return f"open {storage.redact(uri)}"  # printed: never the user:password of the URI
     return f"mlflow ui --backend-store-uri {uri}"
 
 
@@ -127,7 +128,16 @@ def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None 
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
-    client().set_terminated(run_id, status=status)
+    import io
+    import sys
+
+    from . import storage
+
+    # MLflow prints "View run ... at: <tracking URI>/#/..." here, user:password included; print it masked.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        client().set_terminated(run_id, status=status)
+    if printed.getvalue():
+        sys.stdout.write(storage.redact_text(printed.getvalue()))
 
 
 # --- surviving a tracking-server outage ------------------------------------------------------------
@@ -278,21 +288,6 @@ class MetricBuffer:
             f"training went on and {self.outage.get('written_late', 0)} buffered metric values were written "
             f"when it came back, with their original timestamps"
         )
-
-
-def when_reachable(fn, *, what: str, wait_s: float | None = None, poll_s: float = 5.0):
-    """Calls `fn()`, retrying while the tracking server is unreachable for up to `wait_s` (`ACTIONLAB_MLFLOW_WAIT_S`)."""
-    wait_s = float(os.environ.get(WAIT_ENV) or 600) if wait_s is None else wait_s
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            with _fail_fast():
-                return fn()
-        except Exception as err:
-            if not is_outage(err) or time.monotonic() > deadline:
-                raise
-            sys.stderr.write(f"MLflow unreachable while trying to {what}; retrying in {poll_s:.0f}s\n")
-            time.sleep(poll_s)
 
 
 # --- checkpoints as registered models -------------------------------------------------------------

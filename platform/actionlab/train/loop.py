@@ -216,6 +216,7 @@ def train_worker(loop_config: dict) -> dict:
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"]) + 1
         total_bad = int(state.get("bad_samples", 0))
+        bad_examples = [(str(vid), str(why)) for vid, why in state.get("bad_examples", [])]
         tracker.restore(state.get("tracking"))
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
     if rank == 0:
@@ -238,7 +239,7 @@ def train_worker(loop_config: dict) -> dict:
         epoch_start = tick = time.perf_counter()
         for i, batch in enumerate(train_loader):
             bad += len(batch["bad"])
-            bad_examples.extend(batch["bad"][:5])
+            bad_examples.extend(batch["bad"])
             if batch["clip"] is None or len(batch["label"]) == 0:
                 tick = time.perf_counter()
                 continue
@@ -288,8 +289,9 @@ def train_worker(loop_config: dict) -> dict:
         counts = _all_reduce_sums(device, [loss_sum, seen, bad, *extras.values()])
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
         total_bad += bad + len(val.bad)
-        bad_examples.extend(val.bad[:5])
+        bad_examples.extend(val.bad)
         _check_bad_fraction(cfg, bad, seen + bad, bad_examples)
+        bad_examples = list(dict(bad_examples).items())  # each bad sample once, in the order first met
         metrics = {
             "epoch": epoch + 1,
             "train/loss": loss_sum / max(1, seen),
@@ -328,6 +330,7 @@ def train_worker(loop_config: dict) -> dict:
                         "epoch": epoch,
                         "torch_rng": torch.get_rng_state(),
                         "bad_samples": total_bad,
+                        "bad_examples": [[vid, why] for vid, why in dict(bad_examples).items()],
                         "tracking": tracker.state(),
                     },
                     Path(tmp) / STATE_FILE,
@@ -403,8 +406,9 @@ def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples:
             plt.close(fig)
             (evals / "per_class.json").write_text(json.dumps(dict(zip(ctx["classes"], val.per_class)), indent=1))
             tracking.log_artifacts(run_id, evals, "eval")
-    if bad_examples:
-        tracking.log_text(run_id, "\n".join(f"{vid}\t{why}" for vid, why in bad_examples), "data/bad_samples.tsv")
+    if bad_examples:  # one line per bad sample, however many epochs met it
+        unique = dict(bad_examples)
+        tracking.log_text(run_id, "\n".join(f"{vid}\t{why}" for vid, why in unique.items()), "data/bad_samples.tsv")
     if tracker.outage:
         tracking.set_tags(run_id, {tracking.OUTAGE_TAG: tracker.outage_note()})
 

@@ -108,6 +108,21 @@ def test_macs_fall_with_the_drop_rate_and_the_encoder_runs_on_kept_frames_only()
     assert encoder_flops[0.5] * 2 == encoder_flops[0.0] and encoder_flops[0.75] * 4 == encoder_flops[0.0]
 
 
+def test_naive_dropping_feeds_the_head_only_the_kept_frames():
+    model = _build(drop_rate=0.5, restore=False).train()
+    assert model.restorer is None and not any("restorer" in n for n, _ in model.named_parameters())
+    header_inputs = []
+    model.header.register_forward_hook(lambda m, args, out: header_inputs.append(args[0].shape))
+    calls = _encoder_calls(model)
+    out = model.training_step(_clips(), torch.tensor([0, 1]))
+    kept = len(model.layout.kept)
+    assert calls == [(2 * kept, True)]  # no restoration targets are encoded
+    assert header_inputs == [(2, kept, 192)]
+    assert float(out["loss_res"]) == 0.0 and torch.equal(out["loss"].detach(), out["loss_ce"])
+    with_restore = measure(_build(drop_rate=0.5), (1, 8, 3, 32, 32)).gmacs
+    assert measure(model.eval(), (1, 8, 3, 32, 32)).gmacs < with_restore
+
+
 @pytest.mark.parametrize("rate", [0.5, 0.75])
 def test_restored_features_shapes_and_interleave(rate):
     model = _build(drop_rate=rate)

@@ -124,7 +124,12 @@ def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_da
             assert child.info.status == "KILLED"
         else:
             assert child.info.status == "FINISHED"
-        assert len(c.get_metric_history(child.info.run_id, "val/top1")) == row["epochs"]
+        logged = len(c.get_metric_history(child.info.run_id, "val/top1"))
+        if row["status"] == "early-stopped":
+            # The stop reaches the workers asynchronously: an epoch already under way may still log.
+            assert row["epochs"] <= logged <= 3
+        else:
+            assert logged == row["epochs"]
     assert out["registered"]["version"] == "1"
     mv = c.get_model_version_by_alias("swept", "champion")
     assert mv.run_id == out["best"]["run_id"]

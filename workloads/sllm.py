@@ -16,6 +16,8 @@ Frames and restoration at any drop rate r (the official code hard-wires r = 0.5)
   token for the dropped frame at fraction a in (0, 1) of the gap, starting from the linear
   interpolation lerp(e_left, e_right, a) plus a learned lerp of a start and an end token, whose
   output is read out; the reversed pair uses 1 - a, and the two are averaged.
+With `restore: false` (the naive baseline of the paper's ablation) nothing is restored: the head sees
+only the K kept frames, in time order, and there is no FFRes and no restoration loss.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class SLLMParams:
     embed_dim: int = 512  # CLIP image projection width (timm `head`); 0 = the pooled token, no projection
     backbone_depth: int = 0  # 0 = as named; fewer blocks only for tiny variants
     drop_rate: float = 0.5  # fraction of the S sampled frames that are never encoded, in [0, 0.75]
+    restore: bool = True  # false = naive frame dropping: the head sees the K kept frames only
     restore_depth: int = 3
     restore_heads: int = 8
     header_depth: int = 6  # Text4Vis "Transf" video header; heads = embed width / 64
@@ -228,6 +231,7 @@ class SLLM(nn.Module):
         classifier: (B, D) -> (B, num_classes).
         layout: `frame_layout(S, drop_rate)`.
         dim: D.
+        restore: restore the dropped frames (False = naive dropping, the head sees the kept frames only).
         restore_depth, restore_heads: FFRes size.
         header_depth: video header depth.
         res_loss, res_loss_weight: restoration loss ("kl" official) and its weight.
@@ -242,6 +246,7 @@ class SLLM(nn.Module):
         *,
         layout: FrameLayout,
         dim: int,
+        restore: bool = True,
         restore_depth: int = 3,
         restore_heads: int = 8,
         header_depth: int = 6,
@@ -264,7 +269,7 @@ class SLLM(nn.Module):
         self.encoder_lr_scale = encoder_lr_scale
         self.restorer = (
             FrameRestorer(dim, depth=restore_depth, num_heads=restore_heads, use_query=layout.max_gap > 1)
-            if layout.restored
+            if restore and layout.restored
             else None
         )
         self.header = VideoHeader(dim, depth=header_depth)
@@ -274,7 +279,7 @@ class SLLM(nn.Module):
         self.register_buffer("left_idx", torch.tensor(layout.left, dtype=torch.long), persistent=False)
         self.register_buffer("frac", torch.tensor(layout.frac, dtype=torch.float32), persistent=False)
         # cat([kept, restored])[order] is the sequence in time order.
-        positions = list(layout.kept) + list(layout.restored)
+        positions = list(layout.kept) + (list(layout.restored) if self.restorer is not None else [])
         order = sorted(range(len(positions)), key=positions.__getitem__)
         self.register_buffer("order", torch.tensor(order), persistent=False)
 
@@ -400,6 +405,7 @@ def build_sllm(params: SLLMParams, *, num_classes: int, num_frames: int) -> nn.M
         classifier,
         layout=layout,
         dim=dim,
+        restore=params.restore,
         restore_depth=params.restore_depth,
         restore_heads=params.restore_heads,
         header_depth=params.header_depth,

@@ -219,3 +219,81 @@ def test_train_from_s3_checkpoint_to_s3_register_and_predict(s3_server, mlflow_s
     leaked = [t for t in [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(dict(mv.tags))]
               + [p.stdout + p.stderr for p in outputs] if SECRET_KEY in t]
     assert not leaked, "the AWS secret key showed up in MLflow or the command output"
+
+
+# --- out of disk under the video cache ----------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs mounted on a temp dir (our own mount namespace: scripts/test.sh runs pytest in one)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root: run through scripts/test.sh as root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _cached_videos(cache: Path) -> set[str]:
+    return {p.name for p in cache.glob("*/*") if not p.name.startswith(".")}
+
+
+@needs_netns
+@pytest.mark.integration
+def test_full_disk_under_the_cache_evicts_or_fails_naming_the_knob(s3, tiny_disk, monkeypatch):
+    bucket = s3.make_bucket("unit-full-disk")
+    videos = {name: os.urandom(300_000) for name in ("a", "b", "c", "d")}
+    videos["big"] = os.urandom(950_000)
+    for name, data in videos.items():
+        storage.write_bytes(f"{bucket}/v/{name}.mp4", data)
+    cache = tiny_disk / "cache"
+    monkeypatch.setattr(storage, "_BACKOFF_S", 0.01)
+
+    # Three 300 kB videos fit on the 1 MiB disk; the limit (20 GB by default) is far above it.
+    paths = {name: storage.local_copy(f"{bucket}/v/{name}.mp4", cache) for name in ("a", "b", "c")}
+    for name, when in (("a", 1), ("b", 2), ("c", 3)):
+        os.utime(paths[name], (when, when))  # a is the least recently used
+    # The fourth hits ENOSPC on the real filesystem: the least recently used video makes room.
+    d = storage.local_copy(f"{bucket}/v/d.mp4", cache)
+    assert Path(d).read_bytes() == videos["d"]
+    assert not Path(paths["a"]).exists() and Path(paths["b"]).exists() and Path(paths["c"]).exists()
+    assert not list(cache.glob("*/.*.part")), "a download that hit ENOSPC left its partial file"
+
+    # Something else takes the rest of the disk: evicting every cached video still leaves no room for a
+    # 950 kB one, so a clear error.
+    filler = tiny_disk / "someone-elses-file"
+    with pytest.raises(OSError, match="No space left"):
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (1 << 20))
+    with pytest.raises(storage.CacheFullError) as err:
+        storage.local_copy(f"{bucket}/v/big.mp4", cache)
+    message = str(err.value)
+    assert str(cache) in message and storage.CACHE_MAX_GB_ENV in message and "ACTIONLAB_HOME" in message
+    assert "s3://unit-full-disk/v/big.mp4 needs 0.95 MB" in message
+    assert _cached_videos(cache) == set(), "every cached video is evicted before giving up"
+    assert not list(cache.glob("*/.*.part")), "a failed download left its partial file"
+
+    # A dead download's leftover counts as reclaimable; nothing half-written is ever taken as a video.
+    filler.unlink()
+    stale = Path(paths["b"]).parent / f".{Path(paths['b']).stem}.dead.part"
+    stale.write_bytes(os.urandom(900_000))
+    os.utime(stale, (1, 1))
+    again = storage.local_copy(f"{bucket}/v/a.mp4", cache)
+    assert Path(again).read_bytes() == videos["a"] and not stale.exists()
+
+
+def test_a_full_cache_disk_stops_the_run_instead_of_counting_bad_samples(monkeypatch):
+    from actionlab.data import dataset
+
+    def full(uri, cache_dir):
+        raise storage.CacheFullError(28, f"the video cache {cache_dir} is out of disk space")
+
+    monkeypatch.setattr(storage, "local_copy", full)
+    with pytest.raises(storage.CacheFullError, match="/cache"):
+        dataset.fetch_local("s3://bkt/v.mp4", "/cache")

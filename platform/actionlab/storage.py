@@ -8,11 +8,13 @@ Remote operations are retried with exponential backoff on transient errors (conn
 throttling, 5xx); a missing object is a `FileNotFoundError` that names the URI. Remote media that a
 decoder must open by path (decord, PIL) go through a local read-through cache (`local_copy`) keyed by
 URI and ETag, so a changed object is fetched again, and kept under a size limit by evicting the
-least recently used files.
+least recently used files. A full disk under the cache evicts more (and leftovers of downloads that
+died) until the video fits, or fails with `CacheFullError` naming the folder and the knobs.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -41,6 +43,8 @@ _DEFAULT_CACHE_MAX_GB = 20.0
 _BACKOFF_S = 0.5
 _VERSION_TTL_S = 600.0  # how long a looked-up ETag is trusted before the object is asked again
 _LOW_WATER = 0.9  # eviction frees space down to this fraction of the limit, so scans stay rare
+_DISK_SLACK_BYTES = 1 << 16  # room kept beyond a video's size when a full disk is cleared (block rounding)
+_STALE_PART_S = 600.0  # a `.part` file untouched this long belongs to a download that died
 
 # Substrings of pyarrow / AWS SDK / botocore messages for errors worth another try.
 _TRANSIENT = re.compile(
@@ -318,7 +322,7 @@ def _s3_target(uri: str):
     return client, parts.netloc.rsplit("@", 1)[-1], parts.path.lstrip("/")
 
 
-_versions: dict[str, tuple[str, float]] = {}
+_versions: dict[str, tuple[str, int, float]] = {}  # uri -> (ETag, size in bytes, looked up at)
 _versions_lock = threading.Lock()
 
 
@@ -336,7 +340,7 @@ def object_version(uri: str, *, refresh: bool = False) -> str:
     now = time.monotonic()
     with _versions_lock:
         cached = _versions.get(uri)
-    if cached and not refresh and now - cached[1] < _VERSION_TTL_S:
+    if cached and not refresh and now - cached[2] < _VERSION_TTL_S:
         return cached[0]
     if urlsplit(uri).scheme == "s3":
         from botocore.exceptions import ClientError
@@ -354,17 +358,17 @@ def object_version(uri: str, *, refresh: bool = False) -> str:
                     "may not list the bucket); check the object and the credentials' read permission"
                 ) from None
             raise
-        version = head["ETag"].strip('"')
+        version, size = head["ETag"].strip('"'), int(head.get("ContentLength") or 0)
     else:
         filesystem, path = _resolve(uri)
         info = retrying("look up", uri, lambda: filesystem.get_file_info(path))
         if info.type == pafs.FileType.NotFound:
             raise _missing_error(uri)
-        version = f"{info.size}-{info.mtime_ns}"
+        version, size = f"{info.size}-{info.mtime_ns}", int(info.size)
     with _versions_lock:
         if len(_versions) > 100_000:
             _versions.clear()
-        _versions[uri] = (version, now)
+        _versions[uri] = (version, size, now)
     return version
 
 
@@ -443,6 +447,62 @@ def _enforce_limit(cache_dir: Path, added: int, max_bytes: int, keep: Path) -> N
         _cache_estimates[key] = total
 
 
+class CacheFullError(OSError):
+    """The disk under the video cache has no room for a video, even after evicting every cached one."""
+
+
+def _make_room(cache_dir: Path, need: int) -> None:
+    """Frees disk space under the cache for `need` bytes: leftovers of dead downloads first, then the
+    least recently used videos, until the disk has that much free (or nothing is left to evict)."""
+    with _cache_lock:
+        now = time.time()
+        for part in cache_dir.glob("*/.*.part"):
+            try:
+                if now - part.stat().st_mtime > _STALE_PART_S:
+                    part.unlink()
+            except FileNotFoundError:
+                pass
+        for _, _, path in sorted(_cache_files(cache_dir), key=lambda f: f[0]):
+            if shutil.disk_usage(cache_dir).free >= need + _DISK_SLACK_BYTES:
+                break
+            path.unlink(missing_ok=True)
+        _cache_estimates.pop(str(cache_dir), None)  # rescanned at the next fetch
+
+
+def _fetch_to(tmp: str, uri: str, version: str, cache_dir: Path) -> None:
+    """Downloads `uri` into the file `tmp` (retrying transient errors); a full disk makes room once."""
+
+    def fetch() -> None:
+        with open(tmp, "wb") as out:
+            _download(uri, version, out)
+
+    try:
+        retrying("download", uri, fetch)
+        return
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+    with _versions_lock:
+        need = (_versions.get(uri) or ("", 0, 0.0))[1]
+    os.truncate(tmp, 0)  # the partial bytes must not count against the room being made
+    log.warning("video cache %s: disk full while fetching %s; evicting least recently used videos",
+                cache_dir, redact(uri))
+    _make_room(cache_dir, need)
+    try:
+        retrying("download", uri, fetch)
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(cache_dir).free
+        raise CacheFullError(
+            errno.ENOSPC,
+            f"the video cache {cache_dir} is out of disk space: {redact(uri)} needs {need / 1e6:.2f} MB and its disk "
+            f"has {free / 1e6:.2f} MB free after evicting every cached video. Free space on that disk or move the cache "
+            f"to a bigger one (data.cache_dir, or ACTIONLAB_HOME whose cache/ folder is the default), and keep "
+            f"{CACHE_MAX_GB_ENV} below the free space",
+        ) from None
+
+
 def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike, *, max_bytes: int | None = None) -> str:
     """A local path for `uri`: local files as they are, remote files through the read-through cache.
 
@@ -453,6 +513,7 @@ def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike, *, max_byte
 
     Raises:
         FileNotFoundError: the remote object does not exist (the message names the URI).
+        CacheFullError: the cache's disk has no room for the file even after evicting everything.
         OSError: the download kept failing after retries.
     """
     if not is_remote(uri):
@@ -475,16 +536,11 @@ def local_copy(uri: str | os.PathLike, cache_dir: str | os.PathLike, *, max_byte
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{key}.", suffix=".part")
         os.close(fd)
         try:
-
-            def fetch() -> None:
-                with open(tmp, "wb") as out:
-                    _download(text, version, out)
-
             try:
-                retrying("download", text, fetch)
+                _fetch_to(tmp, text, version, cache)
             except _ChangedWhileReading:
                 continue  # replaced between the ETag lookup and the read: look it up again
-            except FileNotFoundError:
+            except (FileNotFoundError, CacheFullError):
                 raise
             except OSError as err:
                 if _is_missing(err):

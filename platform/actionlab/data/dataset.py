@@ -81,11 +81,15 @@ def fetch_local(uri: str, cache_dir: str | None) -> str:
 
     Raises:
         decode.DecodeError: (kind `missing`) the remote file is absent or the download failed.
+        storage.CacheFullError: the cache's disk is full; not a bad sample (every later one would fail
+            too), so it stops the run with the message that says which folder and knob to change.
     """
     if not storage.is_remote(uri):
         return uri
     try:
         return storage.local_copy(uri, cache_dir)
+    except storage.CacheFullError:
+        raise
     except FileNotFoundError:
         reason = "file does not exist in remote storage; fix the manifest path or the data root"
         raise decode.DecodeError(uri, reason, "missing") from None

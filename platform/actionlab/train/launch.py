@@ -7,10 +7,11 @@ never overwritten: the new run gets a `-2`, `-3`, ... suffix.
 
 from __future__ import annotations
 
+
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .. import storage, tracking
@@ -68,15 +69,31 @@ def resolve_data(cfg: Config) -> dict:
 
 def check_buildable(spec, cfg: Config) -> None:
     """Builds the workload once on the meta device (no memory, no weights), so that bad params fail
-    here with the builder's own message, before Ray and MLflow are touched."""
+    here with the builder's own message, before Ray and MLflow are touched. Pretrained weights are
+    left to the workers: the driver downloads nothing."""
     import torch
 
-    params = spec.resolve_params(cfg.workload.params)
+    params = _without_weights(spec.resolve_params(cfg.workload.params))
     try:
         with torch.device("meta"):
             spec.build(params, num_classes=2, num_frames=cfg.clip.num_frames)
     except (ValueError, TypeError) as err:
         raise ValueError(f"workload '{spec.name}' cannot be built from workload.params={cfg.workload.params}: {err}") from None
+
+
+def _without_weights(params):
+    """`params` with every `pretrained*` field (also inside nested param dicts) set to its empty value."""
+    def blank(value):
+        return type(value)()
+
+    changes = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        if f.name.startswith("pretrained"):
+            changes[f.name] = blank(value)
+        elif isinstance(value, dict):
+            changes[f.name] = {k: blank(v) if k.startswith("pretrained") else v for k, v in value.items()}
+    return replace(params, **changes)
 
 
 def default_run_name(cfg: Config, dataset: str) -> str:

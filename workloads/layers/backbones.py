@@ -58,11 +58,17 @@ def start_residual_branches_open(backbone: nn.Module) -> None:
                 nn.init.ones_(last.weight)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path,
+    *,
+    nested_keys: tuple[str, ...] = ("state_dict", "model"),
+    prefixes: tuple[str, ...] = ("module.",),
+) -> dict[str, torch.Tensor]:
     """Reads a state dict from .safetensors or a torch file, never unpickling arbitrary objects.
 
-    Checkpoints that nest the weights under "state_dict" or "model" (timm, DDP trainers) are
-    unwrapped, and a DDP "module." prefix is removed.
+    Weights nested under any of `nested_keys` (in that order: timm and DDP trainers use "state_dict"
+    or "model") are unwrapped, and a prefix in `prefixes` that every key carries is removed
+    (DDP's "module."; keys under "head." may sit beside it, as in DINO/iBOT checkpoints).
     """
     path = Path(path)
     if not path.is_file():
@@ -73,14 +79,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
+    for key in nested_keys:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state) and all(k.startswith((prefix, "head.")) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 

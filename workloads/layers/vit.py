@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from .backbones import load_exact
+from .backbones import load_exact, read_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -63,30 +63,6 @@ def create_vit(
     return model
 
 
-def _read(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a torch file (`weights_only=True`), unwrapped from the
-    nestings and prefixes that trainers add (DDP "module.", DINO/iBOT "teacher"/"backbone.")."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in _NESTED_KEYS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{str(path)!r} does not hold a state dict of tensors")
-    for prefix in _PREFIXES:
-        # DINO/iBOT keep their projection head beside the prefixed backbone ("backbone.*" + "head.*").
-        if any(k.startswith(prefix) for k in state) and all(k.startswith((prefix, "head.")) for k in state):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    return state
-
-
 def load_vit_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]:
     """Loads a local ViT checkpoint into `model`; every encoder key must match.
 
@@ -102,7 +78,7 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> dict[str, list[str]]
     """
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    state = _read(path)
+    state = read_state_dict(path, nested_keys=_NESTED_KEYS, prefixes=_PREFIXES)
     skipped = sorted(k for k in state if k.startswith(_SSL_ONLY))
     state = {k: v for k, v in state.items() if k not in set(skipped)}
     state = checkpoint_filter_fn(state, model)  # CLIP `visual.*` -> timm names; pos_embed resize

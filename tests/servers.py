@@ -108,6 +108,50 @@ def base_env(**extra: str) -> dict:
     return env
 
 
+def pids_with_env(key: str, value: str) -> list[int]:
+    """Live processes (not this one, zombies excluded) whose environment holds `key=value`.
+
+    A marker variable in a command's environment is inherited by everything it starts, Ray's raylet,
+    GCS, workers and their children included, whose command lines Ray rewrites (`ray::IDLE`).
+    """
+    needle, pids = f"{key}={value}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+MARKER_ENV = "ACTIONLAB_TEST_PROCESS"  # put in a command's environment to find everything it started
+
+
+def reap_marked(value: str, *, settle_s: float = 30.0) -> list[int]:
+    """Waits up to `settle_s` for the processes marked `MARKER_ENV=value` to exit, SIGKILLs the rest by
+    PID and returns those. Ray's workers and actors run in process groups of their own, so killing a
+    driver's group leaves them running (found in 2.60: Train workers and the controller went on after
+    the driver, GCS and raylet were gone)."""
+    deadline = time.monotonic() + settle_s
+    while pids_with_env(MARKER_ENV, value) and time.monotonic() < deadline:
+        time.sleep(1)
+    left = pids_with_env(MARKER_ENV, value)
+    for _ in range(3):
+        kill_pids(pids_with_env(MARKER_ENV, value))
+        time.sleep(0.5)
+    return left
+
+
 # --- S3 (moto server) -----------------------------------------------------------------------------
 
 
@@ -170,6 +214,115 @@ def s3(s3_server, monkeypatch):
     yield s3_server
     storage._remote_filesystem.cache_clear()
     storage._s3_client.cache_clear()
+
+
+class OutageProxy:
+    """A loopback TCP proxy in front of an endpoint that can be switched into an outage.
+
+    During an outage new connections are reset as soon as they are accepted and open ones are dropped
+    (reset on both sides), as when a load balancer or the endpoint itself goes away; the server behind
+    keeps its state. `on_request(pattern, seconds)` starts an outage the first time a client sends bytes
+    containing `pattern` (an HTTP request line, say), dropping that very request.
+    """
+
+    def __init__(self, host: str, port: int):
+        import threading
+
+        self.target = (host, port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._down_until = 0.0
+        self._triggers: list[list] = []  # [pattern, seconds, fired]
+        self.outages: list[tuple[str, float]] = []  # (what started it, seconds)
+        self.reset_connections = 0
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def on_request(self, pattern: bytes, seconds: float) -> None:
+        with self._lock:
+            self._triggers.append([pattern, seconds, False])
+
+    def outage(self, seconds: float, why: str = "by hand") -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + seconds
+            self.outages.append((why, seconds))
+            doomed, self._open = self._open, set()
+        for sock in doomed:
+            self._reset(sock)
+
+    def down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._listener.close()
+        self.outage(0, "stop")
+
+    def _reset(self, sock: socket.socket) -> None:
+        import struct
+
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        except OSError:
+            pass
+        self._close(sock)
+        self.reset_connections += 1
+
+    @staticmethod
+    def _close(sock: socket.socket) -> None:
+        try:
+            sock.shutdown(socket.SHUT_RD)  # wakes the pump thread blocked in recv() on it
+        except OSError:
+            pass
+        sock.close()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._stopped:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down():
+                self._reset(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                self._reset(client)
+                continue
+            with self._lock:
+                self._open |= {client, upstream}
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if from_client and self._fires(data):
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                mine = {src, dst} & self._open
+                self._open -= mine
+            for sock in mine:
+                self._close(sock)
+
+    def _fires(self, data: bytes) -> bool:
+        with self._lock:
+            trigger = next((t for t in self._triggers if not t[2] and t[0] in data), None)
+            if trigger is None:
+                return False
+            trigger[2] = True
+        self.outage(trigger[1], trigger[0].decode(errors="replace"))
+        return True
 
 
 # --- MLflow server ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import MARKER_ENV, reap_marked
 
 pytestmark = [
     pytest.mark.integration,
@@ -62,10 +63,14 @@ def last_json(stdout: str) -> dict:
     raise AssertionError(f"no JSON line in output:\n{stdout[-3000:]}")
 
 
+def tracking_uri(env) -> str:
+    return f"sqlite:///{Path(env['ACTIONLAB_HOME']).resolve() / 'mlflow.db'}"
+
+
 def mlflow_client(env):
     import mlflow
 
-    uri = f"sqlite:///{Path(env['ACTIONLAB_HOME']).resolve() / 'mlflow.db'}"
+    uri = tracking_uri(env)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -158,9 +163,10 @@ def _registered_checkpoint(run_dir: Path) -> str:
     return ((snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")) or ""
 
 
-def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset):
+def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset, tmp_path):
     """SIGKILL a Ray Train worker mid-run (Ray restarts the group from the last checkpoint), then
-    SIGKILL the driver, and rerun the same command: it resumes the same MLflow run to the end."""
+    SIGKILL the driver, and rerun the same command: it resumes the same MLflow run to the end, and the
+    model registered from it is the one an uninterrupted run would give (tags, last epoch's weights)."""
     manifest = str(synth_dataset)
     args = [sys.executable, "-m", "actionlab", "train", "smoke", "--set", f"data.manifest={manifest}", *FAST,
             "--set", "schedule.epochs=4", "--set", "tracking.run_name=faulty", "--json"]
@@ -168,8 +174,8 @@ def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset):
     log_path = storage.parent.parent / "first.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
-    driver = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    driver = subprocess.Popen(args, env={**env, MARKER_ENV: "killed-driver"}, stdout=log, stderr=subprocess.STDOUT,
+                              text=True, start_new_session=True)
     try:
         deadline = time.time() + 600
         # The folder appears when the worker has written it; the restart only resumes from it once the
@@ -192,6 +198,7 @@ def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset):
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+        reap_marked("killed-driver")  # its Ray workers outlive it and would train on beside the rerun
     log.close()
     first_log = log_path.read_text()
     assert "resumed from checkpoint at epoch 1" in first_log, f"killed {victims}\n" + first_log[-4000:]
@@ -207,3 +214,37 @@ def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset):
         assert [m.step for m in c.get_metric_history(out["run_id"], key)] == [1, 2, 3, 4], key
     assert [m.step for m in c.get_metric_history(out["run_id"], "model/params")] == [0]
     assert "checkpoint/model.safetensors" in {a.path for a in c.list_artifacts(out["run_id"], "checkpoint")}
+
+    reg = last_json(actionlab(env, "register", out["run_id"], "--name", "faulty-motion", "--json").stdout)
+    mv = c.get_model_version_by_alias("faulty-motion", "champion")
+    assert reg["version"] == str(mv.version) == "1" and mv.run_id == out["run_id"]
+    final_top1 = c.get_metric_history(out["run_id"], "val/top1")[-1].value
+    assert float(mv.tags["top1"]) == pytest.approx(final_top1) == pytest.approx(out["val/top1"])
+    assert mv.tags["workload"] == "tsm" and mv.tags["frames"] == "4"
+    assert mv.tags["checkpoint"] == str(storage / "epoch_0004")
+    _assert_registered_weights_are(mv, storage / "epoch_0004", not_those_of=storage / "epoch_0003",
+                                   tracking_uri=tracking_uri(env), dst=tmp_path / "registered")
+    video = str(synth_dataset.parent / "videos" / sorted(os.listdir(synth_dataset.parent / "videos"))[0])
+    preds = json.loads(actionlab(env, "predict", "--model", "models:/faulty-motion@champion", video, "--json").stdout)
+    assert preds[0]["video"] == video and len(preds[0]["top"]) >= 1
+
+
+def _assert_registered_weights_are(mv, checkpoint: Path, *, not_those_of: Path, tracking_uri: str, dst: Path) -> None:
+    """The registered safetensors hold exactly the model of Ray checkpoint `checkpoint` (and differ from
+    `not_those_of`, so the comparison can tell checkpoints apart)."""
+    import mlflow
+    import torch
+    from safetensors.torch import load_file
+
+    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
+                                                         tracking_uri=tracking_uri))
+    registered = load_file(str(model_dir / "model.safetensors"))
+
+    def model_of(ckpt: Path) -> dict:
+        return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)["model"]
+
+    final = model_of(checkpoint)
+    assert registered.keys() == final.keys()
+    assert all(torch.equal(registered[k], final[k]) for k in final), f"registered weights are not {checkpoint.name}'s"
+    earlier = model_of(not_those_of)
+    assert not all(torch.equal(registered[k], earlier[k]) for k in earlier)

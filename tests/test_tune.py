@@ -2,9 +2,11 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,12 @@ import tune_spaces
 from actionlab.config import ConfigError, resolve
 from actionlab.tune.space import load_sweep, param_space
 from actionlab.tune.sweep import pareto_front, trials_that_fit
+from servers import MARKER_ENV, base_env, pids_with_env, reap_marked
+
+needs_netns = pytest.mark.skipif(
+    not os.environ.get("ACTIONLAB_TEST_NETNS"),
+    reason="starts Ray: run through scripts/test.sh (as root) so Ray is confined to a private network namespace",
+)
 
 
 def write_sweep(tmp_path, **changes) -> Path:
@@ -78,26 +86,36 @@ def test_trials_that_fit_explains_itself():
     assert trials_that_fit(gpu, {"CPU": 64, "GPU": 4})[0] == 2
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(not os.environ.get("ACTIONLAB_TEST_NETNS"),
-                    reason="starts Ray: run through scripts/test.sh (as root) so Ray is confined to a private network namespace")
-def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_dataset):
-    import mlflow
-
-    home = tmp_path / "home"
-    space = write_sweep(
+def tiny_sweep(tmp_path, synth_dataset, **changes) -> Path:
+    """A sweep of 3-epoch CPU trials on the tiny motion set, over three learning rates."""
+    return write_sweep(
         tmp_path,
         overrides={"data.manifest": str(synth_dataset), "schedule.epochs": 3, "clip.num_frames": 4,
                    "clip.size_px": 32, "clip.resize_px": 32, "data.batch_size": 4, "data.num_loader_workers": 0,
                    "compute.cpus_per_worker": 1, "tracking.experiment": "sweeps"},
         num_samples=3,
-        scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2},
         space={"optim.lr": {"choice": [1e-4, 1e-3, 3e-3]}},
+        **changes,
     )
-    env = dict(os.environ, ACTIONLAB_HOME=str(home), RAY_TMPDIR=tempfile.mkdtemp(prefix="rs", dir="/tmp"),
-               RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
+
+
+def sweep_env(home: Path, **extra) -> dict:
+    return base_env(ACTIONLAB_HOME=str(home), RAY_TMPDIR=tempfile.mkdtemp(prefix="rs", dir="/tmp"), **extra)
+
+
+def mlflow_client(home: Path):
+    import mlflow
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.mark.integration
+@needs_netns
+def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_dataset):
+    home = tmp_path / "home"
+    space = tiny_sweep(tmp_path, synth_dataset, scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    env = sweep_env(home)
     proc = subprocess.run([sys.executable, "-m", "actionlab", "tune", str(space), "--register", "swept", "--json"],
                           env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -108,8 +126,7 @@ def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_da
     assert out["best"]["status"] == "completed" and out["best"]["epochs"] == 3
     assert out["pareto_front"]
 
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    c = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    c = mlflow_client(home)
     parent = c.get_run(out["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert json.loads(parent.data.params["sweep.space"]) == {"optim.lr": {"choice": [1e-4, 1e-3, 3e-3]}}
@@ -133,3 +150,84 @@ def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_da
     assert out["registered"]["version"] == "1"
     mv = c.get_model_version_by_alias("swept", "champion")
     assert mv.run_id == out["best"]["run_id"]
+
+
+def _children(c, experiment: str = "sweeps") -> list:
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return c.search_runs([exp.experiment_id], filter_string="tags.`actionlab.trial_id` != ''")
+
+
+@pytest.mark.integration
+@needs_netns
+def test_killed_sweep_driver_restores_without_rerunning_finished_trials(tmp_path, synth_dataset):
+    """SIGKILL the `actionlab tune` driver after a trial finished and while the next one trains, then
+    rerun the same command: the sweep is restored, finished trials are kept as they were (same MLflow
+    child runs, untouched), the interrupted one resumes into its own child run, every trial completes."""
+    home = tmp_path / "home"
+    space = tiny_sweep(tmp_path, synth_dataset, scheduler={"name": "fifo"}, max_concurrent_trials=1)
+    argv = [sys.executable, "-m", "actionlab", "tune", str(space), "--json"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        driver = subprocess.Popen(argv, env=sweep_env(home, **{MARKER_ENV: "killed"}), stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 900
+        while "trials, 1 at a time" not in log_path.read_text():  # the parent run exists: MLflow's DB too
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, "the sweep did not start"
+            time.sleep(1)
+        c = mlflow_client(home)
+        while True:
+            assert driver.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, "no trial finished while another was one epoch in"
+            children = _children(c)
+            finished = [r for r in children if r.info.status == "FINISHED"]
+            running = [r for r in children if r.info.status == "RUNNING"
+                       and c.get_metric_history(r.info.run_id, "val/top1")]
+            if finished and running:
+                break
+            time.sleep(1)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        # No process of the killed driver's Ray may train on beside the rerun.
+        left_after_kill = reap_marked("killed")
+    before = {r.data.tags["actionlab.trial_id"]: r for r in finished}
+    histories = {tid: [(m.step, m.value, m.timestamp) for m in c.get_metric_history(r.info.run_id, "val/top1")]
+                 for tid, r in before.items()}
+    interrupted = running[0]
+
+    try:
+        proc = subprocess.run(argv, env=sweep_env(home, **{MARKER_ENV: "rerun"}), capture_output=True, text=True,
+                              timeout=1500)
+    finally:
+        reap_marked("rerun", settle_s=10)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["restored"] and "restoring sweep" in proc.stdout
+    assert [t["status"] for t in out["trials"]] == ["completed"] * 3
+    assert all(t["epochs"] == 3 for t in out["trials"])
+
+    parent = c.get_run(out["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    children = _children(c)
+    assert sorted(r.data.tags["actionlab.trial_id"] for r in children) == sorted(t["trial_id"] for t in out["trials"])
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert len(c.search_runs([c.get_experiment_by_name("sweeps").experiment_id])) == 4, "parent + one run per trial"
+    by_trial = {r.data.tags["actionlab.trial_id"]: r for r in children}
+    for tid, run in before.items():  # kept, not rerun: same run, same end, the very same metric values
+        after = by_trial[tid]
+        assert after.info.run_id == run.info.run_id and after.info.end_time == run.info.end_time
+        assert [(m.step, m.value, m.timestamp) for m in c.get_metric_history(run.info.run_id, "val/top1")] \
+            == histories[tid]
+    assert by_trial[interrupted.data.tags["actionlab.trial_id"]].info.run_id == interrupted.info.run_id
+    for run in children:
+        assert run.info.status == "FINISHED"
+        for key in ("val/top1", "train/loss"):
+            assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [1, 2, 3], (key, run.info.run_id)
+    assert not pids_with_env(MARKER_ENV, "killed")
+    print(f"Ray processes of the killed driver still alive 30 s after the kill (then killed): {left_after_kill}")

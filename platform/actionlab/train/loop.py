@@ -205,7 +205,7 @@ def train_worker(loop_config: dict) -> dict:
     use_amp = cfg.compute.amp and device.type == "cuda"
     mean_t, std_t = stats_tensors(spec.mean, spec.std, device)
 
-    start_epoch, total_bad, bad_examples = 0, 0, []
+    start_epoch, bad_examples = 0, []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -215,7 +215,6 @@ def train_worker(loop_config: dict) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"]) + 1
-        total_bad = int(state.get("bad_samples", 0))
         bad_examples = [(str(vid), str(why)) for vid, why in state.get("bad_examples", [])]
         tracker.restore(state.get("tracking"))
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
@@ -288,10 +287,9 @@ def train_worker(loop_config: dict) -> dict:
         val = next(iter(scored.values()))  # the primary variant
         counts = _all_reduce_sums(device, [loss_sum, seen, bad, *extras.values()])
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
-        total_bad += bad + len(val.bad)
-        bad_examples.extend(val.bad)
+        bad_examples = _gather_distinct(bad_examples + val.bad)
+        total_bad = len(bad_examples)  # distinct bad samples met so far, on every rank
         _check_bad_fraction(cfg, bad, seen + bad, bad_examples)
-        bad_examples = list(dict(bad_examples).items())  # each bad sample once, in the order first met
         metrics = {
             "epoch": epoch + 1,
             "train/loss": loss_sum / max(1, seen),
@@ -355,6 +353,17 @@ def _flush(tracker: tracking.MetricBuffer, rank: int) -> None:
     else:
         _log(rank, f"MLflow unreachable ({tracker.outage.get('error', '')}); training goes on, "
                    f"{len(tracker.pending)} metric steps kept to write later")
+
+
+def _gather_distinct(pairs: list) -> list:
+    """Every rank's (video, reason) pairs, each video once, in the order first met (rank by rank)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        parts = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, pairs)
+        pairs = [pair for part in parts for pair in part]
+    return list(dict(pairs).items())
 
 
 def _all_reduce_sums(device, values: list) -> list:

@@ -36,11 +36,14 @@ import pyarrow.fs as pafs
 log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 1 << 20
-MAX_ATTEMPTS_ENV = "ACTIONLAB_S3_MAX_ATTEMPTS"  # total tries of one remote operation (default 5)
+MAX_ATTEMPTS_ENV = "ACTIONLAB_S3_MAX_ATTEMPTS"  # total tries of one remote operation (default 8)
 CACHE_MAX_GB_ENV = "ACTIONLAB_CACHE_MAX_GB"  # size limit of the video cache (default 20)
-_DEFAULT_MAX_ATTEMPTS = 5
+# 8 tries with backoff doubling from 0.5 s up to 8 s wait 16-31 s in all: a storage endpoint that goes
+# away for a few seconds (a restart, a failover) costs a pause, not a sample or a worker-group restart.
+_DEFAULT_MAX_ATTEMPTS = 8
 _DEFAULT_CACHE_MAX_GB = 20.0
 _BACKOFF_S = 0.5
+_MAX_BACKOFF_S = 8.0
 _VERSION_TTL_S = 600.0  # how long a looked-up ETag is trusted before the object is asked again
 _LOW_WATER = 0.9  # eviction frees space down to this fraction of the limit, so scans stay rare
 _DISK_SLACK_BYTES = 1 << 16  # room kept beyond a video's size when a full disk is cleared (block rounding)
@@ -96,10 +99,15 @@ def _local_path(uri: str | os.PathLike) -> str:
 # --- retries ----------------------------------------------------------------------------------------
 
 
+class RetriesExhausted(OSError):
+    """A remote operation still failed with transient errors after the last attempt: the store is
+    unreachable, which says nothing about the object (callers must not count it as a bad file)."""
+
+
 def is_transient(err: BaseException) -> bool:
     """True for errors that another try may fix: connection drops, throttling, server-side 5xx."""
-    if isinstance(err, FileNotFoundError | PermissionError):
-        return False
+    if isinstance(err, FileNotFoundError | PermissionError | RetriesExhausted):
+        return False  # an exhausted retry is not retried again by an enclosing one
     response = getattr(err, "response", None)  # botocore ClientError
     if isinstance(response, dict):
         status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
@@ -117,13 +125,13 @@ def _max_attempts() -> int:
 
 
 def retrying(action: str, uri: str | os.PathLike, fn):
-    """Calls `fn()`, retrying transient errors with exponential backoff and jitter.
+    """Calls `fn()`, retrying transient errors with capped exponential backoff and jitter.
 
     Hand-written because pyarrow's own S3 retry strategy is not configurable through `from_uri` and
     is lost when the filesystem is serialised to Ray workers (apache/arrow#47348).
 
     Raises:
-        OSError: still failing after the last attempt (the message names the URI and the attempts).
+        RetriesExhausted: still failing after the last attempt (the message names the URI and the attempts).
     """
     attempts = _max_attempts()
     delay = _BACKOFF_S
@@ -134,12 +142,12 @@ def retrying(action: str, uri: str | os.PathLike, fn):
             if not is_transient(err):
                 raise
             if attempt == attempts:
-                raise OSError(f"{action} {redact(uri)} failed after {attempts} attempts: {err}") from err
+                raise RetriesExhausted(f"{action} {redact(uri)} failed after {attempts} attempts: {err}") from err
             wait = delay * random.uniform(0.5, 1.0)
             log.warning("%s %s failed (attempt %d/%d), retrying in %.1fs: %s", action, redact(uri), attempt,
                         attempts, wait, err)
             time.sleep(wait)
-            delay *= 2
+            delay = min(delay * 2, _MAX_BACKOFF_S)
 
 
 def _is_missing(err: OSError) -> bool:

@@ -81,14 +81,16 @@ def fetch_local(uri: str, cache_dir: str | None) -> str:
 
     Raises:
         decode.DecodeError: (kind `missing`) the remote file is absent or the download failed.
-        storage.CacheFullError: the cache's disk is full; not a bad sample (every later one would fail
-            too), so it stops the run with the message that says which folder and knob to change.
+        storage.CacheFullError: the cache's disk is full.
+        storage.RetriesExhausted: the store stayed unreachable through every retry.
+        Neither is a bad sample (the file may be fine and every later one would fail too): they stop
+        the worker, Ray Train restarts it from the last checkpoint, and the message says what to fix.
     """
     if not storage.is_remote(uri):
         return uri
     try:
         return storage.local_copy(uri, cache_dir)
-    except storage.CacheFullError:
+    except (storage.CacheFullError, storage.RetriesExhausted):
         raise
     except FileNotFoundError:
         reason = "file does not exist in remote storage; fix the manifest path or the data root"

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import flops, tracking
+from .. import flops, storage, tracking
 from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
@@ -334,7 +334,8 @@ def train_worker(loop_config: dict) -> dict:
                     Path(tmp) / STATE_FILE,
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+                             checkpoint_upload_fn=_upload_with_retries if ckpt is not None else None)
         if rank == 0:
             _flush(tracker, rank)
         result = val
@@ -342,6 +343,22 @@ def train_worker(loop_config: dict) -> dict:
     if rank == 0:
         _finalise(cfg, ctx, spec, model, result, bad_examples, tracker)
     return metrics
+
+
+def _upload_with_retries(checkpoint, dir_name: str):
+    """Ray's own checkpoint upload, retried like every other storage call (`storage.retrying`).
+
+    Ray tries an upload 3 times over about 3 s and offers no knob (ray#55350); a storage endpoint
+    away for longer failed the report, cost a worker-group restart (one of `compute.max_failures`)
+    and the epoch's work. Retrying the same copy to the same folder is idempotent.
+    """
+    import ray.train
+
+    # get_storage() is a DeveloperAPI (checked on Ray 2.58-2.60): the run's storage folder and filesystem.
+    context = ray.train.get_context().get_storage()
+    target = context.build_checkpoint_path_from_name(dir_name)
+    return storage.retrying("upload checkpoint to", target,
+                            lambda: context.persist_current_checkpoint(checkpoint, dir_name))
 
 
 def _flush(tracker: tracking.MetricBuffer, rank: int) -> None:

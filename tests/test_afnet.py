@@ -123,6 +123,21 @@ def test_rt_loss_drives_the_keep_rate_to_its_target():
     assert abs(sum(rates[-10:]) / 10 - 0.25) < 0.1
 
 
+@pytest.mark.parametrize("keep_bias, has_gradient", [(10.0, False), (1.0, True)])
+def test_rt_loss_reaches_the_gate_in_a_short_run_only_from_an_undecided_start(keep_bias, has_gradient):
+    """At the first epoch where the scaled schedule asks for RT (epoch index 3 of 8, tau about 0.15),
+    the official keep bias of 10 leaves the hard Gumbel gate saturated: the loss has no gradient there."""
+    model = _build(rt=0.25, nav_keep_bias=keep_bias).train()
+    model.on_epoch_start(3, 8)
+    assert model.rt_target == 0.25 and model.temperature < 0.2
+    torch.manual_seed(0)
+    out = model.training_step(torch.randn(4, 4, 3, 32, 32), torch.arange(4) % K)
+    assert float(out["loss_rt"]) > 0
+    biases = [nav.temporal.bias for stage in model.backbone.stages for nav in stage.navigation]
+    grads = torch.autograd.grad(out["loss"], biases)  # CE + RT: through a saturated gate, neither reaches it
+    assert (max(float(g.abs().max()) for g in grads) > 1e-3) == has_gradient
+
+
 def test_schedules_scale_with_the_run():
     model = _build(rt=0.4)
     targets = [model.rt_target_at(e, 55) for e in (0, 9, 10, 14, 15, 19, 20, 54)]

@@ -56,6 +56,10 @@ class AFNetParams:
     rt_begin: float = 10.0  # RT target 1.0 before; RT + (1 - RT) * 2/3, then * 1/3 until ...
     rt_end: float = 20.0  # ... RT from here on
     reference_epochs: int = 55  # t_end / rt_begin / rt_end are epochs of a run this long: scaled to the real one
+    # The official keep bias of 10 (vs 1 for skip) saturates the gate: in a short run from random init
+    # the temperature anneals before the RT loss gets any gradient through it and every frame stays
+    # kept (measured: keep ratio 1.0 at every RT over 8 epochs). 1.0 starts the gate undecided.
+    nav_keep_bias: float = 10.0
     eval_gating: str = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
     execution: str = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
     pretrained_file: str = ""  # a state dict of this AF-ResNet (e.g. converted official ImageNet weights)
@@ -154,9 +158,13 @@ class Navigation(nn.Module):
         self.conv = nn.Conv2d(cin, 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(2)
         self.temporal = nn.Conv2d(2 * num_frames, 2 * num_frames, 1, groups=num_frames, bias=True)
-        with torch.no_grad():
-            self.temporal.bias.view(num_frames, 2)[:, SKIP] = 1.0
-            self.temporal.bias.view(num_frames, 2)[:, KEEP] = 10.0
+        self.reset_gate()
+
+    @torch.no_grad()
+    def reset_gate(self, keep_bias: float = 10.0) -> None:
+        """Skip logit bias 1, keep logit bias `keep_bias` (official: 10, every frame kept)."""
+        self.temporal.bias.view(self.num_frames, 2)[:, SKIP] = 1.0
+        self.temporal.bias.view(self.num_frames, 2)[:, KEEP] = keep_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.relu(self.bn(self.conv(x.mean((2, 3), keepdim=True))))  # (B*T, 2, 1, 1)
@@ -543,6 +551,9 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
         layers=tuple(p.layers), width=p.width, alpha=p.alpha, patch_groups=p.patch_groups,
         num_frames=num_frames, shift=p.shift, fold_div=p.fold_div,
     )
+    for stage in backbone.stages:
+        for nav in stage.navigation:
+            nav.reset_gate(p.nav_keep_bias)
     if p.pretrained_file:
         state = read_state_dict(p.pretrained_file)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -157,6 +157,26 @@ def test_baselines_mix_every_frame_alike(method):
         assert all(c == pytest.approx(1.0 - lam, abs=0.01) for c in changed.tolist() if c > 0)
 
 
+def test_a_baselines_ema_follows_the_online_bn_statistics():
+    """The baselines' EMA makes no forward pass of its own in training: without averaging the online
+    model's BN statistics it would be evaluated with its initial ones."""
+    torch.manual_seed(3)
+    model = get_workload("svmix").build(
+        {"backbone_params": {"backbone": "resnet18"}, "method": "none", "ema_momentum": 0.5, "ema_init": "copy"},
+        num_classes=K, num_frames=4,
+    ).train()
+    clips, labels = _clips()
+    model.training_step(clips + 3.0, labels)  # shifted inputs move the online BN means
+    model.on_step_end()
+    online = dict(model.online.named_buffers())
+    for name, ema in model.ema.named_buffers():
+        if name.endswith("running_mean"):
+            initial = torch.zeros_like(ema)
+            assert torch.allclose(ema, 0.5 * initial + 0.5 * online[name], atol=1e-6), name
+        elif name.endswith("num_batches_tracked"):
+            assert torch.equal(ema, online[name]) and int(ema) == 1
+
+
 def test_block_lr_schedule_follows_epochs(tsm_svmix):
     model = tsm_svmix
     model.on_epoch_start(0, 55)

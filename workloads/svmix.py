@@ -14,7 +14,8 @@ Per step (S-SV `maskmotioncut.py`, `engine/defaults.py`, `engine/train_loop.py`)
      frozen EMA net into its input; + a margin loss that keeps the mean share of clip A near lambda'.
   4. own SGD on the selection module, then the EMA update of parameters (not buffers).
 `method` also gives plain baselines with the same EMA bookkeeping: mixup, cutmix (one box on all
-frames), mixup_cutmix (switched by `switch_prob`), none.
+frames), mixup_cutmix (switched by `switch_prob`), none. Their EMA never runs forward in training,
+so it also averages the online model's BN statistics (buffers).
 """
 
 from __future__ import annotations
@@ -366,7 +367,15 @@ class SVMix(nn.Module):
             )
         m = self.ema_momentum
         for e, p in zip(self.ema.parameters(), self.online.parameters()):
-            e.lerp_(p.detach(), 1.0 - m)  # parameters only: the EMA's BN statistics are its own
+            e.lerp_(p.detach(), 1.0 - m)  # SV-Mix: parameters only, the EMA's BN statistics are its own
+        if self.selector is None:
+            # The baselines' EMA never runs forward in training, so its BN statistics would stay at
+            # their initial values (an EMA evaluated at chance): they follow the online model's.
+            for e, b in zip(self.ema.buffers(), self.online.buffers()):
+                if e.is_floating_point():
+                    e.lerp_(b, 1.0 - m)
+                else:
+                    e.copy_(b)
 
 
 def _feature_channels(model: nn.Module) -> int:

@@ -317,9 +317,11 @@ def train_worker(loop_config: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
-                # Queued before the checkpoint and written after it is saved: the checkpoint carries
-                # what MLflow has not confirmed yet, so neither a restart nor an outage loses it.
+                # Written before the report (a scheduler may stop the trial as soon as it sees it);
+                # the checkpoint carries whatever MLflow has not confirmed, so neither a restart nor an
+                # outage loses it (steps already written are skipped when an epoch is redone).
                 tracker.add({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch + 1)
+                _flush(tracker, rank)
                 torch.save(
                     {
                         "model": model.state_dict(),
@@ -336,8 +338,6 @@ def train_worker(loop_config: dict) -> dict:
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
                              checkpoint_upload_fn=_upload_with_retries if ckpt is not None else None)
-        if rank == 0:
-            _flush(tracker, rank)
         result = val
 
     if rank == 0:

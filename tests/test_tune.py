@@ -231,3 +231,28 @@ def test_killed_sweep_driver_restores_without_rerunning_finished_trials(tmp_path
             assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [1, 2, 3], (key, run.info.run_id)
     assert not pids_with_env(MARKER_ENV, "killed")
     print(f"Ray processes of the killed driver still alive 30 s after the kill (then killed): {left_after_kill}")
+
+
+def test_early_stopped_children_end_killed_whether_tune_killed_or_interrupted_them(tmp_path, monkeypatch):
+    from actionlab import tracking
+    from actionlab.tune.sweep import _close_children
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracking.start_run("sweeps", "s")
+    runs = {}
+    for trial, status in (("t0", "RUNNING"), ("t1", "FAILED"), ("t2", "FINISHED")):
+        runs[trial] = tracking.start_run("sweeps", f"s-{trial}", parent_run_id=parent, tags={"actionlab.trial_id": trial})
+        if status != "RUNNING":
+            tracking.end_run(runs[trial], status)
+    tracking.set_tags(runs["t1"], {"actionlab.error": "interrupted by Tune's stop"})
+    table = [{"trial_id": "t0", "status": "early-stopped", "epochs": 1},
+             {"trial_id": "t1", "status": "early-stopped", "epochs": 2},
+             {"trial_id": "t2", "status": "completed", "epochs": 3}]
+    _close_children("sweeps", parent, table)
+    c = tracking.client()
+    for trial, expected in (("t0", "KILLED"), ("t1", "KILLED"), ("t2", "FINISHED")):
+        run = c.get_run(runs[trial])
+        assert run.info.status == expected, trial
+        assert "actionlab.error" not in run.data.tags
+    assert c.get_run(runs["t1"]).data.tags["actionlab.early_stopped"] == "after epoch 2"
+    assert [row["run_id"] for row in table] == [runs["t0"], runs["t1"], runs["t2"]]

@@ -267,5 +267,9 @@ def _close_children(experiment: str, parent_run_id: str, table: list) -> None:
         row["run_id"] = run.info.run_id
         if row["status"] == "early-stopped":
             c.set_tag(run.info.run_id, "actionlab.early_stopped", f"after epoch {row['epochs']}")
-            if run.info.status == "RUNNING":
+            # Tune's stop either kills the trial outright (the run stays RUNNING) or interrupts train(),
+            # which ends the run FAILED with the interruption as its error: both are a scheduler's stop.
+            if run.info.status in ("RUNNING", "FAILED"):
                 c.set_terminated(run.info.run_id, status="KILLED")
+                if "actionlab.error" in run.data.tags:
+                    c.delete_tag(run.info.run_id, "actionlab.error")

@@ -37,6 +37,8 @@ EVAL_GATINGS = ("argmax", "gumbel", "topk")
 EXECUTIONS = ("skip", "mask")
 
 
+OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame kept at first
+
 @dataclass(frozen=True)
 class AFNetParams:
     """Defaults: AFNet-TSM with AF-ResNet50 on Something-Something V1 (`train_sth.sh`, `opts.py`)."""
@@ -59,7 +61,7 @@ class AFNetParams:
     # The official keep bias of 10 (vs 1 for skip) saturates the gate: in a short run from random init
     # the temperature anneals before the RT loss gets any gradient through it and every frame stays
     # kept (measured: keep ratio 1.0 at every RT over 8 epochs). 1.0 starts the gate undecided.
-    nav_keep_bias: float = 10.0
+    nav_keep_bias: float = OFFICIAL_KEEP_BIAS
     eval_gating: str = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
     execution: str = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
     pretrained_file: str = ""  # a state dict of this AF-ResNet (e.g. converted official ImageNet weights)
@@ -161,7 +163,7 @@ class Navigation(nn.Module):
         self.reset_gate()
 
     @torch.no_grad()
-    def reset_gate(self, keep_bias: float = 10.0) -> None:
+    def reset_gate(self, keep_bias: float = OFFICIAL_KEEP_BIAS) -> None:
         """Skip logit bias 1, keep logit bias `keep_bias` (official: 10, every frame kept)."""
         self.temporal.bias.view(self.num_frames, 2)[:, SKIP] = 1.0
         self.temporal.bias.view(self.num_frames, 2)[:, KEEP] = keep_bias

@@ -329,7 +329,6 @@ def train_worker(loop_config: dict) -> dict:
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch,
                         "torch_rng": torch.get_rng_state(),
-                        "bad_samples": total_bad,
                         "bad_examples": [[vid, why] for vid, why in dict(bad_examples).items()],
                         "tracking": tracker.state(),
                     },

@@ -152,6 +152,15 @@ def reap_marked(value: str, *, settle_s: float = 30.0) -> list[int]:
     return left
 
 
+def kill_driver(driver, marker: str) -> list[int]:
+    """SIGKILLs a driver's process group (if it still runs) and reaps what its Ray left behind, which
+    would otherwise train on beside a rerun (`reap_marked`); returns the PIDs that had to be killed."""
+    if driver.poll() is None:
+        os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait(30)
+    return reap_marked(marker)
+
+
 # --- S3 (moto server) -----------------------------------------------------------------------------
 
 

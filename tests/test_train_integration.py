@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import MARKER_ENV, reap_marked
+from servers import MARKER_ENV, kill_driver
 
 pytestmark = [
     pytest.mark.integration,
@@ -193,12 +193,8 @@ def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset, tmp_pat
             assert driver.poll() is None, log_path.read_text()[-4000:]
             assert time.time() < deadline, "no checkpoint after the worker restart"
             time.sleep(0.5)
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        reap_marked("killed-driver")  # its Ray workers outlive it and would train on beside the rerun
+        kill_driver(driver, "killed-driver")
     log.close()
     first_log = log_path.read_text()
     assert "resumed from checkpoint at epoch 1" in first_log, f"killed {victims}\n" + first_log[-4000:]

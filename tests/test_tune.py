@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import tune_spaces
 from actionlab.config import ConfigError, resolve
 from actionlab.tune.space import load_sweep, param_space
 from actionlab.tune.sweep import pareto_front, trials_that_fit
-from servers import MARKER_ENV, base_env, pids_with_env, reap_marked
+from servers import MARKER_ENV, base_env, kill_driver, pids_with_env, reap_marked
 
 needs_netns = pytest.mark.skipif(
     not os.environ.get("ACTIONLAB_TEST_NETNS"),
@@ -189,13 +188,8 @@ def test_killed_sweep_driver_restores_without_rerunning_finished_trials(tmp_path
             if finished and running:
                 break
             time.sleep(1)
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(30)
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-        # No process of the killed driver's Ray may train on beside the rerun.
-        left_after_kill = reap_marked("killed")
+        left_after_kill = kill_driver(driver, "killed")
     before = {r.data.tags["actionlab.trial_id"]: r for r in finished}
     histories = {tid: [(m.step, m.value, m.timestamp) for m in c.get_metric_history(r.info.run_id, "val/top1")]
                  for tid, r in before.items()}
@@ -231,6 +225,56 @@ def test_killed_sweep_driver_restores_without_rerunning_finished_trials(tmp_path
             assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [1, 2, 3], (key, run.info.run_id)
     assert not pids_with_env(MARKER_ENV, "killed")
     print(f"Ray processes of the killed driver still alive 30 s after the kill (then killed): {left_after_kill}")
+
+
+# A Tune trial whose Train run is already complete: its workers finished after the driver died.
+_RESTORED_TRIAL = """
+import json, sys
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from actionlab.cli import load_recipe
+from actionlab.config import resolve
+from actionlab.train.launch import init_ray, train
+
+overrides = json.loads(sys.argv[1])
+
+def trainable(config):
+    train(resolve(load_recipe("smoke"), overrides), callbacks=(TuneReportCallback(),))
+
+init_ray()
+grid = ray.tune.Tuner(ray.tune.with_resources(trainable, {"CPU": 0.01}), run_config=ray.tune.RunConfig(name="restored", storage_path=sys.argv[2])).fit()
+print(json.dumps({k: v for k, v in grid[0].metrics.items() if k in ("epoch", "val/top1")}))
+"""
+
+
+@pytest.mark.integration
+@needs_netns
+def test_a_trial_on_a_train_run_that_finished_without_its_driver_still_reports_its_result(tmp_path, synth_dataset):
+    """The driver of a trial dies after its Train workers wrote their last checkpoint (the workers outlive
+    it; found when a killed sweep was restored): the restored trial resumes a run with no epoch left, and
+    must still give Tune the run's last result (it ended with none, counted as stopped after epoch 0)."""
+    home = tmp_path / "home"
+    env = sweep_env(home)
+    overrides = [f"data.manifest={synth_dataset}", "schedule.epochs=2", "clip.num_frames=4", "clip.size_px=32",
+                 "clip.resize_px=32", "data.batch_size=4", "data.num_loader_workers=0", "compute.cpus_per_worker=1",
+                 "tracking.run_name=outlived"]
+    proc = subprocess.run([sys.executable, "-m", "actionlab", "train", "smoke",
+                           *[a for o in overrides for a in ("--set", o)], "--json"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    first = json.loads(proc.stdout.strip().splitlines()[-1])
+    c = mlflow_client(home)
+    c.update_run(first["run_id"], status="RUNNING")  # as its dead driver left it
+
+    proc = subprocess.run([sys.executable, "-c", _RESTORED_TRIAL, json.dumps(overrides), str(tmp_path / "tune")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert "resumed from checkpoint at epoch 2/2" in proc.stdout + proc.stderr
+    reported = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert reported == {"epoch": 2, "val/top1": pytest.approx(first["val/top1"])}
+    run = c.get_run(first["run_id"])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in c.get_metric_history(first["run_id"], "val/top1")] == [1, 2], "nothing logged twice"
 
 
 def test_early_stopped_children_end_killed_whether_tune_killed_or_interrupted_them(tmp_path, monkeypatch):

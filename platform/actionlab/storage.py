@@ -178,6 +178,151 @@ def _resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     return filesystem, f"{bucket}{parts.path}".rstrip("/")
 
 
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """`storage_path` and `storage_filesystem` for a Ray `RunConfig` (or `Tuner.restore`) rooted at `uri`.
+
+    A remote root gets a filesystem whose every call is retried like the rest of this module: Ray's
+    controller writes its checkpoint snapshot with one bare call, and a storage endpoint away for a few
+    seconds at that moment failed the whole run (a controller error, which no restart covers). Local
+    roots are left to Ray.
+    """
+    if not is_remote(uri):
+        return uri, None
+    parts = urlsplit(uri)
+    base = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
+    bucket = parts.netloc.rsplit("@", 1)[-1]
+    return f"{bucket}{parts.path}".rstrip("/"), pafs.PyFileSystem(RetryingHandler(base))
+
+
+class RetryingHandler(pafs.FileSystemHandler):
+    """A remote filesystem (`from_uri(base)`) whose calls are retried on transient errors (`retrying`).
+
+    Writes are spooled locally and uploaded when the stream is closed, so a failure halfway through is
+    retried from the first byte; the upload writes synchronously (no background writes), which keeps
+    pyarrow's threaded `copy_files` from waiting on its own IO pool. It pickles as its URI: each Ray
+    process rebuilds the filesystem (pyarrow drops an S3 retry strategy when one is pickled, arrow#47348).
+    """
+
+    def __init__(self, base_uri: str):
+        self.base_uri = base_uri
+        self._fs: pafs.FileSystem | None = None
+        self._writer: pafs.FileSystem | None = None
+
+    def __getstate__(self) -> dict:
+        return {"base_uri": self.base_uri}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["base_uri"])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RetryingHandler) and other.base_uri == self.base_uri
+
+    def __ne__(self, other) -> bool:
+        return not self == other
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs = retrying("connect to", self.base_uri,
+                                lambda: _remote_filesystem(self.base_uri, os.environ.get("AWS_ENDPOINT_URL")))
+        return self._fs
+
+    @property
+    def writer(self) -> pafs.FileSystem:
+        if self._writer is None:
+            cls, (options,) = self.fs.__reduce__()  # the options `from_uri` resolved (region, endpoint, ...)
+            self._writer = pafs.S3FileSystem(**{**options, "background_writes": False}) \
+                if isinstance(self.fs, pafs.S3FileSystem) else self.fs
+        return self._writer
+
+    def _call(self, action: str, path: str, fn):
+        return retrying(action, f"{self.base_uri.split('://')[0]}://{path}", fn)
+
+    def get_type_name(self) -> str:
+        return f"retrying+{self.fs.type_name}"
+
+    def normalize_path(self, path):
+        return self.fs.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self._call("look up", paths[0] if paths else "", lambda: self.fs.get_file_info(paths))
+
+    def get_file_info_selector(self, selector):
+        return self._call("list", selector.base_dir, lambda: self.fs.get_file_info(selector))
+
+    def create_dir(self, path, recursive):
+        self._call("create", path, lambda: self.fs.create_dir(path, recursive=recursive))
+
+    def delete_dir(self, path):
+        self._call("delete", path, lambda: self.fs.delete_dir(path))
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self._call("delete", path, lambda: self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok))
+
+    def delete_root_dir_contents(self):
+        self._call("delete", "/", lambda: self.fs.delete_dir_contents("/", accept_root_dir=True))
+
+    def delete_file(self, path):
+        self._call("delete", path, lambda: self.fs.delete_file(path))
+
+    def move(self, src, dest):
+        self._call("move", src, lambda: self.fs.move(src, dest))
+
+    def copy_file(self, src, dest):
+        self._call("copy", src, lambda: self.fs.copy_file(src, dest))
+
+    def open_input_stream(self, path):
+        return self._call("read", path, lambda: self.fs.open_input_stream(path))
+
+    def open_input_file(self, path):
+        return self._call("read", path, lambda: self.fs.open_input_file(path))
+
+    def open_output_stream(self, path, metadata):
+        import pyarrow as pa
+
+        return pa.PythonFile(_SpooledUpload(self, path, metadata), mode="w")
+
+    def open_append_stream(self, path, metadata):
+        raise NotImplementedError(f"{self.base_uri}: object stores cannot append to {path}")
+
+
+class _SpooledUpload:
+    """A writable file that uploads what was written, with retries, when it is closed."""
+
+    def __init__(self, handler: RetryingHandler, path: str, metadata):
+        self._handler, self._path, self._metadata = handler, path, metadata
+        self._spool = tempfile.SpooledTemporaryFile(max_size=16 << 20)
+        self.closed = False
+
+    def write(self, data) -> int:
+        return self._spool.write(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._spool.tell()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+
+        def upload() -> None:
+            self._spool.seek(0)
+            with self._handler.writer.open_output_stream(self._path, metadata=self._metadata) as out:
+                while chunk := self._spool.read(_CHUNK_BYTES):
+                    out.write(chunk)
+
+        try:
+            self._handler._call("write", self._path, upload)
+        finally:
+            self._spool.close()
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     """Reads a whole file.
 

@@ -238,6 +238,7 @@ def train(
     use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     _check_resources(cfg, use_gpu)
     resources = {"CPU": cfg.compute.cpus_per_worker}
+    storage_path, storage_filesystem = storage.ray_storage(root)
     if use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -248,7 +249,8 @@ def train(
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=root,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(
                 max_failures=cfg.compute.max_failures, controller_failure_limit=3
             ),

@@ -205,7 +205,7 @@ def train_worker(loop_config: dict) -> dict:
     use_amp = cfg.compute.amp and device.type == "cuda"
     mean_t, std_t = stats_tensors(spec.mean, spec.std, device)
 
-    start_epoch, bad_examples = 0, []
+    start_epoch, bad_examples, metrics = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -215,6 +215,7 @@ def train_worker(loop_config: dict) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch = int(state["epoch"]) + 1
+        metrics = dict(state.get("metrics", {}))
         bad_examples = [(str(vid), str(why)) for vid, why in state.get("bad_examples", [])]
         tracker.restore(state.get("tracking"))
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
@@ -223,8 +224,11 @@ def train_worker(loop_config: dict) -> dict:
 
     epochs = cfg.schedule.epochs
     step_end = getattr(model, "on_step_end", None)
-    metrics: dict = {}
     result = None
+    if start_epoch >= epochs and metrics:
+        # Nothing left to train: the workers finished after the driver died. The last epoch is reported
+        # again (no checkpoint), or a Tune trial restored onto this run would end with no result at all.
+        ray.train.report(metrics)
     for epoch in range(start_epoch, epochs):
         hook = getattr(model, "on_epoch_start", None)
         if hook is not None:
@@ -328,6 +332,7 @@ def train_worker(loop_config: dict) -> dict:
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
                         "epoch": epoch,
+                        "metrics": metrics,
                         "torch_rng": torch.get_rng_state(),
                         "bad_examples": [[vid, why] for vid, why in dict(bad_examples).items()],
                         "tracking": tracker.state(),
@@ -335,29 +340,12 @@ def train_worker(loop_config: dict) -> dict:
                     Path(tmp) / STATE_FILE,
                 )
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
-                             checkpoint_upload_fn=_upload_with_retries if ckpt is not None else None)
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
         result = val
 
     if rank == 0:
         _finalise(cfg, ctx, spec, model, result, bad_examples, tracker)
     return metrics
-
-
-def _upload_with_retries(checkpoint, dir_name: str):
-    """Ray's own checkpoint upload, retried like every other storage call (`storage.retrying`).
-
-    Ray tries an upload 3 times over about 3 s and offers no knob (ray#55350); a storage endpoint
-    away for longer failed the report, cost a worker-group restart (one of `compute.max_failures`)
-    and the epoch's work. Retrying the same copy to the same folder is idempotent.
-    """
-    import ray.train
-
-    # get_storage() is a DeveloperAPI (checked on Ray 2.58-2.60): the run's storage folder and filesystem.
-    context = ray.train.get_context().get_storage()
-    target = context.build_checkpoint_path_from_name(dir_name)
-    return storage.retrying("upload checkpoint to", target,
-                            lambda: context.persist_current_checkpoint(checkpoint, dir_name))
 
 
 def _flush(tracker: tracking.MetricBuffer, rank: int) -> None:

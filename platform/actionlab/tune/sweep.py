@@ -162,10 +162,12 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
         recipe=recipe, fixed=fixed, sweep_name=name, parent_run_id=parent_run_id,
     )
     path = storage.join(root, name)
-    if restoring and ray.tune.Tuner.can_restore(path):
-        print(f"restoring sweep '{name}' from {path}: finished trials are kept", flush=True)
-        tuner = ray.tune.Tuner.restore(path, trainable=trainable, resume_errored=True,
-                                       param_space=param_space(spec))
+    ray_root, ray_fs = storage.ray_storage(root)
+    ray_path = storage.join(ray_root, name)
+    if restoring and ray.tune.Tuner.can_restore(ray_path, storage_filesystem=ray_fs):
+        print(f"restoring sweep '{name}' from {storage.redact(path)}: finished trials are kept", flush=True)
+        tuner = ray.tune.Tuner.restore(ray_path, trainable=trainable, resume_errored=True,
+                                       param_space=param_space(spec), storage_filesystem=ray_fs)
     else:
         epochs = base_cfg.schedule.epochs
         if spec.scheduler["name"] == "asha":
@@ -191,7 +193,7 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
             tune_config=ray.tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                                             max_concurrent_trials=concurrency, scheduler=scheduler,
                                             search_alg=search_alg),
-            run_config=ray.tune.RunConfig(name=name, storage_path=root),
+            run_config=ray.tune.RunConfig(name=name, storage_path=ray_root, storage_filesystem=ray_fs),
         )
     try:
         grid = tuner.fit()

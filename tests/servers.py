@@ -305,7 +305,13 @@ class OutageProxy:
                 self._reset(client)
                 continue
             with self._lock:
-                self._open |= {client, upstream}
+                late = self.down()  # an outage began while this one was connecting: it is dropped too
+                if not late:
+                    self._open |= {client, upstream}
+            if late:
+                self._reset(client)
+                self._reset(upstream)
+                continue
             threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 

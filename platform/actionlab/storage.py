@@ -170,12 +170,18 @@ def _resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """A filesystem and the path inside it for any supported URI."""
     if not is_remote(uri):
         return pafs.LocalFileSystem(), os.path.abspath(_local_path(uri))
+    base, path = _split_remote(uri)
+    filesystem = retrying("connect to", uri, lambda: _remote_filesystem(base, os.environ.get("AWS_ENDPOINT_URL")))
+    return filesystem, path
+
+
+def _split_remote(uri: str | os.PathLike) -> tuple[str, str]:
+    """A remote URI as (the URI that configures its filesystem, the path inside that filesystem)."""
     parts = urlsplit(os.fspath(uri))
     # The query (e.g. `?endpoint_override=...&scheme=http`) configures the filesystem, as in Ray's docs.
     base = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
-    filesystem = retrying("connect to", uri, lambda: _remote_filesystem(base, os.environ.get("AWS_ENDPOINT_URL")))
     bucket = parts.netloc.rsplit("@", 1)[-1]
-    return filesystem, f"{bucket}{parts.path}".rstrip("/")
+    return base, f"{bucket}{parts.path}".rstrip("/")
 
 
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
@@ -188,10 +194,8 @@ def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """
     if not is_remote(uri):
         return uri, None
-    parts = urlsplit(uri)
-    base = f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" if parts.query else "")
-    bucket = parts.netloc.rsplit("@", 1)[-1]
-    return f"{bucket}{parts.path}".rstrip("/"), pafs.PyFileSystem(RetryingHandler(base))
+    base, path = _split_remote(uri)
+    return path, pafs.PyFileSystem(RetryingHandler(base))
 
 
 class RetryingHandler(pafs.FileSystemHandler):
@@ -230,7 +234,7 @@ class RetryingHandler(pafs.FileSystemHandler):
     @property
     def writer(self) -> pafs.FileSystem:
         if self._writer is None:
-            cls, (options,) = self.fs.__reduce__()  # the options `from_uri` resolved (region, endpoint, ...)
+            _, (options,) = self.fs.__reduce__()  # the options `from_uri` resolved (region, endpoint, ...)
             self._writer = pafs.S3FileSystem(**{**options, "background_writes": False}) \
                 if isinstance(self.fs, pafs.S3FileSystem) else self.fs
         return self._writer

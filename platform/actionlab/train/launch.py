@@ -238,9 +238,9 @@ def train(
     use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     _check_resources(cfg, use_gpu)
     resources = {"CPU": cfg.compute.cpus_per_worker}
-    storage_path, storage_filesystem = storage.ray_storage(root)
     if use_gpu:
         resources["GPU"] = 1
+    storage_path, storage_filesystem = storage.ray_storage(root)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": to_dict(cfg), "ctx": {**data, "run_id": run_id, "run_name": run_name}},

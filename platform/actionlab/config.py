@@ -44,6 +44,8 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     flip: str = "on"  # off | on | swap_pairs (left/right classes swap labels on flip)
     cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
+    # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
+    decoder: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ class Config:
 
 _CHOICES = {
     ("data", "flip"): ("off", "on", "swap_pairs"),
+    ("data", "decoder"): ("auto", "decord", "pyav"),
     ("eval", "fusion"): ("logits", "probs"),
     ("schedule", "lr_schedule"): ("cosine", "step", "constant"),
     ("optim", "name"): ("sgd", "adamw"),

@@ -106,11 +106,18 @@ def make_datasets(cfg: Config, spec, ctx: dict):
         seed=cfg.seed,
         cache_dir=ctx.get("cache_dir"),
     )
-    train_df = data_manifest.select_split(data_manifest.read_manifest(ctx["manifest"]), "train")
-    val_df = data_manifest.select_split(data_manifest.read_manifest(ctx["val_manifest"]), ctx["val_split"])
-    train = data_dataset.VideoClipDataset(df=train_df, train=True, **common)
+    train_all = data_manifest.read_manifest(ctx["manifest"])
+    val_all = data_manifest.read_manifest(ctx["val_manifest"])
+    train_df = data_manifest.select_split(train_all, "train")
+    val_df = data_manifest.select_split(val_all, ctx["val_split"])
+
+    def decoder(df) -> str:
+        return cfg.data.decoder if cfg.data.decoder != "auto" else data_manifest.preferred_decoder(df)
+
+    train = data_dataset.VideoClipDataset(df=train_df, train=True, decoder=decoder(train_all), **common)
     # Training keeps the cheap protocol (1 clip x 1 crop); `actionlab eval` runs the full one.
-    val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, **common)
+    val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, decoder=decoder(val_all),
+                                        **common)
     return train, val
 
 

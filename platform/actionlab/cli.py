@@ -201,17 +201,25 @@ def cmd_bench(args) -> int:
     params: dict = dict(get_workload(args.workload).tiny) if args.tiny else {}
     for text in args.set:
         params.update(parse_override(text))
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = bench(args.workload, params=params, sweep=parse_sweep(args.sweep) if args.sweep else None,
                  num_frames=args.frames, size_px=args.size, num_classes=args.num_classes,
-                 batch_size=args.batch_size, iters=args.iters, threads=args.threads)
+                 batch_size=args.batch_size, iters=args.iters, threads=args.threads, train=args.train,
+                 device=device, amp=not args.no_amp, channels_last=args.channels_last, compile=args.compile)
     if args.json:
         print(json.dumps([row.__dict__ for row in rows]))
         return 0
-    print(f"{args.workload} forward, batch {args.batch_size} x {args.frames} frames x {args.size}px, "
-          f"{torch_threads()} threads; baseline = first row")
-    print(f"  {'setting':24s} {'clips/s':>9s} {'ms/batch':>9s} {'GMACs/clip':>11s} {'vs baseline':>11s}")
+    what = "training step (fwd+bwd+AdamW)" if args.train else "forward"
+    extras = [x for x, on in (("bf16", device == "cuda" and not args.no_amp), ("channels_last", args.channels_last),
+                              ("torch.compile", args.compile)) if on]
+    print(f"{args.workload} {what} on {device}, batch {args.batch_size} x {args.frames} frames x {args.size}px, "
+          f"{torch_threads()} threads {' '.join(extras)}; baseline = first row")
+    print(f"  {'setting':24s} {'clips/s':>9s} {'ms/batch':>9s} {'GMACs/clip':>11s} {'vs baseline':>11s} {'MFU':>6s}")
     for r in rows:
-        print(f"  {r.setting:24s} {r.clips_per_s:9.2f} {r.ms_per_batch:9.1f} {r.gmacs:11.3f} {r.speedup:10.2f}x")
+        mfu = f"{r.mfu:6.1%}" if r.mfu is not None else f"{'-':>6s}"
+        print(f"  {r.setting:24s} {r.clips_per_s:9.2f} {r.ms_per_batch:9.1f} {r.gmacs:11.3f} {r.speedup:10.2f}x {mfu}")
     return 0
 
 
@@ -314,6 +322,30 @@ def cmd_bench_data(args) -> int:
               f"{psnr} {r.speedup:7.2f}x {r.cores_per_gpu:10.1f}")
     print(f"cores/GPU = CPU cores needed to feed one GPU consuming {args.gpu_clips_per_s:g} clips/s "
           f"(an H100 on TSM-R50 8f at ~30% MFU); PSNR is against the raw file's frames")
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from .bench_train import bench_train
+    from .config import resolve
+
+    if not args.vs_plain:
+        raise ValueError("bench train compares against a plain PyTorch loop: pass --vs-plain")
+    cfg = resolve(load_recipe(args.recipe), args.set)
+    plain, ray_side = bench_train(cfg)
+    ratio = plain.steady_clips_per_s / max(1e-9, ray_side.steady_clips_per_s)
+    if args.json:
+        _print({"plain": {**plain.__dict__, "steady_clips_per_s": plain.steady_clips_per_s},
+                "ray": {**ray_side.__dict__, "steady_clips_per_s": ray_side.steady_clips_per_s},
+                "plain_over_ray_steady": ratio, "extra_wall_s": ray_side.wall_s - plain.wall_s}, True)
+        return 0
+    print(f"{cfg.workload.name}, {cfg.schedule.epochs} epochs; steady = median clips/s of epochs 2..N (training)")
+    print(f"  {'':24s} {'steady clips/s':>14s} {'wall s':>8s}  train/loss by epoch")
+    for side in (plain, ray_side):
+        losses = " ".join(f"{v:.4f}" for v in side.losses)
+        print(f"  {side.name:24s} {side.steady_clips_per_s:14.2f} {side.wall_s:8.1f}  {losses}")
+    print(f"plain / Ray steady throughput: {ratio:.3f}x; the Ray path takes {ray_side.wall_s - plain.wall_s:+.1f} s "
+          "more wall time (start-up, per-epoch checkpoints and MLflow writes)")
     return 0
 
 
@@ -529,6 +561,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what one GPU consumes, for the cores-per-GPU column")
     sp.add_argument("--json", action="store_true")
 
+    sp = bench_sub.add_parser("train", help="actionlab's Ray Train path beside a plain PyTorch loop, same everything")
+    sp.set_defaults(fn=cmd_bench_train)
+    sp.add_argument("recipe", help="recipe YAML path/URI or shipped recipe name")
+    sp.add_argument("--vs-plain", action="store_true", help="compare with a plain PyTorch loop (required)")
+    sp.add_argument("--json", action="store_true")
+    sets(sp)
+
     sp = bench_sub.add_parser("model", help="forward clips/s of a workload across settings, beside a baseline")
     sp.set_defaults(fn=cmd_bench)
     sp.add_argument("workload")
@@ -540,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=2)
     sp.add_argument("--iters", type=int, default=5)
     sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    sp.add_argument("--train", action="store_true", help="time a training step and report MFU (GPU)")
+    sp.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    sp.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
+    sp.add_argument("--channels-last", action="store_true", help="channels-last weights and clips")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model")
     sp.add_argument("--json", action="store_true")
     sets(sp)
 

@@ -141,6 +141,12 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
             f"compute.num_workers={cfg.compute.num_workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
             f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
         )
+    if cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
+        raise RuntimeError(
+            f"data.engine=ray decodes in Ray tasks beside the Train workers, but the workers take {need_cpu:g} of "
+            f"the cluster's {have.get('CPU', 0):g} CPUs and none is left to decode; add CPU nodes, lower "
+            "compute.cpus_per_worker, or use data.engine=loader"
+        )
     if use_gpu and cfg.compute.num_workers > have.get("GPU", 0):
         raise RuntimeError(
             f"compute.num_workers={cfg.compute.num_workers} with GPUs needs {cfg.compute.num_workers} GPUs but the "

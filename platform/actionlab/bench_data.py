@@ -30,10 +30,10 @@ GPU_CLIPS_PER_S = 1500.0
 # The curve: (row name, settings) of prepared copies; the first prepared row is `data prepare`'s default.
 CURVE = (
     ("prepared (default)", data_prepare.EncodeSettings()),
-    ("gop 16, no fastdecode", data_prepare.EncodeSettings(fast_decode=False)),
-    ("gop 32", data_prepare.EncodeSettings(gop=32)),
+    ("intra, no fastdecode", data_prepare.EncodeSettings(fast_decode=False)),
     ("gop 8", data_prepare.EncodeSettings(gop=8)),
-    ("all intra", data_prepare.EncodeSettings(gop=1)),
+    ("gop 16", data_prepare.EncodeSettings(gop=16)),
+    ("gop 32", data_prepare.EncodeSettings(gop=32)),
     ("JPEG frames", data_prepare.EncodeSettings(output_format="jpeg")),
 )
 

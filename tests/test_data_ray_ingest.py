@@ -53,3 +53,27 @@ def test_ray_data_batches_equal_the_dataloaders(local_ray, synth_dataset, tmp_pa
             assert a["bad"] == b["bad"]
         bad = [pair for batch in ours for pair in batch["bad"]]
         assert [vid for vid, _ in bad] in ([], ["videos/move_left_001.mp4"])  # on whichever rank samples it
+
+
+def test_bench_train_runs_both_paths_on_the_same_numbers(synth_dataset, tmp_path):
+    """`actionlab bench train --vs-plain`: the plain loop and the Ray Train run train the same model on
+    the same batches (equal losses), the Ray run with `data.engine=ray` decoding in Ray Data tasks, the
+    plain one through a DataLoader."""
+    import json
+    import subprocess
+    import sys
+
+    from servers import REPO, base_env
+
+    command = [sys.executable, "-m", "actionlab", "bench", "train", "smoke", "--vs-plain", "--json",
+               f"--set=data.manifest={synth_dataset}", "--set=schedule.epochs=2", "--set=clip.size_px=32",
+               "--set=clip.resize_px=36", "--set=workload.params.backbone=resnet18", "--set=compute.cpus_per_worker=1",
+               "--set=data.engine=ray", "--set=data.num_loader_workers=0"]
+    done = subprocess.run(command, env=base_env(ACTIONLAB_HOME=str(tmp_path / "home")), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    plain, ray_side = out["plain"], out["ray"]
+    assert len(plain["losses"]) == len(ray_side["losses"]) == 2
+    assert ray_side["losses"] == pytest.approx(plain["losses"], rel=1e-3)
+    assert plain["steady_clips_per_s"] > 0 and ray_side["steady_clips_per_s"] > 0

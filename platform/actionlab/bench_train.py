@@ -1,8 +1,8 @@
 """`actionlab bench train RECIPE --vs-plain`: actionlab's Ray Train path beside a plain PyTorch loop.
 
 Both run the same epoch function (`train.loop.train_one_epoch`) on the same model, data, optimiser,
-batch, seed and intra-op threads, with a validation pass each epoch; the plain loop writes no
-checkpoint and no MLflow run. Steady-state clips/s is the median over epochs after the first
+batch, seed and intra-op threads, with a validation pass each epoch; the plain loop reads through a
+DataLoader (whatever `data.engine` says) and writes no checkpoint and no MLflow run. Steady-state clips/s is the median over epochs after the first
 (start-up and first-touch costs excluded); wall time is the whole call, start-up included. The plain
 loop runs first, in this process, then the Ray run (a local instance unless `RAY_ADDRESS` is set).
 """
@@ -36,10 +36,12 @@ def plain_run(cfg: Config) -> TrainBenchSide:
     """The training a user would write without a platform: one process, no checkpoints, no tracking."""
     from workloads import get_workload
 
+    from . import flops
     from .train import launch, loop
     from .train.evaluate import evaluate, stats_tensors
 
     start = time.perf_counter()
+    cfg = replace(cfg, data=replace(cfg.data, engine="loader"))  # plain PyTorch: a DataLoader, no Ray
     threads = max(1, int(cfg.compute.cpus_per_worker))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # what Ray gives a worker with compute.cpus_per_worker CPUs
@@ -49,6 +51,8 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "cpu")
         torch.manual_seed(cfg.seed)
         model = spec.build(cfg.workload.params, num_classes=len(data["classes"]), num_frames=cfg.clip.num_frames)
+        # As the worker does, in the same order, so that both draw the same random numbers.
+        flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
         if cfg.compute.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = model.to(device)

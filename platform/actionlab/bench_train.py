@@ -25,6 +25,8 @@ class TrainBenchSide:
     clips_per_s: list  # per epoch, training only
     losses: list  # train/loss per epoch
     wall_s: float  # the whole call, start-up included
+    epochs_s: float  # training + validation passes, summed over epochs
+    ray_start_s: float = 0.0  # starting (or joining) Ray
 
     @property
     def steady_clips_per_s(self) -> float:
@@ -65,11 +67,12 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         optimizer = loop.build_optimizer(cfg, model, fused=cfg.compute.fused_optimizer and device.type == "cuda")
         scheduler = loop.build_scheduler(cfg, optimizer, len(train_loader))
         mean, std = stats_tensors(spec.mean, spec.std, device)
-        rates, losses = [], []
+        rates, losses, epochs_s = [], [], 0.0
         for epoch in range(cfg.schedule.epochs):
             getattr(model, "on_epoch_start", lambda *a: None)(epoch, cfg.schedule.epochs)
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
+            epoch_start = time.perf_counter()
             stats = loop.train_one_epoch(
                 step_module, train_loader, optimizer, scheduler, device=device, mean=mean, std=std,
                 grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
@@ -77,11 +80,12 @@ def plain_run(cfg: Config) -> TrainBenchSide:
             )
             evaluate(model, val_loader, device=device, mean=spec.mean, std=spec.std,
                      num_classes=len(data["classes"]), fusion=cfg.eval.fusion)
+            epochs_s += time.perf_counter() - epoch_start
             rates.append(stats.clips_per_s)
             losses.append(stats.loss)
     finally:
         torch.set_num_threads(previous_threads)
-    return TrainBenchSide("plain PyTorch", rates, losses, time.perf_counter() - start)
+    return TrainBenchSide("plain PyTorch", rates, losses, time.perf_counter() - start, epochs_s)
 
 
 def ray_run(cfg: Config) -> TrainBenchSide:
@@ -90,15 +94,20 @@ def ray_run(cfg: Config) -> TrainBenchSide:
     from .train import launch
 
     start = time.perf_counter()
+    launch.init_ray()
+    ray_start = time.perf_counter() - start
     name = f"bench-{uuid.uuid4().hex[:8]}"
     cfg = replace(cfg, tracking=replace(cfg.tracking, run_name=name, experiment="actionlab-bench"))
     outcome = launch.train(cfg)
     wall = time.perf_counter() - start
     client = tracking.client()
-    rates = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "train/clips_per_s"),
-                                     key=lambda m: m.step)]
-    losses = [m.value for m in sorted(client.get_metric_history(outcome.run_id, "train/loss"), key=lambda m: m.step)]
-    return TrainBenchSide("actionlab (Ray Train)", rates, losses, wall)
+
+    def history(key: str) -> list:
+        return [m.value for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)]
+
+    epochs_s = sum(history("train/epoch_s")) + sum(history("val/seconds"))
+    return TrainBenchSide("actionlab (Ray Train)", history("train/clips_per_s"), history("train/loss"), wall,
+                          epochs_s, ray_start)
 
 
 def bench_train(cfg: Config, *, log=print) -> tuple[TrainBenchSide, TrainBenchSide]:

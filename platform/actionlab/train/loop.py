@@ -360,6 +360,7 @@ def train_worker(loop_config: dict) -> dict:
         loss_sum, seen, bad, extras = stats.loss * stats.seen, stats.seen, len(stats.bad), dict(stats.extras_sum)
         data_time, step_time, epoch_time = stats.data_time_s, stats.step_time_s, stats.seconds
 
+        val_start = time.perf_counter()
         variants = model.eval_variants() if hasattr(model, "eval_variants") else {"": model}
         scored = {
             name: all_reduce_result(
@@ -370,6 +371,7 @@ def train_worker(loop_config: dict) -> dict:
             for name, m in variants.items()
         }
         val = next(iter(scored.values()))  # the primary variant
+        val_seconds = time.perf_counter() - val_start
         counts = _all_reduce_sums(device, [loss_sum, seen, bad, *extras.values()])
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
         bad_examples = _gather_distinct(bad_examples + val.bad)
@@ -381,6 +383,8 @@ def train_worker(loop_config: dict) -> dict:
             "train/clips_per_s": seen / max(1e-9, epoch_time),
             "train/data_time_s": data_time,
             "train/step_time_s": step_time,
+            "train/epoch_s": epoch_time,
+            "val/seconds": val_seconds,
             "train/lr": optimizer.param_groups[0]["lr"],
             "val/top1": val.top1,
             "val/top5": val.top5,

@@ -386,8 +386,8 @@ def prepare_dataset(
         if not storage.is_remote(root) and Path(out_root) == Path(root).expanduser().resolve():
             raise ValueError(f"output folder {out_root} is the source data root; choose another folder")
     if settings.fps and {"start", "end"} <= set(df.columns):
-        log("note: fps changes; start/end frame ranges are rescaled from each source's frame rate is not known, "
-            "so they are dropped and the whole re-encoded video is used")
+        log("note: --fps resamples the videos, so the manifest's start/end frame ranges no longer apply; they are "
+            "dropped and each video is used whole")
     columns = [c for c in ("video", "media") if c in df.columns]
     started = time.perf_counter()
     total = len(df)

@@ -240,9 +240,9 @@ def _remote_size(uri: str) -> int:
     return info.size or 0
 
 
-def _existing_frames(uri: str, settings: EncodeSettings, cache_dir: str) -> int:
+def _existing_frames(uri: str, settings: EncodeSettings) -> int:
     """Frames of a finished copy (0 when there is none)."""
-    from . import dataset, decode
+    from . import decode
 
     if not storage.exists(uri):
         return 0
@@ -253,7 +253,15 @@ def _existing_frames(uri: str, settings: EncodeSettings, cache_dir: str) -> int:
             filesystem, path = storage._resolve(uri)
             return len(filesystem.get_file_info(pafs.FileSelector(path)))
         return decode.count_frame_files(uri)
-    return decode.count_frames(dataset.fetch_local(uri, cache_dir))
+    if storage.is_remote(uri):
+        # Our copies are faststart MP4s: their index is at the front, so a resume reads a few kB of each
+        # finished copy instead of downloading it.
+        import av
+
+        filesystem, path = storage._resolve(uri)
+        with filesystem.open_input_file(path) as handle, av.open(handle) as container:
+            return int(container.streams.video[0].frames)
+    return decode.count_frames(uri)
 
 
 def prepare_row(
@@ -268,7 +276,7 @@ def prepare_row(
     target = storage.join(out_root, name)
     try:
         source = dataset.resolve_media(root, video)
-        done = _existing_frames(target, settings, cache_dir)
+        done = _existing_frames(target, settings)
         if done:
             size = _remote_size(target) if storage.is_remote(target) else _size(target)
             return PrepareResult(index, name, done, 0, size, True, "")

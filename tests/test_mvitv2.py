@@ -117,3 +117,19 @@ def test_official_checkpoint_loads_and_mismatch_lists_keys(tmp_path):
 def test_too_small_clip_names_the_fix():
     with pytest.raises(ValueError, match="at least 2 frames"):
         get_workload("mvitv2").build(TINY, num_classes=5, num_frames=1)
+
+
+def test_svmix_hooks_the_last_block_before_the_norm():
+    torch.manual_seed(0)
+    model = get_workload("svmix").build(
+        {"backbone_workload": "mvitv2", "backbone_params": TINY}, num_classes=5, num_frames=4
+    )
+    assert model.selector.query.in_features == 64 + 1 and model.selector.query.out_features == 64  # C_q = C
+    clips, labels = torch.randn(2, 4, 3, 32, 32), torch.arange(2)
+    feats = model.ema.forward_features(clips)
+    tokens, thw = model.ema._tokens(clips)
+    assert torch.equal(feats, tokens[:, 1:].transpose(1, 2).reshape(2, 64, *thw))  # no cls, no final norm
+    out = model.training_step(clips, labels)
+    out["loss"].backward()
+    model.on_step_end()
+    assert torch.isfinite(out["loss_policy"]) and out["logits"].shape == (2, 5)

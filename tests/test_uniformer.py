@@ -74,3 +74,15 @@ def test_imagenet_weights_are_inflated_and_the_head_replaced(tmp_path):
     torch.save(image, path)
     with pytest.raises(ValueError, match=r"missing \['blocks3.0.attn.qkv.weight'\]"):
         get_workload("uniformer").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+
+
+def test_svmix_hooks_the_normalised_last_stage():
+    torch.manual_seed(0)
+    model = get_workload("svmix").build(
+        {"backbone_workload": "uniformer", "backbone_params": TINY}, num_classes=5, num_frames=4
+    )
+    assert model.selector.query.in_features == 32 + 1 and model.selector.query.out_features == 32  # C_q = C
+    out = model.training_step(torch.randn(2, 4, 3, 32, 32), torch.arange(2))
+    out["loss"].backward()
+    model.on_step_end()
+    assert torch.isfinite(out["loss_policy"])

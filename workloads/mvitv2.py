@@ -20,6 +20,10 @@ from torch import nn
 from .layers.backbones import load_exact, read_state_dict
 from .registry import register_workload
 
+# Input normalisation of PySlowFast's configs (DATA.MEAN / DATA.STD), not ImageNet's.
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
 # Tiny CPU variant for the registry test: 4 frames at 32 px give a (2, 8, 8) token grid.
 TINY_CLIP = {"num_frames": 4, "size_px": 32}
 LN_EPS = 1e-6  # PySlowFast's norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -315,10 +319,14 @@ class MViTv2(nn.Module):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1)  # (B, 1 + L, D)
         for block in self.blocks:
             x, thw = block(x, thw)
-        return self.norm(x), thw
+        return x, thw  # (B, 1 + t*h*w, D), before the final norm
 
     def forward_features(self, clips: torch.Tensor) -> torch.Tensor:
-        """Last-stage tokens (after the final norm, without cls) as a map (B, D, T', h, w)."""
+        """Last-block tokens as a map (B, D, T', h, w): before the final norm, cls dropped.
+
+        This is the map SV-Mix hooks on MViT (`feature_map7x7` in its `mvit.py`: the tokens after the
+        last block, before `norm`).
+        """
         x, thw = self._tokens(clips)
         return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *thw)  # (B, D, T', h, w)
 
@@ -327,7 +335,7 @@ class MViTv2(nn.Module):
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         x, _ = self._tokens(clips)
-        return self.forward_head(x[:, 0])  # (B, K): from the cls token
+        return self.forward_head(self.norm(x)[:, 0])  # (B, K): from the normalised cls token
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -360,6 +368,8 @@ def load_official(model: MViTv2, path: str | Path) -> None:
     "mvitv2",
     params=MViTv2Params,
     sampling="clip",
+    mean=KINETICS_MEAN,
+    std=KINETICS_STD,
     tiny={"embed_dim": 16, "depth": 4, "stage_starts": (1, 3), "kv_stride": (1, 4, 4), "img_size_px": 32},
 )
 def build_mvitv2(p: MViTv2Params, *, num_classes: int, num_frames: int) -> nn.Module:

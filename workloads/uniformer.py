@@ -21,6 +21,10 @@ from torch import nn
 from .layers.backbones import load_exact, read_state_dict
 from .registry import register_workload
 
+# Input normalisation of the official code's configs (DATA.MEAN / DATA.STD), not ImageNet's.
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
 log = logging.getLogger(__name__)
 
 # Tiny CPU variant for the registry test: 4 frames at 32 px end at a (2, 1, 1) grid.
@@ -250,6 +254,8 @@ def load_official(model: UniFormer, path: str | Path) -> dict[str, list[str]]:
     "uniformer",
     params=UniFormerParams,
     sampling="clip",
+    mean=KINETICS_MEAN,
+    std=KINETICS_STD,
     tiny={"embed_dims": (8, 16, 32, 32), "depths": (1, 1, 1, 1), "head_dim": 16},
 )
 def build_uniformer(p: UniFormerParams, *, num_classes: int, num_frames: int) -> nn.Module:

@@ -9,8 +9,8 @@ over the segments. Layout and initialisation follow the official `ty-97/H2CN` co
 
 Input: (B, S*5, C, H, W), the 5 consecutive frames of each of S segments in order (the official
 TDN-style snippets); `num_frames` = S*5. The platform's `segments` sampling delivers S*5 evenly
-spaced frames, which equals the snippets only for videos of about S*5 frames (see the report of
-this workload's first version; a snippet sampling belongs in the data path).
+spaced frames instead, which equals the snippets only for videos of about S*5 frames: a deviation
+until the data path can sample snippets (S segments x 5 consecutive frames).
 """
 
 from __future__ import annotations

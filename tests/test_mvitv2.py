@@ -85,7 +85,8 @@ def test_residual_pooling_skips_the_cls_token():
         input_size=(2, 4, 4), num_heads=1, qkv_bias=True, kernel_q=(3, 3, 3), kernel_kv=(3, 3, 3),
         stride_q=(1, 2, 2), stride_kv=(1, 2, 2), rel_pos_spatial=False, rel_pos_temporal=False,
     )
-    with_res, without = PoolingAttention(8, 8, residual_pooling=True, **kwargs), PoolingAttention(8, 8, residual_pooling=False, **kwargs)
+    with_res = PoolingAttention(8, 8, residual_pooling=True, **kwargs)
+    without = PoolingAttention(8, 8, residual_pooling=False, **kwargs)
     without.load_state_dict(with_res.state_dict())
     x = torch.randn(1, 1 + 32, 8)
     (a, thw), (b, _) = with_res(x, (2, 4, 4)), without(x, (2, 4, 4))

@@ -173,7 +173,9 @@ class H2CN(nn.Module):
         self.fhgc2 = nn.Sequential(
             FrameHourglass(3, num_frames=3, expand=3, motion_init=False), nn.BatchNorm2d(9), nn.ReLU(inplace=True)
         )
-        self.conv_fhgc = nn.Sequential(nn.Conv2d(9, w, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True))
+        self.conv_fhgc = nn.Sequential(
+            nn.Conv2d(9, w, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+        )
         self.conv1 = nn.Conv2d(3, w, 7, stride=2, padding=3, bias=True)  # fbresnet: conv1 with a bias
         self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU(inplace=True)

@@ -152,7 +152,10 @@ class UniFormer(nn.Module):
         if len(p.embed_dims) != 4 or len(p.depths) != 4:
             raise ValueError(f"uniformer needs 4 stages: embed_dims {p.embed_dims}, depths {p.depths}; give 4 of each")
         if any(d % p.head_dim for d in p.embed_dims[2:]):
-            raise ValueError(f"uniformer: embed_dims {p.embed_dims[2:]} of the attention stages must divide by head_dim {p.head_dim}")
+            raise ValueError(
+                f"uniformer: embed_dims {p.embed_dims[2:]} of the attention stages must divide by head_dim "
+                f"{p.head_dim}; pick widths that are multiples of it"
+            )
         dims = p.embed_dims
         self.patch_embed1 = PatchEmbed(3, dims[0], kernel=(3, 4, 4), stride=(2, 4, 4), padding=(1, 0, 0))
         self.patch_embed2 = PatchEmbed(dims[0], dims[1], kernel=(1, 2, 2), stride=(1, 2, 2), padding=(0, 0, 0))
@@ -231,7 +234,8 @@ def load_official(model: UniFormer, path: str | Path) -> dict[str, list[str]]:
     inflated, dropped = [], []
     for key, value in list(state.items()):
         target = own.get(key)
-        if target is not None and value.dim() == 4 and target.dim() == 5 and value.shape == target.shape[:2] + target.shape[3:]:
+        is_2d_of_3d = target is not None and value.dim() == 4 and target.dim() == 5
+        if is_2d_of_3d and value.shape == target.shape[:2] + target.shape[3:]:
             t = target.shape[2]
             state[key] = value.unsqueeze(2).repeat(1, 1, t, 1, 1) / t
             inflated.append(key)

@@ -42,7 +42,7 @@ BLOCK_LR_SCHEDULES = ("step", "cosine", "constant")
 class SVMixParams:
     """Defaults: the official TSM / Something-Something configuration (knob names as reference §2(b))."""
 
-    backbone_workload: str = "tsm"  # any registered workload with a feature split (2D segment or 3D nets)
+    backbone_workload: str = "tsm"  # any registered workload with a feature split (2D segment, 3D nets, mvitv2, uniformer)
     backbone_params: dict = field(default_factory=dict)  # that workload's params overrides
     method: str = "svmix"  # svmix | mixup | cutmix | mixup_cutmix | none (baselines keep the EMA too)
     alpha_temporal: float = 0.8  # Beta(a, a) for lambda in temporal (frame) mode; mixup's alpha
@@ -56,7 +56,7 @@ class SVMixParams:
     ratio_weight: float = 0.1
     ema_momentum: float = 0.999  # ema <- m * ema + (1 - m) * online, parameters only, after every step
     ema_init: str = "separate"  # "separate": own build (official: own random head); "copy": of online
-    query_dim: int = 0  # selection module's query width; 0 = channels // 2 (1024 for ResNet-50)
+    query_dim: int = 0  # selection module's query width; 0 = channels // 2 for CNNs (1024 for ResNet-50), channels for transformers
     block_lr: float = 0.05  # the selection module's SGD (0.05 Sth TSM, 0.04 D48/EGTEA, 0.02 transformers)
     block_momentum: float = 0.9
     block_weight_decay: float = 1e-4
@@ -69,7 +69,8 @@ def clip_features(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
     """Last-stage feature map of a video workload: (B, T, C, H, W) -> (B, D, T', h, w), before pooling.
 
     2D segment models (TSN/TSM/TAM: `SegmentClassifier` over a timm backbone) run the backbone's
-    `forward_features` per frame; 3D models expose `forward_features` themselves.
+    `forward_features` per frame; 3D models and video transformers (mvitv2, uniformer) expose
+    `forward_features` themselves.
     """
     if isinstance(model, SegmentClassifier):
         b = clips.shape[0]
@@ -81,7 +82,7 @@ def clip_features(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
             return feats  # (B, D, T', h, w)
     raise TypeError(
         f"svmix: cannot take a feature map from {type(model).__name__}; the backbone workload must be a "
-        "SegmentClassifier (tsn, tsm, tam) or expose forward_features(clips) -> (B, D, T', h, w) (3D nets)"
+        "SegmentClassifier (tsn, tsm, tam) or expose forward_features(clips) -> (B, D, T', h, w) (3D nets, mvitv2, uniformer)"
     )
 
 
@@ -378,15 +379,24 @@ class SVMix(nn.Module):
                     e.copy_(b)
 
 
-def _feature_channels(model: nn.Module) -> int:
-    """D of `clip_features`: the width of the backbone's last stage (timm and our 3D trunks expose it)."""
+def _feature_channels(model: nn.Module) -> tuple[int, int]:
+    """D of `clip_features` and the selection module's default query width.
+
+    CNNs (timm 2D trunks, our 3D trunks) expose D as `backbone.num_features`; the query is D / 2
+    (official `MB_st(2048, 1024)` for TSM-R50). Video transformers (mvitv2, uniformer) expose D as
+    their own `num_features`; the query is D (official `MB_st(768, 768)` for MViTv2, `(512, 512)` for
+    UniFormer).
+    """
     channels = getattr(getattr(model, "backbone", None), "num_features", None)
-    if not isinstance(channels, int):
-        raise TypeError(
-            f"svmix: {type(model).__name__} has no `backbone.num_features`; wrap a segment (tsn/tsm/tam) "
-            "or 3D (i3d/r3d/r2plus1d/s3d) workload"
-        )
-    return channels
+    if isinstance(channels, int):
+        return channels, channels // 2
+    channels = getattr(model, "num_features", None)
+    if isinstance(channels, int) and hasattr(model, "forward_features"):
+        return channels, channels
+    raise TypeError(
+        f"svmix: {type(model).__name__} has no `backbone.num_features` nor `num_features` + `forward_features`; "
+        "wrap a segment (tsn/tsm/tam), 3D (i3d/r3d/r2plus1d/s3d) or video transformer (mvitv2/uniformer) workload"
+    )
 
 
 @register_workload(
@@ -413,7 +423,7 @@ def build_svmix(p: SVMixParams, *, num_classes: int, num_frames: int) -> nn.Modu
         ema = copy.deepcopy(online)
     else:  # the official code builds a second instance (same pretrained trunk, its own random head)
         ema = spec.build(p.backbone_params, num_classes=num_classes, num_frames=num_frames)
-    channels = _feature_channels(online) if p.method == "svmix" else None
+    channels, query_dim = _feature_channels(online) if p.method == "svmix" else (None, 0)
     return SVMix(
         online,
         ema,
@@ -429,7 +439,7 @@ def build_svmix(p: SVMixParams, *, num_classes: int, num_frames: int) -> nn.Modu
         ratio_margin=p.ratio_margin,
         ratio_weight=p.ratio_weight,
         ema_momentum=p.ema_momentum,
-        query_dim=p.query_dim,
+        query_dim=p.query_dim or query_dim,
         feature_channels=channels,
         block_lr=p.block_lr,
         block_momentum=p.block_momentum,

@@ -250,7 +250,8 @@ def cmd_data_index(args) -> int:
     from .data.manifest import index_annotations
 
     report = index_annotations(
-        args.annotations, fmt=args.format, root=args.root, classes_uri=args.classes, out_uri=args.output
+        args.annotations, fmt=args.format, root=args.root, classes_uri=args.classes, out_uri=args.output,
+        subset=args.subset,
     )
     print(report.summary() if hasattr(report, "summary") else report)
     return 0
@@ -610,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", required=True, help="folder or URI the annotation paths are relative to")
     sp.add_argument("--classes", required=True, help="class-name list, one per line")
     sp.add_argument("-o", "--output", required=True, help="manifest.parquet to write")
+    sp.add_argument("--subset", choices=["mini-kinetics", "mini-ssv2"],
+                    help="keep only the classes of the IBM study's published subset, labels renumbered")
 
     sp = data.add_parser("prepare", help="re-encode a dataset for fast sampled decoding (a Ray Data job)")
     sp.set_defaults(fn=cmd_data_prepare)

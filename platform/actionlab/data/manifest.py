@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -32,6 +33,8 @@ from actionlab import storage
 REQUIRED_COLUMNS = ("video", "label")
 OPTIONAL_COLUMNS = ("split", "start", "end", "num_frames", "media")
 FORMATS = ("ibm", "tsn", "mmaction")
+# Published class subsets (`data index --subset`): name -> list file shipped in `data/subsets/`.
+SUBSETS = {"mini-kinetics": "mini_kinetics.txt", "mini-ssv2": "mini_ssv2.txt"}
 MEDIA = ("auto", "video", "frames")
 METADATA_KEY = b"actionlab"
 METADATA_ATTR = "actionlab"
@@ -175,6 +178,8 @@ class IndexReport:
     media_counts: dict = field(default_factory=dict)
     bad_lines: tuple[BadLine, ...] = ()
     classes_uri: str = ""
+    subset: str = ""
+    num_outside_subset: int = 0
 
     def summary(self) -> str:
         """A few lines for people: counts, skipped lines, where the manifest went."""
@@ -183,6 +188,11 @@ class IndexReport:
             f"indexed {self.annotation_uri} ({self.fmt}): {self.num_rows} of {self.num_lines} lines -> "
             f"{self.out_uri} ({media})"
         ]
+        if self.subset:
+            lines.append(
+                f"subset {self.subset}: dropped {self.num_outside_subset} lines of other classes (or unlabelled); "
+                f"labels renumbered to {self.classes_uri}"
+            )
         if self.num_unlabelled:
             lines.append(f"{self.num_unlabelled} test lines without a label were given label -1")
         if self.bad_lines:
@@ -245,6 +255,35 @@ def _relative_to_root(video: str, root: str) -> str:
     return relative
 
 
+def subset_classes(name: str) -> list[str]:
+    """The class names of a published subset (`mini-kinetics`: 200, `mini-ssv2`: 87), in label order.
+
+    The lists ship in `actionlab/data/subsets/`; each file's header comment names its source.
+    """
+    if name not in SUBSETS:
+        raise ManifestError(f"unknown subset {name!r}; use one of {sorted(SUBSETS)}")
+    text = (Path(__file__).parent / "subsets" / SUBSETS[name]).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _class_key(name: str) -> str:
+    """Spellings of one class across lists: case, `_` for spaces, quotes and SSv2's [something] brackets."""
+    return " ".join(name.lower().replace("_", " ").replace("[", "").replace("]", "").strip("\"'").split())
+
+
+def _subset_mapping(classes: list[str], subset: str, classes_uri: str) -> tuple[list[str], dict[int, int]]:
+    """(subset names, full label -> subset label); every subset class must be in the full list."""
+    names = subset_classes(subset)
+    index = {_class_key(c): i for i, c in enumerate(classes)}
+    missing = [n for n in names if _class_key(n) not in index]
+    if missing:
+        raise ManifestError(
+            f"subset {subset!r}: {len(missing)} of its {len(names)} classes are not in {classes_uri}: {missing[:10]}; "
+            f"pass the full class list of the dataset the subset was drawn from"
+        )
+    return names, {index[_class_key(n)]: i for i, n in enumerate(names)}
+
+
 def index_annotations(
     annotation_uri: str | os.PathLike,
     *,
@@ -254,6 +293,7 @@ def index_annotations(
     out_uri: str | os.PathLike,
     media: str = "auto",
     split: str | None = None,
+    subset: str | None = None,
 ) -> IndexReport:
     """Converts an annotation list into a Parquet manifest (`actionlab data index`).
 
@@ -274,6 +314,9 @@ def index_annotations(
         media: `video`, `frames` (JPEG folders), or `auto` (by file suffix: a known video suffix
             means a video, anything else a frame folder).
         split: value of a `split` column to write; none is written when omitted.
+        subset: a published class subset (`mini-kinetics`, `mini-ssv2`; see `SUBSETS`): only lines of
+            its classes are kept (unlabelled test lines are dropped), labels are renumbered in the
+            subset's order, and the subset's class list is written beside the manifest.
 
     Returns:
         The report; `summary()` says what was skipped.
@@ -288,13 +331,16 @@ def index_annotations(
     source = os.fspath(annotation_uri)
     root_text = os.fspath(root)
     classes = read_classes(classes_uri)
+    mapping = None
+    if subset is not None:
+        subset_names, mapping = _subset_mapping(classes, subset, os.fspath(classes_uri))
     try:
         text = storage.read_text(source)
     except FileNotFoundError:
         raise ManifestError(f"annotation file {source} does not exist") from None
 
     rows, bad = [], []
-    num_lines = 0
+    num_lines = num_outside = 0
     for line_number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -309,6 +355,11 @@ def index_annotations(
         except ValueError as err:
             bad.append(BadLine(line_number, raw, str(err)))
             continue
+        if mapping is not None:
+            if row["label"] not in mapping:
+                num_outside += 1
+                continue
+            row["label"] = mapping[row["label"]]
         if media == "auto":
             row["media"] = "video" if row["video"].lower().endswith(VIDEO_SUFFIXES) else "frames"
         else:
@@ -329,7 +380,15 @@ def index_annotations(
     storage.write_bytes(out_text, manifest_bytes(frame))
 
     beside = default_classes(out_text)
-    if not storage.exists(beside):
+    if mapping is not None:
+        listing = ("\n".join(subset_names) + "\n").encode()
+        if storage.exists(beside) and read_classes(beside) != subset_names:
+            raise ManifestError(
+                f"{beside} already holds another class list; the {subset} manifest needs its own: write it to "
+                "another folder or remove that file"
+            )
+        storage.write_bytes(beside, listing)
+    elif not storage.exists(beside):
         storage.write_bytes(beside, storage.read_bytes(classes_uri))
     return IndexReport(
         annotation_uri=source,
@@ -342,4 +401,6 @@ def index_annotations(
         media_counts={str(k): int(v) for k, v in frame["media"].value_counts().items()},
         bad_lines=tuple(bad),
         classes_uri=beside,
+        subset=subset or "",
+        num_outside_subset=num_outside,
     )

@@ -43,7 +43,7 @@ OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame k
 class AFNetParams:
     """Defaults: AFNet-TSM with AF-ResNet50 on Something-Something V1 (`train_sth.sh`, `opts.py`)."""
 
-    layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (3, 4, 23, 3) for AF-ResNet101
+    layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (4, 8, 18, 3) for AF-ResNet101 (official)
     width: int = 64  # stem width; stage k has width * 2**k bottleneck planes
     alpha: int = 2  # ample branch width divisor
     patch_groups: int = 2  # groups of the focal branch's convs
@@ -82,7 +82,9 @@ class Bottleneck(nn.Module):
     """ResNet bottleneck (stride in the 3x3), with an optional TSM shift of the residual-branch input and
     an optional per-frame gate on it (the focal blocks).
 
-    Shortcut: identity, or [avg-pool 3x3 / 2 when strided] + 1x1 conv + BN (bL-Net's downsampling).
+    Shortcut (bL-Net's downsampling, as the official AF-ResNet builds it): [avg-pool 3x3 / 2 when strided]
+    then [1x1 conv + BN when the channels change]; identity when neither (a strided block whose channels
+    stay equal, e.g. the fusion blocks of stages 1-2, has a parameter-free pooled shortcut).
     """
 
     expansion = 4
@@ -113,7 +115,8 @@ class Bottleneck(nn.Module):
         self.downsample = None
         if stride != 1 or cin != cout:
             pool = [nn.AvgPool2d(3, stride=stride, padding=1)] if stride != 1 else []
-            self.downsample = nn.Sequential(*pool, *_conv_bn(cin, cout, 1))
+            proj = _conv_bn(cin, cout, 1) if cin != cout else []
+            self.downsample = nn.Sequential(*pool, *proj)
         self.num_frames, self.shift, self.fold_div = num_frames, shift, fold_div
         self.last_relu = last_relu
 
@@ -186,14 +189,16 @@ class AFStage(nn.Module):
             raise ValueError(f"afnet: an AF stage needs >= 2 blocks (n-1 per branch + fusion), got {blocks}")
         cout, n = planes * Bottleneck.expansion, blocks - 1
         common = dict(num_frames=num_frames, shift=shift, fold_div=fold_div)
-        # The last block of each branch leaves out its ReLU: the fusion applies one after blending.
+        # The last block of each branch leaves out its ReLU (the fusion applies one after blending), except
+        # when the branch has a single block: the official code builds that one with its ReLU.
+        relu = [i < n - 1 or n == 1 for i in range(n)]
         self.ample = nn.ModuleList(
             Bottleneck(cin if i == 0 else cout // alpha, planes // alpha, stride=2 if i == 0 else 1,
-                       last_relu=i < n - 1, **common)
+                       last_relu=relu[i], **common)
             for i in range(n)
         )
         self.focal = nn.ModuleList(
-            Bottleneck(cin if i == 0 else cout, planes, groups=patch_groups, last_relu=i < n - 1, **common)
+            Bottleneck(cin if i == 0 else cout, planes, groups=patch_groups, last_relu=relu[i], **common)
             for i in range(n)
         )
         self.navigation = nn.ModuleList(
@@ -201,8 +206,9 @@ class AFStage(nn.Module):
         )
         self.ample_proj = nn.Sequential(*_conv_bn(cout // alpha, cout, 1))
         squeeze = max(1, cout // 16)
-        self.attention = nn.Sequential(  # SE-style excitation, reduction 16
-            nn.Linear(cout, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, cout), nn.Sigmoid()
+        self.attention = nn.Sequential(  # SE-style excitation, reduction 16, bias-free (official)
+            nn.Linear(cout, squeeze, bias=False), nn.ReLU(inplace=True), nn.Linear(squeeze, cout, bias=False),
+            nn.Sigmoid(),
         )
         self.fusion = Bottleneck(cout, planes, stride=stride, **common)
 

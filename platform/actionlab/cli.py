@@ -164,10 +164,11 @@ def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, pa
                        num_classes=num_classes, num_frames=frames)
     if not hasattr(model, "compute_report"):
         return []
-    report = model.compute_report((1, frames, 3, size, size))
     paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())
     if size != 224 or set(params) & {"layers", "width", "alpha", "patch_groups"}:
         paper = ()  # the papers' figures are for the full network at 224 px
+    rts = sorted({0.25, 0.5, 1.0} | {rt for (_, t, _, rt, _) in paper if t == frames and rt is not None})
+    report = model.compute_report((1, frames, 3, size, size), rts=tuple(rts))
     rows = []
     for row in report["rows"]:
         quoted = [g for (_, t, _, rt, g) in paper if t == frames and rt == row["rt"]]

@@ -509,6 +509,19 @@ register_converter(Converter(
 ))
 
 
+# IBM's 3D networks (`models/threed_models/{i3d_resnet,s3d_resnet,i3d,s3d}.py`): bare module names,
+# the classifier in `fc`; ours put the trunk under `backbone.` and the classifier in `head.fc`.
+for _name, _paper in (("i3d", "I3D (IBM action-recognition-pytorch)"), ("r3d", "ResNet3D (IBM i3d_resnet)"),
+                      ("s3d", "S3D (IBM action-recognition-pytorch)"), ("r2plus1d", "R(2+1)D (IBM s3d_resnet)")):
+    register_converter(Converter(
+        workload=_name,
+        paper=_paper,
+        rules=((r"fc\.(weight|bias)", r"head.fc.\1"), (r"(.+)", r"backbone.\1")),
+        hints=((r"^head\.fc", "classes (--num-classes)"), (r"layer\d\.\d+\.|inception", "depth / backbone (--set)"),
+               (r"conv\d?\.?weight|conv_t|conv_s", "inflation: i3d vs s3d / r2plus1d (another method's checkpoint)")),
+    ))
+
+
 # -- the zoo: released checkpoints and the paper numbers they should reproduce (the seeds' tables) --
 
 
@@ -534,6 +547,14 @@ class ZooEntry:
 _IBM = "IBM action-recognition-pytorch README (f32, --without_t_stride)"
 _AF = "AFNet-pytorch README, Something-Something V1"
 ZOO = (
+    ZooEntry("ibm-k400-i3d-r50-f32", "i3d", "K400-I3D-ResNet-50-f32.pth.tar", "Kinetics-400", 400, 32,
+             {"depth": 50, "without_t_stride": True}, "76.61", _IBM),
+    ZooEntry("ibm-k400-i3d-r101-f32", "i3d", "K400-I3D-ResNet-101-f32.pth.tar", "Kinetics-400", 400, 32,
+             {"depth": 101, "without_t_stride": True}, "77.80", _IBM),
+    ZooEntry("ibm-ssv2-i3d-r50-f32", "i3d", "SSV2-I3D-ResNet-50-f32.pth.tar", "Something-Something V2", 174, 32,
+             {"depth": 50, "without_t_stride": True}, "62.84", _IBM),
+    ZooEntry("ibm-ssv2-i3d-r101-f32", "i3d", "SSV2-I3D-ResNet-101-f32.pth.tar", "Something-Something V2", 174, 32,
+             {"depth": 101, "without_t_stride": True}, "64.29", _IBM),
     ZooEntry("ibm-k400-tam-r50-f32", "tam", "K400-TAM-ResNet-50-f32.pth.tar", "Kinetics-400", 400, 32,
              {"depth": 50, "without_t_stride": True}, "76.18", _IBM),
     ZooEntry("ibm-k400-tam-r101-f32", "tam", "K400-TAM-ResNet-101-f32.pth.tar", "Kinetics-400", 400, 32,

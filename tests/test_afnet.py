@@ -226,3 +226,27 @@ def test_gmacs_at_rt_match_the_official_counter(num_frames, rt):
     costs = model.focal_costs((num_frames, 3, 224, 224))
     gmacs = (costs["fixed"] + rt * sum(costs["focal"])) / 1e9
     assert gmacs == pytest.approx(OFFICIAL_COUNTER_GMACS[(num_frames, rt)], rel=0.01)
+
+
+def test_pretrained_file_takes_official_af_resnet_names():
+    """The official ImageNet AF-ResNet checkpoints use `ops/backbone/AF_ResNet.py`'s names (`layer1.list_gen.0`,
+    `layer1.base_module.0`, ...): `from_official_names` maps every one onto ours (names and shapes from the
+    official model, tests/fixtures/official_keys)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from workloads.afnet import from_official_names
+
+    with gzip.open(Path(__file__).parent / "fixtures" / "official_keys" / "afnet_r50_f12.json.gz", "rt") as f:
+        keys = json.load(f)["keys"]
+    official = {k.removeprefix("module.base_model."): torch.empty(s, device="meta") for k, s in keys.items()
+                if k.startswith("module.base_model.")}
+    with torch.device("meta"):
+        model = get_workload("afnet").build({}, num_classes=174, num_frames=12)
+    ours = from_official_names(official)
+    expected = model.backbone.state_dict()
+    assert sorted(ours) == sorted(expected)
+    assert all(ours[k].shape == v.shape for k, v in expected.items())
+    with pytest.raises(ValueError, match="not official AF-ResNet names"):
+        from_official_names({"layer9.something.weight": torch.zeros(1)})

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -538,6 +539,50 @@ PAPER_GMACS = (
 )
 
 
+# The official AF-ResNet's parameter names (`ops/backbone/AF_ResNet.py`) -> this module's (AFResNet),
+# as (regex on the official key, template); `{sN}` is the official 1-based stage N as our 0-based index.
+_BLOCK_PARTS = r"(conv[123]|bn[123])"
+OFFICIAL_BACKBONE_RULES = (
+    (r"(conv1|bn1)\.(.+)", r"\1.\2"),
+    (r"layer([123])\.list_gen\.(\d+)\.conv_pool\.(.+)", r"stages.{s\1}.navigation.\2.conv.\3"),
+    (r"layer([123])\.list_gen\.(\d+)\.bn\.(.+)", r"stages.{s\1}.navigation.\2.bn.\3"),
+    (r"layer([123])\.list_gen\.(\d+)\.conv_gs\.(.+)", r"stages.{s\1}.navigation.\2.temporal.\3"),
+    (rf"layer([123])\.base_module\.(\d+)\.{_BLOCK_PARTS}\.(.+)", r"stages.{s\1}.ample.\2.branch.\3.\4"),
+    (r"layer([123])\.base_module\.(\d+)\.downsample\.(.+)", r"stages.{s\1}.ample.\2.downsample.\3"),
+    (rf"layer([123])\.refine_module\.(\d+)\.{_BLOCK_PARTS}\.(.+)", r"stages.{s\1}.focal.\2.branch.\3.\4"),
+    (r"layer([123])\.refine_module\.(\d+)\.downsample\.(.+)", r"stages.{s\1}.focal.\2.downsample.\3"),
+    (r"layer([123])\.base_transform\.(.+)", r"stages.{s\1}.ample_proj.\2"),
+    (r"layer([123])\.att_gen\.fc\.(.+)", r"stages.{s\1}.attention.\2"),
+    (rf"layer([123])\.fusion\.0\.{_BLOCK_PARTS}\.(.+)", r"stages.{s\1}.fusion.branch.\2.\3"),
+    (r"layer([123])\.fusion\.0\.downsample\.(.+)", r"stages.{s\1}.fusion.downsample.\2"),
+    (rf"layer4\.(\d+)\.{_BLOCK_PARTS}\.(.+)", r"layer4.\1.branch.\2.\3"),
+    (r"layer4\.(\d+)\.downsample\.(.+)", r"layer4.\1.downsample.\2"),
+)
+
+
+def official_key(key: str) -> str | None:
+    """An official AF-ResNet parameter name -> ours (relative to `AFResNet`), or None if it is not one."""
+    for pattern, template in OFFICIAL_BACKBONE_RULES:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return re.sub(r"\{s(\d)\}", lambda s: str(int(s.group(1)) - 1), m.expand(template))
+    return None
+
+
+def from_official_names(state: dict) -> dict:
+    """A state dict of the official AF-ResNet (classifier removed) in this module's names."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        ours = official_key(key)
+        if ours is None:
+            unknown.append(key)
+        else:
+            out[ours] = value
+    if unknown:
+        raise ValueError(f"afnet: {len(unknown)} keys are not official AF-ResNet names: {unknown[:6]}")
+    return out
+
+
 @register_workload(
     "afnet",
     params=AFNetParams,
@@ -565,6 +610,8 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
     if p.pretrained_file:
         state = read_state_dict(p.pretrained_file)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        if any(".list_gen." in k or ".base_module." in k for k in state):
+            state = from_official_names(state)  # the official ImageNet AF-ResNet checkpoints
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

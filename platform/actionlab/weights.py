@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
+
 from . import tracking
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
@@ -326,27 +328,12 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
 
 # -- the methods ----------------------------------------------------------------------------------
 
-_BLOCK = r"(conv[123]|bn[123])"
-
 # AFNet (`ops/backbone/AF_ResNet.py` inside `ops/models.py`'s TSN; main.py saves {'state_dict': DDP state}).
 register_converter(Converter(
     workload="afnet",
     paper="AFNet (NeurIPS 2022)",
     rules=(
-        (r"base_model\.(conv1|bn1)\.(.+)", r"backbone.\1.\2"),
-        (r"base_model\.layer([123])\.list_gen\.(\d+)\.conv_pool\.(.+)", r"backbone.stages.{s\1}.navigation.\2.conv.\3"),
-        (r"base_model\.layer([123])\.list_gen\.(\d+)\.bn\.(.+)", r"backbone.stages.{s\1}.navigation.\2.bn.\3"),
-        (r"base_model\.layer([123])\.list_gen\.(\d+)\.conv_gs\.(.+)", r"backbone.stages.{s\1}.navigation.\2.temporal.\3"),
-        (rf"base_model\.layer([123])\.base_module\.(\d+)\.{_BLOCK}\.(.+)", r"backbone.stages.{s\1}.ample.\2.branch.\3.\4"),
-        (r"base_model\.layer([123])\.base_module\.(\d+)\.downsample\.(.+)", r"backbone.stages.{s\1}.ample.\2.downsample.\3"),
-        (rf"base_model\.layer([123])\.refine_module\.(\d+)\.{_BLOCK}\.(.+)", r"backbone.stages.{s\1}.focal.\2.branch.\3.\4"),
-        (r"base_model\.layer([123])\.refine_module\.(\d+)\.downsample\.(.+)", r"backbone.stages.{s\1}.focal.\2.downsample.\3"),
-        (r"base_model\.layer([123])\.base_transform\.(.+)", r"backbone.stages.{s\1}.ample_proj.\2"),
-        (r"base_model\.layer([123])\.att_gen\.fc\.(.+)", r"backbone.stages.{s\1}.attention.\2"),
-        (rf"base_model\.layer([123])\.fusion\.0\.{_BLOCK}\.(.+)", r"backbone.stages.{s\1}.fusion.branch.\2.\3"),
-        (r"base_model\.layer([123])\.fusion\.0\.downsample\.(.+)", r"backbone.stages.{s\1}.fusion.downsample.\2"),
-        (rf"base_model\.layer4\.(\d+)\.{_BLOCK}\.(.+)", r"backbone.layer4.\1.branch.\2.\3"),
-        (r"base_model\.layer4\.(\d+)\.downsample\.(.+)", r"backbone.layer4.\1.downsample.\2"),
+        *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in AFNET_BACKBONE_RULES),
         (r"new_fc\.(.+)", r"fc.\1"),
         (r"base_model\.fc\.(.+)", r"fc.\1"),  # dropout 0: the backbone's own fc is the classifier
     ),

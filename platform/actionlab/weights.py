@@ -108,8 +108,8 @@ def read_checkpoint(path: str | Path) -> dict:
             what = f" (it needs {found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{path}: the file holds pickled objects that only code can rebuild{what}; actionlab loads "
-                "tensors only (torch.load(weights_only=True)). If you trust the file, re-save its state dict: "
-                "torch.save(torch.load(f, weights_only=False)['state_dict'], 'clean.pth')"
+                "tensors only (weights_only loading). If you trust the file, open it once in a PyTorch session "
+                "that allows full unpickling and save only its tensors: torch.save(checkpoint['state_dict'], 'clean.pth')"
             ) from None
         if isinstance(err, (EOFError, RuntimeError, zipfile.BadZipFile)) or "pickle" in text.lower():
             raise CheckpointError(

@@ -164,15 +164,51 @@ def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, pa
                        num_classes=num_classes, num_frames=frames)
     if not hasattr(model, "compute_report"):
         return []
-    report = model.compute_report((1, frames, 3, size, size))
     paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())
     if size != 224 or set(params) & {"layers", "width", "alpha", "patch_groups"}:
         paper = ()  # the papers' figures are for the full network at 224 px
+    rts = sorted({0.25, 0.5, 1.0} | {rt for (_, t, _, rt, _) in paper if t == frames and rt is not None})
+    report = model.compute_report((1, frames, 3, size, size), rts=tuple(rts))
     rows = []
     for row in report["rows"]:
         quoted = [g for (_, t, _, rt, g) in paper if t == frames and rt == row["rt"]]
         rows.append({**row, "paper_gmacs": quoted[0] if quoted else None})
     return rows
+
+
+def cmd_weights_import(args) -> int:
+    """Official checkpoint -> model dir (+ registry version); see `actionlab.weights`."""
+    from pathlib import Path
+
+    from . import weights
+    from .config import parse_override
+
+    params: dict = {}
+    for text in args.set:
+        params.update(parse_override(text))
+    classes = None
+    if args.classes:
+        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    out = weights.import_checkpoint(args.workload, args.checkpoint, args.output, num_classes=args.num_classes,
+                                    num_frames=args.frames, params=params, class_names=classes, size_px=args.size)
+    print(f"wrote {out} ({args.workload}, {args.num_classes} classes, {args.frames} frames)")
+    if args.register:
+        entry = (weights.zoo_by_name(args.zoo) if args.zoo
+                 else weights.zoo_entry(args.checkpoint, args.workload, args.frames, args.num_classes))
+        info = weights.register_import(out, args.register, workload=args.workload,
+                                       dataset=args.dataset or (entry.dataset if entry else ""),
+                                       paper_top1=entry.paper_top1 if entry else "")
+        print(f"registered {info['name']} v{info['version']} (source=official, paper top-1 "
+              f"{info['tags']['paper_top1'] or 'unknown: not a zoo checkpoint'})")
+    return 0
+
+
+def cmd_weights_zoo(args) -> int:
+    from . import weights
+
+    for z in weights.ZOO:
+        print(f"{z.name:28s} {z.dataset:24s} top-1 {z.paper_top1:>6s}  {z.command()}")
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -655,6 +691,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--job-id", help="submission id (default: actionlab-COMMAND-TIMESTAMP-RANDOM)")
     sp.add_argument("--num-gpus", type=float, help="GPUs reserved for the job's driver (usually none)")
     sp.add_argument("command", nargs=argparse.REMAINDER, help="-- train|tune|eval ... (an actionlab command)")
+
+    weights = sub.add_parser("weights", help="official checkpoints: import, zoo").add_subparsers(
+        dest="weights_command", required=True)
+    sp = weights.add_parser("import", help="convert an official checkpoint to a model dir (predict/eval/register)")
+    sp.set_defaults(fn=cmd_weights_import)
+    sp.add_argument("workload")
+    sp.add_argument("checkpoint", help="the released file (.pth/.pth.tar/.pt/.safetensors); read with weights_only")
+    sp.add_argument("-o", "--output", required=True, help="model dir to write (must not exist or be empty)")
+    sp.add_argument("--num-classes", type=int, required=True)
+    sp.add_argument("--frames", type=int, required=True, help="frames per clip the checkpoint was trained with")
+    sp.add_argument("--size", type=int, default=224, help="input size in px")
+    sp.add_argument("--classes", help="class names, one per line, in the checkpoint's class-index order")
+    sp.add_argument("--register", metavar="NAME", help="also register it (tags: source=official, paper, top-1)")
+    sp.add_argument("--dataset", help="dataset tag for --register (default: the zoo's)")
+    sp.add_argument("--zoo", metavar="ENTRY", help="the `weights zoo` row this checkpoint is (tags for --register)")
+    sp.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                    help="workload param the checkpoint was trained with, e.g. depth=101 (repeatable)")
+    sp = weights.add_parser("zoo", help="the released checkpoints and their paper numbers")
+    sp.set_defaults(fn=cmd_weights_zoo)
 
     sp = add("mlflow-server", cmd_mlflow_server,
              "MLflow tracking server: database store + proxied S3 or local artifact root")

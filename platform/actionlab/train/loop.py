@@ -23,6 +23,7 @@ from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
+from .bad_samples import BadSampleLog
 from .evaluate import all_reduce_result, confusion_figure, evaluate, normalise, stats_tensors
 
 STATE_FILE = "state.pt"
@@ -221,6 +222,7 @@ def train_worker(loop_config: dict) -> dict:
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
     if rank == 0:
         _flush(tracker, rank)
+    bad_log = BadSampleLog(rank, already=bad_examples)
 
     epochs = cfg.schedule.epochs
     step_end = getattr(model, "on_step_end", None)
@@ -243,6 +245,7 @@ def train_worker(loop_config: dict) -> dict:
         for i, batch in enumerate(train_loader):
             bad += len(batch["bad"])
             bad_examples.extend(batch["bad"])
+            bad_log.met(batch["bad"])
             if batch["clip"] is None or len(batch["label"]) == 0:
                 tick = time.perf_counter()
                 continue
@@ -293,6 +296,7 @@ def train_worker(loop_config: dict) -> dict:
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
         bad_examples = _gather_distinct(bad_examples + val.bad)
         total_bad = len(bad_examples)  # distinct bad samples met so far, on every rank
+        bad_log.end_epoch(epoch + 1, bad_examples, bad)
         _check_bad_fraction(cfg, bad, seen + bad, bad_examples)
         metrics = {
             "epoch": epoch + 1,

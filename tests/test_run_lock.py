@@ -107,7 +107,8 @@ def test_killed_driver_takes_its_actors_along_and_a_second_launch_is_refused(syn
         pytest.skip("starts Ray: run through scripts/test.sh (as root) so Ray is confined to a private network namespace")
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env.update(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_TMPDIR=tempfile.mkdtemp(prefix="rl", dir="/tmp"),
-               RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+               RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     args = [sys.executable, "-m", "actionlab", "train", "smoke", "--set", f"data.manifest={synth_dataset}", *FAST]
     run_dir = tmp_path / "home" / "runs" / "locked"
     log_path = tmp_path / "first.log"
@@ -154,5 +155,7 @@ def test_killed_driver_takes_its_actors_along_and_a_second_launch_is_refused(syn
     c = mlflow_client(env)
     (run,) = c.search_runs([c.get_experiment_by_name("actionlab-smoke").experiment_id])
     assert run.info.status == "FINISHED"
+    # system metrics sampled by the Train worker (CPU, memory; GPU ones on GPU nodes)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= run.data.metrics.keys()
     assert [m.step for m in c.get_metric_history(out["run_id"], "val/top1")] == list(range(1, 5))
     assert json.loads((run_dir / ".actionlab-lock.json").read_text())["released"]

@@ -182,7 +182,8 @@ def worker_env() -> dict:
     """Environment every Ray worker needs (workers chdir, so the tracking URI must be explicit)."""
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
     for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV):
+                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV,
+                "ACTIONLAB_SYSTEM_METRICS", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -228,6 +229,7 @@ def _train_claimed(cfg: Config, spec, data: dict, root: str, run_name: str, run_
     from ray.train.torch import TorchTrainer
 
     from .lifeline import Lifeline
+    from .system_metrics import SystemMetrics
     from .loop import train_worker
 
     resumed = run_id is not None
@@ -273,7 +275,8 @@ def _train_claimed(cfg: Config, spec, data: dict, root: str, run_name: str, run_
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env()},
-            callbacks=[Lifeline(), *callbacks],  # the controller and workers die with this process
+            # The controller and workers die with this process; workers sample system metrics.
+            callbacks=[Lifeline(), SystemMetrics(run_id, tracking.tracking_uri()), *callbacks],
         ),
     )
     try:

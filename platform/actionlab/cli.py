@@ -102,6 +102,22 @@ def cmd_predict(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve_forever
+
+    serve_forever(args.model, host=args.host, port=args.port, replicas=args.replicas, num_cpus=args.num_cpus,
+                  num_gpus=args.num_gpus, poll_s=args.poll_s, max_batch_size=args.max_batch_size,
+                  batch_wait_s=args.batch_wait_ms / 1000, top_k=args.top_k)
+    return 0
+
+
+def cmd_serve_load(args) -> int:
+    from .serve import load_test
+
+    print(json.dumps(load_test(args.url, args.videos, requests=args.requests, concurrency=args.concurrency)))
+    return 0
+
+
 def cmd_list(args) -> int:
     from workloads import get_workload, list_workloads
 
@@ -561,6 +577,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("videos", nargs="+")
     sp.add_argument("--top-k", type=int, default=5)
     sp.add_argument("--json", action="store_true")
+
+    sp = add("serve", cmd_serve, "Ray Serve deployment of a registered model that follows its alias")
+    sp.add_argument("model", help="NAME or NAME@ALIAS (default alias: champion)")
+    sp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--replicas", type=int, default=1)
+    sp.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    sp.add_argument("--num-gpus", type=float, help="GPUs per replica (default: 1 when the cluster has GPUs)")
+    sp.add_argument("--poll-s", type=float, default=10.0, help="how often replicas check where the alias points")
+    sp.add_argument("--max-batch-size", type=int, default=8, help="videos batched into one forward pass")
+    sp.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits to fill")
+    sp.add_argument("--top-k", type=int, default=5)
+
+    sp = add("serve-load", cmd_serve_load, "bounded load test of `actionlab serve`: requests/s, p50/p99 latency")
+    sp.add_argument("url", help="e.g. http://127.0.0.1:8000/")
+    sp.add_argument("videos", nargs="+", help="video paths/URIs the server can read, sent one per request in turn")
+    sp.add_argument("--requests", type=int, default=100)
+    sp.add_argument("--concurrency", type=int, default=4)
 
     sp = add("eval", cmd_eval, "full test protocol (clips x crops) on a manifest split")
     sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")

@@ -24,6 +24,7 @@ from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
+from .bad_samples import BadSampleLog
 from .evaluate import all_reduce_result, confusion_figure, evaluate, normalise, stats_tensors
 
 STATE_FILE = "state.pt"
@@ -122,6 +123,7 @@ def train_one_epoch(
     use_amp: bool = False,
     on_step_end=None,
     channels_last: bool = False,
+    on_bad=None,
     log=None,
 ) -> EpochStats:
     """One epoch of plain PyTorch training: the same code under Ray Train and in `bench train --vs-plain`.
@@ -136,6 +138,7 @@ def train_one_epoch(
         use_amp: bf16 autocast.
         on_step_end: the method's per-step hook (e.g. an EMA update), or None.
         channels_last: clips in channels-last memory order (faster convolutions on GPUs).
+        on_bad: called with each batch's list of bad (video_id, reason) as it arrives, or None.
         log: `log(step, num_steps, stats_so_far)` about four times an epoch, or None.
     """
     step_module.train()
@@ -150,6 +153,8 @@ def train_one_epoch(
 
     for i, batch in enumerate(loader):
         bad.extend(batch["bad"])
+        if batch["bad"] and on_bad is not None:
+            on_bad(batch["bad"])
         if len(batch["label"]) == 0:
             tick = time.perf_counter()
             continue
@@ -335,6 +340,7 @@ def train_worker(loop_config: dict) -> dict:
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
     if rank == 0:
         _flush(tracker, rank)
+    bad_log = BadSampleLog(rank, already=bad_examples)
 
     epochs = cfg.schedule.epochs
     step_end = getattr(model, "on_step_end", None)
@@ -352,6 +358,7 @@ def train_worker(loop_config: dict) -> dict:
         stats = train_one_epoch(
             step_module, train_loader, optimizer, scheduler, device=device, mean=mean_t, std=std_t,
             grad_clip=cfg.optim.grad_clip, use_amp=use_amp, on_step_end=step_end, channels_last=channels_last,
+            on_bad=bad_log.met,
             log=lambda i, n, st: _log(rank, f"epoch {epoch + 1}/{epochs} step {i}/{n} loss {st.loss:.4f} "
                                             f"{st.clips_per_s * world:.1f} clips/s (data {st.data_time_s:.1f}s, "
                                             f"compute {st.step_time_s:.1f}s)"),
@@ -376,6 +383,7 @@ def train_worker(loop_config: dict) -> dict:
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
         bad_examples = _gather_distinct(bad_examples + val.bad)
         total_bad = len(bad_examples)  # distinct bad samples met so far, on every rank
+        bad_log.end_epoch(epoch + 1, bad_examples, bad)
         _check_bad_fraction(cfg, bad, seen + bad, bad_examples)
         metrics = {
             "epoch": epoch + 1,

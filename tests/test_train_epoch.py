@@ -30,13 +30,14 @@ def _setup(manifest, *, seed=0, **over):
     return cfg, model, loader, optimizer, scheduler, mean, std
 
 
-def _epoch(setup, *, channels_last=False, log=None):
+def _epoch(setup, *, channels_last=False, log=None, on_bad=None):
     cfg, model, loader, optimizer, scheduler, mean, std = setup
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     step = loop.TrainStep(model)
     return loop.train_one_epoch(step, loader, optimizer, scheduler, device=torch.device("cpu"), mean=mean, std=std,
-                                grad_clip=cfg.optim.grad_clip, channels_last=channels_last, log=log)
+                                grad_clip=cfg.optim.grad_clip, channels_last=channels_last, log=log,
+                                on_bad=on_bad)
 
 
 def test_an_epoch_trains_counts_clips_and_names_bad_samples(synth_dataset, tmp_path):
@@ -45,9 +46,10 @@ def test_an_epoch_trains_counts_clips_and_names_bad_samples(synth_dataset, tmp_p
     (root / "videos" / "move_up_002.mp4").write_bytes(b"")  # a training video that cannot load
     setup = _setup(root / "manifest.parquet")
     before = {k: v.clone() for k, v in setup[1].state_dict().items()}
-    lines = []
-    stats = _epoch(setup, log=lambda i, n, st: lines.append((i, n, st.seen)))
+    lines, met = [], []
+    stats = _epoch(setup, log=lambda i, n, st: lines.append((i, n, st.seen)), on_bad=met.extend)
     assert stats.seen == 16 - 1 and [vid for vid, _ in stats.bad] == ["videos/move_up_002.mp4"]
+    assert met == stats.bad  # handed over batch by batch, as met (the loop prints them: train/bad_samples.py)
     assert "empty" in stats.bad[0][1]
     assert torch.isfinite(torch.tensor(stats.loss)) and stats.seconds >= stats.step_time_s > 0
     assert lines[-1] == (4, 4, 15) and stats.clips_per_s == pytest.approx(15 / stats.seconds)

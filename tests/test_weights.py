@@ -165,3 +165,4 @@ def test_register_tags_the_version_as_official(tmp_path, monkeypatch):
     assert mv.tags["paper_top1"] == ""  # not a zoo checkpoint: no paper number is invented
     loaded = tracking.load_model("models:/zoo-tsn/1")
     assert loaded.meta["workload"] == "tsn"
+    assert mv.source.startswith("models:/m-")  # an MLflow pyfunc model, like trained versions (test_mlflow_model)

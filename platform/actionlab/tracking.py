@@ -440,6 +440,9 @@ def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path) -> str:
     Returns:
         The model's URI (`models:/m-...`).
     """
+    import shutil
+    import tempfile
+
     import mlflow
     from mlflow.entities import LoggedModelOutput
 
@@ -452,15 +455,21 @@ def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path) -> str:
         name="model", source_run_id=run_id, experiment_id=run.info.experiment_id,
         tags={RUN_NAME_TAG: run.data.tags.get(RUN_NAME_TAG, "")},
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="actionlab-pyfunc-") as staging:
         # The signature is explicit; an input example would have to be a video file that exists here.
         warnings.filterwarnings("ignore", message=".*(type hints to the `predict`|input example was not provided)")
         from . import pyfunc_model
 
+        # MLflow names a directory artifact after its folder: stage it as `checkpoint/`, the place
+        # resolve_model_dir reads, with nothing but the two files the loader needs.
+        staged = Path(staging) / CHECKPOINT_ARTIFACT
+        staged.mkdir()
+        for file in (MODEL_FILE, META_FILE):
+            shutil.copy2(Path(checkpoint_dir) / file, staged / file)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=pyfunc_model.__file__,
-            artifacts={pyfunc_model.CHECKPOINT_KEY: str(checkpoint_dir)},
+            artifacts={pyfunc_model.CHECKPOINT_KEY: str(staged)},
             code_paths=[str(Path(__file__).parent), str(Path(workloads.__file__).parent)],
             signature=pyfunc_signature(),
             pip_requirements=pinned_requirements(),

@@ -317,12 +317,15 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
     try:
         c.get_registered_model(name)
     except MlflowException:
-        c.create_registered_model(name, description="Registered by actionlab: safetensors checkpoint + meta.json")
+        c.create_registered_model(
+            name, description="Registered by actionlab: MLflow pyfunc model over a safetensors checkpoint + meta.json"
+        )
     tags = {"source": "official", "paper": conv.paper, "workload": workload, "dataset": dataset,
             "frames": str(meta["num_frames"]), "paper_top1": str(paper_top1),
             "checkpoint": meta["source"]["official_checkpoint"]}
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/{tracking.CHECKPOINT_ARTIFACT}", run_id=run_id,
-                                tags=tags, description=f"Official {conv.paper} checkpoint, imported by actionlab")
+    model_uri = tracking.log_pyfunc_model(run_id, model_dir)  # an MLflow pyfunc model, as trained versions are
+    mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_uri[len("models:/"):],
+                                description=f"Official {conv.paper} checkpoint, imported by actionlab")
     return {"name": name, "version": str(mv.version), "run_id": run_id, "tags": tags}
 
 

@@ -425,7 +425,8 @@ def pinned_requirements() -> list[str]:
     pins = []
     for dist in PYFUNC_REQUIREMENTS:
         try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
+            marker = "; platform_machine == 'x86_64'" if dist == "decord" else ""  # no other wheels (pyproject)
+            pins.append(f"{dist}=={metadata.version(dist)}{marker}")
         except metadata.PackageNotFoundError:
             continue
     return pins

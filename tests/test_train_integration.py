@@ -232,8 +232,12 @@ def _assert_registered_weights_are(mv, checkpoint: Path, *, not_those_of: Path, 
     import torch
     from safetensors.torch import load_file
 
-    model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
-                                                         tracking_uri=tracking_uri))
+    from unittest import mock
+
+    # A models:/m-... source resolves through the process's tracking URI, not the `tracking_uri` argument.
+    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri}):
+        model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
+                                                             tracking_uri=tracking_uri))
     assert (model_dir / "MLmodel").is_file()  # an MLflow model; the checkpoint is its artifact
     registered = load_file(str(model_dir / "artifacts" / "checkpoint" / "model.safetensors"))
 

@@ -509,6 +509,67 @@ for _name, _paper in (("i3d", "I3D (IBM action-recognition-pytorch)"), ("r3d", "
     ))
 
 
+# HSAR (`HVG808/HSAR_repo`, an mmaction2 0.x overlay: {"meta", "state_dict": {"backbone.*", "cls_head.*"}}).
+_HSAR_BLOCK = (
+    (r"0\.norm\.(weight|bias)", "norm1.{}"),
+    (r"0\.fn\.to_qkv\.weight", "qkv.weight"),
+    (r"0\.fn\.to_out\.0\.(weight|bias)", "proj.0.{}"),
+    (r"1\.norm\.(weight|bias)", "norm2.{}"),
+    (r"1\.fn\.net\.(0|3)\.(weight|bias)", "mlp.{}.{}"),
+)
+
+
+def _hsar_block_rules(official: str, ours: str) -> tuple:
+    rules = []
+    for part, target in _HSAR_BLOCK:
+        groups = [rf"\{i}" for i in range(2, 2 + target.count("{}"))]
+        rules.append((rf"{official}\.layers\.(\d+)\.{part}", rf"{ours}.blocks.\1." + target.format(*groups)))
+    return tuple(rules)
+
+
+def _prepare_hsar(state: dict, model) -> dict:
+    """The TMT's `ln_post` only feeds the key-frame predictor through a detached tensor, so it never
+    trains: ours has no affine there. A checkpoint whose ln_post is not the identity cannot be represented."""
+    out = dict(state)
+    w, b = out.pop("#temporal.ln_post.weight", None), out.pop("#temporal.ln_post.bias", None)
+    if (w is not None and w.device.type != "meta" and not torch.all(w == 1)) or (
+            b is not None and b.device.type != "meta" and not torch.all(b == 0)):
+        raise CheckpointError(
+            "HSAR checkpoint: backbone.temporal_enc.ln_post has trained (non-identity) weights; the official "
+            "training never updates them (detached input), so this checkpoint was not trained by the official code"
+        )
+    return out
+
+
+register_converter(Converter(
+    workload="hsar",
+    paper="HSAR (ACM ICMR 2023)",
+    rules=(
+        (r"backbone\.temporal_enc\.cls_token", r"temporal.cls_token"),
+        (r"backbone\.temporal_enc\.pre_conv\.(\d)\.(weight|bias)", r"temporal.stem.\1.\2"),
+        (r"backbone\.temporal_enc\.proj\.weight", None),  # built but unused: pre_conv is the stem
+        (r"backbone\.temporal_enc\.position_enc\.pos_table", None),  # the fixed sinusoid table (recomputed)
+        (r"backbone\.temporal_enc\.ln_pre\.(weight|bias)", r"temporal.norm_pre.\1"),
+        (r"backbone\.temporal_enc\.ln_post\.(weight|bias)", r"#temporal.ln_post.\1"),
+        (r"backbone\.temporal_enc\.to_embedding\.1\.(weight|bias)", r"temporal.to_token.\1"),
+        *_hsar_block_rules(r"backbone\.temporal_enc\.transformer", "temporal"),
+        (r"backbone\.spatial_enc\.(.+)", r"spatial.\1"),
+        (r"backbone\.pred_key\.(\d)\.(weight|bias)", r"key_predictor.\1.\2"),
+        (r"backbone\.a_to_v\.0\.(weight|bias)", r"spatial_to_dim.\1"),
+        (r"backbone\.fusion_cls", None),  # built but unused by the official forward
+        (r"backbone\.fu_pre\.(weight|bias)", r"fusion.norm_pre.\1"),
+        (r"backbone\.fu_post\.(weight|bias)", r"fusion.norm_post.\1"),
+        *_hsar_block_rules(r"backbone\.fusion", "fusion"),
+        (r"cls_head\.fc_cls\.(0|2)\.(weight|bias)", r"head.fc.\1.\2"),
+    ),
+    hints=((r"^head\.fc\.2", "classes (--num-classes)"), (r"key_predictor\.3", "frames (--frames)"),
+           (r"^(temporal|fusion)\.", "dim / depth / frame_size_px / skip_mo (--set; Large: dim=3072)"),
+           (r"^spatial\.", "spatial_backbone (ViT-B/16 iBOT)")),
+    prepare=_prepare_hsar,
+    signature=(r"temporal_enc\.transformer\.layers", r"backbone\.fu_pre\."),
+))
+
+
 # -- the zoo: released checkpoints and the paper numbers they should reproduce (the seeds' tables) --
 
 
@@ -560,6 +621,12 @@ ZOO = (
              174, 8, {"shift": False, "rt": 0.5, "eval_gating": "gumbel"}, "26.8", _AF),
     ZooEntry("afnet-r50-rt0.25-ssv1", "afnet", "", "Something-Something V1",
              174, 8, {"shift": False, "rt": 0.25, "eval_gating": "gumbel"}, "27.7", _AF),
+    ZooEntry("hsar-base-k400", "hsar", "", "Kinetics-400", 400, 64, {}, "",
+             "HSAR_repo README (HSAR-Base K400; no accuracy published)"),
+    ZooEntry("hsar-base-k600", "hsar", "", "Kinetics-600", 600, 64, {}, "",
+             "HSAR_repo README (HSAR-Base K600; no accuracy published)"),
+    ZooEntry("hsar-base-sthv2", "hsar", "", "Something-Something V2", 174, 64, {}, "",
+             "HSAR_repo README (HSAR-Base Sthv2; no accuracy published)"),
     ZooEntry("sllm-text4vis-hmdb-f16", "sllm", "", "HMDB-51", 51, 16,
              {"backbone": "vit_base_patch32_clip_quickgelu_224", "text_embeddings_file": "hmdb51_text.npy"}, "81.55",
              "SLLM README (backbone not named; configs say ViT-B/32)"),

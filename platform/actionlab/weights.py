@@ -46,7 +46,8 @@ class Converter:
         whole key renames it (`re.fullmatch(...).expand(template)`); template None drops the key
         (a buffer or tensor with no counterpart, e.g. CLIP's text tower when only the classifier is kept).
     hints: (our-key regex, workload param) pairs: a shape that differs on a matching key most likely
-        means that param differs between the checkpoint and the build (frames, classes, depth).
+        means that param differs between the checkpoint and the build (frames, classes, widths).
+    key_hints: the same for keys one side lacks (depth: blocks that exist on one side only).
     prepare: a whole-dict step after renaming (e.g. fusing TAM's convs), given (state, our model).
     signature: regexes of official keys only this method's checkpoints have (to name another
         method's checkpoint as such).
@@ -56,6 +57,7 @@ class Converter:
     paper: str
     rules: tuple
     hints: tuple = ()
+    key_hints: tuple = ()
     prepare: Callable | None = None
     signature: tuple = ()
     nested: tuple = NESTED_KEYS
@@ -113,11 +115,15 @@ def read_checkpoint(path: str | Path) -> dict:
             ) from None
         if isinstance(err, (EOFError, RuntimeError, zipfile.BadZipFile)) or "pickle" in text.lower():
             raise CheckpointError(
-                f"{path}: truncated or not a PyTorch checkpoint ({text.splitlines()[0][:200] if text else type(err).__name__}); "
+                f"{path}: truncated or not a PyTorch checkpoint ({_first_sentence(text) or type(err).__name__}); "
                 "download it again and compare its size/sha256 with the release"
             ) from None
         raise
     return obj
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().splitlines()[0].split(". ")[0][:160] if text.strip() else ""
 
 
 def official_state(obj, *, nested: tuple = NESTED_KEYS, path: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -198,10 +204,13 @@ def check_against(conv: Converter, ours: dict, model_state: dict, *, path: str, 
     if not (missing or extra or shapes):
         return
     params = []
-    for key in [k for k, _, _ in shapes] + missing + extra:
-        for pattern, param in conv.hints:
-            if re.search(pattern, key) and param not in params:
-                params.append(param)
+    for keys, hints in (([k for k, _, _ in shapes], conv.hints), (missing + extra, conv.key_hints or conv.hints)):
+        for key in keys:
+            for pattern, param in hints:  # the first matching hint of each key
+                if re.search(pattern, key):
+                    if param not in params:
+                        params.append(param)
+                    break
     parts = []
     if shapes:
         parts.append("shapes differ (checkpoint vs build): " + "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:4]))
@@ -338,7 +347,8 @@ register_converter(Converter(
         (r"base_model\.fc\.(.+)", r"fc.\1"),  # dropout 0: the backbone's own fc is the classifier
     ),
     hints=((r"navigation\.\d+\.temporal", "frames (--frames)"), (r"^fc\.", "classes (--num-classes)"),
-           (r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)")),
+           (r"^backbone\.", "width / alpha / patch_groups (--set)")),
+    key_hints=((r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)"),),
     signature=(r"\.list_gen\.\d+\.conv_gs\.",),
 ))
 
@@ -424,8 +434,8 @@ _RESNET_CLASSIFIER = (
     (r"new_fc\.(weight|bias)", r"fc.\1"),
     (r"(?:base_model\.)?fc\.(weight|bias)", r"fc.\1"),
 )
-_RESNET_HINTS = ((r"^fc\.", "classes (--num-classes)"), (r"layer\d\.\d+\.", "depth / backbone (--set)"),
-                 (r"tam\.", "TAM options (blend_frames, depthwise)"))
+_RESNET_HINTS = ((r"^fc\.", "classes (--num-classes)"), (r"tam\.", "TAM options (blend_frames, depthwise)"),
+                 (r"layer\d\.\d+\.", "depth / backbone (--set)"))
 
 
 def _resnet_rules(conv1: str = r"conv1") -> tuple:

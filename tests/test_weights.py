@@ -163,6 +163,7 @@ def test_register_tags_the_version_as_official(tmp_path, monkeypatch):
     mv = tracking.client().get_model_version("zoo-tsn", "1")
     assert mv.tags["source"] == "official" and mv.tags["dataset"] == "toy" and mv.tags["workload"] == "tsn"
     assert mv.tags["paper_top1"] == ""  # not a zoo checkpoint: no paper number is invented
+    assert not mv.aliases  # an official version is not the champion until it is evaluated here
     loaded = tracking.load_model("models:/zoo-tsn/1")
     assert loaded.meta["workload"] == "tsn"
 

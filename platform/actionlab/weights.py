@@ -320,19 +320,17 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
                                  **{f"workload.params.{k}": v for k, v in meta["params"].items()}})
     tracking.log_artifacts(run_id, model_dir, tracking.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)
-    c = tracking.client()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name, description="Registered by actionlab: safetensors checkpoint + meta.json")
+    # The same registration as a trained run's (whatever form the registry gives versions), without the
+    # alias: the version's top-1 is the paper's, not one measured here.
+    info = tracking.register(run_id, name, alias="")
     tags = {"source": "official", "paper": conv.paper, "workload": workload, "dataset": dataset,
             "frames": str(meta["num_frames"]), "paper_top1": str(paper_top1),
             "checkpoint": meta["source"]["official_checkpoint"]}
-    mv = c.create_model_version(name, source=f"runs:/{run_id}/{tracking.CHECKPOINT_ARTIFACT}", run_id=run_id,
-                                tags=tags, description=f"Official {conv.paper} checkpoint, imported by actionlab")
-    return {"name": name, "version": str(mv.version), "run_id": run_id, "tags": tags}
+    c = tracking.client()
+    for key, value in tags.items():
+        c.set_model_version_tag(name, info["version"], key, value)
+    c.update_model_version(name, info["version"], description=f"Official {conv.paper} checkpoint, imported by actionlab")
+    return {"name": name, "version": info["version"], "run_id": run_id, "tags": tags}
 
 
 # -- the methods ----------------------------------------------------------------------------------

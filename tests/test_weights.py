@@ -163,5 +163,16 @@ def test_register_tags_the_version_as_official(tmp_path, monkeypatch):
     mv = tracking.client().get_model_version("zoo-tsn", "1")
     assert mv.tags["source"] == "official" and mv.tags["dataset"] == "toy" and mv.tags["workload"] == "tsn"
     assert mv.tags["paper_top1"] == ""  # not a zoo checkpoint: no paper number is invented
+    assert not mv.aliases  # an official version is not the champion until it is evaluated here
     loaded = tracking.load_model("models:/zoo-tsn/1")
     assert loaded.meta["workload"] == "tsn"
+
+
+def test_hsar_checkpoint_with_a_trained_ln_post_is_refused():
+    """Officially the TMT's ln_post only sees a detached tensor, so it stays the identity; ours has no affine
+    there, and a checkpoint where it is not the identity would not be the official model."""
+    identity = {"#temporal.ln_post.weight": torch.ones(4), "#temporal.ln_post.bias": torch.zeros(4), "x": torch.ones(1)}
+    assert weights.converter("hsar").prepare(identity, None) == {"x": identity["x"]}
+    trained = {**identity, "#temporal.ln_post.weight": torch.full((4,), 2.0)}
+    with pytest.raises(weights.CheckpointError, match="ln_post has trained"):
+        weights.converter("hsar").prepare(trained, None)

@@ -187,3 +187,66 @@ def test_param_groups_cover_every_trainable_parameter_once():
     assert len(ids) == len(set(ids)) == sum(1 for p in model.parameters() if p.requires_grad)
     mults = {g["name"]: g["lr_scale"] for g in groups}
     assert mults["navigation_lr10_wd1"] == 10 and mults["linear_lr5_wd1"] == 5
+
+
+# Parameter counts of the official `ops/models.py` TSN(AF_resnet50 / AF_resnet101, 174 classes), built from
+# the official repository (BeSpontaneous/AFNet-pytorch f20b92e) with random weights; ours loads their
+# weights strictly and gives identical logits (see platform/actionlab/weights.py).
+OFFICIAL_PARAMS = {((3, 4, 6, 3), 8): 23_204_726, ((4, 8, 18, 3), 12): 34_201_330}
+# The official `forward_calc_flops` at exactly RT of the frames kept in every block (AF-ResNet50, 224 px):
+# 12 frames with TSM, 8 without. The paper's 27.9 / 31.7 (12f, RT 0.4 / 0.8) and 18.3 / 19.5 (8f,
+# RT 0.25 / 0.5) are its trained gates' real keep ratios, which the paper does not give.
+OFFICIAL_COUNTER_GMACS = {(12, 0.4): 27.15, (12, 0.8): 32.18, (8, 0.25): 16.85, (8, 0.5): 18.94}
+
+
+@pytest.mark.parametrize("layers, num_frames", list(OFFICIAL_PARAMS))
+def test_af_resnet_params_equal_the_official_model(layers, num_frames):
+    with torch.device("meta"):
+        model = get_workload("afnet").build({"layers": layers}, num_classes=174, num_frames=num_frames)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_PARAMS[(layers, num_frames)]
+
+
+def test_official_shortcuts_bias_free_fusion_and_one_block_relu():
+    with torch.device("meta"):
+        model = get_workload("afnet").build({}, num_classes=174, num_frames=8)
+    s1, s2, s3 = model.backbone.stages
+    pooled_only = [s1.fusion.downsample, s2.fusion.downsample, s2.ample[0].downsample, s3.ample[0].downsample]
+    assert all(len(d) == 1 and isinstance(d[0], torch.nn.AvgPool2d) for d in pooled_only)
+    assert s3.fusion.downsample is None and len(s1.ample[0].downsample) == 3  # 64 -> 128: pool + conv + BN
+    assert all(lin.bias is None for s in (s1, s2, s3) for lin in s.attention if isinstance(lin, torch.nn.Linear))
+    assert [b.last_relu for b in s1.ample] == [True, False]
+    tiny = _build()  # layers (2, 2, 2, 1): one block per branch keeps its ReLU, as the official code builds it
+    assert all(b.last_relu for s in tiny.backbone.stages for b in (*s.ample, *s.focal))
+
+
+@pytest.mark.parametrize("num_frames, rt", list(OFFICIAL_COUNTER_GMACS))
+def test_gmacs_at_rt_match_the_official_counter(num_frames, rt):
+    with torch.device("meta"):
+        model = get_workload("afnet").build({}, num_classes=174, num_frames=num_frames)
+    costs = model.focal_costs((num_frames, 3, 224, 224))
+    gmacs = (costs["fixed"] + rt * sum(costs["focal"])) / 1e9
+    assert gmacs == pytest.approx(OFFICIAL_COUNTER_GMACS[(num_frames, rt)], rel=0.01)
+
+
+def test_pretrained_file_takes_official_af_resnet_names():
+    """The official ImageNet AF-ResNet checkpoints use `ops/backbone/AF_ResNet.py`'s names (`layer1.list_gen.0`,
+    `layer1.base_module.0`, ...): `from_official_names` maps every one onto ours (names and shapes from the
+    official model, tests/fixtures/official_keys)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from workloads.afnet import from_official_names
+
+    with gzip.open(Path(__file__).parent / "fixtures" / "official_keys" / "afnet_r50_f12.json.gz", "rt") as f:
+        keys = json.load(f)["keys"]
+    official = {k.removeprefix("module.base_model."): torch.empty(s, device="meta") for k, s in keys.items()
+                if k.startswith("module.base_model.")}
+    with torch.device("meta"):
+        model = get_workload("afnet").build({}, num_classes=174, num_frames=12)
+    ours = from_official_names(official)
+    expected = model.backbone.state_dict()
+    assert sorted(ours) == sorted(expected)
+    assert all(ours[k].shape == v.shape for k, v in expected.items())
+    with pytest.raises(ValueError, match="not official AF-ResNet names"):
+        from_official_names({"layer9.something.weight": torch.zeros(1)})

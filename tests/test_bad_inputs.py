@@ -139,6 +139,10 @@ def test_training_skips_counts_and_lists_bad_samples(tmp_path, synth_dataset):
     assert sorted(line.split("\t")[0] for line in lines) == sorted(bad_names)
     assert all(len(line.split("\t")) == 2 and line.split("\t")[1] for line in lines)
     assert "outside [0, 4)" in listed and "escapes the data root" in listed and "empty (0 bytes)" in listed
+    named = [line.split("bad sample ", 1)[1] for line in ok.stdout.splitlines() if "bad sample " in line]
+    for name in bad_names:  # each named once on the console, with its reason, as it was met
+        assert sum(line.startswith(f"{name}: ") for line in named) == 1, (name, named)
+    assert f"bad samples after epoch 1: {len(bad_names)} distinct (" in ok.stdout, ok.stdout[-3000:]
 
     strict = train("--set", "data.max_bad_fraction=0.1", "--set", "tracking.run_name=strict",
                    "--set", "compute.max_failures=0")

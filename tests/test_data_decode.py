@@ -42,6 +42,27 @@ def test_decord_and_pyav_agree(index_video, monkeypatch):
     assert np.abs(a - b).max() <= 2  # both decode the same H.264 frames; only colour conversion differs
 
 
+@pytest.mark.parametrize("options", [
+    {"g": "250", "bf": "3", "crf": "10", "preset": "ultrafast"},  # keyframes as sparse as downloads have
+    {"g": "7", "bf": "2", "crf": "10", "preset": "ultrafast"},  # short GOPs with B-frames: seeks between keyframes
+    {"g": "1", "crf": "10", "preset": "ultrafast"},  # all intra
+])
+def test_pyav_seeking_reader_is_exact_for_any_keyframe_layout(tmp_path, options, monkeypatch):
+    from conftest import index_frames
+
+    from actionlab.data import synthetic
+
+    path = tmp_path / "v.mp4"
+    synthetic.write_mp4(path, index_frames(31), options=options)
+    monkeypatch.setenv("ACTIONLAB_DECODER", "pyav")
+    wanted = [30, 0, 8, 9, 9, 15, 16, 29, 1, 22]
+    sequential = decode._pyav_read_sequential(str(path), wanted)
+    monkeypatch.setattr(decode, "_pyav_read_sequential", lambda *a: pytest.fail("the seeking reader fell back"))
+    frames = decode.read_frames(path, wanted)
+    np.testing.assert_allclose(_frame_values(frames), wanted, atol=0.25)
+    assert np.array_equal(frames, sequential)  # bit-exact: the same frames, decoded from their keyframes
+
+
 def test_width_decord_cannot_handle_still_decodes(monkeypatch, index_video):
     monkeypatch.setenv("ACTIONLAB_DECODER", "decord")
     path = index_video("w48.mp4", num_frames=6, height=48, width=48)  # decord 0.6.0 fails on 48 px widths

@@ -80,3 +80,13 @@ def test_measure_falls_back_to_a_real_forward_for_data_dependent_modules():
 def test_compute_metrics_use_model_keys():
     metrics = Compute(gmacs=32.7, params=24_327_632, conv_gmacs=32.69).as_metrics()
     assert metrics == {"model/gmacs": 32.7, "model/params": 24_327_632.0, "model/conv_gmacs": 32.69}
+
+
+def test_tsn_with_ibm_temporal_stride_matches_ibm_resnet50_tp_f8():
+    # IBM benchmark_mini.md "resnet-50-tp-f8": 14,135,984,128 conv MACs (time max-pooled after layer1-3).
+    compute = workload_compute("tsn", num_frames=8, size_px=224, num_classes=400, params={"without_t_stride": False})
+    assert compute.conv_gmacs == pytest.approx(14.135984128, rel=1e-9)
+    assert compute.params == 24_327_632  # pooling adds no parameters: IBM checkpoints load either way
+    with pytest.raises(ValueError, match="two pooling schemes"):
+        get_workload("tsn").build({"backbone": "resnet18", "temporal_pool": True, "without_t_stride": False},
+                                  num_classes=5, num_frames=8)

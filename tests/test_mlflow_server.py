@@ -44,7 +44,8 @@ def test_server_stores_artifacts_in_s3(mlflow_server, registered, s3_server):
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="mlflow-artifacts")["Contents"]}
     assert any(k.endswith(f"{registered['run_id']}/artifacts/checkpoint/model.safetensors") for k in keys)
     mv = mlflow_server.client().get_model_version_by_alias("ui-tsm", "champion")
-    assert mv.source == f"runs:/{registered['run_id']}/checkpoint" and mv.tags["checkpoint"] == CHECKPOINT
+    assert mv.source.startswith("models:/m-") and mv.tags["checkpoint"] == CHECKPOINT  # an MLflow (pyfunc) model
+    assert any(k.endswith("/artifacts/checkpoint/model.safetensors") and "/models/" in k for k in keys)
 
 
 def test_registry_ui_shows_version_alias_tags_and_checkpoint(mlflow_server, registered, tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from actionlab import storage
+from actionlab.data import decode
 
 pytest_plugins = ["servers"]  # session-wide servers shared with test_jobs / test_mlflow_server
 pytest.register_assert_rewrite("servers")
@@ -418,3 +419,22 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
     assert [m.step for m in c.get_metric_history(out["run_id"], "val/top1")] == [1, 2, 3, 4]
     assert [m.value for m in c.get_metric_history(out["run_id"], "data/bad_samples")] == [0, 0, 0, 0], \
         "the outage turned videos into bad samples"
+
+
+def test_data_prepare_reads_and_writes_s3_and_resumes(s3, synth_dataset, tmp_path):
+    from actionlab.data import manifest, prepare
+
+    bucket = s3.make_bucket("prepare")
+    storage.upload_dir(synth_dataset.parent, f"{bucket}/raw")
+    settings = prepare.EncodeSettings(short_side_px=16, output_format="mp4")
+    kwargs = dict(use_ray=False, cache_dir=str(tmp_path / "cache"), log=lambda _: None)
+    report = prepare.prepare_dataset(f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings, **kwargs)
+    assert (report.num_prepared, report.bad) == (24, ())
+    out = manifest.read_manifest(f"{bucket}/prepared/manifest.parquet")
+    assert list(out["num_frames"]) == [8] * 24 and manifest.preferred_decoder(out) == "pyav"
+    assert storage.read_text(f"{bucket}/prepared/classes.txt") == storage.read_text(f"{bucket}/raw/classes.txt")
+    local = storage.local_copy(f"{bucket}/prepared/{out['video'][0]}", tmp_path / "check")
+    assert decode.read_frames(local, [0, 7], decoder="pyav").shape == (2, 16, 16, 3)
+    s3.client().delete_object(Bucket="prepare", Key=f"prepared/{out['video'][3]}")
+    again = prepare.prepare_dataset(f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings, **kwargs)
+    assert (again.num_prepared, again.num_skipped) == (1, 23)

@@ -249,3 +249,22 @@ def test_throughput_helper_measures_each_drop_rate():
         model = _build(drop_rate=rate)
         assert forward_clips_per_s(model, (2, 8, 3, 32, 32), iters=2, warmup=1) > 0
         assert model.training  # mode restored
+
+
+def test_default_encoder_and_norms_are_the_official_ones():
+    """OpenAI CLIP's QuickGELU encoder, Text4Vis' LayerNorm eps 1e-12, and the official size.
+
+    The official VideoCLIP (ViT-B/16 visual + Transf header + FFRes + logit scale) has 114,642,945
+    parameters (built from xaCheng1996/SLLM eec5f32 with random weights; ours gives its logits to 4e-7).
+    Ours holds 512 more (timm's zero projection bias) and 75 * 512 fewer (FFRes uses 2 rows of its
+    77-row position table) and the logit scale sits in the classifier.
+    """
+    from timm.layers import QuickGELU
+
+    with torch.device("meta"):
+        model = get_workload("sllm").build({}, num_classes=51, num_frames=16)
+    assert isinstance(model.encoder.blocks[0].mlp.act, QuickGELU)
+    norms = [m for part in (model.header, model.restorer) for m in part.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(m.eps == 1e-12 for m in norms)
+    body = sum(p.numel() for part in (model.encoder, model.header, model.restorer) for p in part.parameters())
+    assert body == 114_642_945 - 1 + 512 - 75 * 512

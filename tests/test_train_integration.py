@@ -234,7 +234,8 @@ def _assert_registered_weights_are(mv, checkpoint: Path, *, not_those_of: Path, 
 
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
                                                          tracking_uri=tracking_uri))
-    registered = load_file(str(model_dir / "model.safetensors"))
+    assert (model_dir / "MLmodel").is_file()  # an MLflow model; the checkpoint is its artifact
+    registered = load_file(str(model_dir / "artifacts" / "checkpoint" / "model.safetensors"))
 
     def model_of(ckpt: Path) -> dict:
         return torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)["model"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame k
 class AFNetParams:
     """Defaults: AFNet-TSM with AF-ResNet50 on Something-Something V1 (`train_sth.sh`, `opts.py`)."""
 
-    layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (3, 4, 23, 3) for AF-ResNet101
+    layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (4, 8, 18, 3) for AF-ResNet101 (official)
     width: int = 64  # stem width; stage k has width * 2**k bottleneck planes
     alpha: int = 2  # ample branch width divisor
     patch_groups: int = 2  # groups of the focal branch's convs
@@ -82,7 +83,9 @@ class Bottleneck(nn.Module):
     """ResNet bottleneck (stride in the 3x3), with an optional TSM shift of the residual-branch input and
     an optional per-frame gate on it (the focal blocks).
 
-    Shortcut: identity, or [avg-pool 3x3 / 2 when strided] + 1x1 conv + BN (bL-Net's downsampling).
+    Shortcut (bL-Net's downsampling, as the official AF-ResNet builds it): [avg-pool 3x3 / 2 when strided]
+    then [1x1 conv + BN when the channels change]; identity when neither (a strided block whose channels
+    stay equal, e.g. the fusion blocks of stages 1-2, has a parameter-free pooled shortcut).
     """
 
     expansion = 4
@@ -113,7 +116,8 @@ class Bottleneck(nn.Module):
         self.downsample = None
         if stride != 1 or cin != cout:
             pool = [nn.AvgPool2d(3, stride=stride, padding=1)] if stride != 1 else []
-            self.downsample = nn.Sequential(*pool, *_conv_bn(cin, cout, 1))
+            proj = _conv_bn(cin, cout, 1) if cin != cout else []
+            self.downsample = nn.Sequential(*pool, *proj)
         self.num_frames, self.shift, self.fold_div = num_frames, shift, fold_div
         self.last_relu = last_relu
 
@@ -186,14 +190,16 @@ class AFStage(nn.Module):
             raise ValueError(f"afnet: an AF stage needs >= 2 blocks (n-1 per branch + fusion), got {blocks}")
         cout, n = planes * Bottleneck.expansion, blocks - 1
         common = dict(num_frames=num_frames, shift=shift, fold_div=fold_div)
-        # The last block of each branch leaves out its ReLU: the fusion applies one after blending.
+        # The last block of each branch leaves out its ReLU (the fusion applies one after blending), except
+        # when the branch has a single block: the official code builds that one with its ReLU.
+        relu = [i < n - 1 or n == 1 for i in range(n)]
         self.ample = nn.ModuleList(
             Bottleneck(cin if i == 0 else cout // alpha, planes // alpha, stride=2 if i == 0 else 1,
-                       last_relu=i < n - 1, **common)
+                       last_relu=relu[i], **common)
             for i in range(n)
         )
         self.focal = nn.ModuleList(
-            Bottleneck(cin if i == 0 else cout, planes, groups=patch_groups, last_relu=i < n - 1, **common)
+            Bottleneck(cin if i == 0 else cout, planes, groups=patch_groups, last_relu=relu[i], **common)
             for i in range(n)
         )
         self.navigation = nn.ModuleList(
@@ -201,8 +207,9 @@ class AFStage(nn.Module):
         )
         self.ample_proj = nn.Sequential(*_conv_bn(cout // alpha, cout, 1))
         squeeze = max(1, cout // 16)
-        self.attention = nn.Sequential(  # SE-style excitation, reduction 16
-            nn.Linear(cout, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, cout), nn.Sigmoid()
+        self.attention = nn.Sequential(  # SE-style excitation, reduction 16, bias-free (official)
+            nn.Linear(cout, squeeze, bias=False), nn.ReLU(inplace=True), nn.Linear(squeeze, cout, bias=False),
+            nn.Sigmoid(),
         )
         self.fusion = Bottleneck(cout, planes, stride=stride, **common)
 
@@ -532,6 +539,50 @@ PAPER_GMACS = (
 )
 
 
+# The official AF-ResNet's parameter names (`ops/backbone/AF_ResNet.py`) -> this module's (AFResNet),
+# as (regex on the official key, template); `{sN}` is the official 1-based stage N as our 0-based index.
+_BLOCK_PARTS = r"(conv[123]|bn[123])"
+OFFICIAL_BACKBONE_RULES = (
+    (r"(conv1|bn1)\.(.+)", r"\1.\2"),
+    (r"layer([123])\.list_gen\.(\d+)\.conv_pool\.(.+)", r"stages.{s\1}.navigation.\2.conv.\3"),
+    (r"layer([123])\.list_gen\.(\d+)\.bn\.(.+)", r"stages.{s\1}.navigation.\2.bn.\3"),
+    (r"layer([123])\.list_gen\.(\d+)\.conv_gs\.(.+)", r"stages.{s\1}.navigation.\2.temporal.\3"),
+    (rf"layer([123])\.base_module\.(\d+)\.{_BLOCK_PARTS}\.(.+)", r"stages.{s\1}.ample.\2.branch.\3.\4"),
+    (r"layer([123])\.base_module\.(\d+)\.downsample\.(.+)", r"stages.{s\1}.ample.\2.downsample.\3"),
+    (rf"layer([123])\.refine_module\.(\d+)\.{_BLOCK_PARTS}\.(.+)", r"stages.{s\1}.focal.\2.branch.\3.\4"),
+    (r"layer([123])\.refine_module\.(\d+)\.downsample\.(.+)", r"stages.{s\1}.focal.\2.downsample.\3"),
+    (r"layer([123])\.base_transform\.(.+)", r"stages.{s\1}.ample_proj.\2"),
+    (r"layer([123])\.att_gen\.fc\.(.+)", r"stages.{s\1}.attention.\2"),
+    (rf"layer([123])\.fusion\.0\.{_BLOCK_PARTS}\.(.+)", r"stages.{s\1}.fusion.branch.\2.\3"),
+    (r"layer([123])\.fusion\.0\.downsample\.(.+)", r"stages.{s\1}.fusion.downsample.\2"),
+    (rf"layer4\.(\d+)\.{_BLOCK_PARTS}\.(.+)", r"layer4.\1.branch.\2.\3"),
+    (r"layer4\.(\d+)\.downsample\.(.+)", r"layer4.\1.downsample.\2"),
+)
+
+
+def official_key(key: str) -> str | None:
+    """An official AF-ResNet parameter name -> ours (relative to `AFResNet`), or None if it is not one."""
+    for pattern, template in OFFICIAL_BACKBONE_RULES:
+        m = re.fullmatch(pattern, key)
+        if m:
+            return re.sub(r"\{s(\d)\}", lambda s: str(int(s.group(1)) - 1), m.expand(template))
+    return None
+
+
+def from_official_names(state: dict) -> dict:
+    """A state dict of the official AF-ResNet (classifier removed) in this module's names."""
+    out, unknown = {}, []
+    for key, value in state.items():
+        ours = official_key(key)
+        if ours is None:
+            unknown.append(key)
+        else:
+            out[ours] = value
+    if unknown:
+        raise ValueError(f"afnet: {len(unknown)} keys are not official AF-ResNet names: {unknown[:6]}")
+    return out
+
+
 @register_workload(
     "afnet",
     params=AFNetParams,
@@ -559,6 +610,8 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
     if p.pretrained_file:
         state = read_state_dict(p.pretrained_file)
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        if any(".list_gen." in k or ".base_module." in k for k in state):
+            state = from_official_names(state)  # the official ImageNet AF-ResNet checkpoints
         missing, unexpected = backbone.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(

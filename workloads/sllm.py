@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_DROP_RATE = 0.75
 CONTEXT_LENGTH = 77  # Text4Vis' frame position table: the CLIP text context length
 RESTORE_LOSSES = ("kl", "cos", "mse")
+LAYER_NORM_EPS = 1e-12  # the header's and FFRes' LayerNorm (official `video_clip.LayerNorm`)
 
 # Tiny CPU variant for the registry test: 8 frames at 32 px through a 2-block, 64-wide ViT.
 TINY_CLIP = {"num_frames": 8, "size_px": 32}
@@ -50,12 +52,13 @@ TINY_CLIP = {"num_frames": 8, "size_px": 32}
 class SLLMParams:
     """Defaults: the official HMDB-51 config (S = 16 sampled, K = 8 encoded) on ViT-B/16 CLIP.
 
-    The released configs say ViT-B/32 (`vit_base_patch32_clip_224.openai`); the README's checkpoint
-    row names no backbone. Weights: `pretrained: true` (timm tag) or `pretrained_file` (a local timm
+    The released configs say ViT-B/32 (`vit_base_patch32_clip_quickgelu_224.openai`); the README's
+    checkpoint row names no backbone. OpenAI CLIP (and SLLM's own `clip/model.py`) uses QuickGELU: the
+    `_quickgelu_` timm models equal it, the plain `vit_base_patch16_clip_224` ones (GELU) do not. Weights: `pretrained: true` (timm tag) or `pretrained_file` (a local timm
     or OpenAI-CLIP state dict); the default never reaches the network.
     """
 
-    backbone: str = "vit_base_patch16_clip_224.openai"
+    backbone: str = "vit_base_patch16_clip_quickgelu_224.openai"
     pretrained: bool = False
     pretrained_file: str = ""
     img_size_px: int = 224  # the encoder's input size (position embeddings resized on load)
@@ -111,9 +114,11 @@ def frame_layout(num_frames: int, drop_rate: float) -> FrameLayout:
 
 
 def _blocks(dim: int, depth: int, num_heads: int) -> nn.Sequential:
-    # CLIP's residual attention block: pre-LN, biased qkv, 4x QuickGELU MLP.
+    # CLIP's residual attention block: pre-LN, biased qkv, 4x QuickGELU MLP; Text4Vis' TF-style
+    # LayerNorm (`modules/video_clip.py`) has eps 1e-12.
+    norm = partial(nn.LayerNorm, eps=LAYER_NORM_EPS)
     return nn.Sequential(
-        *[Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True, act_layer=QuickGELU, norm_layer=nn.LayerNorm)
+        *[Block(dim, num_heads, mlp_ratio=4.0, qkv_bias=True, act_layer=QuickGELU, norm_layer=norm)
           for _ in range(depth)]
     )
 

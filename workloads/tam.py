@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .layers import SegmentClassifier, TemporalMaxPool, create_backbone_2d, pooled_frames, resnet_stages
+from .layers import SegmentClassifier, create_backbone_2d, ibm_stage_frames, insert_ibm_temporal_pools
 from .layers.tam import TAM_BLENDS, TAM_INITS, insert_tam
 from .registry import register_workload
 
@@ -48,12 +48,6 @@ def _resnet_2d(depth: int, pretrained: str) -> nn.Module:
     return create_backbone_2d(pretrained, pretrained=True)
 
 
-def _insert_ibm_temporal_pools(backbone: nn.Module, frames: list[int]) -> None:
-    """IBM's `TemporalPooling` after layer1, layer2 and layer3 (appended: parameter names unchanged)."""
-    for stage, t in zip(resnet_stages(backbone)[:3], frames):
-        stage.append(TemporalMaxPool(num_frames=t))
-
-
 @register_workload("tam", params=TAMParams, sampling="segments", tiny={"depth": 18})
 def build_tam(p: TAMParams, *, num_classes: int, num_frames: int) -> nn.Module:
     if p.blend not in TAM_BLENDS:
@@ -61,9 +55,7 @@ def build_tam(p: TAMParams, *, num_classes: int, num_frames: int) -> nn.Module:
     if p.tam_init not in TAM_INITS:
         raise ValueError(f"tam: tam_init must be one of {TAM_INITS}, got {p.tam_init!r}")
     backbone = _resnet_2d(p.depth, p.pretrained)  # weights load before TAM renames conv1
-    frames = [num_frames]
-    for _ in range(3):  # frames seen by layer1..layer4
-        frames.append(frames[-1] if p.without_t_stride else pooled_frames(frames[-1]))
+    frames = ibm_stage_frames(num_frames, t_stride=not p.without_t_stride)  # seen by layer1..layer4
     insert_tam(
         backbone,
         num_frames=frames,
@@ -73,5 +65,5 @@ def build_tam(p: TAMParams, *, num_classes: int, num_frames: int) -> nn.Module:
         init=p.tam_init,
     )
     if not p.without_t_stride:
-        _insert_ibm_temporal_pools(backbone, frames)
+        insert_ibm_temporal_pools(backbone, num_frames=num_frames)
     return SegmentClassifier(backbone, num_classes=num_classes, num_frames=num_frames, dropout=p.dropout)

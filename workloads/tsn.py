@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .layers import SegmentClassifier, create_backbone_2d, insert_temporal_pool
+from .layers import SegmentClassifier, create_backbone_2d, insert_ibm_temporal_pools, insert_temporal_pool
 from .registry import register_workload
 
 
@@ -26,7 +26,10 @@ class TSNParams:
     pretrained: bool = False  # timm weights for `backbone`
     pretrained_file: str = ""  # or a local .safetensors / .pth state dict, checked key by key
     dropout: float = 0.5
-    temporal_pool: bool = False  # max-pool time by 2 after layer1 (ResNets only)
+    temporal_pool: bool = False  # max-pool time by 2 after layer1 (TSM's --temporal_pool; ResNets only)
+    # IBM's flag (`action-recognition-pytorch`): False = its default temporal stride, a 3-tap max-pool
+    # over time with stride 2 after layer1, layer2 and layer3 (T' = ceil(T/8)); ResNets only.
+    without_t_stride: bool = True
 
 
 @register_workload("tsn", params=TSNParams, sampling="segments", tiny={"backbone": "resnet18"})
@@ -34,6 +37,13 @@ def build_tsn(params: TSNParams, *, num_classes: int, num_frames: int) -> nn.Mod
     backbone = create_backbone_2d(
         params.backbone, pretrained=params.pretrained, pretrained_file=params.pretrained_file
     )
+    if params.temporal_pool and not params.without_t_stride:
+        raise ValueError(
+            "tsn: temporal_pool (TSM's pool after layer1) and without_t_stride=false (IBM's pools after "
+            "layer1-3) are two pooling schemes; set one of them"
+        )
     if params.temporal_pool:
         insert_temporal_pool(backbone, num_frames=num_frames)
+    if not params.without_t_stride:
+        insert_ibm_temporal_pools(backbone, num_frames=num_frames)
     return SegmentClassifier(backbone, num_classes=num_classes, num_frames=num_frames, dropout=params.dropout)

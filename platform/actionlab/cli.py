@@ -102,6 +102,22 @@ def cmd_predict(args) -> int:
     return 1 if any("error" in r for r in results) else 0
 
 
+def cmd_serve(args) -> int:
+    from .serve import serve_forever
+
+    serve_forever(args.model, host=args.host, port=args.port, replicas=args.replicas, num_cpus=args.num_cpus,
+                  num_gpus=args.num_gpus, poll_s=args.poll_s, max_batch_size=args.max_batch_size,
+                  batch_wait_s=args.batch_wait_ms / 1000, top_k=args.top_k)
+    return 0
+
+
+def cmd_serve_load(args) -> int:
+    from .serve import load_test
+
+    print(json.dumps(load_test(args.url, args.videos, requests=args.requests, concurrency=args.concurrency)))
+    return 0
+
+
 def cmd_list(args) -> int:
     from workloads import get_workload, list_workloads
 
@@ -164,15 +180,51 @@ def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, pa
                        num_classes=num_classes, num_frames=frames)
     if not hasattr(model, "compute_report"):
         return []
-    report = model.compute_report((1, frames, 3, size, size))
     paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())
     if size != 224 or set(params) & {"layers", "width", "alpha", "patch_groups"}:
         paper = ()  # the papers' figures are for the full network at 224 px
+    rts = sorted({0.25, 0.5, 1.0} | {rt for (_, t, _, rt, _) in paper if t == frames and rt is not None})
+    report = model.compute_report((1, frames, 3, size, size), rts=tuple(rts))
     rows = []
     for row in report["rows"]:
         quoted = [g for (_, t, _, rt, g) in paper if t == frames and rt == row["rt"]]
         rows.append({**row, "paper_gmacs": quoted[0] if quoted else None})
     return rows
+
+
+def cmd_weights_import(args) -> int:
+    """Official checkpoint -> model dir (+ registry version); see `actionlab.weights`."""
+    from pathlib import Path
+
+    from . import weights
+    from .config import parse_override
+
+    params: dict = {}
+    for text in args.set:
+        params.update(parse_override(text))
+    classes = None
+    if args.classes:
+        classes = [line.strip() for line in Path(args.classes).read_text().splitlines() if line.strip()]
+    out = weights.import_checkpoint(args.workload, args.checkpoint, args.output, num_classes=args.num_classes,
+                                    num_frames=args.frames, params=params, class_names=classes, size_px=args.size)
+    print(f"wrote {out} ({args.workload}, {args.num_classes} classes, {args.frames} frames)")
+    if args.register:
+        entry = (weights.zoo_by_name(args.zoo) if args.zoo
+                 else weights.zoo_entry(args.checkpoint, args.workload, args.frames, args.num_classes))
+        info = weights.register_import(out, args.register, workload=args.workload,
+                                       dataset=args.dataset or (entry.dataset if entry else ""),
+                                       paper_top1=entry.paper_top1 if entry else "")
+        print(f"registered {info['name']} v{info['version']} (source=official, paper top-1 "
+              f"{info['tags']['paper_top1'] or 'unknown: not a zoo checkpoint'})")
+    return 0
+
+
+def cmd_weights_zoo(args) -> int:
+    from . import weights
+
+    for z in weights.ZOO:
+        print(f"{z.name:28s} {z.dataset:24s} top-1 {z.paper_top1 or 'n/a':>6s}  {z.command()}")
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -201,17 +253,25 @@ def cmd_bench(args) -> int:
     params: dict = dict(get_workload(args.workload).tiny) if args.tiny else {}
     for text in args.set:
         params.update(parse_override(text))
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     rows = bench(args.workload, params=params, sweep=parse_sweep(args.sweep) if args.sweep else None,
                  num_frames=args.frames, size_px=args.size, num_classes=args.num_classes,
-                 batch_size=args.batch_size, iters=args.iters, threads=args.threads)
+                 batch_size=args.batch_size, iters=args.iters, threads=args.threads, train=args.train,
+                 device=device, amp=not args.no_amp, channels_last=args.channels_last, compile=args.compile)
     if args.json:
         print(json.dumps([row.__dict__ for row in rows]))
         return 0
-    print(f"{args.workload} forward, batch {args.batch_size} x {args.frames} frames x {args.size}px, "
-          f"{torch_threads()} threads; baseline = first row")
-    print(f"  {'setting':24s} {'clips/s':>9s} {'ms/batch':>9s} {'GMACs/clip':>11s} {'vs baseline':>11s}")
+    what = "training step (fwd+bwd+AdamW)" if args.train else "forward"
+    extras = [x for x, on in (("bf16", device == "cuda" and not args.no_amp), ("channels_last", args.channels_last),
+                              ("torch.compile", args.compile)) if on]
+    print(f"{args.workload} {what} on {device}, batch {args.batch_size} x {args.frames} frames x {args.size}px, "
+          f"{torch_threads()} threads {' '.join(extras)}; baseline = first row")
+    print(f"  {'setting':24s} {'clips/s':>9s} {'ms/batch':>9s} {'GMACs/clip':>11s} {'vs baseline':>11s} {'MFU':>6s}")
     for r in rows:
-        print(f"  {r.setting:24s} {r.clips_per_s:9.2f} {r.ms_per_batch:9.1f} {r.gmacs:11.3f} {r.speedup:10.2f}x")
+        mfu = f"{r.mfu:6.1%}" if r.mfu is not None else f"{'-':>6s}"
+        print(f"  {r.setting:24s} {r.clips_per_s:9.2f} {r.ms_per_batch:9.1f} {r.gmacs:11.3f} {r.speedup:10.2f}x {mfu}")
     return 0
 
 
@@ -255,6 +315,97 @@ def cmd_data_check(args) -> int:
     report = check_manifest(args.manifest, root=args.root, out_bad_list=args.bad_list)
     print(report.summary())
     return 1 if report.num_bad else 0
+
+
+def cmd_data_prepare(args) -> int:
+    from . import storage
+    from .data import prepare
+
+    settings = prepare.EncodeSettings(
+        short_side_px=args.short_side, gop=1 if args.intra else args.gop, fps=args.fps, crf=args.crf,
+        preset=args.preset, fast_decode=not args.no_fastdecode, output_format=args.format,
+    )
+    report = prepare.prepare_dataset(args.manifest, args.out, settings, root=args.root or "",
+                                     num_cpus_per_task=args.cpus_per_task, use_ray=not args.no_ray)
+    summary = report.summary()
+    if args.json:
+        _print(summary, True)
+    else:
+        ratio = report.bytes_out / report.bytes_in if report.bytes_in else float("nan")
+        print(f"prepared {report.num_prepared} videos, {report.num_skipped} already done, {len(report.bad)} bad, "
+              f"in {report.seconds:.0f}s; size {report.bytes_in / 1e6:.1f} MB -> {report.bytes_out / 1e6:.1f} MB "
+              f"({ratio:.2f}x) for the videos prepared in this run")
+        if report.bad:
+            print(f"bad inputs are listed in {storage.redact(storage.join(args.out, prepare.ERRORS_FILE))}")
+        print(f"train with:  --set data.manifest={storage.redact(report.manifest)}")
+    return 1 if report.bad else 0
+
+
+def cmd_bench_data(args) -> int:
+    import tempfile
+
+    from . import bench_data
+
+    decoders = [d.strip() for d in args.decoders.split(",") if d.strip()] if args.decoders else \
+        bench_data.available_decoders()
+    if args.manifest:
+        sets = [(f"{Path(args.manifest).parent.name} ({d})", args.manifest, d) for d in decoders]
+        work = None
+    else:
+        work = args.work_dir or tempfile.mkdtemp(prefix="actionlab-bench-data-")
+        print(f"no manifest given: making {args.videos} Kinetics-like videos and prepared copies in {work}")
+        sets = bench_data.make_curve_sets(work, num_videos=args.videos, decoders=decoders)
+    rows = bench_data.bench_data(sets, num_frames=args.frames, size_px=args.size, sampling=args.sampling,
+                                 clips_per_round=args.clips, rounds=args.rounds,
+                                 gpu_clips_per_s=args.gpu_clips_per_s)
+    fidelity = {}
+    if work is not None:
+        raw = sets[0][1]
+        fidelity = {m: bench_data.frame_fidelity(raw, m) for _, m, _ in sets if m != raw}
+    if args.json:
+        _print([{**r.__dict__, "psnr_db": fidelity.get(m)} for r, (_, m, _) in zip(rows, sets)], True)
+        return 0
+    print(f"decode + transform, {args.frames} frames ({args.sampling}) at {args.size}px, one core, a new reader per "
+          f"clip; median of {args.rounds} interleaved rounds of {args.clips} clips; baseline = first row")
+    print(f"  {'data':24s} {'decoder':8s} {'clips/s/core':>12s} {'ms/clip':>8s} {'MB/video':>9s} {'PSNR dB':>8s} "
+          f"{'vs base':>8s} {'cores/GPU':>10s}")
+    for r, (_, m, _) in zip(rows, sets):
+        psnr = f"{fidelity[m]:8.1f}" if m in fidelity else f"{'-':>8s}"
+        print(f"  {r.name:24s} {r.decoder:8s} {r.clips_per_core_s:12.1f} {r.ms_per_clip:8.1f} {r.mb_per_video:9.2f} "
+              f"{psnr} {r.speedup:7.2f}x {r.cores_per_gpu:10.1f}")
+    print(f"cores/GPU = CPU cores needed to feed one GPU consuming {args.gpu_clips_per_s:g} clips/s "
+          f"(an H100 on TSM-R50 8f at ~30% MFU); PSNR is against the raw file's frames")
+    return 0
+
+
+def cmd_bench_train(args) -> int:
+    from .bench_train import bench_train
+    from .config import resolve
+
+    if not args.vs_plain:
+        raise ValueError("bench train compares against a plain PyTorch loop: pass --vs-plain")
+    cfg = resolve(load_recipe(args.recipe), args.set)
+    plain, ray_side = bench_train(cfg)
+    ratio = plain.steady_clips_per_s / max(1e-9, ray_side.steady_clips_per_s)
+    if args.json:
+        _print({"plain": {**plain.__dict__, "steady_clips_per_s": plain.steady_clips_per_s},
+                "ray": {**ray_side.__dict__, "steady_clips_per_s": ray_side.steady_clips_per_s},
+                "plain_over_ray_steady": ratio, "extra_wall_s": ray_side.wall_s - plain.wall_s}, True)
+        return 0
+    print(f"{cfg.workload.name}, {cfg.schedule.epochs} epochs; steady = median clips/s of epochs 2..N (training)")
+    print(f"  {'':24s} {'steady clips/s':>14s} {'wall s':>8s}  train/loss by epoch")
+    for side in (plain, ray_side):
+        losses = " ".join(f"{v:.4f}" for v in side.losses)
+        print(f"  {side.name:24s} {side.steady_clips_per_s:14.2f} {side.wall_s:8.1f}  {losses}")
+    print(f"plain / Ray steady throughput: {ratio:.3f}x; the Ray path takes {ray_side.wall_s - plain.wall_s:+.1f} s "
+          "more wall time:")
+    for side in (plain, ray_side):
+        other = side.wall_s - side.epochs_s - side.ray_start_s
+        print(f"  {side.name:24s} Ray start {side.ray_start_s:6.1f} s, epochs (train + val) {side.epochs_s:7.1f} s, "
+              f"everything else {other:6.1f} s")
+    print("  (everything else: building the model and data, and on Ray the Train controller and worker start-up, "
+          "the per-epoch checkpoints and MLflow writes)")
+    return 0
 
 
 def cmd_data_upload(args) -> int:
@@ -427,6 +578,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=5)
     sp.add_argument("--json", action="store_true")
 
+    sp = add("serve", cmd_serve, "Ray Serve deployment of a registered model that follows its alias")
+    sp.add_argument("model", help="NAME or NAME@ALIAS (default alias: champion)")
+    sp.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--replicas", type=int, default=1)
+    sp.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    sp.add_argument("--num-gpus", type=float, help="GPUs per replica (default: 1 when the cluster has GPUs)")
+    sp.add_argument("--poll-s", type=float, default=10.0, help="how often replicas check where the alias points")
+    sp.add_argument("--max-batch-size", type=int, default=8, help="videos batched into one forward pass")
+    sp.add_argument("--batch-wait-ms", type=float, default=20.0, help="how long a batch waits to fill")
+    sp.add_argument("--top-k", type=int, default=5)
+
+    sp = add("serve-load", cmd_serve_load, "bounded load test of `actionlab serve`: requests/s, p50/p99 latency")
+    sp.add_argument("url", help="e.g. http://127.0.0.1:8000/")
+    sp.add_argument("videos", nargs="+", help="video paths/URIs the server can read, sent one per request in turn")
+    sp.add_argument("--requests", type=int, default=100)
+    sp.add_argument("--concurrency", type=int, default=4)
+
     sp = add("eval", cmd_eval, "full test protocol (clips x crops) on a manifest split")
     sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")
     sp.add_argument("--data", required=True, help="manifest.parquet path or URI")
@@ -449,7 +618,35 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sets(sp)
 
-    sp = add("bench", cmd_bench, "forward clips/s of a workload across settings, beside a baseline")
+    bench_sub = sub.add_parser(
+        "bench", help="side-by-side benchmarks: model forward, data decoding, training vs a plain loop",
+    ).add_subparsers(dest="bench_command", required=True)
+
+    sp = bench_sub.add_parser("data", help="decode + transform clips/s per core for each decoder and prepared copy")
+    sp.set_defaults(fn=cmd_bench_data)
+    sp.add_argument("manifest", nargs="?", help="your manifest (default: make Kinetics-like files and the "
+                    "`data prepare` curve: keyframe interval vs size vs speed)")
+    sp.add_argument("--decoders", help="comma-separated, e.g. decord,pyav (default: every one installed)")
+    sp.add_argument("--videos", type=int, default=6, help="Kinetics-like videos to make (without a manifest)")
+    sp.add_argument("--work-dir", help="where to make them (default: a temp folder)")
+    sp.add_argument("--frames", type=int, default=8)
+    sp.add_argument("--sampling", default="segments", choices=["segments", "clip"])
+    sp.add_argument("--size", type=int, default=224)
+    sp.add_argument("--clips", type=int, default=6, help="clips per round and row")
+    sp.add_argument("--rounds", type=int, default=3)
+    sp.add_argument("--gpu-clips-per-s", type=float, default=1500.0,
+                    help="what one GPU consumes, for the cores-per-GPU column")
+    sp.add_argument("--json", action="store_true")
+
+    sp = bench_sub.add_parser("train", help="actionlab's Ray Train path beside a plain PyTorch loop, same everything")
+    sp.set_defaults(fn=cmd_bench_train)
+    sp.add_argument("recipe", help="recipe YAML path/URI or shipped recipe name")
+    sp.add_argument("--vs-plain", action="store_true", help="compare with a plain PyTorch loop (required)")
+    sp.add_argument("--json", action="store_true")
+    sets(sp)
+
+    sp = bench_sub.add_parser("model", help="forward clips/s of a workload across settings, beside a baseline")
+    sp.set_defaults(fn=cmd_bench)
     sp.add_argument("workload")
     sp.add_argument("--sweep", help="PARAM=V1,V2,...: one row per value, the first is the baseline")
     sp.add_argument("--tiny", action="store_true", help="start from the workload's tiny CPU params")
@@ -459,10 +656,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, default=2)
     sp.add_argument("--iters", type=int, default=5)
     sp.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    sp.add_argument("--train", action="store_true", help="time a training step and report MFU (GPU)")
+    sp.add_argument("--device", help="cpu or cuda (default: cuda when present)")
+    sp.add_argument("--no-amp", action="store_true", help="no bf16 autocast on the GPU")
+    sp.add_argument("--channels-last", action="store_true", help="channels-last weights and clips")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the model")
     sp.add_argument("--json", action="store_true")
     sets(sp)
 
-    data = sub.add_parser("data", help="datasets: synth, index, check").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="datasets: synth, index, prepare, check, upload").add_subparsers(dest="data_command", required=True)
     sp = data.add_parser("synth", help="render the motion dataset as H.264 MP4 files")
     sp.set_defaults(fn=cmd_data_synth)
     sp.add_argument("out")
@@ -481,6 +683,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="manifest.parquet to write")
     sp.add_argument("--subset", choices=["mini-kinetics", "mini-ssv2"],
                     help="keep only the classes of the IBM study's published subset, labels renumbered")
+
+    sp = data.add_parser("prepare", help="re-encode a dataset for fast sampled decoding (a Ray Data job)")
+    sp.set_defaults(fn=cmd_data_prepare)
+    sp.add_argument("manifest", help="source manifest.parquet (path or URI)")
+    sp.add_argument("out", help="output dataset folder or s3:// prefix (manifest.parquet, classes.txt, videos)")
+    sp.add_argument("--root", help="source data root (default: the manifest's folder)")
+    sp.add_argument("--short-side", type=int, default=256, help="short side in px (0 keeps the size)")
+    keys = sp.add_mutually_exclusive_group()
+    keys.add_argument("--gop", type=int, default=1, help="keyframe interval in frames (default 1: all intra)")
+    keys.add_argument("--intra", action="store_true", help="every frame a keyframe (the default; same as --gop 1)")
+    sp.add_argument("--fps", type=float, default=0.0, help="resample to this frame rate (default: keep every frame)")
+    sp.add_argument("--crf", type=int, default=17, help="x264 quality (lower = larger, closer to the source)")
+    sp.add_argument("--preset", default="veryfast", help="x264 preset (encoding speed)")
+    sp.add_argument("--no-fastdecode", action="store_true", help="keep CABAC and deblocking (smaller, slower to read)")
+    sp.add_argument("--format", default="mp4", choices=["mp4", "jpeg"], help="H.264 MP4, or JPEG frame folders")
+    sp.add_argument("--codec", default="h264", choices=["h264"], help="output codec")
+    sp.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per video")
+    sp.add_argument("--no-ray", action="store_true", help="run in this process instead of a Ray Data job")
+    sp.add_argument("--json", action="store_true")
 
     sp = data.add_parser("upload", help="copy a dataset folder to s3://bucket/prefix as it is (rewrites nothing)")
     sp.set_defaults(fn=cmd_data_upload)
@@ -505,6 +726,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--num-gpus", type=float, help="GPUs reserved for the job's driver (usually none)")
     sp.add_argument("command", nargs=argparse.REMAINDER, help="-- train|tune|eval ... (an actionlab command)")
 
+    weights = sub.add_parser("weights", help="official checkpoints: import, zoo").add_subparsers(
+        dest="weights_command", required=True)
+    sp = weights.add_parser("import", help="convert an official checkpoint to a model dir (predict/eval/register)")
+    sp.set_defaults(fn=cmd_weights_import)
+    sp.add_argument("workload")
+    sp.add_argument("checkpoint", help="the released file (.pth/.pth.tar/.pt/.safetensors); read with weights_only")
+    sp.add_argument("-o", "--output", required=True, help="model dir to write (must not exist or be empty)")
+    sp.add_argument("--num-classes", type=int, required=True)
+    sp.add_argument("--frames", type=int, required=True, help="frames per clip the checkpoint was trained with")
+    sp.add_argument("--size", type=int, default=224, help="input size in px")
+    sp.add_argument("--classes", help="class names, one per line, in the checkpoint's class-index order")
+    sp.add_argument("--register", metavar="NAME", help="also register it (tags: source=official, paper, top-1)")
+    sp.add_argument("--dataset", help="dataset tag for --register (default: the zoo's)")
+    sp.add_argument("--zoo", metavar="ENTRY", help="the `weights zoo` row this checkpoint is (tags for --register)")
+    sp.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE",
+                    help="workload param the checkpoint was trained with, e.g. depth=101 (repeatable)")
+    sp = weights.add_parser("zoo", help="the released checkpoints and their paper numbers")
+    sp.set_defaults(fn=cmd_weights_zoo)
+
     sp = add("mlflow-server", cmd_mlflow_server,
              "MLflow tracking server: database store + proxied S3 or local artifact root")
     sp.add_argument("--host", default="127.0.0.1")
@@ -518,7 +758,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+BENCH_COMMANDS = ("data", "model", "train", "-h", "--help")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and len(argv) > 1 and argv[1] not in BENCH_COMMANDS:
+        argv.insert(1, "model")  # `actionlab bench WORKLOAD` from before `bench data` / `bench train`
     args = build_parser().parse_args(argv)
     if args.verbose:
         os.environ["ACTIONLAB_VERBOSE"] = "1"

@@ -44,6 +44,11 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     flip: str = "on"  # off | on | swap_pairs (left/right classes swap labels on flip)
     cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
+    # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
+    decoder: str = "auto"
+    # loader: a DataLoader in each Train worker (decodes on the worker's node);
+    # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
+    engine: str = "loader"
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,9 @@ class ComputeConfig:
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
     amp: bool = True  # bf16 autocast on GPU
+    channels_last: bool = False  # 2D-conv weights and clips in channels-last order (GPU tensor cores)
+    compile: bool = False  # torch.compile the training step
+    fused_optimizer: bool = True  # one fused kernel per optimiser step (GPU only)
     max_failures: int = 2  # worker-group restarts before the run fails
 
 
@@ -117,6 +125,8 @@ class Config:
 
 _CHOICES = {
     ("data", "flip"): ("off", "on", "swap_pairs"),
+    ("data", "decoder"): ("auto", "decord", "pyav"),
+    ("data", "engine"): ("loader", "ray"),
     ("eval", "fusion"): ("logits", "probs"),
     ("schedule", "lr_schedule"): ("cosine", "step", "constant"),
     ("optim", "name"): ("sgd", "adamw"),

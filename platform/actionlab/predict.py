@@ -1,14 +1,20 @@
-"""Top-k predictions for video files from a registered model or a checkpoint directory."""
+"""Top-k predictions for video files (or decoded uint8 clips) from a registered model or a checkpoint dir.
+
+`predict` is the fast path behind `actionlab predict`; the MLflow pyfunc model (`pyfunc_model.py`)
+calls the same `predict_videos` / `predict_clips`, so both give the same numbers.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
 from . import storage, tracking
+from .data import transforms
 from .train.evaluate import normalise, stats_tensors, eval_dataset
 
 
@@ -17,32 +23,60 @@ def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str
 
     Returns one dict per video: {"video", "top": [{"class", "label", "prob"}, ...]} or {"video", "error"}.
     """
-    loaded = tracking.load_model(model_uri)
+    return predict_videos(tracking.load_model(model_uri), videos, top_k=top_k, cache_dir=cache_dir)
+
+
+def _top(loaded: tracking.LoadedModel, views: torch.Tensor, top_k: int) -> list[dict]:
+    """views: uint8 (V, T, C, H, W) of one video -> its top-k classes (logits averaged over views)."""
     meta = loaded.meta
     mean_t, std_t = stats_tensors(meta["mean"], meta["std"], "cpu")
+    with torch.no_grad():
+        logits = loaded.model(normalise(views, mean_t, std_t))  # (V, K)
+        probs = F.softmax(logits.float().mean(0), dim=-1)  # (K,)
+    values, indices = probs.topk(min(top_k, probs.numel()))
+    return [
+        {"class": meta["classes"][i], "label": int(i), "prob": round(float(p), 4)}
+        for p, i in zip(values.tolist(), indices.tolist())
+    ]
+
+
+def predict_videos(
+    loaded: tracking.LoadedModel, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None
+) -> list[dict]:
+    """`predict` for a model already loaded: local paths or URIs (s3://...), decoded as in evaluation."""
+    meta = loaded.meta
     cache_dir = cache_dir or str(tracking.home() / "cache")
     out = []
     for video in videos:
         local = storage.local_copy(video, cache_dir) if storage.is_remote(video) else str(Path(video).resolve())
         row = pd.DataFrame({"video": [Path(local).name], "label": [0]})
-        dataset = eval_dataset(meta, row, str(Path(local).parent))
-        item = dataset[0]
+        item = eval_dataset(meta, row, str(Path(local).parent))[0]
         if "error" in item:
             out.append({"video": video, "error": item["error"]})
             continue
-        clips = item["clip"]  # (V, T, C, H, W) uint8
-        with torch.no_grad():
-            logits = loaded.model(normalise(clips, mean_t, std_t))  # (V, K)
-            probs = F.softmax(logits.float().mean(0), dim=-1)  # (K,)
-        k = min(top_k, probs.numel())
-        values, indices = probs.topk(k)
-        out.append(
-            {
-                "video": video,
-                "top": [
-                    {"class": meta["classes"][i], "label": int(i), "prob": round(float(p), 4)}
-                    for p, i in zip(values.tolist(), indices.tolist())
-                ],
-            }
+        out.append({"video": video, "top": _top(loaded, item["clip"], top_k)})  # clip (V, T, C, H, W) uint8
+    return out
+
+
+def predict_clips(loaded: tracking.LoadedModel, clips, *, top_k: int = 5) -> list[dict]:
+    """Top-k for a uint8 batch (B, T, H, W, C) of frames already sampled (T = the model's num_frames).
+
+    Frames get the evaluation transform (short side to resize_px, centre crop size_px), so a clip
+    decoded with the model's sampling scores as its video does through `predict_videos`.
+
+    Raises:
+        ValueError: not a uint8 (B, T, H, W, 3) batch with the model's T.
+    """
+    batch = np.asarray(clips.numpy() if isinstance(clips, torch.Tensor) else clips)
+    meta = loaded.meta
+    if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[-1] != 3 or batch.shape[1] != meta["num_frames"]:
+        raise ValueError(
+            f"expected a uint8 batch (B, T={meta['num_frames']}, H, W, 3) of RGB frames; got {batch.dtype} "
+            f"{tuple(batch.shape)}. Sample {meta['num_frames']} frames per video ({meta['sampling']} sampling, "
+            f"stride {meta['stride']}) or pass video paths instead"
         )
+    out = []
+    for clip in batch:  # (T, H, W, 3)
+        views = transforms.test_transform(clip, size_px=meta["size_px"], resize_px=meta["resize_px"], num_crops=1)
+        out.append({"top": _top(loaded, views, top_k)})  # views (1, T, C, H, W)
     return out

@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,10 +331,16 @@ def resolve_model_dir(uri: str) -> Path:
         source = mv.source
     else:
         source = uri
+    if source.startswith("models:/m-"):  # an MLflow model (LoggedModel): its checkpoint artifact
+        mlflow.set_tracking_uri(tracking_uri())
+        logged = client().get_logged_model(source[len("models:/") :])
+        source = f"{logged.artifact_location.rstrip('/')}/artifacts/{CHECKPOINT_ARTIFACT}"
     if source.startswith(("runs:/", "mlflow-artifacts:", "s3://", "file:")) and not Path(source).is_dir():
         mlflow.set_tracking_uri(tracking_uri())
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=tracking_uri()))
     path = Path(source).expanduser()
+    if (path / "MLmodel").is_file() and (path / "artifacts" / CHECKPOINT_ARTIFACT / META_FILE).is_file():
+        path = path / "artifacts" / CHECKPOINT_ARTIFACT  # a downloaded MLflow model directory
     if not (path / META_FILE).is_file():
         raise FileNotFoundError(f"{uri!r}: no {META_FILE} in {path}; expected a directory written by actionlab")
     return path
@@ -381,6 +388,89 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model=model, meta=meta, source=str(path))
 
 
+# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow/boto3 fetch URIs).
+PYFUNC_REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pyarrow",
+                       "decord", "av", "boto3", "pyyaml")
+
+
+def pyfunc_signature():
+    """Inputs: one string column of video paths or URIs; params: `top_k`; outputs: top-k per video.
+
+    The input column is unnamed so that a plain list of paths passes MLflow's schema enforcement as
+    well as a DataFrame (whose `video` column, else its first, is read).
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import Array
+
+    return ModelSignature(
+        inputs=Schema([ColSpec(DataType.string)]),
+        outputs=Schema(
+            [
+                ColSpec(DataType.string, "video"),
+                ColSpec(Array(DataType.string), "labels"),
+                ColSpec(Array(DataType.long), "label_ids"),
+                ColSpec(Array(DataType.double), "probs"),
+                ColSpec(DataType.string, "error", required=False),
+            ]
+        ),
+        params=ParamSchema([ParamSpec("top_k", DataType.long, 5)]),
+    )
+
+
+def pinned_requirements() -> list[str]:
+    """PYFUNC_REQUIREMENTS pinned to the versions installed here (those installed)."""
+    from importlib import metadata
+
+    pins = []
+    for dist in PYFUNC_REQUIREMENTS:
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path) -> str:
+    """Logs `checkpoint_dir` (model.safetensors + meta.json) as an MLflow pyfunc model of run `run_id`.
+
+    Models from code: the model is `actionlab/pyfunc_model.py`, the actionlab and workloads packages
+    travel as code paths, the checkpoint as the `checkpoint` artifact; nothing is pickled.
+
+    Returns:
+        The model's URI (`models:/m-...`).
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    import workloads
+
+    mlflow.set_tracking_uri(tracking_uri())
+    c = client()
+    run = c.get_run(run_id)
+    logged = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, experiment_id=run.info.experiment_id,
+        tags={RUN_NAME_TAG: run.data.tags.get(RUN_NAME_TAG, "")},
+    )
+    with warnings.catch_warnings():
+        # The signature is explicit; an input example would have to be a video file that exists here.
+        warnings.filterwarnings("ignore", message=".*(type hints to the `predict`|input example was not provided)")
+        from . import pyfunc_model
+
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=pyfunc_model.__file__,
+            artifacts={pyfunc_model.CHECKPOINT_KEY: str(checkpoint_dir)},
+            code_paths=[str(Path(__file__).parent), str(Path(workloads.__file__).parent)],
+            signature=pyfunc_signature(),
+            pip_requirements=pinned_requirements(),
+            model_id=logged.model_id,
+        )
+    c.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+    return info.model_uri
+
+
 def _top1_of(c, name: str, version: str) -> float | None:
     value = c.get_model_version(name, version).tags.get("top1")
     return float(value) if value not in (None, "") else None
@@ -394,6 +484,9 @@ def register(
     artifact_path: str = CHECKPOINT_ARTIFACT,
 ) -> dict:
     """Registers the run's checkpoint as a new version of `name`; moves `alias` only on improvement.
+
+    The version is an MLflow pyfunc model (`log_pyfunc_model`): `mlflow.pyfunc.load_model` and
+    `mlflow models serve` take `models:/NAME@ALIAS`, and `actionlab predict` reads its checkpoint.
 
     Tags come from the run: workload, dataset, frames, top1 (`val/top1`), gmacs. The alias moves when
     the new version's top1 beats the current holder's (or when the alias is unset); every move is
@@ -409,7 +502,9 @@ def register(
     try:
         c.get_registered_model(name)
     except MlflowException:
-        c.create_registered_model(name, description="Registered by actionlab: safetensors checkpoint + meta.json")
+        c.create_registered_model(
+            name, description="Registered by actionlab: MLflow pyfunc model over a safetensors checkpoint + meta.json"
+        )
     params, metrics = run.data.params, run.data.metrics
     tags = {
         "workload": params.get("workload.name", ""),
@@ -422,12 +517,22 @@ def register(
     checkpoint = run.data.tags.get(CHECKPOINT_URI_TAG, "")
     if checkpoint:
         tags["checkpoint"] = checkpoint
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="actionlab-register-") as tmp:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"runs:/{run_id}/{artifact_path}", dst_path=tmp, tracking_uri=tracking_uri()
+        )
+        model_uri = log_pyfunc_model(run_id, local)
     mv = c.create_model_version(
         name,
-        source=f"runs:/{run_id}/{artifact_path}",
+        source=model_uri,
         run_id=run_id,
         tags={k: str(v) for k, v in tags.items()},
         description=f"Checkpoint {checkpoint} (run {run_id})" if checkpoint else None,
+        model_id=model_uri[len("models:/") :],
     )
     version = str(mv.version)
     moved = False

@@ -6,7 +6,13 @@ time as the fast index of the first axis (`clips.flatten(0, 1)`), and know T fro
 
 from .backbones import create_backbone_2d, load_backbone_weights, read_state_dict, resnet_stages
 from .heads import SegmentClassifier
-from .temporal_pool import TemporalMaxPool, insert_temporal_pool, pooled_frames
+from .temporal_pool import (
+    TemporalMaxPool,
+    ibm_stage_frames,
+    insert_ibm_temporal_pools,
+    insert_temporal_pool,
+    pooled_frames,
+)
 from .temporal_shift import SHIFT_PLACES, TemporalShift, insert_temporal_shift, temporal_shift
 
 __all__ = [
@@ -15,6 +21,8 @@ __all__ = [
     "TemporalMaxPool",
     "TemporalShift",
     "create_backbone_2d",
+    "ibm_stage_frames",
+    "insert_ibm_temporal_pools",
     "insert_temporal_pool",
     "insert_temporal_shift",
     "load_backbone_weights",

@@ -48,3 +48,24 @@ def insert_temporal_pool(backbone: nn.Module, *, num_frames: int) -> int:
     layer1 = resnet_stages(backbone)[0]
     layer1.append(TemporalMaxPool(num_frames=num_frames))
     return pooled_frames(num_frames)
+
+
+def ibm_stage_frames(num_frames: int, *, t_stride: bool) -> list[int]:
+    """Frames seen by layer1..layer4 of an IBM `action-recognition-pytorch` ResNet: with its default
+    temporal stride (`without_t_stride` False) time is max-pooled by 2 after layer1, layer2 and layer3."""
+    frames = [num_frames]
+    for _ in range(3):
+        frames.append(pooled_frames(frames[-1]) if t_stride else frames[-1])
+    return frames
+
+
+def insert_ibm_temporal_pools(backbone: nn.Module, *, num_frames: int) -> int:
+    """IBM's `TemporalPooling` (3-tap max, stride 2) appended to layer1, layer2 and layer3 of a ResNet.
+
+    Appending keeps every parameter name unchanged. Insert other temporal layers first (they need
+    `ibm_stage_frames`). Returns the frames that layer4 and the head see (ceil(T / 8) for T = 8k).
+    """
+    frames = ibm_stage_frames(num_frames, t_stride=True)
+    for stage, t in zip(resnet_stages(backbone)[:3], frames):
+        stage.append(TemporalMaxPool(num_frames=t))
+    return frames[-1]

@@ -163,6 +163,7 @@ class VideoClipDataset(Dataset):
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
         frame_template: str = "{:05d}.jpg",
+        decoder: str = "",
     ):
         """Builds the dataset; nothing is read until an item is asked for.
 
@@ -184,6 +185,7 @@ class VideoClipDataset(Dataset):
             seed: base seed of the per-item random generators.
             cache_dir: local read-through cache; required for remote roots.
             frame_template: file names in frame folders (1-based numbering).
+            decoder: `decord`, `pyav`, or '' for the default (`ACTIONLAB_DECODER` overrides it).
         """
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
@@ -219,6 +221,7 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self.frame_template = frame_template
+        self.decoder = decoder
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -276,7 +279,7 @@ class VideoClipDataset(Dataset):
             first, length = frame_range(row, available)
             return self._indices(length, rng) + first
 
-        frames, _ = decode.read_sampled(fetch_local(uri, self.cache_dir), choose)
+        frames, _ = decode.read_sampled(fetch_local(uri, self.cache_dir), choose, decoder=self.decoder)
         return frames
 
     def __getitem__(self, index: int) -> dict:

@@ -11,11 +11,15 @@ A manifest row names one sample:
 - `start`, `end` (int, optional): the usable frame range, 0-based and inclusive (a frame folder's
   frame `i` is the file numbered `i + 1`).
 - `media` (str, optional): `video` (default) or `frames`.
+
+The file's schema metadata may carry `actionlab` (JSON): what wrote it and how, e.g.
+`actionlab data prepare` records its encoding and the decoder it measured fastest for it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -32,6 +36,8 @@ FORMATS = ("ibm", "tsn", "mmaction")
 # Published class subsets (`data index --subset`): name -> list file shipped in `data/subsets/`.
 SUBSETS = {"mini-kinetics": "mini_kinetics.txt", "mini-ssv2": "mini_ssv2.txt"}
 MEDIA = ("auto", "video", "frames")
+METADATA_KEY = b"actionlab"
+METADATA_ATTR = "actionlab"
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv")
 
 
@@ -61,6 +67,8 @@ def read_manifest(uri: str | os.PathLike) -> pd.DataFrame:
     except (pa.ArrowInvalid, OSError) as err:
         raise ManifestError(f"manifest {text} is not a readable Parquet file ({err})") from None
     frame = table.to_pandas()
+    raw_meta = (table.schema.metadata or {}).get(METADATA_KEY)
+    frame.attrs[METADATA_ATTR] = json.loads(raw_meta) if raw_meta else {}
     for column in REQUIRED_COLUMNS:
         if column not in frame.columns:
             raise ManifestError(
@@ -127,11 +135,21 @@ def select_split(df: pd.DataFrame, split: str) -> pd.DataFrame:
     return df[df["split"] == split].reset_index(drop=True)
 
 
-def manifest_bytes(df: pd.DataFrame) -> bytes:
-    """A manifest DataFrame as Parquet bytes."""
+def manifest_bytes(df: pd.DataFrame, metadata: dict | None = None) -> bytes:
+    """A manifest DataFrame as Parquet bytes; `metadata` (JSON) travels in the file's schema metadata
+    and comes back as `read_manifest(...).attrs["actionlab"]` (e.g. how `data prepare` encoded it)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               METADATA_KEY: json.dumps(metadata).encode()})
     buffer = io.BytesIO()
-    df.to_parquet(buffer, index=False)
+    pq.write_table(table, buffer)
     return buffer.getvalue()
+
+
+def preferred_decoder(df: pd.DataFrame) -> str:
+    """The decoder a manifest's writer measured fastest for its files ('' when it names none)."""
+    return str(df.attrs.get(METADATA_ATTR, {}).get("decoder", ""))
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
 def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None):
     """A test-mode dataset with the preprocessing stored beside a registered model (meta.json)."""
     from ..data.dataset import VideoClipDataset
+    from ..data.manifest import preferred_decoder
 
     return VideoClipDataset(
         df=df,
@@ -160,6 +161,7 @@ def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: in
         num_clips=num_clips,
         num_crops=num_crops,
         cache_dir=cache_dir,
+        decoder=preferred_decoder(df),
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import storage, tracking
 from ..config import Config, dump_yaml, flat_params, to_dict
 from ..data import manifest as data_manifest
+from .run_lock import RunLock
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,12 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
             f"compute.num_workers={cfg.compute.num_workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
             f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
         )
+    if cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
+        raise RuntimeError(
+            f"data.engine=ray decodes in Ray tasks beside the Train workers, but the workers take {need_cpu:g} of "
+            f"the cluster's {have.get('CPU', 0):g} CPUs and none is left to decode; add CPU nodes, lower "
+            "compute.cpus_per_worker, or use data.engine=loader"
+        )
     if use_gpu and cfg.compute.num_workers > have.get("GPU", 0):
         raise RuntimeError(
             f"compute.num_workers={cfg.compute.num_workers} with GPUs needs {cfg.compute.num_workers} GPUs but the "
@@ -181,7 +188,8 @@ def worker_env() -> dict:
     """Environment every Ray worker needs (workers chdir, so the tracking URI must be explicit)."""
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
     for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV):
+                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV,
+                "ACTIONLAB_SYSTEM_METRICS", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
         if os.environ.get(key):
             env[key] = os.environ[key]
     return env
@@ -200,12 +208,7 @@ def train(
     `callbacks` are `ray.train.UserCallback`s (a Tune trial passes `TuneReportCallback`);
     `parent_run_id` nests the MLflow run under a sweep's parent run.
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from workloads import get_workload
-
-    from .loop import train_worker
 
     spec = get_workload(cfg.workload.name)
     check_buildable(spec, cfg)
@@ -213,6 +216,28 @@ def train(
     root = storage_root(cfg)
     base_name = cfg.tracking.run_name or default_run_name(cfg, data["dataset"])
     run_name, run_id = claim_run(cfg, base_name, root)
+    lock = RunLock(storage.join(root, run_name), run_name)
+    stale = lock.acquire()  # refuses a second live driver of this run
+    if stale:
+        print(f"run '{run_name}': its previous driver (pid {stale.get('pid')} on {stale.get('host')}, since "
+              f"{stale.get('since')}) is gone; taking over its lock", flush=True)
+    try:
+        return _train_claimed(cfg, spec, data, root, run_name, run_id, register_name=register_name,
+                              parent_run_id=parent_run_id, callbacks=callbacks, extra_tags=extra_tags)
+    finally:
+        lock.release()
+
+
+def _train_claimed(cfg: Config, spec, data: dict, root: str, run_name: str, run_id: str | None, *,
+                   register_name: str, parent_run_id: str, callbacks: tuple, extra_tags: dict | None) -> TrainOutcome:
+    """`train` once the run name is claimed and locked: MLflow run, Ray Train, registration."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .lifeline import Lifeline
+    from .system_metrics import SystemMetrics
+    from .loop import train_worker
+
     resumed = run_id is not None
     if resumed:
         tracking.client().update_run(run_id, status="RUNNING")
@@ -256,7 +281,8 @@ def train(
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env()},
-            callbacks=list(callbacks),
+            # The controller and workers die with this process; workers sample system metrics.
+            callbacks=[Lifeline(), SystemMetrics(run_id, tracking.tracking_uri()), *callbacks],
         ),
     )
     try:

@@ -12,6 +12,7 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
+from .bad_samples import BadSampleLog
 from .evaluate import all_reduce_result, confusion_figure, evaluate, normalise, stats_tensors
 
 STATE_FILE = "state.pt"
@@ -49,9 +51,10 @@ class TrainStep(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, model: nn.Module, *, fused: bool = False) -> torch.optim.Optimizer:
     """SGD or AdamW; a workload's `param_groups()` scales lr / weight decay per group (e.g. AFNet's
-    navigation x10, SLLM's encoder x0.1), as in the methods' official code."""
+    navigation x10, SLLM's encoder x0.1), as in the methods' official code. `fused` runs the update
+    as one kernel per step (GPUs)."""
     if hasattr(model, "param_groups"):
         groups = [
             {
@@ -64,9 +67,11 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
         groups = [g for g in groups if g["params"]]
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    extra = {"fused": True} if fused else {}
     if cfg.optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, **extra)
+    return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay,
+                           **extra)
 
 
 def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
@@ -88,6 +93,102 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+@dataclass(frozen=True)
+class EpochStats:
+    """What one pass over the training loader did (this rank only)."""
+
+    loss: float  # mean over the clips seen
+    seen: int  # clips trained on
+    bad: list  # (video_id, reason) of the samples that could not be loaded
+    extras_sum: dict  # clip-weighted sums of the method's scalar outputs (e.g. keep_ratio)
+    data_time_s: float  # waiting for batches
+    step_time_s: float  # forward + backward + optimiser
+    seconds: float  # the whole epoch
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.seen / max(1e-9, self.seconds)
+
+
+def train_one_epoch(
+    step_module: nn.Module,
+    loader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    *,
+    device: torch.device,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    grad_clip: float = 0.0,
+    use_amp: bool = False,
+    on_step_end=None,
+    channels_last: bool = False,
+    on_bad=None,
+    log=None,
+) -> EpochStats:
+    """One epoch of plain PyTorch training: the same code under Ray Train and in `bench train --vs-plain`.
+
+    Args:
+        step_module: `TrainStep` (possibly DDP-wrapped): `(clips, labels) -> {"loss", ...}`.
+        loader: yields `collate_clips` batches (uint8 clips; bad samples listed, not raised).
+        optimizer, scheduler: stepped once per batch.
+        device: where the clips go; normalisation happens there.
+        mean, std: (1, 1, C, 1, 1) normalisation tensors on `device`.
+        grad_clip: max gradient norm (0 disables).
+        use_amp: bf16 autocast.
+        on_step_end: the method's per-step hook (e.g. an EMA update), or None.
+        channels_last: clips in channels-last memory order (faster convolutions on GPUs).
+        on_bad: called with each batch's list of bad (video_id, reason) as it arrives, or None.
+        log: `log(step, num_steps, stats_so_far)` about four times an epoch, or None.
+    """
+    step_module.train()
+    num_steps = len(loader)
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
+    seen, bad, extras = 0, [], {}
+    data_time = step_time = 0.0
+    start = tick = time.perf_counter()
+
+    def so_far(now: float) -> EpochStats:
+        return EpochStats(float(loss_sum) / max(1, seen), seen, bad, extras, data_time, step_time, now - start)
+
+    for i, batch in enumerate(loader):
+        bad.extend(batch["bad"])
+        if batch["bad"] and on_bad is not None:
+            on_bad(batch["bad"])
+        if len(batch["label"]) == 0:
+            tick = time.perf_counter()
+            continue
+        clips = batch["clip"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        t_data = time.perf_counter()
+        data_time += t_data - tick
+        x = normalise(clips, mean, std)  # (B, T, C, H, W) float
+        if channels_last:
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)  # (B, T, C, H, W)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = step_module(x, labels)
+        loss = out["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(step_module.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if on_step_end is not None:
+            on_step_end()
+        b = labels.shape[0]
+        loss_sum += loss.detach().double() * b
+        seen += b
+        for key, value in out.items():
+            if key not in ("loss", "logits") and torch.is_tensor(value) and value.numel() == 1:
+                extras[key] = extras.get(key, 0.0) + float(value) * b
+        tick = time.perf_counter()
+        step_time += tick - t_data
+        if log is not None and ((i + 1) % max(1, num_steps // 4) == 0 or i + 1 == num_steps):
+            log(i + 1, num_steps, so_far(tick))
+    return so_far(time.perf_counter())
+
+
 def make_datasets(cfg: Config, spec, ctx: dict):
     """Train and val datasets from the manifest(s) resolved by the driver."""
     class_names = ctx["classes"]
@@ -106,11 +207,18 @@ def make_datasets(cfg: Config, spec, ctx: dict):
         seed=cfg.seed,
         cache_dir=ctx.get("cache_dir"),
     )
-    train_df = data_manifest.select_split(data_manifest.read_manifest(ctx["manifest"]), "train")
-    val_df = data_manifest.select_split(data_manifest.read_manifest(ctx["val_manifest"]), ctx["val_split"])
-    train = data_dataset.VideoClipDataset(df=train_df, train=True, **common)
+    train_all = data_manifest.read_manifest(ctx["manifest"])
+    val_all = data_manifest.read_manifest(ctx["val_manifest"])
+    train_df = data_manifest.select_split(train_all, "train")
+    val_df = data_manifest.select_split(val_all, ctx["val_split"])
+
+    def decoder(df) -> str:
+        return cfg.data.decoder if cfg.data.decoder != "auto" else data_manifest.preferred_decoder(df)
+
+    train = data_dataset.VideoClipDataset(df=train_df, train=True, decoder=decoder(train_all), **common)
     # Training keeps the cheap protocol (1 clip x 1 crop); `actionlab eval` runs the full one.
-    val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, **common)
+    val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, decoder=decoder(val_all),
+                                        **common)
     return train, val
 
 
@@ -118,6 +226,12 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
     sampler = torch.utils.data.DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.seed, drop_last=False
     )
+    if cfg.data.engine == "ray":
+        from ..data.ray_ingest import RayClipLoader
+
+        loader = RayClipLoader(dataset, sampler, batch_size=cfg.data.batch_size,
+                               drop_last=train and len(dataset) >= cfg.data.batch_size * world * 2)
+        return loader, sampler
     loader = data_dataset.make_loader(
         dataset,
         batch_size=cfg.data.batch_size,
@@ -196,11 +310,16 @@ def train_worker(loop_config: dict) -> dict:
         tracker.add({"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
         _log(rank, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
 
+    channels_last = cfg.compute.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)  # 4D (2D conv) weights only; 3D ones stay as they are
     step_module = ray.train.torch.prepare_model(TrainStep(model, label_smoothing=cfg.optim.label_smoothing))
+    if cfg.compute.compile:
+        step_module = torch.compile(step_module)
     train_set, val_set = make_datasets(cfg, spec, ctx)
     train_loader, train_sampler = _loader(cfg, train_set, train=True, rank=rank, world=world)
     val_loader, _ = _loader(cfg, val_set, train=False, rank=rank, world=world)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, fused=cfg.compute.fused_optimizer and device.type == "cuda")
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     use_amp = cfg.compute.amp and device.type == "cuda"
     mean_t, std_t = stats_tensors(spec.mean, spec.std, device)
@@ -221,6 +340,7 @@ def train_worker(loop_config: dict) -> dict:
         _log(rank, f"resumed from checkpoint at epoch {start_epoch}/{cfg.schedule.epochs}")
     if rank == 0:
         _flush(tracker, rank)
+    bad_log = BadSampleLog(rank, already=bad_examples)
 
     epochs = cfg.schedule.epochs
     step_end = getattr(model, "on_step_end", None)
@@ -235,50 +355,19 @@ def train_worker(loop_config: dict) -> dict:
             hook(epoch, epochs)
         train_sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        step_module.train()
-        n_steps = len(train_loader)
-        loss_sum, seen, bad, extras = 0.0, 0, 0, {}
-        data_time = step_time = 0.0
-        epoch_start = tick = time.perf_counter()
-        for i, batch in enumerate(train_loader):
-            bad += len(batch["bad"])
-            bad_examples.extend(batch["bad"])
-            if batch["clip"] is None or len(batch["label"]) == 0:
-                tick = time.perf_counter()
-                continue
-            clips = batch["clip"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            t_data = time.perf_counter()
-            data_time += t_data - tick
-            x = normalise(clips, mean_t, std_t)  # (B, T, C, H, W) float
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = step_module(x, labels)
-            loss = out["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if step_end is not None:
-                step_end()
-            b = labels.shape[0]
-            loss_sum += float(loss.detach()) * b
-            seen += b
-            for key, value in out.items():
-                if key not in ("loss", "logits") and torch.is_tensor(value) and value.numel() == 1:
-                    extras[key] = extras.get(key, 0.0) + float(value) * b
-            tick = time.perf_counter()
-            step_time += tick - t_data
-            if rank == 0 and (i + 1) % max(1, n_steps // 4) == 0 or i + 1 == n_steps:
-                rate = seen * world / max(1e-9, tick - epoch_start)
-                _log(
-                    rank,
-                    f"epoch {epoch + 1}/{epochs} step {i + 1}/{n_steps} loss {loss_sum / max(1, seen):.4f} "
-                    f"{rate:.1f} clips/s (data {data_time:.1f}s, compute {step_time:.1f}s)",
-                )
-        epoch_time = time.perf_counter() - epoch_start
+        stats = train_one_epoch(
+            step_module, train_loader, optimizer, scheduler, device=device, mean=mean_t, std=std_t,
+            grad_clip=cfg.optim.grad_clip, use_amp=use_amp, on_step_end=step_end, channels_last=channels_last,
+            on_bad=bad_log.met,
+            log=lambda i, n, st: _log(rank, f"epoch {epoch + 1}/{epochs} step {i}/{n} loss {st.loss:.4f} "
+                                            f"{st.clips_per_s * world:.1f} clips/s (data {st.data_time_s:.1f}s, "
+                                            f"compute {st.step_time_s:.1f}s)"),
+        )
+        bad_examples.extend(stats.bad)
+        loss_sum, seen, bad, extras = stats.loss * stats.seen, stats.seen, len(stats.bad), dict(stats.extras_sum)
+        data_time, step_time, epoch_time = stats.data_time_s, stats.step_time_s, stats.seconds
 
+        val_start = time.perf_counter()
         variants = model.eval_variants() if hasattr(model, "eval_variants") else {"": model}
         scored = {
             name: all_reduce_result(
@@ -289,10 +378,12 @@ def train_worker(loop_config: dict) -> dict:
             for name, m in variants.items()
         }
         val = next(iter(scored.values()))  # the primary variant
+        val_seconds = time.perf_counter() - val_start
         counts = _all_reduce_sums(device, [loss_sum, seen, bad, *extras.values()])
         loss_sum, seen, bad = counts[0], counts[1], int(counts[2])
         bad_examples = _gather_distinct(bad_examples + val.bad)
         total_bad = len(bad_examples)  # distinct bad samples met so far, on every rank
+        bad_log.end_epoch(epoch + 1, bad_examples, bad)
         _check_bad_fraction(cfg, bad, seen + bad, bad_examples)
         metrics = {
             "epoch": epoch + 1,
@@ -300,6 +391,8 @@ def train_worker(loop_config: dict) -> dict:
             "train/clips_per_s": seen / max(1e-9, epoch_time),
             "train/data_time_s": data_time,
             "train/step_time_s": step_time,
+            "train/epoch_s": epoch_time,
+            "val/seconds": val_seconds,
             "train/lr": optimizer.param_groups[0]["lr"],
             "val/top1": val.top1,
             "val/top5": val.top5,

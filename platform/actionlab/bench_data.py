@@ -1,0 +1,256 @@
+"""`actionlab bench data`: decode + transform clips/s per CPU core, side by side, on the same videos.
+
+Rates are clips per CPU-second of the measuring process (one thread, a new reader per clip, as a
+loader worker does), so a busy shared machine slows the wall clock but not the figure much. Rows
+are measured in interleaved rounds and the median round is reported; the first row is the baseline.
+
+Without a manifest the benchmark makes Kinetics-like files itself (340x256, 30 fps, 10 s, x264 at
+~600 kbit/s with keyframes only at frames 0 and 250, as x264 and YouTube downloads have), prepares
+copies with `actionlab data prepare`'s encoder at several keyframe intervals, and reports the curve
+of keyframe interval vs size vs speed that chose `data prepare`'s defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .data import prepare as data_prepare
+
+KINETICS_LIKE = dict(width=340, height=256, fps=30, seconds=10, keyint=250, bitrate=600_000)
+# Consumption of one H100 training TSM-R50 8f 224 px at ~30% MFU (see issue 11): the yardstick
+# that "cores per GPU" is measured against; `--gpu-clips-per-s` changes it.
+GPU_CLIPS_PER_S = 1500.0
+
+# The curve: (row name, settings) of prepared copies; the first prepared row is `data prepare`'s default.
+CURVE = (
+    ("prepared (default)", data_prepare.EncodeSettings()),
+    ("intra, no fastdecode", data_prepare.EncodeSettings(fast_decode=False)),
+    ("gop 8", data_prepare.EncodeSettings(gop=8)),
+    ("gop 16", data_prepare.EncodeSettings(gop=16)),
+    ("gop 32", data_prepare.EncodeSettings(gop=32)),
+    ("JPEG frames", data_prepare.EncodeSettings(output_format="jpeg")),
+)
+
+
+def make_kinetics_like(path: str | os.PathLike, *, seed: int, width: int = 340, height: int = 256, fps: int = 30,
+                       seconds: float = 10, keyint: int = 250, bitrate: int = 600_000) -> None:
+    """Writes a camera-like H.264 MP4: a textured scene panning under moving objects, sensor noise.
+
+    Keyframes come only every `keyint` frames (no scene-cut keyframes) and B-frames are on, as in
+    downloaded videos; the bitrate is what Kinetics clips at this size typically have.
+    """
+    import av
+
+    rng = np.random.default_rng(seed)
+    num_frames = int(round(fps * seconds))
+    # A smooth texture twice the frame size, panned across by the "camera".
+    coarse = rng.uniform(40, 215, size=(height // 8, width // 4, 3))
+    texture = np.kron(coarse, np.ones((16, 8, 1)))[: 2 * height, : 2 * width]  # (2H, 2W, 3)
+    texture = np.pad(texture, ((0, max(0, 2 * height - texture.shape[0])), (0, max(0, 2 * width - texture.shape[1])),
+                               (0, 0)), mode="edge")
+    blobs = rng.uniform(0, 1, size=(3, 6))  # x, y, vx, vy, radius, shade per object
+    yy, xx = np.mgrid[0:height, 0:width]
+    tmp = f"{os.fspath(path)}.part"
+    with av.open(tmp, mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.bit_rate = bitrate
+        stream.options = {"g": str(keyint), "keyint_min": str(keyint), "sc_threshold": "0", "bf": "3",
+                          "preset": "veryfast"}
+        stream.codec_context.thread_count = 1
+        for t in range(num_frames):
+            ox = int((width / 2) * (0.5 + 0.5 * np.sin(t / num_frames * 2 * np.pi)))
+            oy = int(height / 4 + (height / 4) * np.sin(t / num_frames * 4 * np.pi))
+            frame = texture[oy : oy + height, ox : ox + width].copy()  # (H, W, 3)
+            for x, y, vx, vy, r, shade in blobs:
+                cx = (x + (vx - 0.5) * t / fps * 0.3) % 1.0 * width
+                cy = (y + (vy - 0.5) * t / fps * 0.3) % 1.0 * height
+                inside = (xx - cx) ** 2 + (yy - cy) ** 2 < (10 + 30 * r) ** 2
+                frame[inside] = 255 * shade
+            frame = np.clip(frame + rng.normal(0, 3, size=frame.shape), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class DataBenchRow:
+    name: str
+    decoder: str
+    clips_per_core_s: float  # clips per CPU-second, median over rounds
+    clips_per_s_wall: float
+    ms_per_clip: float
+    mb_per_video: float
+    speedup: float  # vs the first row
+    cores_per_gpu: float
+
+
+def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int):
+    from .data import dataset as data_dataset
+    from .data import manifest as data_manifest
+
+    df = data_manifest.read_manifest(manifest)
+    root = data_manifest.default_root(manifest)
+    labels = df["label"].astype(int)
+    return data_dataset.VideoClipDataset(
+        df=df, root=root, num_classes=int(labels.max()) + 1, sampling=sampling, num_frames=num_frames, stride=2,
+        train=True, size_px=size_px, resize_px=max(size_px, 256) if size_px > 128 else size_px + size_px // 7,
+        scales=(1.0, 0.875, 0.75, 0.66), flip="on", flip_pairs=None,
+        cache_dir=str(Path(manifest).parent / ".cache") if "://" in manifest else None,
+    )
+
+
+def _measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) to load `count` clips of `ds` starting at item `offset`."""
+    previous = os.environ.get("ACTIONLAB_DECODER")
+    os.environ["ACTIONLAB_DECODER"] = decoder
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for k in range(count):
+            item = ds[(offset + k) % len(ds)]
+            if "error" in item:
+                raise RuntimeError(f"benchmark video failed to load: {item['error']}")
+        return time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        if previous is None:
+            os.environ.pop("ACTIONLAB_DECODER", None)
+        else:
+            os.environ["ACTIONLAB_DECODER"] = previous
+
+
+def _mb_per_video(manifest: str) -> float:
+    from .data import manifest as data_manifest
+
+    df = data_manifest.read_manifest(manifest)
+    root = Path(data_manifest.default_root(manifest))
+    sizes = [data_prepare._size(str(root / v)) for v in df["video"].astype(str)]
+    return float(np.mean(sizes)) / 1e6 if sizes else 0.0
+
+
+def bench_data(
+    sets: list[tuple[str, str, str]],
+    *,
+    num_frames: int = 8,
+    sampling: str = "segments",
+    size_px: int = 224,
+    clips_per_round: int = 8,
+    rounds: int = 3,
+    gpu_clips_per_s: float = GPU_CLIPS_PER_S,
+    log=print,
+) -> list[DataBenchRow]:
+    """Clips/s per core of each (name, manifest, decoder), interleaved; the first is the baseline."""
+    import torch
+
+    torch.set_num_threads(1)  # one loader worker = one core
+    datasets = {manifest: _dataset(manifest, num_frames=num_frames, sampling=sampling, size_px=size_px)
+                for _, manifest, _ in sets}
+    for name, manifest, decoder in sets:  # warm the page cache and imports outside the timed rounds
+        _measure(datasets[manifest], decoder, 1, 0)
+    cpu_times: dict[int, list[float]] = {i: [] for i in range(len(sets))}
+    wall_times: dict[int, list[float]] = {i: [] for i in range(len(sets))}
+    for r in range(rounds):
+        for i, (name, manifest, decoder) in enumerate(sets):
+            cpu, wall = _measure(datasets[manifest], decoder, clips_per_round, r * clips_per_round)
+            cpu_times[i].append(cpu)
+            wall_times[i].append(wall)
+        log(f"round {r + 1}/{rounds} done")
+    rows = []
+    for i, (name, manifest, decoder) in enumerate(sets):
+        cpu = statistics.median(cpu_times[i])
+        wall = statistics.median(wall_times[i])
+        rate = clips_per_round / max(cpu, 1e-9)
+        base = rows[0].clips_per_core_s if rows else rate
+        rows.append(DataBenchRow(
+            name=name, decoder=decoder, clips_per_core_s=rate, clips_per_s_wall=clips_per_round / max(wall, 1e-9),
+            ms_per_clip=cpu / clips_per_round * 1e3, mb_per_video=_mb_per_video(manifest), speedup=rate / base,
+            cores_per_gpu=gpu_clips_per_s / rate,
+        ))
+    return rows
+
+
+def make_curve_sets(work_dir: str | os.PathLike, *, num_videos: int, decoders: list[str], curve=CURVE,
+                    log=print) -> list[tuple[str, str, str]]:
+    """Writes Kinetics-like raw files and their prepared copies; returns (name, manifest, decoder) rows.
+
+    Rows: the raw files with each decoder, then each prepared setting with each decoder.
+    """
+    import pandas as pd
+
+    from .data import manifest as data_manifest
+
+    work = Path(work_dir)
+    raw = work / "raw"
+    (raw / "videos").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(num_videos):
+        path = raw / "videos" / f"clip_{i:03d}.mp4"
+        if not path.exists():
+            make_kinetics_like(path, seed=i, **KINETICS_LIKE)
+        rows.append({"video": f"videos/{path.name}", "label": i % 2, "split": "train"})
+    (raw / "classes.txt").write_text("a\nb\n")
+    raw_manifest = raw / "manifest.parquet"
+    raw_manifest.write_bytes(data_manifest.manifest_bytes(pd.DataFrame(rows)))
+    log(f"{num_videos} Kinetics-like raw videos in {raw}")
+    sets = [(f"raw ({decoder})", str(raw_manifest), decoder) for decoder in decoders]
+    for i, (name, settings) in enumerate(curve):
+        out = work / f"prepared_{i}"
+        report = data_prepare.prepare_dataset(str(raw_manifest), str(out), settings, use_ray=False, log=lambda _: None)
+        if report.bad:
+            raise RuntimeError(f"preparing the benchmark videos failed: {report.bad[:3]}")
+        log(f"prepared copy '{name}' ({settings.describe()}) in {report.seconds:.1f}s")
+        sets += [(name, report.manifest, decoder) for decoder in decoders]
+    return sets
+
+
+def frame_fidelity(raw_manifest: str, prepared_manifest: str, *, frames: int = 8) -> float:
+    """PSNR (dB) of a prepared copy's frames against the raw file's, at the same size and indices."""
+    import torch
+    import torch.nn.functional as F
+
+    from .data import decode
+    from .data import manifest as data_manifest
+
+    raw_df, prep_df = data_manifest.read_manifest(raw_manifest), data_manifest.read_manifest(prepared_manifest)
+    raw_root, prep_root = Path(data_manifest.default_root(raw_manifest)), Path(data_manifest.default_root(prepared_manifest))
+    errors = []
+    for video, prepared, media in zip(raw_df["video"], prep_df["video"],
+                                      prep_df.get("media", ["video"] * len(prep_df))):
+        count = decode.count_frames(raw_root / video)
+        indices = np.linspace(0, count - 1, frames).round().astype(int)
+        a = decode.read_frames(raw_root / video, indices)  # (N, H, W, 3)
+        if media == "frames":
+            b = decode.read_frame_folder(prep_root / prepared, indices)
+        else:
+            b = decode.read_frames(prep_root / prepared, indices)
+        ta = torch.from_numpy(a).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
+        tb = torch.from_numpy(b).permute(0, 3, 1, 2).float()
+        if ta.shape != tb.shape:
+            ta = F.interpolate(ta, size=tb.shape[-2:], mode="area")
+        errors.append(float(((ta - tb) ** 2).mean()))
+    mse = float(np.mean(errors))
+    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
+def available_decoders() -> list[str]:
+    from .data import decode
+
+    out = []
+    for name in decode.DECODERS:
+        try:
+            __import__({"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders"}[name])
+        except Exception:
+            continue
+        out.append(name)
+    return out
+
+
+def with_name(row: DataBenchRow, name: str) -> DataBenchRow:
+    return replace(row, name=name)

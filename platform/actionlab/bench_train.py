@@ -1,0 +1,120 @@
+"""`actionlab bench train RECIPE --vs-plain`: actionlab's Ray Train path beside a plain PyTorch loop.
+
+Both run the same epoch function (`train.loop.train_one_epoch`) on the same model, data, optimiser,
+batch, seed and intra-op threads, with a validation pass each epoch; the plain loop reads through a
+DataLoader (whatever `data.engine` says) and writes no checkpoint and no MLflow run. Steady-state clips/s is the median over epochs after the first
+(start-up and first-touch costs excluded); wall time is the whole call, start-up included. The plain
+loop runs first, in this process, then the Ray run (a local instance unless `RAY_ADDRESS` is set).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+import torch
+
+from .config import Config
+
+
+@dataclass(frozen=True)
+class TrainBenchSide:
+    name: str
+    clips_per_s: list  # per epoch, training only
+    losses: list  # train/loss per epoch
+    wall_s: float  # the whole call, start-up included
+    epochs_s: float  # training + validation passes, summed over epochs
+    ray_start_s: float = 0.0  # starting (or joining) Ray
+
+    @property
+    def steady_clips_per_s(self) -> float:
+        rates = self.clips_per_s[1:] or self.clips_per_s
+        return statistics.median(rates)
+
+
+def plain_run(cfg: Config) -> TrainBenchSide:
+    """The training a user would write without a platform: one process, no checkpoints, no tracking."""
+    from workloads import get_workload
+
+    from . import flops
+    from .train import launch, loop
+    from .train.evaluate import evaluate, stats_tensors
+
+    start = time.perf_counter()
+    cfg = replace(cfg, data=replace(cfg.data, engine="loader"))  # plain PyTorch: a DataLoader, no Ray
+    threads = max(1, int(cfg.compute.cpus_per_worker))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # what Ray gives a worker with compute.cpus_per_worker CPUs
+    try:
+        data = launch.resolve_data(cfg)
+        spec = get_workload(cfg.workload.name)
+        device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "cpu")
+        torch.manual_seed(cfg.seed)
+        model = spec.build(cfg.workload.params, num_classes=len(data["classes"]), num_frames=cfg.clip.num_frames)
+        # As the worker does, in the same order, so that both draw the same random numbers.
+        flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
+        if cfg.compute.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = model.to(device)
+        step_module = loop.TrainStep(model, label_smoothing=cfg.optim.label_smoothing)
+        if cfg.compute.compile:
+            step_module = torch.compile(step_module)
+        train_set, val_set = loop.make_datasets(cfg, spec, data)
+        train_loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
+        val_loader, _ = loop._loader(cfg, val_set, train=False, rank=0, world=1)
+        optimizer = loop.build_optimizer(cfg, model, fused=cfg.compute.fused_optimizer and device.type == "cuda")
+        scheduler = loop.build_scheduler(cfg, optimizer, len(train_loader))
+        mean, std = stats_tensors(spec.mean, spec.std, device)
+        rates, losses, epochs_s = [], [], 0.0
+        for epoch in range(cfg.schedule.epochs):
+            getattr(model, "on_epoch_start", lambda *a: None)(epoch, cfg.schedule.epochs)
+            sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            epoch_start = time.perf_counter()
+            stats = loop.train_one_epoch(
+                step_module, train_loader, optimizer, scheduler, device=device, mean=mean, std=std,
+                grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
+                on_step_end=getattr(model, "on_step_end", None), channels_last=cfg.compute.channels_last,
+            )
+            evaluate(model, val_loader, device=device, mean=spec.mean, std=spec.std,
+                     num_classes=len(data["classes"]), fusion=cfg.eval.fusion)
+            epochs_s += time.perf_counter() - epoch_start
+            rates.append(stats.clips_per_s)
+            losses.append(stats.loss)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return TrainBenchSide("plain PyTorch", rates, losses, time.perf_counter() - start, epochs_s)
+
+
+def ray_run(cfg: Config) -> TrainBenchSide:
+    """`actionlab train` as users run it: Ray Train, a checkpoint and MLflow metrics every epoch."""
+    from . import tracking
+    from .train import launch
+
+    start = time.perf_counter()
+    launch.init_ray()
+    ray_start = time.perf_counter() - start
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    cfg = replace(cfg, tracking=replace(cfg.tracking, run_name=name, experiment="actionlab-bench"))
+    outcome = launch.train(cfg)
+    wall = time.perf_counter() - start
+    client = tracking.client()
+
+    def history(key: str) -> list:
+        return [m.value for m in sorted(client.get_metric_history(outcome.run_id, key), key=lambda m: m.step)]
+
+    epochs_s = sum(history("train/epoch_s")) + sum(history("val/seconds"))
+    return TrainBenchSide("actionlab (Ray Train)", history("train/clips_per_s"), history("train/loss"), wall,
+                          epochs_s, ray_start)
+
+
+def bench_train(cfg: Config, *, log=print) -> tuple[TrainBenchSide, TrainBenchSide]:
+    """(plain, ray) sides of the comparison, the plain one measured first."""
+    log(f"plain PyTorch loop: {cfg.workload.name}, {cfg.schedule.epochs} epochs, batch {cfg.data.batch_size}, "
+        f"{int(cfg.compute.cpus_per_worker)} threads")
+    plain = plain_run(cfg)
+    log("actionlab train on Ray Train: the same configuration")
+    ray_side = ray_run(cfg)
+    return plain, ray_side

@@ -1,0 +1,475 @@
+"""`actionlab data prepare`: re-encode a dataset once so that sampled frames are cheap to decode.
+
+Sparse sampling decodes each wanted frame from its keyframe. Downloaded videos (x264 and YouTube
+defaults) have a keyframe every ~250 frames, so an 8-frame clip decodes most of the file: about
+9 clips/s per core on Kinetics-like 340x256 files, whatever the decoding library (see
+`actionlab bench data`). Re-encoding at the papers' short side with a short keyframe interval and
+no B-frames bounds the work per sampled frame; all-intra (`gop=1`) makes every frame independent.
+`tune=fastdecode` drops CABAC and the deblocking filter, which the decoder pays for on every frame.
+
+Every output appears under its final name only when complete, so a rerun (or a Ray task retry)
+skips finished videos and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from fractions import Fraction
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from .. import storage
+
+ERRORS_FILE = "prepare_errors.tsv"
+# Measured by `actionlab bench data` (see README): on prepared files PyAV's seeking reader decodes
+# each wanted frame from its own keyframe (all intra: 2.5x decord's rate); on raw files both are equal.
+PREPARED_DECODER = "pyav"
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """How `prepare_video` re-encodes a video.
+
+    Attributes:
+        short_side_px: short side after resizing (0 keeps the size); the long side keeps the aspect.
+        gop: frames per keyframe interval (1 = all intra).
+        fps: output frame rate (0 keeps the source's frames one for one).
+        crf: x264 constant rate factor (lower = larger files, closer to the source).
+        preset: x264 preset (encoding speed; decoding speed barely depends on it).
+        fast_decode: x264 `tune=fastdecode` (no CABAC, no deblocking): faster decoding, larger files.
+        output_format: `mp4` (H.264) or `jpeg` (a folder of `{:05d}.jpg` frames, numbered from 1).
+        jpeg_quality: PIL JPEG quality for `jpeg`.
+    """
+
+    short_side_px: int = 256
+    gop: int = 1
+    fps: float = 0.0
+    crf: int = 17
+    preset: str = "veryfast"
+    fast_decode: bool = True
+    output_format: str = "mp4"
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        if self.output_format not in ("mp4", "jpeg"):
+            raise ValueError(f"output_format={self.output_format!r}: use 'mp4' or 'jpeg'")
+        if self.gop < 1:
+            raise ValueError(f"gop={self.gop}: use a keyframe interval of at least 1 frame (1 = all intra)")
+        if self.short_side_px and (self.short_side_px < 16 or self.short_side_px % 2):
+            raise ValueError(f"short_side_px={self.short_side_px}: use an even size of at least 16 (or 0 to keep)")
+        if self.fps < 0:
+            raise ValueError(f"fps={self.fps}: use a positive frame rate, or 0 to keep the source's")
+
+    def x264_options(self) -> dict:
+        options = {
+            "g": str(self.gop),
+            "keyint_min": str(self.gop),
+            "sc_threshold": "0",  # no extra keyframes at scene cuts: the interval is the bound we promise
+            "bf": "0",  # no B-frames: a frame never waits on a later one
+            "crf": str(self.crf),
+            "preset": self.preset,
+        }
+        if self.fast_decode:
+            options["tune"] = "fastdecode"
+        return options
+
+    def describe(self) -> str:
+        size = f"short side {self.short_side_px}px" if self.short_side_px else "size kept"
+        rate = f"{self.fps:g} fps" if self.fps else "source fps"
+        if self.output_format == "jpeg":
+            return f"JPEG frames q{self.jpeg_quality}, {size}, {rate}"
+        keys = "all intra" if self.gop == 1 else f"keyframe every {self.gop}"
+        return f"H.264 {keys}, crf {self.crf}{', fastdecode' if self.fast_decode else ''}, {size}, {rate}"
+
+
+def output_name(video: str, settings: EncodeSettings) -> str:
+    """The prepared copy's path relative to the output root: same folders, `.mp4` or a frame folder."""
+    stem = PurePosixPath(video.replace("\\", "/").removeprefix("file://"))
+    return str(stem.with_suffix(".mp4") if settings.output_format == "mp4" else stem.with_suffix(""))
+
+
+def scaled_size(width: int, height: int, short_side_px: int) -> tuple[int, int]:
+    """(width, height) with the short side at `short_side_px` and both even (H.264 4:2:0 needs even sizes)."""
+    if not short_side_px:
+        return width - width % 2, height - height % 2
+    scale = short_side_px / min(width, height)
+    even = lambda v: max(2, int(round(v * scale / 2)) * 2)  # noqa: E731
+    return even(width), even(height)
+
+
+def _source_frames(path: str, media: str, fps: float):
+    """Yields (RGB-or-av frame, time in s) of a local video or frame folder, and the source rate."""
+    import av
+
+    if media == "frames":
+        from . import decode
+
+        count = decode.count_frame_files(path)
+        if count == 0:
+            raise decode.DecodeError(path, "frame folder has no 00001.jpg", "missing")
+        rate = fps or 30.0  # frame folders carry no rate: times only matter when resampling
+
+        def folder():
+            for i in range(count):
+                yield av.VideoFrame.from_ndarray(decode.read_frame_folder(path, [i])[0], format="rgb24"), i / rate
+
+        return folder(), Fraction(rate).limit_denominator(1001)
+    container = av.open(path)
+    if not container.streams.video:
+        container.close()
+        raise ValueError("file has no video stream")
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1
+    rate = stream.average_rate or stream.guessed_rate or Fraction(30)
+
+    def video():
+        try:
+            for index, frame in enumerate(container.decode(stream)):
+                seconds = float(frame.time) if frame.time is not None else index / float(rate)
+                yield frame, seconds
+        finally:
+            container.close()
+
+    return video(), Fraction(rate)
+
+
+def _resampled(frames, fps: float):
+    """Drops or repeats frames so that output frame i shows the source frame at time i / fps."""
+    next_time, previous = 0.0, None
+    for frame, seconds in frames:
+        while previous is not None and next_time < seconds - 1e-6:
+            yield previous
+            next_time += 1.0 / fps
+        previous = frame
+        if seconds >= next_time - 1e-6:
+            yield frame
+            next_time += 1.0 / fps
+    # the last frame is shown until its own display time ends; nothing more to emit
+
+
+def prepare_video(src: str, dst: str, settings: EncodeSettings, *, media: str = "video") -> int:
+    """Re-encodes one local video (or JPEG frame folder) into `dst`; returns the frames written.
+
+    The output appears only when complete: an MP4 is written to `<dst>.part` and renamed, a frame
+    folder is written to `<dst>.part/` and renamed.
+
+    Raises:
+        ValueError / av errors: the source cannot be decoded (the caller records it as a bad input).
+    """
+    import av
+
+    frames, rate = _source_frames(src, media, settings.fps)
+    if settings.fps:
+        frames = _resampled(frames, settings.fps)
+        rate = Fraction(settings.fps).limit_denominator(1001)
+    else:
+        frames = (frame for frame, _ in frames)
+    tmp = f"{dst}.part"
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    if settings.output_format == "jpeg":
+        from PIL import Image
+
+        os.makedirs(tmp, exist_ok=True)
+        for frame in frames:
+            width, height = scaled_size(frame.width, frame.height, settings.short_side_px)
+            rgb = frame.reformat(width=width, height=height, format="rgb24", interpolation="AREA").to_ndarray()
+            count += 1
+            Image.fromarray(rgb).save(os.path.join(tmp, f"{count:05d}.jpg"), quality=settings.jpeg_quality)
+        if count == 0:
+            raise ValueError("no frames could be decoded")
+        if os.path.isdir(dst):  # a finished copy from an earlier run with other frames: replace it
+            import shutil
+
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+        return count
+    with av.open(tmp, mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = None
+        for frame in frames:
+            if stream is None:
+                width, height = scaled_size(frame.width, frame.height, settings.short_side_px)
+                stream = container.add_stream("libx264", rate=rate)
+                stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+                stream.options = settings.x264_options()
+                stream.codec_context.thread_count = 1  # one task = one core; parallelism comes from Ray
+            out = frame.reformat(width=stream.width, height=stream.height, format="yuv420p", interpolation="AREA")
+            out.pts, out.time_base = count, 1 / rate  # frame numbers: resampling already fixed the timing
+            for packet in stream.encode(out):
+                container.mux(packet)
+            count += 1
+        if stream is None:
+            raise ValueError("no frames could be decoded")
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, dst)
+    return count
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    """One manifest row's outcome."""
+
+    index: int
+    video: str  # the new relative path ('' when it failed)
+    num_frames: int
+    bytes_in: int
+    bytes_out: int
+    skipped: bool  # already prepared by an earlier run
+    error: str  # '' when it worked
+
+
+def _size(path: str) -> int:
+    if os.path.isdir(path):
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _remote_size(uri: str) -> int:
+    import pyarrow.fs as pafs
+
+    filesystem, path = storage._resolve(uri)
+    info = filesystem.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(path, recursive=True)
+        return sum(i.size or 0 for i in filesystem.get_file_info(selector))
+    return info.size or 0
+
+
+def _existing_frames(uri: str, settings: EncodeSettings) -> int:
+    """Frames of a finished copy (0 when there is none)."""
+    from . import decode
+
+    if not storage.exists(uri):
+        return 0
+    if settings.output_format == "jpeg":
+        if storage.is_remote(uri):
+            import pyarrow.fs as pafs
+
+            filesystem, path = storage._resolve(uri)
+            return len(filesystem.get_file_info(pafs.FileSelector(path)))
+        return decode.count_frame_files(uri)
+    if storage.is_remote(uri):
+        # Our copies are faststart MP4s: their index is at the front, so a resume reads a few kB of each
+        # finished copy instead of downloading it.
+        import av
+
+        filesystem, path = storage._resolve(uri)
+        with filesystem.open_input_file(path) as handle, av.open(handle) as container:
+            return int(container.streams.video[0].frames)
+    return decode.count_frames(uri)
+
+
+def prepare_row(
+    index: int, row: dict, *, root: str, out_root: str, settings: EncodeSettings, cache_dir: str
+) -> PrepareResult:
+    """Prepares one manifest row into `out_root`; never raises for a bad input (it is reported)."""
+    from . import dataset, decode
+
+    video = str(row["video"])
+    media = row.get("media") or "video"
+    name = output_name(video, settings)
+    target = storage.join(out_root, name)
+    try:
+        source = dataset.resolve_media(root, video)
+        done = _existing_frames(target, settings)
+        if done:
+            size = _remote_size(target) if storage.is_remote(target) else _size(target)
+            return PrepareResult(index, name, done, 0, size, True, "")
+        local_src = dataset.fetch_local(source, cache_dir) if media != "frames" else source
+        if media != "frames":
+            decode._check_file(local_src)
+        bytes_in = _size(local_src)
+        if not storage.is_remote(target):
+            count = prepare_video(local_src, target, settings, media=media)
+            return PrepareResult(index, name, count, bytes_in, _size(target), False, "")
+        with tempfile.TemporaryDirectory(prefix="actionlab-prepare-") as tmp:
+            local = os.path.join(tmp, Path(name).name)
+            count = prepare_video(local_src, local, settings, media=media)
+            size = _size(local)
+            if os.path.isdir(local):
+                storage.upload_dir(local, target, num_threads=4)
+            else:
+                storage.retrying("upload to", target, lambda: storage.write_bytes(target, Path(local).read_bytes()))
+        return PrepareResult(index, name, count, bytes_in, size, False, "")
+    except (storage.CacheFullError, storage.RetriesExhausted):
+        raise  # not the video's fault: stop rather than list every later row as bad
+    except dataset.BadSample as err:
+        return PrepareResult(index, "", 0, 0, 0, False, err.reason)
+    except decode.DecodeError as err:
+        return PrepareResult(index, "", 0, 0, 0, False, err.reason)
+    except Exception as err:  # PyAV raises many av.error types for undecodable input
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return PrepareResult(index, "", 0, 0, 0, False, f"cannot re-encode ({first[:200]}); the file is corrupt")
+
+
+def _ray_prepare(batch: dict, *, root: str, out_root: str, settings: EncodeSettings, cache_dir: str,
+                 columns: list) -> dict:
+    """Ray Data `map_batches` function: prepares each row of a batch (one row per task by default)."""
+    results = []
+    for i in range(len(batch["_index"])):
+        row = {c: batch[c][i] for c in columns}
+        results.append(prepare_row(int(batch["_index"][i]), row, root=root, out_root=out_root,
+                                   settings=settings, cache_dir=cache_dir))
+    return {field: np.asarray([getattr(r, field) for r in results]) for field in PrepareResult.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    manifest: str
+    num_videos: int
+    num_prepared: int
+    num_skipped: int
+    bad: tuple  # (video, reason)
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    settings: EncodeSettings
+
+    def summary(self) -> dict:
+        return {
+            "manifest": storage.redact(self.manifest),
+            "videos": self.num_videos,
+            "prepared": self.num_prepared,
+            "skipped_already_done": self.num_skipped,
+            "bad": len(self.bad),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "seconds": round(self.seconds, 1),
+            "settings": self.settings.describe(),
+        }
+
+
+def _progress(done: int, total: int, started: float) -> str:
+    elapsed = time.perf_counter() - started
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (total - done) / rate if rate > 0 else float("nan")
+    eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
+    return f"prepared {done}/{total} ({done / max(1, total):.0%}) {rate:.2f} videos/s, ETA {eta_text}"
+
+
+def prepare_dataset(
+    manifest_uri: str,
+    out_root: str,
+    settings: EncodeSettings,
+    *,
+    root: str = "",
+    cache_dir: str = "",
+    num_cpus_per_task: float = 1.0,
+    use_ray: bool = True,
+    log=print,
+) -> PrepareReport:
+    """Re-encodes every row of a manifest into `out_root` and writes `out_root/manifest.parquet`.
+
+    The work is a Ray Data job (a local instance, or the cluster of `RAY_ADDRESS`), one task per
+    video on `num_cpus_per_task` CPUs, so it spreads over every node's CPUs. Rows whose output is
+    already complete are skipped, so a rerun after a crash resumes. The new manifest keeps every
+    column (labels, splits), points `video` at the copies and fills `num_frames`; bad inputs are left
+    out of it and listed in `prepare_errors.tsv` beside it, with the reason. `classes.txt` is copied.
+
+    Args:
+        manifest_uri: the source manifest (local or `s3://`).
+        out_root: output dataset folder (local or `s3://`).
+        settings: how to re-encode.
+        root: source data root (default: the manifest's folder).
+        cache_dir: local cache for remote sources (default under `ACTIONLAB_HOME`).
+        num_cpus_per_task: CPUs Ray reserves per video.
+        use_ray: False runs in this process (tests, one-off small sets).
+        log: where progress lines go.
+    """
+    import pandas as pd
+
+    from .. import tracking
+    from . import manifest as data_manifest
+
+    df = data_manifest.read_manifest(manifest_uri).reset_index(drop=True)
+    root = root or data_manifest.default_root(manifest_uri)
+    cache_dir = cache_dir or str(tracking.home() / "cache")
+    if not storage.is_remote(out_root):
+        out_root = str(Path(out_root).expanduser().resolve())
+        if not storage.is_remote(root) and Path(out_root) == Path(root).expanduser().resolve():
+            raise ValueError(f"output folder {out_root} is the source data root; choose another folder")
+    if settings.fps and {"start", "end"} <= set(df.columns):
+        log("note: --fps resamples the videos, so the manifest's start/end frame ranges no longer apply; they are "
+            "dropped and each video is used whole")
+    columns = [c for c in ("video", "media") if c in df.columns]
+    started = time.perf_counter()
+    total = len(df)
+    log(f"preparing {total} videos from {storage.redact(manifest_uri)} into {storage.redact(out_root)} "
+        f"({settings.describe()})")
+    results: list[PrepareResult] = []
+    step = max(1, total // 20)
+    kwargs = dict(root=root, out_root=out_root, settings=settings, cache_dir=cache_dir)
+    if use_ray:
+        import ray
+
+        from ..train.launch import init_ray
+
+        init_ray()
+        media = df["media"].fillna("video").astype(str) if "media" in df.columns else ["video"] * total
+        items = [{"_index": i, "video": str(v), "media": m} for i, (v, m) in enumerate(zip(df["video"], media))]
+        # One video per task keeps tasks short enough to spread and to retry; outputs are idempotent.
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(total, 4096))).map_batches(
+            _ray_prepare, fn_kwargs={**kwargs, "columns": ["video", "media"]}, batch_size=1,
+            num_cpus=num_cpus_per_task, batch_format="numpy",
+        )
+        for batch in ds.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+            for i in range(len(batch["index"])):
+                results.append(PrepareResult(**{k: _plain(batch[k][i]) for k in PrepareResult.__dataclass_fields__}))
+            if len(results) % step == 0 or len(results) == total:
+                log(_progress(len(results), total, started))
+    else:
+        for i, row in enumerate(df[columns].to_dict("records")):
+            results.append(prepare_row(i, row, **kwargs))
+            if len(results) % step == 0 or len(results) == total:
+                log(_progress(len(results), total, started))
+    results.sort(key=lambda r: r.index)
+    good = [r for r in results if not r.error]
+    bad = tuple((str(df.loc[r.index, "video"]), r.error) for r in results if r.error)
+    out = df.loc[[r.index for r in good]].copy()
+    out["video"] = [r.video for r in good]
+    out["num_frames"] = np.asarray([r.num_frames for r in good], dtype="int64")
+    for column in ("start", "end"):
+        if column in out.columns and settings.fps:
+            out = out.drop(columns=column)
+    if settings.output_format == "jpeg":
+        out["media"] = "frames"
+    elif "media" in out.columns:
+        out["media"] = "video"
+    manifest_out = storage.join(out_root, "manifest.parquet")
+    metadata = {"prepared": {"settings": asdict(settings), "source": storage.redact(manifest_uri)}}
+    if settings.output_format == "mp4":
+        metadata["decoder"] = PREPARED_DECODER
+    storage.write_bytes(manifest_out, data_manifest.manifest_bytes(out.reset_index(drop=True), metadata))
+    classes_src = data_manifest.default_classes(manifest_uri)
+    if storage.exists(classes_src):
+        storage.write_bytes(storage.join(out_root, "classes.txt"), storage.read_bytes(classes_src))
+    errors_uri = storage.join(out_root, ERRORS_FILE)
+    if bad:
+        storage.write_bytes(errors_uri, "".join(f"{v}\t{why}\n" for v, why in bad).encode())
+        for video, why in bad:
+            log(f"bad input {video}: {why}")
+    return PrepareReport(
+        manifest=manifest_out,
+        num_videos=total,
+        num_prepared=sum(1 for r in good if not r.skipped),
+        num_skipped=sum(1 for r in good if r.skipped),
+        bad=bad,
+        bytes_in=sum(r.bytes_in for r in good),
+        bytes_out=sum(r.bytes_out for r in good),
+        seconds=time.perf_counter() - started,
+        settings=settings,
+    )
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def with_overrides(settings: EncodeSettings, **changes) -> EncodeSettings:
+    """`settings` with the given fields changed (None values are ignored)."""
+    return replace(settings, **{k: v for k, v in changes.items() if v is not None})

@@ -1,0 +1,116 @@
+"""`data.engine: ray`: clips decoded by Ray Data tasks on any node's CPUs, streamed into a Train worker.
+
+A `RayClipLoader` stands where the worker's DataLoader stood: the same sampler picks the epoch's
+indices, each training batch becomes one Ray Data task that decodes and augments it (uint8, the
+dataset's own `__getitem__`, so sampling, (seed, epoch, index) randomness and bad-sample handling
+are the DataLoader's), and batches come back in order with a bounded prefetch, so memory stays
+bounded and the batches equal the DataLoader's. Decode capacity then grows with the cluster's CPU
+nodes, whatever the number of GPUs.
+
+Why not `ray.train.get_dataset_shard`: a Train dataset is one plan re-executed every epoch, with no
+way to tell its tasks which epoch they serve; the clips' random views would then not be a function
+of (seed, epoch, index), and a resumed run would not see the clips the interrupted one would have.
+Building the epoch's plan in the worker keeps both, and a restarted worker rebuilds it from its
+checkpoint's epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .dataset import VideoClipDataset
+
+_DATASETS: dict[str, VideoClipDataset] = {}  # per Ray worker process: datasets fetched once, by object id
+
+
+def _decode_batch(batch: dict, *, dataset_ref: list, epoch: int) -> dict:
+    """Ray Data task: one training batch of indices -> its clips (bad ones flagged, not raised)."""
+    import ray
+
+    key = dataset_ref[0].hex()
+    dataset = _DATASETS.get(key)
+    if dataset is None:
+        dataset = _DATASETS[key] = ray.get(dataset_ref[0])
+    dataset.set_epoch(epoch)
+    indices = [int(i) for i in batch["indices"][0]]
+    items = [dataset[i] for i in indices]
+    good = [item for item in items if "error" not in item]
+    shape = tuple(good[0]["clip"].shape) if good else (0,)
+    clips = np.zeros((len(items), *shape), dtype=np.uint8)  # (B, T, C, H, W) or (B, V, T, C, H, W)
+    for row, item in enumerate(items):
+        if "error" not in item:
+            clips[row] = item["clip"].numpy()
+    return {
+        "clip": clips,
+        "label": np.asarray([item.get("label", -1) for item in items], dtype=np.int64),
+        "video_id": np.asarray([item["video_id"] for item in items], dtype=object),
+        "error": np.asarray([item.get("error", "") for item in items], dtype=object),
+    }
+
+
+def _as_batch(block: dict) -> dict:
+    """A decoded block in `collate_clips`' form: good clips stacked, bad ones listed."""
+    ok = np.asarray([not e for e in block["error"]], dtype=bool)
+    bad = [(str(v), str(e)) for v, e, k in zip(block["video_id"], block["error"], ok) if not k]
+    if not ok.any():
+        return {"clip": torch.empty(0, dtype=torch.uint8), "label": torch.empty(0, dtype=torch.int64),
+                "video_id": [], "bad": bad}
+    return {
+        "clip": torch.from_numpy(np.ascontiguousarray(block["clip"][ok])),
+        "label": torch.from_numpy(block["label"][ok]),
+        "video_id": [str(v) for v in block["video_id"][ok]],
+        "bad": bad,
+    }
+
+
+class RayClipLoader:
+    """Iterable over an epoch's batches, decoded by Ray Data tasks (see the module docstring).
+
+    Args:
+        dataset: the clips (training or test mode); put in the object store once.
+        sampler: picks this rank's indices for the epoch (call its `set_epoch` as for a DataLoader).
+        batch_size: clips per batch.
+        drop_last: drop the last incomplete batch.
+        num_cpus_per_task: CPUs Ray reserves per decoding task.
+        prefetch_batches: batches decoded ahead of the training step (bounds memory).
+    """
+
+    def __init__(self, dataset: VideoClipDataset, sampler, *, batch_size: int, drop_last: bool,
+                 num_cpus_per_task: float = 1.0, prefetch_batches: int = 4):
+        import ray
+
+        self.dataset = dataset
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.num_cpus_per_task = num_cpus_per_task
+        self.prefetch_batches = prefetch_batches
+        self._ref = ray.put(dataset)
+
+    def __len__(self) -> int:
+        count = len(self.sampler)
+        return count // self.batch_size if self.drop_last else math.ceil(count / self.batch_size)
+
+    def __iter__(self):
+        import ray
+
+        indices = list(self.sampler)
+        steps = len(self)
+        batches = [np.asarray(indices[k * self.batch_size:(k + 1) * self.batch_size]) for k in range(steps)]
+        if not batches:
+            return
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True  # the sampler's order, as a DataLoader gives it
+        plan = ray.data.from_items([{"indices": b.tolist()} for b in batches], override_num_blocks=len(batches))
+        plan = plan.map_batches(
+            _decode_batch, fn_kwargs={"dataset_ref": [self._ref], "epoch": self.dataset.epoch}, batch_size=1,
+            num_cpus=self.num_cpus_per_task, batch_format="numpy",
+        )
+        # Every task returns exactly its batch's rows (bad ones flagged), so fixed-size batches in order
+        # are the sampler's batches, whatever blocks Ray Data cut them into.
+        for block in plan.iter_batches(batch_size=self.batch_size, batch_format="numpy",
+                                       prefetch_batches=self.prefetch_batches):
+            yield _as_batch(block)

@@ -1,0 +1,138 @@
+"""`actionlab data prepare`: re-encoded copies on real H.264 files, resumable, bad inputs listed."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import index_frames
+from servers import REPO, base_env, needs_netns
+
+from actionlab.data import dataset, decode, manifest, prepare, synthetic
+
+STEP = 8  # index_frames: pixel value of frame i is i * 8
+
+
+def _index_dataset(root, *, num_videos=3, num_frames=30, size=(64, 48)):
+    """Videos whose frame i has value i * 8, with keyframes only at 0 (as downloads have)."""
+    (root / "videos").mkdir(parents=True)
+    rows = []
+    for i in range(num_videos):
+        frames = index_frames(num_frames, height=size[1], width=size[0])
+        synthetic.write_mp4(root / "videos" / f"v{i}.mkv.mp4", frames,
+                            options={"g": "250", "bf": "3", "crf": "10", "preset": "ultrafast"})
+        rows.append({"video": f"videos/v{i}.mkv.mp4", "label": i % 2, "split": "val" if i == 0 else "train"})
+    (root / "classes.txt").write_text("a\nb\n")
+    (root / "manifest.parquet").write_bytes(manifest.manifest_bytes(pd.DataFrame(rows)))
+    return root / "manifest.parquet"
+
+
+def _values(frames):
+    return frames.reshape(len(frames), -1).mean(1) / STEP
+
+
+def test_prepared_copy_keeps_rows_and_frames_and_reads_fast_by_default(tmp_path):
+    src = _index_dataset(tmp_path / "src")
+    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), prepare.EncodeSettings(short_side_px=32),
+                                     use_ray=False, log=lambda _: None)
+    assert (report.num_videos, report.num_prepared, report.num_skipped, report.bad) == (3, 3, 0, ())
+    out = manifest.read_manifest(report.manifest)
+    assert list(out["label"]) == [0, 1, 0] and list(out["split"]) == ["val", "train", "train"]
+    assert list(out["num_frames"]) == [30, 30, 30] and out["video"][0] == "videos/v0.mkv.mp4"
+    assert manifest.preferred_decoder(out) == "pyav"  # what `data.decoder=auto` then uses
+    assert (tmp_path / "out" / "classes.txt").read_text() == "a\nb\n"
+    path = tmp_path / "out" / out["video"][1]
+    wanted = [29, 0, 13, 14, 7]
+    frames = decode.read_frames(path, wanted, decoder="pyav")
+    assert frames.shape == (5, 32, 42, 3)  # short side 32, aspect kept, even width
+    np.testing.assert_allclose(_values(frames), wanted, atol=0.5)  # the same frames, up to the codec's loss
+    # every frame is a keyframe: seeking decodes only the frames asked for
+    import av
+
+    with av.open(str(path)) as container:
+        assert all(packet.is_keyframe for packet in container.demux(video=0) if packet.size)
+
+
+def test_rerun_skips_finished_outputs_and_redoes_missing_ones(tmp_path):
+    src = _index_dataset(tmp_path / "src")
+    settings = prepare.EncodeSettings(short_side_px=32, gop=4)
+    prepare.prepare_dataset(str(src), str(tmp_path / "out"), settings, use_ray=False, log=lambda _: None)
+    kept = tmp_path / "out" / "videos" / "v0.mkv.mp4"
+    stamp = kept.stat().st_mtime_ns
+    (tmp_path / "out" / "videos" / "v1.mkv.mp4").unlink()
+    (tmp_path / "out" / "videos" / "v2.mkv.mp4.part").write_bytes(b"half an upload")  # a crash mid-write
+    (tmp_path / "out" / "videos" / "v2.mkv.mp4").unlink()
+    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), settings, use_ray=False, log=lambda _: None)
+    assert (report.num_prepared, report.num_skipped) == (2, 1)
+    assert kept.stat().st_mtime_ns == stamp
+    assert list(manifest.read_manifest(report.manifest)["num_frames"]) == [30, 30, 30]
+
+
+def test_bad_inputs_are_listed_by_name_and_reason_never_dropped_silently(tmp_path):
+    src = _index_dataset(tmp_path / "src")
+    good = (tmp_path / "src" / "videos" / "v1.mkv.mp4").read_bytes()
+    (tmp_path / "src" / "videos" / "v1.mkv.mp4").write_bytes(good[:300])  # truncated
+    df = manifest.read_manifest(src)
+    df = pd.concat([df, pd.DataFrame([{"video": "../escape.mp4", "label": 0, "split": "train"},
+                                      {"video": "videos/gone.mp4", "label": 1, "split": "train"}])])
+    src.write_bytes(manifest.manifest_bytes(df.reset_index(drop=True)))
+    lines = []
+    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), prepare.EncodeSettings(short_side_px=32),
+                                     use_ray=False, log=lines.append)
+    bad = dict(report.bad)
+    assert set(bad) == {"videos/v1.mkv.mp4", "../escape.mp4", "videos/gone.mp4"}
+    assert "escapes the data root" in bad["../escape.mp4"] and "does not exist" in bad["videos/gone.mp4"]
+    assert "corrupt" in bad["videos/v1.mkv.mp4"]
+    assert list(manifest.read_manifest(report.manifest)["video"]) == ["videos/v0.mkv.mp4", "videos/v2.mkv.mp4"]
+    listed = (tmp_path / "out" / prepare.ERRORS_FILE).read_text().splitlines()
+    assert sorted(line.split("\t")[0] for line in listed) == sorted(bad)
+    assert any("bad input ../escape.mp4" in line for line in lines)
+
+
+def test_jpeg_frames_and_fps_resampling_feed_the_dataset(tmp_path):
+    src = _index_dataset(tmp_path / "src", num_videos=2)
+    report = prepare.prepare_dataset(
+        str(src), str(tmp_path / "out"), prepare.EncodeSettings(short_side_px=32, output_format="jpeg"),
+        use_ray=False, log=lambda _: None)
+    out = manifest.read_manifest(report.manifest)
+    assert list(out["media"]) == ["frames", "frames"] and list(out["num_frames"]) == [30, 30]
+    ds = dataset.VideoClipDataset(df=out, root=str(tmp_path / "out"), num_classes=2, sampling="segments",
+                                  num_frames=4, stride=1, train=False, size_px=32, resize_px=32, scales=(1.0,),
+                                  flip="off", flip_pairs=None)
+    clip = ds[0]["clip"]  # (1, T, C, H, W)
+    np.testing.assert_allclose(clip[0].float().mean((1, 2, 3)).numpy() / STEP, [3, 11, 18, 26], atol=0.6)
+    # the source is 12 fps (synthetic.write_mp4's default): halving the rate keeps every other frame
+    half = prepare.prepare_video(str(tmp_path / "src" / "videos" / "v0.mkv.mp4"), str(tmp_path / "half.mp4"),
+                                 prepare.EncodeSettings(short_side_px=32, fps=6))
+    assert half == 15
+    np.testing.assert_allclose(_values(decode.read_frames(tmp_path / "half.mp4", [0, 1, 14])), [0, 2, 28], atol=0.5)
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="even size"):
+        prepare.EncodeSettings(short_side_px=255)
+    with pytest.raises(ValueError, match="at least 1 frame"):
+        prepare.EncodeSettings(gop=0)
+    assert prepare.scaled_size(340, 256, 128) == (170, 128) and prepare.scaled_size(1280, 720, 256) == (456, 256)
+
+
+@pytest.mark.integration
+@needs_netns
+def test_data_prepare_command_runs_as_a_ray_data_job_and_resumes(tmp_path):
+    src = _index_dataset(tmp_path / "src", num_videos=4, num_frames=12)
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"))
+    command = [sys.executable, "-m", "actionlab", "data", "prepare", str(src), str(tmp_path / "out"),
+               "--short-side", "32", "--json"]
+    first = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "prepared 4/4 (100%)" in first.stdout and "ETA" in first.stdout
+    os.unlink(tmp_path / "out" / "videos" / "v3.mkv.mp4")
+    second = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    import json
+
+    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    assert (summary["prepared"], summary["skipped_already_done"], summary["bad"]) == (1, 3, 0)
+    assert list(manifest.read_manifest(tmp_path / "out" / "manifest.parquet")["num_frames"]) == [12] * 4

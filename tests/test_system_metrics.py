@@ -1,0 +1,41 @@
+"""MLflow system metrics for training runs: the monitor the Train workers start logs CPU and memory
+to the run (steps continue after a resume); off with ACTIONLAB_SYSTEM_METRICS=0."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from actionlab import tracking
+from actionlab.train.system_metrics import start_monitor
+
+
+@pytest.fixture
+def run_id(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTIONLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    return tracking.start_run("sysmetrics-test", "r")
+
+
+def _steps(run_id: str, key: str) -> list[int]:
+    return [m.step for m in tracking.client().get_metric_history(run_id, key)]
+
+
+def test_monitor_logs_cpu_and_memory_resumes_its_steps_and_can_be_off(run_id, monkeypatch):
+    for _ in range(2):  # a second monitor (a resumed run) continues the step count
+        monitor = start_monitor(run_id, tracking_uri=tracking.tracking_uri())
+        time.sleep(1.5)
+        monitor.finish()
+    metrics = tracking.client().get_run(run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= metrics.keys()
+    steps = _steps(run_id, "system/cpu_utilization_percentage")
+    assert len(steps) >= 4 and steps == sorted(set(steps)), steps
+
+    monitor = start_monitor(run_id, tracking_uri=tracking.tracking_uri(), node_id="node1")
+    time.sleep(1.0)
+    monitor.finish()
+    assert "system/node1/cpu_utilization_percentage" in tracking.client().get_run(run_id).data.metrics
+    monkeypatch.setenv("ACTIONLAB_SYSTEM_METRICS", "0")
+    assert start_monitor(run_id, tracking_uri=tracking.tracking_uri()) is None

@@ -1,0 +1,178 @@
+"""Official checkpoints: each method's official key names and shapes map onto ours (strict, both ways),
+imports are numerically the model they came from, and bad files get one clear error and no output.
+
+`fixtures/official_keys/*.json.gz` hold the key names and shapes of the official models (DataParallel
+state dicts, as the official training scripts save them), dumped from the official repositories:
+IBM action-recognition-pytorch, mit-han-lab/temporal-shift-module, BeSpontaneous/AFNet-pytorch and
+xaCheng1996/SLLM. They hold no weights and no code.
+"""
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from actionlab import tracking, weights
+from actionlab.cli import main
+from workloads import get_workload
+
+FIXTURES = Path(__file__).parent / "fixtures" / "official_keys"
+
+
+def _fixture(name):
+    with gzip.open(FIXTURES / f"{name}.json.gz", "rt") as f:
+        return json.load(f)
+
+
+def _meta_state(keys: dict) -> dict:
+    return {k: torch.empty(shape, device="meta") for k, shape in keys.items()}
+
+
+def _text_file(tmp_path, num_classes, dim=512):
+    path = tmp_path / "text.npy"
+    np.save(path, np.random.default_rng(0).standard_normal((num_classes, dim)).astype(np.float32))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(p.name.removesuffix(".json.gz") for p in FIXTURES.glob("*.json.gz")))
+def test_official_keys_map_onto_ours_strictly_both_ways(name, tmp_path):
+    fx = _fixture(name)
+    cfg = fx["config"]
+    params = dict(cfg["params"])
+    if cfg.get("text_embeddings"):
+        params["text_embeddings_file"] = _text_file(tmp_path, cfg["num_classes"])
+    with torch.device("meta"):
+        model = get_workload(cfg["workload"]).build(params, num_classes=cfg["num_classes"], num_frames=cfg["num_frames"])
+    state = weights.official_state({"epoch": 3, "state_dict": _meta_state(fx["keys"])})
+    assert not any(k.startswith("module.") for k in state)
+    ours = weights.convert(cfg["workload"], state, model)  # every official key maps (else it raises) ...
+    assert sorted(ours) == sorted(model.state_dict())  # ... and every one of ours is filled
+    assert all(ours[k].shape == v.shape for k, v in model.state_dict().items())
+
+
+def test_a_changed_architecture_is_named():
+    fx = _fixture("afnet_r50_f12")["keys"]
+    with torch.device("meta"):
+        wrong_frames = get_workload("afnet").build({}, num_classes=174, num_frames=8)
+        wrong_classes = get_workload("afnet").build({}, num_classes=400, num_frames=12)
+        wrong_depth = get_workload("afnet").build({"layers": (4, 8, 18, 3)}, num_classes=174, num_frames=12)
+    state = weights.official_state(_meta_state(fx))
+    with pytest.raises(weights.CheckpointError, match=r"navigation\.0\.temporal\.weight.*frames \(--frames\)"):
+        weights.convert("afnet", state, wrong_frames)
+    with pytest.raises(weights.CheckpointError, match=r"fc\.weight \(174, 2048\) vs \(400, 2048\).*classes"):
+        weights.convert("afnet", state, wrong_classes)
+    with pytest.raises(weights.CheckpointError, match=r"lacks.*depth \(--set layers"):
+        weights.convert("afnet", state, wrong_depth)
+
+
+def test_another_methods_checkpoint_is_named(tmp_path):
+    path = tmp_path / "afnet.pth.tar"
+    keys = _fixture("afnet_r50_f12")["keys"]
+    torch.save({"state_dict": {k: torch.zeros(1) for k in keys}}, path)
+    out = tmp_path / "out"
+    with pytest.raises(weights.CheckpointError, match=r"a checkpoint of 'afnet'.*actionlab weights import afnet"):
+        weights.import_checkpoint("tam", path, out, num_classes=400, num_frames=8, params={"depth": 18})
+    assert not out.exists()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_truncated_and_code_carrying_files_are_refused_and_nothing_is_written(tmp_path):
+    model = get_workload("tsn").build({"backbone": "resnet18"}, num_classes=5, num_frames=4)
+    good = tmp_path / "good.pth"
+    torch.save({"state_dict": {k.removeprefix("backbone."): v for k, v in model.state_dict().items()}}, good)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {}, "hook": _Evil()}, evil)
+    out = tmp_path / "out"
+    kwargs = dict(num_classes=5, num_frames=4, params={"backbone": "resnet18"})
+    with pytest.raises(weights.CheckpointError, match=r"truncated.pth: truncated or not a PyTorch checkpoint"):
+        weights.import_checkpoint("tsn", truncated, out, **kwargs)
+    with pytest.raises(weights.CheckpointError, match=r"evil.pth: the file holds pickled objects that only code"):
+        weights.import_checkpoint("tsn", evil, out, **kwargs)
+    with pytest.raises(weights.CheckpointError, match=r"no such checkpoint file"):
+        weights.import_checkpoint("tsn", tmp_path / "absent.pth", out, **kwargs)
+    assert not out.exists()
+    weights.import_checkpoint("tsn", good, out, **kwargs)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.safetensors"]
+
+
+def _ibm_tam_state(model) -> dict:
+    """Our TAM state -> IBM's layout: three separate depthwise 1x1 convs, bare torchvision names."""
+    out = {}
+    for k, v in model.state_dict().items():
+        k = k.removeprefix("backbone.")
+        if k.endswith("conv1.tam.conv.weight"):
+            block = k.removesuffix(".conv1.tam.conv.weight")
+            c = v.shape[0] // 3
+            for j, part in enumerate(("prev_se", "curr_se", "next_se")):
+                out[f"{block}.tam.{part}.fc1.weight"] = v.view(c, 3, *v.shape[1:])[:, j]
+        else:
+            out[k.replace("conv1.net.", "conv1.")] = v
+    return {f"module.{k}": v for k, v in out.items()}
+
+
+def test_import_cli_writes_a_model_dir_that_loads_with_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    model = get_workload("tam").build({"depth": 18}, num_classes=3, num_frames=8).eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ckpt = tmp_path / "K400-TAM-ResNet-18-f8.pth.tar"
+    torch.save({"epoch": 50, "arch": "TAM-resnet-18", "state_dict": _ibm_tam_state(model), "best_top1": 0.5}, ckpt)
+    (tmp_path / "classes.txt").write_text("waving\nclapping\njumping\n")
+    out = tmp_path / "tam18"
+    assert main(["weights", "import", "tam", str(ckpt), "-o", str(out), "--num-classes", "3", "--frames", "8",
+                 "--set", "depth=18", "--classes", str(tmp_path / "classes.txt")]) == 0
+    loaded = tracking.load_model(str(out))
+    assert loaded.meta["classes"] == ["waving", "clapping", "jumping"] and loaded.meta["params"] == {"depth": 18}
+    clips = torch.randn(2, 8, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(clips), model(clips))
+
+
+def test_the_zoo_lists_commands_that_parse():
+    from actionlab.cli import build_parser
+
+    assert len(weights.ZOO) >= 10
+    for z in weights.ZOO:
+        args = build_parser().parse_args(z.command().split()[1:])
+        assert (args.workload, args.num_classes, args.frames) == (z.workload, z.num_classes, z.num_frames)
+        get_workload(z.workload).resolve_params({k: v for k, v in z.params.items()})
+
+
+def test_register_tags_the_version_as_official(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACTIONLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    model = get_workload("tsn").build({"backbone": "resnet18"}, num_classes=5, num_frames=4)
+    ckpt = tmp_path / "tsn.pth"
+    torch.save({"state_dict": {f"module.{k.removeprefix('backbone.')}": v for k, v in model.state_dict().items()}}, ckpt)
+    assert main(["weights", "import", "tsn", str(ckpt), "-o", str(tmp_path / "m"), "--num-classes", "5", "--frames",
+                 "4", "--set", "backbone=resnet18", "--register", "zoo-tsn", "--dataset", "toy"]) == 0
+    mv = tracking.client().get_model_version("zoo-tsn", "1")
+    assert mv.tags["source"] == "official" and mv.tags["dataset"] == "toy" and mv.tags["workload"] == "tsn"
+    assert mv.tags["paper_top1"] == ""  # not a zoo checkpoint: no paper number is invented
+    assert not mv.aliases  # an official version is not the champion until it is evaluated here
+    loaded = tracking.load_model("models:/zoo-tsn/1")
+    assert loaded.meta["workload"] == "tsn"
+
+
+def test_hsar_checkpoint_with_a_trained_ln_post_is_refused():
+    """Officially the TMT's ln_post only sees a detached tensor, so it stays the identity; ours has no affine
+    there, and a checkpoint where it is not the identity would not be the official model."""
+    identity = {"#temporal.ln_post.weight": torch.ones(4), "#temporal.ln_post.bias": torch.zeros(4), "x": torch.ones(1)}
+    assert weights.converter("hsar").prepare(identity, None) == {"x": identity["x"]}
+    trained = {**identity, "#temporal.ln_post.weight": torch.full((4,), 2.0)}
+    with pytest.raises(weights.CheckpointError, match="ln_post has trained"):
+        weights.converter("hsar").prepare(trained, None)

@@ -3,8 +3,9 @@ imports are numerically the model they came from, and bad files get one clear er
 
 `fixtures/official_keys/*.json.gz` hold the key names and shapes of the official models (DataParallel
 state dicts, as the official training scripts save them), dumped from the official repositories:
-IBM action-recognition-pytorch, mit-han-lab/temporal-shift-module, BeSpontaneous/AFNet-pytorch and
-xaCheng1996/SLLM. They hold no weights and no code.
+IBM action-recognition-pytorch, mit-han-lab/temporal-shift-module, BeSpontaneous/AFNet-pytorch,
+xaCheng1996/SLLM, facebookresearch/SlowFast (MViTv2), Sense-X/UniFormer and ty-97/H2CN. They hold no
+weights and no code.
 """
 
 import gzip
@@ -163,6 +164,17 @@ def test_register_tags_the_version_as_official(tmp_path, monkeypatch):
     mv = tracking.client().get_model_version("zoo-tsn", "1")
     assert mv.tags["source"] == "official" and mv.tags["dataset"] == "toy" and mv.tags["workload"] == "tsn"
     assert mv.tags["paper_top1"] == ""  # not a zoo checkpoint: no paper number is invented
+    assert not mv.aliases  # an official version is not the champion until it is evaluated here
     loaded = tracking.load_model("models:/zoo-tsn/1")
     assert loaded.meta["workload"] == "tsn"
     assert mv.source.startswith("models:/m-")  # an MLflow pyfunc model, like trained versions (test_mlflow_model)
+
+
+def test_hsar_checkpoint_with_a_trained_ln_post_is_refused():
+    """Officially the TMT's ln_post only sees a detached tensor, so it stays the identity; ours has no affine
+    there, and a checkpoint where it is not the identity would not be the official model."""
+    identity = {"#temporal.ln_post.weight": torch.ones(4), "#temporal.ln_post.bias": torch.zeros(4), "x": torch.ones(1)}
+    assert weights.converter("hsar").prepare(identity, None) == {"x": identity["x"]}
+    trained = {**identity, "#temporal.ln_post.weight": torch.full((4,), 2.0)}
+    with pytest.raises(weights.CheckpointError, match="ln_post has trained"):
+        weights.converter("hsar").prepare(trained, None)

@@ -223,7 +223,7 @@ def cmd_weights_zoo(args) -> int:
     from . import weights
 
     for z in weights.ZOO:
-        print(f"{z.name:28s} {z.dataset:24s} top-1 {z.paper_top1:>6s}  {z.command()}")
+        print(f"{z.name:28s} {z.dataset:24s} top-1 {z.paper_top1 or 'n/a':>6s}  {z.command()}")
     return 0
 
 

@@ -46,7 +46,8 @@ class Converter:
         whole key renames it (`re.fullmatch(...).expand(template)`); template None drops the key
         (a buffer or tensor with no counterpart, e.g. CLIP's text tower when only the classifier is kept).
     hints: (our-key regex, workload param) pairs: a shape that differs on a matching key most likely
-        means that param differs between the checkpoint and the build (frames, classes, depth).
+        means that param differs between the checkpoint and the build (frames, classes, widths).
+    key_hints: the same for keys one side lacks (depth: blocks that exist on one side only).
     prepare: a whole-dict step after renaming (e.g. fusing TAM's convs), given (state, our model).
     signature: regexes of official keys only this method's checkpoints have (to name another
         method's checkpoint as such).
@@ -56,6 +57,7 @@ class Converter:
     paper: str
     rules: tuple
     hints: tuple = ()
+    key_hints: tuple = ()
     prepare: Callable | None = None
     signature: tuple = ()
     nested: tuple = NESTED_KEYS
@@ -113,11 +115,15 @@ def read_checkpoint(path: str | Path) -> dict:
             ) from None
         if isinstance(err, (EOFError, RuntimeError, zipfile.BadZipFile)) or "pickle" in text.lower():
             raise CheckpointError(
-                f"{path}: truncated or not a PyTorch checkpoint ({text.splitlines()[0][:200] if text else type(err).__name__}); "
+                f"{path}: truncated or not a PyTorch checkpoint ({_first_sentence(text) or type(err).__name__}); "
                 "download it again and compare its size/sha256 with the release"
             ) from None
         raise
     return obj
+
+
+def _first_sentence(text: str) -> str:
+    return text.strip().splitlines()[0].split(". ")[0][:160] if text.strip() else ""
 
 
 def official_state(obj, *, nested: tuple = NESTED_KEYS, path: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -198,10 +204,13 @@ def check_against(conv: Converter, ours: dict, model_state: dict, *, path: str, 
     if not (missing or extra or shapes):
         return
     params = []
-    for key in [k for k, _, _ in shapes] + missing + extra:
-        for pattern, param in conv.hints:
-            if re.search(pattern, key) and param not in params:
-                params.append(param)
+    for keys, hints in (([k for k, _, _ in shapes], conv.hints), (missing + extra, conv.key_hints or conv.hints)):
+        for key in keys:
+            for pattern, param in hints:  # the first matching hint of each key
+                if re.search(pattern, key):
+                    if param not in params:
+                        params.append(param)
+                    break
     parts = []
     if shapes:
         parts.append("shapes differ (checkpoint vs build): " + "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:4]))
@@ -311,22 +320,17 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
                                  **{f"workload.params.{k}": v for k, v in meta["params"].items()}})
     tracking.log_artifacts(run_id, model_dir, tracking.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)
-    c = tracking.client()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(
-            name, description="Registered by actionlab: MLflow pyfunc model over a safetensors checkpoint + meta.json"
-        )
+    # The same registration as a trained run's (whatever form the registry gives versions), without the
+    # alias: the version's top-1 is the paper's, not one measured here.
+    info = tracking.register(run_id, name, alias="")
     tags = {"source": "official", "paper": conv.paper, "workload": workload, "dataset": dataset,
             "frames": str(meta["num_frames"]), "paper_top1": str(paper_top1),
             "checkpoint": meta["source"]["official_checkpoint"]}
-    model_uri = tracking.log_pyfunc_model(run_id, model_dir)  # an MLflow pyfunc model, as trained versions are
-    mv = c.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, model_id=model_uri[len("models:/"):],
-                                description=f"Official {conv.paper} checkpoint, imported by actionlab")
-    return {"name": name, "version": str(mv.version), "run_id": run_id, "tags": tags}
+    c = tracking.client()
+    for key, value in tags.items():
+        c.set_model_version_tag(name, info["version"], key, value)
+    c.update_model_version(name, info["version"], description=f"Official {conv.paper} checkpoint, imported by actionlab")
+    return {"name": name, "version": info["version"], "run_id": run_id, "tags": tags}
 
 
 # -- the methods ----------------------------------------------------------------------------------
@@ -341,7 +345,8 @@ register_converter(Converter(
         (r"base_model\.fc\.(.+)", r"fc.\1"),  # dropout 0: the backbone's own fc is the classifier
     ),
     hints=((r"navigation\.\d+\.temporal", "frames (--frames)"), (r"^fc\.", "classes (--num-classes)"),
-           (r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)")),
+           (r"^backbone\.", "width / alpha / patch_groups (--set)")),
+    key_hints=((r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)"),),
     signature=(r"\.list_gen\.\d+\.conv_gs\.",),
 ))
 
@@ -427,8 +432,8 @@ _RESNET_CLASSIFIER = (
     (r"new_fc\.(weight|bias)", r"fc.\1"),
     (r"(?:base_model\.)?fc\.(weight|bias)", r"fc.\1"),
 )
-_RESNET_HINTS = ((r"^fc\.", "classes (--num-classes)"), (r"layer\d\.\d+\.", "depth / backbone (--set)"),
-                 (r"tam\.", "TAM options (blend_frames, depthwise)"))
+_RESNET_HINTS = ((r"^fc\.", "classes (--num-classes)"), (r"tam\.", "TAM options (blend_frames, depthwise)"),
+                 (r"layer\d\.\d+\.", "depth / backbone (--set)"))
 
 
 def _resnet_rules(conv1: str = r"conv1") -> tuple:
@@ -512,6 +517,108 @@ for _name, _paper in (("i3d", "I3D (IBM action-recognition-pytorch)"), ("r3d", "
     ))
 
 
+# HSAR (`HVG808/HSAR_repo`, an mmaction2 0.x overlay: {"meta", "state_dict": {"backbone.*", "cls_head.*"}}).
+_HSAR_BLOCK = (
+    (r"0\.norm\.(weight|bias)", "norm1.{}"),
+    (r"0\.fn\.to_qkv\.weight", "qkv.weight"),
+    (r"0\.fn\.to_out\.0\.(weight|bias)", "proj.0.{}"),
+    (r"1\.norm\.(weight|bias)", "norm2.{}"),
+    (r"1\.fn\.net\.(0|3)\.(weight|bias)", "mlp.{}.{}"),
+)
+
+
+def _hsar_block_rules(official: str, ours: str) -> tuple:
+    rules = []
+    for part, target in _HSAR_BLOCK:
+        groups = [rf"\{i}" for i in range(2, 2 + target.count("{}"))]
+        rules.append((rf"{official}\.layers\.(\d+)\.{part}", rf"{ours}.blocks.\1." + target.format(*groups)))
+    return tuple(rules)
+
+
+def _prepare_hsar(state: dict, model) -> dict:
+    """The TMT's `ln_post` only feeds the key-frame predictor through a detached tensor, so it never
+    trains: ours has no affine there. A checkpoint whose ln_post is not the identity cannot be represented."""
+    out = dict(state)
+    w, b = out.pop("#temporal.ln_post.weight", None), out.pop("#temporal.ln_post.bias", None)
+    if (w is not None and w.device.type != "meta" and not torch.all(w == 1)) or (
+            b is not None and b.device.type != "meta" and not torch.all(b == 0)):
+        raise CheckpointError(
+            "HSAR checkpoint: backbone.temporal_enc.ln_post has trained (non-identity) weights; the official "
+            "training never updates them (detached input), so this checkpoint was not trained by the official code"
+        )
+    return out
+
+
+register_converter(Converter(
+    workload="hsar",
+    paper="HSAR (ACM ICMR 2023)",
+    rules=(
+        (r"backbone\.temporal_enc\.cls_token", r"temporal.cls_token"),
+        (r"backbone\.temporal_enc\.pre_conv\.(\d)\.(weight|bias)", r"temporal.stem.\1.\2"),
+        (r"backbone\.temporal_enc\.proj\.weight", None),  # built but unused: pre_conv is the stem
+        (r"backbone\.temporal_enc\.position_enc\.pos_table", None),  # the fixed sinusoid table (recomputed)
+        (r"backbone\.temporal_enc\.ln_pre\.(weight|bias)", r"temporal.norm_pre.\1"),
+        (r"backbone\.temporal_enc\.ln_post\.(weight|bias)", r"#temporal.ln_post.\1"),
+        (r"backbone\.temporal_enc\.to_embedding\.1\.(weight|bias)", r"temporal.to_token.\1"),
+        *_hsar_block_rules(r"backbone\.temporal_enc\.transformer", "temporal"),
+        (r"backbone\.spatial_enc\.(.+)", r"spatial.\1"),
+        (r"backbone\.pred_key\.(\d)\.(weight|bias)", r"key_predictor.\1.\2"),
+        (r"backbone\.a_to_v\.0\.(weight|bias)", r"spatial_to_dim.\1"),
+        (r"backbone\.fusion_cls", None),  # built but unused by the official forward
+        (r"backbone\.fu_pre\.(weight|bias)", r"fusion.norm_pre.\1"),
+        (r"backbone\.fu_post\.(weight|bias)", r"fusion.norm_post.\1"),
+        *_hsar_block_rules(r"backbone\.fusion", "fusion"),
+        (r"cls_head\.fc_cls\.(0|2)\.(weight|bias)", r"head.fc.\1.\2"),
+    ),
+    hints=((r"^head\.fc\.2", "classes (--num-classes)"), (r"key_predictor\.3", "frames (--frames)"),
+           (r"^(temporal|fusion)\.", "dim / depth / frame_size_px / skip_mo (--set; Large: dim=3072)"),
+           (r"^spatial\.", "spatial_backbone (ViT-B/16 iBOT)")),
+    prepare=_prepare_hsar,
+    signature=(r"temporal_enc\.transformer\.layers", r"backbone\.fu_pre\."),
+))
+
+
+# PySlowFast's MViT and the official UniFormer: our parameter names are theirs (one rule each).
+register_converter(Converter(
+    workload="mvitv2",
+    paper="MViTv2 (CVPR 2022; PySlowFast)",
+    rules=((r"((?:patch_embed|blocks|norm|head)\..+|cls_token)", r"\1"),),
+    hints=((r"\.rel_pos_t$", "frames (--frames)"), (r"\.rel_pos_[hw]$", "img_size_px (--set)"),
+           (r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm|cls)", "embed_dim (--set)")),
+    key_hints=((r"^blocks\.\d+\.", "depth / stage_starts (--set)"),),
+    signature=(r"blocks\.\d+\.attn\.pool_q\.", r"blocks\.\d+\.attn\.rel_pos_t"),
+    nested=("model_state", *NESTED_KEYS),
+))
+
+register_converter(Converter(
+    workload="uniformer",
+    paper="UniFormer (ICLR 2022)",
+    rules=((r"((?:patch_embed\d|blocks\d|norm|head)\..+)", r"\1"),),
+    hints=((r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm)", "embed_dims / head_dim (--set)")),
+    key_hints=((r"^blocks\d\.\d+\.", "depths (--set depths=...)"),),
+    signature=(r"blocks1\.\d+\.conv1\.", r"patch_embed4\.proj\."),
+    nested=("model_state", *NESTED_KEYS),
+))
+
+# ty-97/H2CN: a VideoNet around `build_h2cn` (its unused `conv1_temp` only seeded the motion stem).
+register_converter(Converter(
+    workload="h2cn",
+    paper="H2CN (ACM MM 2022)",
+    rules=(
+        (r"base_model\.conv1_temp\.(weight|bias)", None),
+        (r"base_model\.layer(\d)_bak\.(\d+)\.mtdin\.(.+)", r"layer\1.\2.chgc.\3"),
+        (r"base_model\.layer(\d)_bak\.(.+)", r"layer\1.\2"),
+        (r"base_model\.(fhgc\d)\.0\.spaAgg\.weight", r"\1.0.spatial.weight"),
+        (r"base_model\.(fhgc\d)\.0\.convt\.weight", r"\1.0.temporal.weight"),
+        (r"base_model\.((?:fhgc\d|conv_fhgc|conv1|bn1)\..+)", r"\1"),
+        (r"new_fc\.(weight|bias)", r"fc.\1"),
+    ),
+    hints=((r"^fc\.", "classes (--num-classes)"), (r"\.chgc\.", "reduction (--set)")),
+    key_hints=((r"^layer\d\.\d+\.", "depths (--set depths=...)"),),
+    signature=(r"\.mtdin\.convt\.", r"base_model\.fhgc1\."),
+))
+
+
 # -- the zoo: released checkpoints and the paper numbers they should reproduce (the seeds' tables) --
 
 
@@ -563,9 +670,23 @@ ZOO = (
              174, 8, {"shift": False, "rt": 0.5, "eval_gating": "gumbel"}, "26.8", _AF),
     ZooEntry("afnet-r50-rt0.25-ssv1", "afnet", "", "Something-Something V1",
              174, 8, {"shift": False, "rt": 0.25, "eval_gating": "gumbel"}, "27.7", _AF),
+    ZooEntry("hsar-base-k400", "hsar", "", "Kinetics-400", 400, 64, {}, "",
+             "HSAR_repo README (HSAR-Base K400; no accuracy published)"),
+    ZooEntry("hsar-base-k600", "hsar", "", "Kinetics-600", 600, 64, {}, "",
+             "HSAR_repo README (HSAR-Base K600; no accuracy published)"),
+    ZooEntry("hsar-base-sthv2", "hsar", "", "Something-Something V2", 174, 64, {}, "",
+             "HSAR_repo README (HSAR-Base Sthv2; no accuracy published)"),
     ZooEntry("sllm-text4vis-hmdb-f16", "sllm", "", "HMDB-51", 51, 16,
              {"backbone": "vit_base_patch32_clip_quickgelu_224", "text_embeddings_file": "hmdb51_text.npy"}, "81.55",
              "SLLM README (backbone not named; configs say ViT-B/32)"),
+    ZooEntry("mvitv2-s-16x4-k400", "mvitv2", "MViTv2_S_16x4_k400_f302660347.pyth", "Kinetics-400", 400, 16, {},
+             "81.0", "PySlowFast projects/mvitv2 README (1 clip x 5 views, 224 px)"),
+    ZooEntry("uniformer-s-16x4-k400", "uniformer", "uniformer_small_k400_16x4.pth", "Kinetics-400", 400, 16, {},
+             "80.8", "UniFormer video_classification README (16x1x4: 4 clips, 224 px)"),
+    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 40, {}, "76.9",
+             "H2CN README (8 segments x 30 views)"),
+    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 80, {}, "77.9",
+             "H2CN README (16 segments x 30 views)"),
 )
 
 

@@ -3,8 +3,8 @@
 New workloads are picked up from `list_workloads()` automatically. A workload module whose tiny
 variant needs a larger clip than (T=4, 32 px) declares it at module level, e.g.
 `TINY_CLIP = {"num_frames": 8, "size_px": 64}`; one with further architectures behind a param declares
-their own tiny params (instead of `tiny`), e.g. `TINY_VARIANTS = {"mobilenetv3": {"backbone": "mobilenetv3"}}`, and each one
-goes through the model checks too (as "name[variant]").
+their own tiny params (used instead of `tiny`), e.g. `TINY_VARIANTS = {"mobilenetv3": {"backbone":
+"mobilenetv3"}}`, and each goes through the model checks too (as "name[variant]").
 """
 
 import dataclasses

@@ -12,6 +12,12 @@ deterministic (keep iff keep-logit > skip-logit) unless `eval_gating="gumbel"` (
 protocol). `eval_gating="topk"` keeps exactly round(rt * T) frames per clip in every block (a fixed
 budget; what `actionlab flops` needs to measure the MACs spent at a given RT on an untrained model).
 
+`backbone=mobilenetv3`: AF-MobileNetV3-Large after `ops/backbone/AF_MobileNetv3.py` (4.5 M params):
+MobileNetV3 stages 2-3 (40 and 80 wide) become ample (stride 2, same width) + focal (stride 1, pointwise
+convs in 2 groups, grouped 1x1 shortcut where the width changes) branches with the same navigation; the
+blend has no projection and no activation; every block shifts (TSM). The official model always shifts
+(it ignores `--shift`); here `shift=false` turns it off.
+
 Shapes (AF-ResNet50, 224 px): stem (B*T, 64, 56, 56); stage k: ample (B*T, C_k / alpha, H / 2, W / 2),
 focal (B*T, C_k, H, W) on the kept frames; the fusion bottleneck carries the stride (2, 2, 1), so the
 stages end at 28, 14, 14 and stage 4 (plain) at 7; then (B*T, 2048) -> dropout -> FC -> mean over T.

@@ -3,8 +3,9 @@ imports are numerically the model they came from, and bad files get one clear er
 
 `fixtures/official_keys/*.json.gz` hold the key names and shapes of the official models (DataParallel
 state dicts, as the official training scripts save them), dumped from the official repositories:
-IBM action-recognition-pytorch, mit-han-lab/temporal-shift-module, BeSpontaneous/AFNet-pytorch and
-xaCheng1996/SLLM. They hold no weights and no code.
+IBM action-recognition-pytorch, mit-han-lab/temporal-shift-module, BeSpontaneous/AFNet-pytorch,
+xaCheng1996/SLLM, facebookresearch/SlowFast (MViTv2), Sense-X/UniFormer and ty-97/H2CN. They hold no
+weights and no code.
 """
 
 import gzip

@@ -582,6 +582,47 @@ register_converter(Converter(
 ))
 
 
+# PySlowFast's MViT and the official UniFormer: our parameter names are theirs (one rule each).
+register_converter(Converter(
+    workload="mvitv2",
+    paper="MViTv2 (CVPR 2022; PySlowFast)",
+    rules=((r"((?:patch_embed|blocks|norm|head)\..+|cls_token)", r"\1"),),
+    hints=((r"\.rel_pos_t$", "frames (--frames)"), (r"\.rel_pos_[hw]$", "img_size_px (--set)"),
+           (r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm|cls)", "embed_dim (--set)")),
+    key_hints=((r"^blocks\.\d+\.", "depth / stage_starts (--set)"),),
+    signature=(r"blocks\.\d+\.attn\.pool_q\.", r"blocks\.\d+\.attn\.rel_pos_t"),
+    nested=("model_state", *NESTED_KEYS),
+))
+
+register_converter(Converter(
+    workload="uniformer",
+    paper="UniFormer (ICLR 2022)",
+    rules=((r"((?:patch_embed\d|blocks\d|norm|head)\..+)", r"\1"),),
+    hints=((r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm)", "embed_dims / head_dim (--set)")),
+    key_hints=((r"^blocks\d\.\d+\.", "depths (--set depths=...)"),),
+    signature=(r"blocks1\.\d+\.conv1\.", r"patch_embed4\.proj\."),
+    nested=("model_state", *NESTED_KEYS),
+))
+
+# ty-97/H2CN: a VideoNet around `build_h2cn` (its unused `conv1_temp` only seeded the motion stem).
+register_converter(Converter(
+    workload="h2cn",
+    paper="H2CN (ACM MM 2022)",
+    rules=(
+        (r"base_model\.conv1_temp\.(weight|bias)", None),
+        (r"base_model\.layer(\d)_bak\.(\d+)\.mtdin\.(.+)", r"layer\1.\2.chgc.\3"),
+        (r"base_model\.layer(\d)_bak\.(.+)", r"layer\1.\2"),
+        (r"base_model\.(fhgc\d)\.0\.spaAgg\.weight", r"\1.0.spatial.weight"),
+        (r"base_model\.(fhgc\d)\.0\.convt\.weight", r"\1.0.temporal.weight"),
+        (r"base_model\.((?:fhgc\d|conv_fhgc|conv1|bn1)\..+)", r"\1"),
+        (r"new_fc\.(weight|bias)", r"fc.\1"),
+    ),
+    hints=((r"^fc\.", "classes (--num-classes)"), (r"\.chgc\.", "reduction (--set)")),
+    key_hints=((r"^layer\d\.\d+\.", "depths (--set depths=...)"),),
+    signature=(r"\.mtdin\.convt\.", r"base_model\.fhgc1\."),
+))
+
+
 # -- the zoo: released checkpoints and the paper numbers they should reproduce (the seeds' tables) --
 
 
@@ -646,6 +687,14 @@ ZOO = (
     ZooEntry("sllm-text4vis-hmdb-f16", "sllm", "", "HMDB-51", 51, 16,
              {"backbone": "vit_base_patch32_clip_quickgelu_224", "text_embeddings_file": "hmdb51_text.npy"}, "81.55",
              "SLLM README (backbone not named; configs say ViT-B/32)"),
+    ZooEntry("mvitv2-s-16x4-k400", "mvitv2", "MViTv2_S_16x4_k400_f302660347.pyth", "Kinetics-400", 400, 16, {},
+             "81.0", "PySlowFast projects/mvitv2 README (1 clip x 5 views, 224 px)"),
+    ZooEntry("uniformer-s-16x4-k400", "uniformer", "uniformer_small_k400_16x4.pth", "Kinetics-400", 400, 16, {},
+             "80.8", "UniFormer video_classification README (16x1x4: 4 clips, 224 px)"),
+    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 40, {}, "76.9",
+             "H2CN README (8 segments x 30 views)"),
+    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 80, {}, "77.9",
+             "H2CN README (16 segments x 30 views)"),
 )
 
 

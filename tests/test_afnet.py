@@ -11,11 +11,18 @@ from workloads import get_workload
 
 K = 5
 TINY = {"layers": (2, 2, 2, 1), "width": 8}
+MBV3 = {"backbone": "mobilenetv3"}
 
 
 def _build(num_frames=4, **overrides):
     torch.manual_seed(0)
     return get_workload("afnet").build({**TINY, **overrides}, num_classes=K, num_frames=num_frames)
+
+
+def _mbv3(num_frames=4, **overrides):
+    """AF-MobileNetV3 (one fixed layout; CPU-sized at small inputs)."""
+    torch.manual_seed(0)
+    return get_workload("afnet").build({**MBV3, **overrides}, num_classes=K, num_frames=num_frames)
 
 
 def _random_gates(model, seed=0):
@@ -47,14 +54,25 @@ def test_untrained_gate_keeps_every_frame():
     assert len(masks) == 3 and all(bool(m.all()) for m in masks)
 
 
-@pytest.mark.parametrize("shift", [True, False])
-def test_skipping_frames_gives_the_logits_of_masking_them(shift):
-    model = _build(shift=shift)
+@pytest.mark.parametrize("shift, backbone, size", [(True, "resnet", 48), (False, "resnet", 48),
+                                                   (True, "mobilenetv3", 96)])
+def test_skipping_frames_gives_the_logits_of_masking_them(shift, backbone, size):
+    # AF-MobileNetV3 at 96 px: focal maps of 12 and 6, wider than its 5x5 / 3x3 depthwise kernels, so the
+    # dropped frames' border response (and its SE mean) is rebuilt from a small map, not computed whole.
+    model = _build(shift=shift) if backbone == "resnet" else _mbv3(shift=shift)
     _random_gates(model)
+    for m in model.modules():  # SE / fusion / head Linears that respond to their input (init: std 0.01)
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=m.in_features**-0.5)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # running statistics of one batch: eval-mode activations stay normalised (a random deep
+        m.momentum = 1.0  # MobileNet's signal otherwise fades, and a wrong skip would not reach the logits)
     model.train()
-    model.training_step(torch.randn(4, 4, 3, 48, 48), torch.arange(4) % K)  # non-trivial BN statistics
+    model.training_step(torch.randn(4, 4, 3, size, size), torch.arange(4) % K)
+    for m in bns:
+        m.momentum = 0.1
     model.eval()
-    clips = torch.randn(3, 4, 3, 48, 48)
+    clips = torch.randn(3, 4, 3, size, size)
     rows = []
     conv1 = model.backbone.stages[1].focal[0].branch.conv1
     handle = conv1.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
@@ -250,3 +268,98 @@ def test_pretrained_file_takes_official_af_resnet_names():
     assert all(ours[k].shape == v.shape for k, v in expected.items())
     with pytest.raises(ValueError, match="not official AF-ResNet names"):
         from_official_names({"layer9.something.weight": torch.zeros(1)})
+
+
+# AF-MobileNetV3 (backbone=mobilenetv3): the official `ops/models_mobilenet.py` TSN(AF_mobilenetv3, 174
+# classes) built from BeSpontaneous/AFNet-pytorch f20b92e with random weights has these parameter counts;
+# ours loads its weights strictly (fixtures/official_keys/afnet_mbv3_f12) and gives the same logits: max
+# |diff| 8.3e-7 for logits up to 1.35 (224 px, 12 frames, BN statistics of a calibration batch, noise-free
+# gates keeping 58 % of the frames; skipping and masking alike).
+OFFICIAL_MBV3_PARAMS = {12: 4_507_169, 8: 4_507_049}
+# Its `forward_calc_flops` (12 frames, 224 px) with exactly round(RT * 12) frames kept in every block; the
+# README's SSv1 rows say 2.2 / 2.3 GFLOPs (= GMACs) at RT 0.4 / 0.8 (trained gates' own keep ratios).
+OFFICIAL_MBV3_COUNTER_GMACS = {0.4: 2.1853, 0.8: 2.2824}
+
+
+@pytest.fixture(scope="module")
+def mbv3_meta():
+    with torch.device("meta"):
+        return get_workload("afnet").build(MBV3, num_classes=174, num_frames=12)
+
+
+@pytest.mark.parametrize("num_frames", list(OFFICIAL_MBV3_PARAMS))
+def test_af_mobilenetv3_params_equal_the_official_model(num_frames):
+    with torch.device("meta"):
+        model = get_workload("afnet").build(MBV3, num_classes=174, num_frames=num_frames)
+    assert sum(p.numel() for p in model.parameters()) == OFFICIAL_MBV3_PARAMS[num_frames]
+
+
+@pytest.mark.parametrize("rt", list(OFFICIAL_MBV3_COUNTER_GMACS))
+def test_af_mobilenetv3_gmacs_match_the_official_counter_and_the_paper(mbv3_meta, rt):
+    costs = mbv3_meta.focal_costs((12, 3, 224, 224))
+    kept = round(rt * 12) / 12
+    gmacs = (costs["fixed"] + kept * sum(costs["focal"])) / 1e9
+    # The official count adds the pooling layers' reads (c*h*w each); ours counts convs and Linears only.
+    assert gmacs == pytest.approx(OFFICIAL_MBV3_COUNTER_GMACS[rt], rel=0.005)
+    from workloads.afnet import PAPER_GMACS
+
+    paper = {(name, rt_): g for name, _, _, rt_, g in PAPER_GMACS}
+    assert gmacs == pytest.approx(paper[("AF-MobileNetV3", rt)], rel=0.02)
+    assert mbv3_meta.paper_backbone == "AF-MobileNetV3"
+
+
+def test_af_mobilenetv3_structure(mbv3_meta):
+    bb = mbv3_meta.backbone
+    assert bb.masks_per_stage == [2, 3] and bb.num_features == 1280
+    s2, s3 = bb.stages
+    assert s2.focal[0].branch.conv1.groups == 2 and s2.focal[0].branch.conv3.groups == 2
+    assert s2.focal[0].downsample[0].groups == 2 and s2.focal[1].downsample is None  # 24 -> 40, then identity
+    assert s2.ample[0].branch.conv2.stride == (2, 2) and s2.ample[0].downsample is None  # plain MBv3: no shortcut
+    assert s2.fusion.branch.conv2.stride == (2, 2) and s3.fusion.branch.conv2.stride == (1, 1)
+    assert [lin.out_features for lin in s2.attention if isinstance(lin, torch.nn.Linear)] == [2, 40]
+    assert all(lin.bias is not None for s in (s2, s3) for lin in s.attention if isinstance(lin, torch.nn.Linear))
+    assert not hasattr(s2, "ample_proj")  # both branches are 40 wide: nothing to project
+    assert s3.navigation[0].temporal.groups == 12 and s3.navigation[0].conv.in_channels == 40
+    se = s2.focal[0].branch.se
+    assert (se.fc1.in_features, se.fc1.out_features) == (72, 24)  # 72 / 4 = 18, rounded to a multiple of 8
+
+
+def test_af_mobilenetv3_param_groups_follow_its_official_policy():
+    model = _mbv3()
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups()}
+    fast, plain = groups["linear_lr5_wd1"], groups["block_linear_lr1_wd1"]
+    assert fast == {id(model.fc.weight), id(model.backbone.head_fc.weight)}
+    assert groups["linear_lr10_wd0"] == {id(model.fc.bias), id(model.backbone.head_fc.bias)}
+    se = model.backbone.stages[0].focal[0].branch.se.fc1
+    attention = model.backbone.stages[1].attention[0]
+    assert {id(se.weight), id(se.bias), id(attention.weight), id(attention.bias)} <= plain
+
+
+def test_af_mobilenetv3_rejects_resnet_shape_params():
+    with pytest.raises(ValueError, match=r"\['layers'\].*backbone=mobilenetv3.*drop them"):
+        get_workload("afnet").build({**MBV3, "layers": (4, 8, 18, 3)}, num_classes=K, num_frames=4)
+    with pytest.raises(ValueError, match=r"backbone 'mobilenet' is not one of \['resnet', 'mobilenetv3'\]"):
+        get_workload("afnet").build({"backbone": "mobilenet"}, num_classes=K, num_frames=4)
+
+
+def test_pretrained_file_takes_official_af_mobilenetv3_names(tmp_path):
+    """The authors' ImageNet AF-MobileNetV3 checkpoint: DataParallel names of `AF_MobileNetv3.py`, whose
+    `fc.0` is the 960 -> 1280 head Linear (kept) and `fc.3` the ImageNet classifier (dropped)."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from workloads.afnet import official_key
+
+    model = _mbv3()
+    with gzip.open(Path(__file__).parent / "fixtures" / "official_keys" / "afnet_mbv3_f12.json.gz", "rt") as f:
+        official = [k.removeprefix("module.base_model.") for k in json.load(f)["keys"]]
+    inverse = {official_key(k): k for k in official if not k.startswith("fc.3.")}  # ours -> official
+    assert sorted(inverse) == sorted(model.backbone.state_dict())
+    state = {inverse[k]: v.clone() for k, v in model.backbone.state_dict().items()}
+    state.update({"fc.3.weight": torch.zeros(1000, 1280), "fc.3.bias": torch.zeros(1000)})
+    path = tmp_path / "AF-MobileNetv3.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    loaded = _mbv3(pretrained_file=str(path))
+    ours = loaded.backbone.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in model.backbone.state_dict().items())

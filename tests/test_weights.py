@@ -70,6 +70,14 @@ def test_a_changed_architecture_is_named():
         weights.convert("afnet", state, wrong_classes)
     with pytest.raises(weights.CheckpointError, match=r"lacks.*depth \(--set layers"):
         weights.convert("afnet", state, wrong_depth)
+    with torch.device("meta"):
+        mobilenet = get_workload("afnet").build({"backbone": "mobilenetv3"}, num_classes=174, num_frames=12)
+        resnet = get_workload("afnet").build({}, num_classes=174, num_frames=12)
+    with pytest.raises(weights.CheckpointError, match=r"backbone \(--set backbone=mobilenetv3"):
+        weights.convert("afnet", state, mobilenet)  # an AF-ResNet checkpoint, built as AF-MobileNetV3
+    mbv3_state = weights.official_state(_meta_state(_fixture("afnet_mbv3_f12")["keys"]))
+    with pytest.raises(weights.CheckpointError, match=r"backbone \(--set backbone=mobilenetv3"):
+        weights.convert("afnet", mbv3_state, resnet)  # and the other way round
 
 
 def test_another_methods_checkpoint_is_named(tmp_path):

@@ -2,7 +2,9 @@
 
 New workloads are picked up from `list_workloads()` automatically. A workload module whose tiny
 variant needs a larger clip than (T=4, 32 px) declares it at module level, e.g.
-`TINY_CLIP = {"num_frames": 8, "size_px": 64}`.
+`TINY_CLIP = {"num_frames": 8, "size_px": 64}`; one with further architectures behind a param declares
+their own tiny params (used instead of `tiny`), e.g. `TINY_VARIANTS = {"mobilenetv3": {"backbone":
+"mobilenetv3"}}`, and each goes through the model checks too (as "name[variant]").
 """
 
 import dataclasses
@@ -27,12 +29,21 @@ DEFAULT_CLIP = {"num_frames": 4, "size_px": 32}
 WORKLOADS = list_workloads()
 
 
+def _variants(name: str) -> dict:
+    return getattr(sys.modules[get_workload(name).builder.__module__], "TINY_VARIANTS", {})
+
+
+MODELS = WORKLOADS + [f"{name}[{v}]" for name in WORKLOADS for v in _variants(name)]
+
+
 def _tiny(name: str):
-    """(model, clips, labels) for workload `name` at its tiny size; the model is in train mode."""
+    """(model, clips, labels) for workload `name` (or `name[variant]`) at its tiny size; train mode."""
+    name, _, variant = name.rstrip("]").partition("[")
     spec = get_workload(name)
     clip = {**DEFAULT_CLIP, **getattr(sys.modules[spec.builder.__module__], "TINY_CLIP", {})}
     torch.manual_seed(0)
-    model = spec.build(spec.tiny, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
+    overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
+    model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
     clips = torch.randn(BATCH, clip["num_frames"], 3, clip["size_px"], clip["size_px"])
     labels = torch.arange(BATCH) % NUM_CLASSES
     return model, clips, labels
@@ -55,7 +66,7 @@ def test_spec_declares_what_the_platform_needs(name):
     assert len(spec.mean) == len(spec.std) == 3
 
 
-@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("name", MODELS)
 def test_forward_backward_determinism_and_macs(name):
     model, clips, labels = _tiny(name)
     assert sum(p.numel() for p in model.parameters()) > 0
@@ -87,7 +98,7 @@ def test_forward_backward_determinism_and_macs(name):
     assert not model.training, "measure() must leave the model's mode alone"
 
 
-@pytest.mark.parametrize("name", WORKLOADS)
+@pytest.mark.parametrize("name", MODELS)
 def test_optional_hooks_follow_the_contract(name):
     model, clips, labels = _tiny(name)
     if not (hasattr(model, "training_step") or hasattr(model, "on_epoch_start")):

@@ -12,6 +12,12 @@ deterministic (keep iff keep-logit > skip-logit) unless `eval_gating="gumbel"` (
 protocol). `eval_gating="topk"` keeps exactly round(rt * T) frames per clip in every block (a fixed
 budget; what `actionlab flops` needs to measure the MACs spent at a given RT on an untrained model).
 
+`backbone=mobilenetv3`: AF-MobileNetV3-Large after `ops/backbone/AF_MobileNetv3.py` (4.5 M params):
+MobileNetV3 stages 2-3 (40 and 80 wide) become ample (stride 2, same width) + focal (stride 1, pointwise
+convs in 2 groups, grouped 1x1 shortcut where the width changes) branches with the same navigation; the
+blend has no projection and no activation; every block shifts (TSM). The official model always shifts
+(it ignores `--shift`); here `shift=false` turns it off.
+
 Shapes (AF-ResNet50, 224 px): stem (B*T, 64, 56, 56); stage k: ample (B*T, C_k / alpha, H / 2, W / 2),
 focal (B*T, C_k, H, W) on the kept frames; the fusion bottleneck carries the stride (2, 2, 1), so the
 stages end at 28, 14, 14 and stage 4 (plain) at 7; then (B*T, 2048) -> dropout -> FC -> mean over T.
@@ -27,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.layers import make_divisible
 from torch import nn
 
 from .layers import read_state_dict, temporal_shift
@@ -36,6 +43,7 @@ SKIP, KEEP = 0, 1  # channel order of the navigation logits
 STAGE_STRIDES = (2, 2, 1)  # carried by each AF stage's fusion block; stage 4 has stride 2
 EVAL_GATINGS = ("argmax", "gumbel", "topk")
 EXECUTIONS = ("skip", "mask")
+BACKBONES = ("resnet", "mobilenetv3")
 
 
 OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame kept at first
@@ -44,6 +52,7 @@ OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame k
 class AFNetParams:
     """Defaults: AFNet-TSM with AF-ResNet50 on Something-Something V1 (`train_sth.sh`, `opts.py`)."""
 
+    backbone: str = "resnet"  # resnet (AF-ResNet, `layers` / `width` / `alpha`) | mobilenetv3 (AF-MobileNetV3-Large)
     layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (4, 8, 18, 3) for AF-ResNet101 (official)
     width: int = 64  # stem width; stage k has width * 2**k bottleneck planes
     alpha: int = 2  # ample branch width divisor
@@ -73,9 +82,12 @@ def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int =
     return [conv, nn.BatchNorm2d(cout)]
 
 
-def _edge_index(n: int, device) -> torch.Tensor:
-    """Row/column map from an n-wide map to a min(n, 3)-wide one: border, interior..., border."""
-    idx = [0] + [1] * (n - 2) + [2] if n >= 3 else list(range(n))
+def _edge_index(n: int, device, radius: int = 1) -> torch.Tensor:
+    """Row/column map from an n-wide map to a min(n, 2r+1)-wide one: r border rows, the interior (one row
+    standing for all), r border rows; the distinct values a stride-1, zero-padded k = 2r+1 conv of a
+    constant map can take."""
+    r = radius
+    idx = list(range(r)) + [r] * (n - 2 * r) + list(range(r + 1, 2 * r + 1)) if n >= 2 * r + 1 else list(range(n))
     return torch.tensor(idx, device=device)
 
 
@@ -254,6 +266,8 @@ class AFResNet(nn.Module):
         )
         self.num_features = planes * Bottleneck.expansion
         self.masks_per_stage = [n - 1 for n in layers[:3]]
+        self.official_name = {(3, 4, 6, 3): "AF-ResNet50", (4, 8, 18, 3): "AF-ResNet101"}.get(tuple(layers), "")
+        self.lr5_linears = None  # every nn.Linear (the official AF-ResNet policy)
         navigation = {id(m) for stage in self.stages for nav in stage.navigation for m in nav.modules()}
         for m in self.modules():
             # Navigation convs keep PyTorch's default (small) init: with Kaiming fan-out (fan-out 2) their
@@ -271,12 +285,224 @@ class AFResNet(nn.Module):
         return x.mean((2, 3)), masks  # (B*T, D)
 
 
+# -- AF-MobileNetV3 (`ops/backbone/AF_MobileNetv3.py`) ----------------------------------------------
+
+# MobileNetV3-Large's inverted-residual rows (Howard et al. 2019, Table 1) as the official AF version lays
+# them out: (kernel, expanded width, out width, squeeze-excite, hard-swish, stride). It strides the second
+# 24-wide block too (the paper's is stride 1), so the AF stages run at 28 (focal) / 14 (ample) and 14 / 7.
+MBV3_LAYER0 = ((3, 16, 16, False, False, 1),)
+MBV3_LAYER1 = ((3, 64, 24, False, False, 2), (3, 72, 24, False, False, 2))
+# AF stages: the branch rows (ample: first strided by 2, focal: stride 1) and the fusion row with its stride.
+MBV3_AF_STAGES = (
+    (((5, 72, 40, True, False), (5, 120, 40, True, False)), (5, 120, 40, True, False, 2)),
+    (((3, 240, 80, False, True), (3, 200, 80, False, True), (3, 184, 80, False, True)),
+     (3, 184, 80, False, True, 1)),
+)
+MBV3_LAYER4 = ((3, 480, 112, True, True, 1), (3, 672, 112, True, True, 1))
+MBV3_LAYER5 = ((5, 672, 160, True, True, 2), (5, 960, 160, True, True, 1), (5, 960, 160, True, True, 1))
+MBV3_HEAD = (960, 1280)  # 1x1 conv 160 -> 960 (+ BN, hard-swish), GAP, Linear 960 -> 1280, hard-swish
+
+
+class SqueezeExcite(nn.Module):
+    """MobileNetV3 SE: GAP -> Linear (C -> C/4 rounded to 8) -> ReLU -> Linear -> hard-sigmoid, as a scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        squeeze = make_divisible(channels // 4, 8)
+        self.fc1 = nn.Linear(channels, squeeze)
+        self.fc2 = nn.Linear(squeeze, channels)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, 1, 1) channel weights."""
+        return F.hardsigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3))))))[:, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale(x)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 block with a TSM shift of its input and an optional per-frame gate (the focal blocks).
+
+    Expanding (hidden != cin): 1x1 -> BN -> act -> kxk depthwise (stride) -> BN -> [SE] -> act -> 1x1 -> BN.
+    Not expanding: kxk depthwise -> BN -> act -> [SE] -> 1x1 -> BN (the SE comes after the activation here).
+    act is hard-swish or ReLU. groups: of the 1x1 convs (the focal branch's 2).
+    Shortcut: identity when stride 1 and cin == cout; else none, or with `project_shortcut` (focal blocks)
+    a grouped 1x1 conv + BN.
+    """
+
+    def __init__(
+        self, cin: int, hidden: int, cout: int, *, kernel: int, stride: int, se: bool, hswish: bool,
+        num_frames: int, shift: bool, fold_div: int = 8, groups: int = 1, project_shortcut: bool = False,
+    ):
+        super().__init__()
+        act = nn.Hardswish if hswish else nn.ReLU
+        self.expand = hidden != cin
+        dw = nn.Conv2d(hidden, hidden, kernel, stride=stride, padding=kernel // 2, groups=hidden, bias=False)
+        if self.expand:
+            layers = OrderedDict(
+                conv1=nn.Conv2d(cin, hidden, 1, groups=groups, bias=False), bn1=nn.BatchNorm2d(hidden), act1=act(),
+                conv2=dw, bn2=nn.BatchNorm2d(hidden), se=SqueezeExcite(hidden) if se else nn.Identity(), act2=act(),
+                conv3=nn.Conv2d(hidden, cout, 1, groups=groups, bias=False), bn3=nn.BatchNorm2d(cout),
+            )
+        else:
+            layers = OrderedDict(
+                conv1=dw, bn1=nn.BatchNorm2d(hidden), act1=act(), se=SqueezeExcite(hidden) if se else nn.Identity(),
+                conv2=nn.Conv2d(hidden, cout, 1, groups=groups, bias=False), bn2=nn.BatchNorm2d(cout),
+            )
+        self.branch = nn.Sequential(layers)
+        self.identity = stride == 1 and cin == cout
+        self.downsample = None
+        if not self.identity and project_shortcut:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, groups=groups, bias=False),
+                                            nn.BatchNorm2d(cout))
+        self.stride, self.num_frames, self.shift, self.fold_div = stride, num_frames, shift, fold_div
+
+    def _shortcut(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.identity:
+            return x
+        return None if self.downsample is None else self.downsample(x)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, *, skip: bool = False) -> torch.Tensor:
+        """x (B*T, C, H, W); keep (B*T,) in {0, 1} or None (every frame); skip: gather instead of mask."""
+        shortcut = self._shortcut(x)
+        h = temporal_shift(x, num_frames=self.num_frames, fold_div=self.fold_div) if self.shift else x
+        if keep is None:
+            out = self.branch(h)
+        elif skip and not self.training:
+            rows = keep.nonzero().squeeze(1)  # the kept frames; the shift above already saw all of them
+            if rows.numel() == keep.numel():
+                out = self.branch(h)
+            else:
+                out = self._response_to_zero(h).expand(h.shape[0], -1, -1, -1)  # dropped: branch(0), as masked
+                if rows.numel():
+                    out = out.index_copy(0, rows, self.branch(h.index_select(0, rows)))
+        else:
+            out = self.branch(h * keep.view(-1, 1, 1, 1).to(h.dtype))
+        return out if shortcut is None else out + shortcut
+
+    def _response_to_zero(self, like: torch.Tensor) -> torch.Tensor:
+        """branch(0) at like's resolution, (1, C_out, H, W) (eval-mode BN), from maps of <= k x k.
+
+        A zero input is a constant per channel after bn1; the stride-1 zero-padded k x k depthwise conv of a
+        constant differs only within k // 2 of the borders, so a (k x k) map holds every distinct value.
+        The SE's mean is taken over the full map (expanded from the small one by index, no MACs).
+        """
+        if self.stride != 1:
+            raise ValueError("afnet: skipping frames needs stride-1 focal blocks (the official layout has them)")
+        b = self.branch
+        h, w = like.shape[-2:]
+        if not self.expand:  # depthwise of zero is zero: the whole response is one constant per channel
+            a = b.act1(b.bn1(like.new_zeros(1, like.shape[1], 1, 1)))
+            return b.bn2(b.conv2(b.se(a))).expand(-1, -1, h, w)
+        a = b.act1(b.bn1(b.conv1(like.new_zeros(1, like.shape[1], 1, 1))))  # (1, hidden, 1, 1)
+        r = b.conv2.kernel_size[0] // 2
+        small = b.bn2(b.conv2(a.expand(-1, -1, min(h, 2 * r + 1), min(w, 2 * r + 1))))  # (1, hidden, <=k, <=k)
+        rows, cols = _edge_index(h, like.device, r), _edge_index(w, like.device, r)
+        if isinstance(b.se, SqueezeExcite):
+            small = small * b.se.scale(small.index_select(2, rows).index_select(3, cols))
+        out = b.bn3(b.conv3(b.act2(small)))
+        return out.index_select(2, rows).index_select(3, cols)
+
+
+def _mbv3_blocks(rows, cin: int, **common) -> tuple[nn.ModuleList, int]:
+    blocks = []
+    for kernel, hidden, cout, se, hswish, stride in rows:
+        blocks.append(InvertedResidual(cin, hidden, cout, kernel=kernel, stride=stride, se=se, hswish=hswish, **common))
+        cin = cout
+    return nn.ModuleList(blocks), cin
+
+
+class AFMobileStage(nn.Module):
+    """One AF stage of AF-MobileNetV3: n ample + n gated focal inverted residuals, n navigation modules,
+    an SE-style blend (no projection: both branches have the same width; no activation after the blend)
+    and one fusion block carrying the stage stride."""
+
+    def __init__(self, cin: int, rows: tuple, fusion_row: tuple, *, patch_groups: int, num_frames: int,
+                 shift: bool, fold_div: int):
+        super().__init__()
+        common = dict(num_frames=num_frames, shift=shift, fold_div=fold_div)
+        ample_rows = tuple((*row, 2 if i == 0 else 1) for i, row in enumerate(rows))
+        self.ample, cout = _mbv3_blocks(ample_rows, cin, **common)
+        self.focal, _ = _mbv3_blocks(tuple((*row, 1) for row in rows), cin, groups=patch_groups,
+                                     project_shortcut=True, **common)
+        widths = [cin] + [row[2] for row in rows[:-1]]
+        self.navigation = nn.ModuleList(Navigation(c, num_frames=num_frames) for c in widths)
+        squeeze = cout // 16
+        self.attention = nn.Sequential(  # with biases here (the AF-ResNet's are bias-free)
+            nn.Linear(cout, squeeze), nn.ReLU(inplace=True), nn.Linear(squeeze, cout), nn.Sigmoid(),
+        )
+        (self.fusion,), self.out_channels = _mbv3_blocks((fusion_row,), cout, **common)
+
+    def forward(self, x: torch.Tensor, gate, *, skip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        ample, focal, masks = x, x, []
+        for nav, ample_block, focal_block in zip(self.navigation, self.ample, self.focal):
+            keep = gate(nav(ample))  # (B, T) in {0, 1}, from the ample branch's input to this block
+            masks.append(keep)
+            ample = ample_block(ample)  # (B*T, C, H/2, W/2): every frame
+            focal = focal_block(focal, keep.flatten(), skip=skip)  # (B*T, C, H, W): kept frames computed
+        little = F.interpolate(ample, size=focal.shape[-2:], mode="nearest")  # (B*T, C, H, W)
+        a = self.attention((little + focal).mean((2, 3)))[:, :, None, None]  # (B*T, C, 1, 1)
+        return self.fusion(a * little + (1.0 - a) * focal), masks
+
+
+class AFMobileNetV3(nn.Module):
+    """AF-MobileNetV3-Large: (B*T, 3, H, W) -> features (B*T, 1280) and the per-block masks (B, T).
+
+    Shapes (224 px): stem (B*T, 16, 112, 112); layer0 112; layer1 (24 wide) 56 -> 28; AF stage 2 (40):
+    focal 28, ample 14, fusion / 2 -> 14; AF stage 3 (80): focal 14, ample 7, fusion -> 14; layer4 (112) 14;
+    layer5 (160) 7; 1x1 conv 960, GAP, Linear 1280, hard-swish.
+    """
+
+    official_name = "AF-MobileNetV3"
+    lr5_linears = ("head_fc",)  # with the classifier: the official fc_lr5 groups (its 1280-wide Linears)
+
+    def __init__(self, *, patch_groups: int, num_frames: int, shift: bool, fold_div: int):
+        super().__init__()
+        common = dict(num_frames=num_frames, shift=shift, fold_div=fold_div)
+        self.conv1 = nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.layer0, cin = _mbv3_blocks(MBV3_LAYER0, 16, **common)
+        self.layer1, cin = _mbv3_blocks(MBV3_LAYER1, cin, **common)
+        stages = []
+        for rows, fusion_row in MBV3_AF_STAGES:
+            stages.append(AFMobileStage(cin, rows, fusion_row, patch_groups=patch_groups, **common))
+            cin = stages[-1].out_channels
+        self.stages = nn.ModuleList(stages)
+        self.layer4, cin = _mbv3_blocks(MBV3_LAYER4, cin, **common)
+        self.layer5, cin = _mbv3_blocks(MBV3_LAYER5, cin, **common)
+        self.head_conv = nn.Conv2d(cin, MBV3_HEAD[0], 1, bias=False)
+        self.head_bn = nn.BatchNorm2d(MBV3_HEAD[0])
+        self.head_fc = nn.Linear(*MBV3_HEAD)
+        self.num_features = MBV3_HEAD[1]
+        self.masks_per_stage = [len(rows) for rows, _ in MBV3_AF_STAGES]
+        navigation = {id(m) for stage in self.stages for nav in stage.navigation for m in nav.modules()}
+        for m in self.modules():  # the official init, except the navigation convs (see AFResNet)
+            if isinstance(m, nn.Conv2d) and id(m) not in navigation:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, frames: torch.Tensor, gate, *, skip: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = F.hardswish(self.bn1(self.conv1(frames)))  # (B*T, 16, H/2, W/2)
+        for block in itertools.chain(self.layer0, self.layer1):
+            x = block(x)  # (B*T, 24, H/8, W/8)
+        masks = []
+        for stage in self.stages:
+            x, stage_masks = stage(x, gate, skip=skip)
+            masks.extend(stage_masks)
+        for block in itertools.chain(self.layer4, self.layer5):
+            x = block(x)  # (B*T, 160, H/32, W/32)
+        x = F.hardswish(self.head_bn(self.head_conv(x))).mean((2, 3))  # (B*T, 960)
+        return F.hardswish(self.head_fc(x)), masks  # (B*T, 1280)
+
+
 class AFNet(nn.Module):
     """AF-ResNet + per-frame dropout/FC + average consensus, the RT loss and the gate schedules."""
 
     def __init__(
         self,
-        backbone: AFResNet,
+        backbone: AFResNet | AFMobileNetV3,
         *,
         num_classes: int,
         num_frames: int,
@@ -310,6 +536,11 @@ class AFNet(nn.Module):
         self._gating_override: str | None = None
         self._calibration: dict = {}
         self._reset_eval_stats()
+
+    @property
+    def paper_backbone(self) -> str:
+        """The backbone's name in the paper's tables ("" for a variant the paper does not have)."""
+        return getattr(self.backbone, "official_name", "")
 
     # -- forward -------------------------------------------------------------------------------------
 
@@ -417,7 +648,11 @@ class AFNet(nn.Module):
 
         navigation: lr x10 (no decay on BN and biases); nn.Linear (classifier and the fusion's SE FCs):
         weight lr x5, bias lr x10 without decay; other conv biases lr x2 without decay; BN: no decay.
+        AF-MobileNetV3 (`ops/models_mobilenet.py`): only the 1280-wide Linears (head and classifier) get
+        x5 / x10; the SE and fusion Linears train as plain weights, their biases included (lr x1, decay).
         """
+        lr5 = getattr(self.backbone, "lr5_linears", None)
+        fast = None if lr5 is None else {"fc", *(f"backbone.{n}" for n in lr5)}
         groups: dict[tuple, list] = {}
         for module_name, module in self.named_modules():
             for name, p in module.named_parameters(recurse=False):
@@ -426,6 +661,8 @@ class AFNet(nn.Module):
                 is_bias = name == "bias"
                 if ".navigation." in f".{module_name}.":
                     key = ("navigation", 10.0, 0.0 if is_bias or isinstance(module, nn.BatchNorm2d) else 1.0)
+                elif isinstance(module, nn.Linear) and fast is not None and module_name not in fast:
+                    key = ("block_linear", 1.0, 1.0)
                 elif isinstance(module, nn.Linear):
                     key = ("linear", 10.0, 0.0) if is_bias else ("linear", 5.0, 1.0)
                 elif isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -536,6 +773,8 @@ PAPER_GMACS = (
     ("AF-ResNet50", 8, False, 0.5, 19.5),  # "Less is More": 8 frames as printed (the only script uses 12)
     ("AF-ResNet50", 8, False, 0.25, 18.3),
     ("TSM-ResNet50", 8, True, None, 32.7),
+    ("AF-MobileNetV3", 12, True, 0.4, 2.2),
+    ("AF-MobileNetV3", 12, True, 0.8, 2.3),
 )
 
 
@@ -560,9 +799,45 @@ OFFICIAL_BACKBONE_RULES = (
 )
 
 
+# The official AF-MobileNetV3's names (`ops/backbone/AF_MobileNetv3.py`) -> AFMobileNetV3's; its AF stages
+# 2 and 3 are our `stages.0` / `.1`. The official `fc.3` (the classifier) is not a backbone key.
+_MBV3_PARTS = (
+    (r"(conv[123]|bn[123])\.(.+)", r"branch.{a}.{b}"),
+    (r"se\.fc\.0\.(.+)", r"branch.se.fc1.{a}"),
+    (r"se\.fc\.2\.(.+)", r"branch.se.fc2.{a}"),
+    (r"res_connect\.([01])\.(.+)", r"downsample.{a}.{b}"),
+)
+
+
+def _mbv3_rules() -> tuple:
+    rules = [(r"conv\.(weight)", r"conv1.\1"), (r"bn\.(.+)", r"bn1.\1"), (r"conv_last\.(weight)", r"head_conv.\1"),
+             (r"bn_last\.(.+)", r"head_bn.\1"), (r"fc\.0\.(weight|bias)", r"head_fc.\1")]
+    blocks = [(r"features_head\.(0)", r"layer0.\1"), (r"features_stage1\.(\d+)", r"layer1.\1"),
+              (r"features_stage4\.(\d+)", r"layer4.\1"), (r"features_stage5\.(\d+)", r"layer5.\1")]
+    for official, ours in ((2, 0), (3, 1)):
+        rules += [(rf"list_gen{official}\.(\d+)\.conv_pool\.(.+)", rf"stages.{ours}.navigation.\1.conv.\2"),
+                  (rf"list_gen{official}\.(\d+)\.bn\.(.+)", rf"stages.{ours}.navigation.\1.bn.\2"),
+                  (rf"list_gen{official}\.(\d+)\.conv_gs\.(.+)", rf"stages.{ours}.navigation.\1.temporal.\2"),
+                  (rf"att_gen{official}\.fc\.([02])\.(.+)", rf"stages.{ours}.attention.\1.\2")]
+        blocks += [(rf"features_stage{official}_base\.(\d+)", rf"stages.{ours}.ample.\1"),
+                   (rf"features_stage{official}_refine\.(\d+)", rf"stages.{ours}.focal.\1"),
+                   (rf"features_stage{official}_fuse\.(0)", rf"stages.{ours}.fusion")]
+    for block, block_template in blocks:  # every block pattern has one group; the part's groups follow it
+        for part, part_template in _MBV3_PARTS:
+            rules.append((rf"{block}\.{part}", f"{block_template}." + part_template.format(a=r"\2", b=r"\3")))
+    return tuple(rules)
+
+
+OFFICIAL_MBV3_RULES = _mbv3_rules()
+
+
+def _plain(value):
+    return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
 def official_key(key: str) -> str | None:
-    """An official AF-ResNet parameter name -> ours (relative to `AFResNet`), or None if it is not one."""
-    for pattern, template in OFFICIAL_BACKBONE_RULES:
+    """An official AF-ResNet / AF-MobileNetV3 parameter name -> ours (relative to the backbone), or None."""
+    for pattern, template in OFFICIAL_BACKBONE_RULES + OFFICIAL_MBV3_RULES:
         m = re.fullmatch(pattern, key)
         if m:
             return re.sub(r"\{s(\d)\}", lambda s: str(int(s.group(1)) - 1), m.expand(template))
@@ -570,7 +845,7 @@ def official_key(key: str) -> str | None:
 
 
 def from_official_names(state: dict) -> dict:
-    """A state dict of the official AF-ResNet (classifier removed) in this module's names."""
+    """A state dict of the official AF-ResNet or AF-MobileNetV3 (classifier removed) in this module's names."""
     out, unknown = {}, []
     for key, value in state.items():
         ours = official_key(key)
@@ -579,8 +854,13 @@ def from_official_names(state: dict) -> dict:
         else:
             out[ours] = value
     if unknown:
-        raise ValueError(f"afnet: {len(unknown)} keys are not official AF-ResNet names: {unknown[:6]}")
+        raise ValueError(f"afnet: {len(unknown)} keys are not official AF-ResNet names (nor AF-MobileNetV3's): "
+                         f"{unknown[:6]}")
     return out
+
+
+# AF-MobileNetV3 has one layout, CPU-test sized as it is at 32 px: 4.3 M params, 0.03 GMACs per 4-frame clip.
+TINY_VARIANTS = {"mobilenetv3": {"backbone": "mobilenetv3"}}
 
 
 @register_workload(
@@ -590,6 +870,8 @@ def from_official_names(state: dict) -> dict:
     tiny={"layers": (2, 2, 2, 1), "width": 8},
 )
 def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Module:
+    if p.backbone not in BACKBONES:
+        raise ValueError(f"afnet: backbone {p.backbone!r} is not one of {list(BACKBONES)}")
     if p.eval_gating not in EVAL_GATINGS:
         raise ValueError(f"afnet: eval_gating {p.eval_gating!r} is not one of {list(EVAL_GATINGS)}")
     if p.execution not in EXECUTIONS:
@@ -598,24 +880,36 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
         raise ValueError(f"afnet: rt is a ratio of frames in [0, 1], got {p.rt}")
     if not (0 < p.t1 <= p.t0):
         raise ValueError(f"afnet: temperatures need 0 < t1 <= t0, got t0={p.t0}, t1={p.t1}")
-    if p.width % (2 * p.alpha) or p.width % p.patch_groups:
-        raise ValueError(f"afnet: width {p.width} must be divisible by 2 * alpha and by patch_groups")
-    backbone = AFResNet(
-        layers=tuple(p.layers), width=p.width, alpha=p.alpha, patch_groups=p.patch_groups,
-        num_frames=num_frames, shift=p.shift, fold_div=p.fold_div,
-    )
+    if p.backbone == "mobilenetv3":
+        defaults = AFNetParams()
+        resnet_only = [k for k in ("layers", "width", "alpha") if _plain(getattr(p, k)) != _plain(getattr(defaults, k))]
+        if resnet_only:
+            raise ValueError(f"afnet: {resnet_only} set AF-ResNet's shape and do nothing for backbone=mobilenetv3 "
+                             "(AF-MobileNetV3-Large has one fixed layout); drop them or use backbone=resnet")
+        if p.patch_groups not in (1, 2, 4, 8):
+            raise ValueError(f"afnet: patch_groups {p.patch_groups} must divide the MobileNetV3 widths (1, 2, 4 or 8)")
+        backbone = AFMobileNetV3(patch_groups=p.patch_groups, num_frames=num_frames, shift=p.shift, fold_div=p.fold_div)
+    else:
+        if p.width % (2 * p.alpha) or p.width % p.patch_groups:
+            raise ValueError(f"afnet: width {p.width} must be divisible by 2 * alpha and by patch_groups")
+        backbone = AFResNet(
+            layers=tuple(p.layers), width=p.width, alpha=p.alpha, patch_groups=p.patch_groups,
+            num_frames=num_frames, shift=p.shift, fold_div=p.fold_div,
+        )
     for stage in backbone.stages:
         for nav in stage.navigation:
             nav.reset_gate(p.nav_keep_bias)
     if p.pretrained_file:
         state = read_state_dict(p.pretrained_file)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        if any(".list_gen." in k or ".base_module." in k for k in state):
-            state = from_official_names(state)  # the official ImageNet AF-ResNet checkpoints
+        mobile = p.backbone == "mobilenetv3"  # the official AF-MobileNetV3's fc.0 is its head Linear (ours: head_fc)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.") or (mobile and k.startswith("fc.0."))}
+        if any(".list_gen" in k or ".base_module." in k or k.startswith("features_") for k in state):
+            state = from_official_names(state)  # the official ImageNet AF-ResNet / AF-MobileNetV3 checkpoints
         missing, unexpected = backbone.load_state_dict(state, strict=False)
+        describe = "AF-MobileNetV3" if p.backbone == "mobilenetv3" else f"AF-ResNet{tuple(p.layers)}"
         if missing or unexpected:
             raise ValueError(
-                f"afnet: {p.pretrained_file!r} does not match AF-ResNet{tuple(p.layers)}: "
+                f"afnet: {p.pretrained_file!r} does not match {describe}: "
                 f"missing {sorted(missing)[:10]}; unexpected {sorted(unexpected)[:10]}. "
                 "Convert the weights to this module's parameter names first."
             )

@@ -183,6 +183,8 @@ def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, pa
     paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())
     if size != 224 or set(params) & {"layers", "width", "alpha", "patch_groups"}:
         paper = ()  # the papers' figures are for the full network at 224 px
+    if getattr(model, "paper_backbone", None) is not None:  # a table with several backbones: this one's rows
+        paper = [row for row in paper if row[0] == model.paper_backbone]
     rts = sorted({0.25, 0.5, 1.0} | {rt for (_, t, _, rt, _) in paper if t == frames and rt is not None})
     report = model.compute_report((1, frames, 3, size, size), rts=tuple(rts))
     rows = []

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
+from workloads.afnet import OFFICIAL_MBV3_RULES as AFNET_MBV3_RULES
 
 from . import tracking
 
@@ -341,13 +342,16 @@ register_converter(Converter(
     paper="AFNet (NeurIPS 2022)",
     rules=(
         *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in AFNET_BACKBONE_RULES),
+        *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in AFNET_MBV3_RULES),
+        (r"base_model\.fc\.3\.(.+)", r"fc.\1"),  # AF-MobileNetV3: its fc.0 is the 960 -> 1280 head Linear
         (r"new_fc\.(.+)", r"fc.\1"),
         (r"base_model\.fc\.(.+)", r"fc.\1"),  # dropout 0: the backbone's own fc is the classifier
     ),
     hints=((r"navigation\.\d+\.temporal", "frames (--frames)"), (r"^fc\.", "classes (--num-classes)"),
            (r"^backbone\.", "width / alpha / patch_groups (--set)")),
-    key_hints=((r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)"),),
-    signature=(r"\.list_gen\.\d+\.conv_gs\.",),
+    key_hints=((r"^backbone\.(layer[015]|head_)", "backbone (--set backbone=mobilenetv3 for AF-MobileNetV3)"),
+               (r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)"),),
+    signature=(r"\.list_gen\.\d+\.conv_gs\.", r"\.list_gen[23]\.\d+\.conv_gs\."),
 ))
 
 
@@ -666,6 +670,10 @@ ZOO = (
              174, 12, {"rt": 0.8, "eval_gating": "gumbel"}, "49.9", _AF),
     ZooEntry("afnet-tsm-r101-rt0.4-ssv1", "afnet", "", "Something-Something V1",
              174, 12, {"layers": [4, 8, 18, 3], "rt": 0.4, "eval_gating": "gumbel"}, "49.8", _AF),
+    ZooEntry("afnet-tsm-mbv3-rt0.4-ssv1", "afnet", "", "Something-Something V1",
+             174, 12, {"backbone": "mobilenetv3", "rt": 0.4, "eval_gating": "gumbel"}, "45.3", _AF),
+    ZooEntry("afnet-tsm-mbv3-rt0.8-ssv1", "afnet", "", "Something-Something V1",
+             174, 12, {"backbone": "mobilenetv3", "rt": 0.8, "eval_gating": "gumbel"}, "45.9", _AF),
     ZooEntry("afnet-r50-rt0.5-ssv1", "afnet", "", "Something-Something V1",
              174, 8, {"shift": False, "rt": 0.5, "eval_gating": "gumbel"}, "26.8", _AF),
     ZooEntry("afnet-r50-rt0.25-ssv1", "afnet", "", "Something-Something V1",

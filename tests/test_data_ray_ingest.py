@@ -75,5 +75,5 @@ def test_bench_train_runs_both_paths_on_the_same_numbers(synth_dataset, tmp_path
     out = json.loads(done.stdout.strip().splitlines()[-1])
     plain, ray_side = out["plain"], out["ray"]
     assert len(plain["losses"]) == len(ray_side["losses"]) == 2
-    assert ray_side["losses"] == pytest.approx(plain["losses"], rel=1e-3)
+    assert ray_side["losses"] == pytest.approx(plain["losses"], rel=1e-5)  # one thread each: deterministic
     assert plain["steady_clips_per_s"] > 0 and ray_side["steady_clips_per_s"] > 0

@@ -73,11 +73,15 @@ def test_serve_predicts_batches_and_follows_the_alias(synth_dataset, tmp_path, m
         assert "error" in _post(url, ["/no/such.mp4"])["predictions"][0]
 
         during: dict = {}
-        loader = threading.Thread(target=lambda: during.update(load_test(url, videos, requests=80, concurrency=4)))
+        loader = threading.Thread(target=lambda: during.update(load_test(url, videos, requests=160, concurrency=4)))
         loader.start()
-        time.sleep(2.0)
+        time.sleep(0.5)
         tracking.client().set_registered_model_alias("served", "champion", "2")  # as in the registry UI
         loader.join(300)
+        deadline = time.time() + 60  # the replica polls the registry every second
+        while _post(url, videos[:1])["predictions"][0]["version"] != "2":
+            assert time.time() < deadline, "the deployment did not follow @champion to version 2 within 60 s"
+            time.sleep(0.5)
         after = load_test(url, videos, requests=8, concurrency=2)
     finally:
         server.stop()

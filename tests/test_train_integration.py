@@ -232,12 +232,15 @@ def _assert_registered_weights_are(mv, checkpoint: Path, *, not_those_of: Path, 
     import torch
     from safetensors.torch import load_file
 
-    from unittest import mock
-
-    # A models:/m-... source resolves through the process's tracking URI, not the `tracking_uri` argument.
-    with mock.patch.dict(os.environ, {"MLFLOW_TRACKING_URI": tracking_uri}):
+    # A models:/m-... source resolves through the process's tracking URI, not the `tracking_uri` argument
+    # (and an URI set earlier in this process wins over the environment variable).
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
         model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
                                                              tracking_uri=tracking_uri))
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert (model_dir / "MLmodel").is_file()  # an MLflow model; the checkpoint is its artifact
     registered = load_file(str(model_dir / "artifacts" / "checkpoint" / "model.safetensors"))
 

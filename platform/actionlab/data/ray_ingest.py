@@ -97,6 +97,9 @@ class RayClipLoader:
     def __iter__(self):
         import ray
 
+        # A DataLoader draws one number from torch's global generator per epoch (its workers' base seed);
+        # drawing it here too keeps every later draw (dropout, mixing) the same whichever engine is used.
+        torch.empty((), dtype=torch.int64).random_()
         indices = list(self.sampler)
         steps = len(self)
         batches = [np.asarray(indices[k * self.batch_size:(k + 1) * self.batch_size]) for k in range(steps)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +251,3 @@ def available_decoders() -> list[str]:
         out.append(name)
     return out
 
-
-def with_name(row: DataBenchRow, name: str) -> DataBenchRow:
-    return replace(row, name=name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path, PurePosixPath
 
@@ -469,7 +469,3 @@ def prepare_dataset(
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
-
-def with_overrides(settings: EncodeSettings, **changes) -> EncodeSettings:
-    """`settings` with the given fields changed (None values are ignored)."""
-    return replace(settings, **{k: v for k, v in changes.items() if v is not None})

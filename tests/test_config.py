@@ -1,10 +1,12 @@
 """Config resolution: defaults < recipe < --set, and errors that name the fix."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 import workloads
+from workloads import get_workload
 from actionlab.config import ConfigError, Config, dump_yaml, flat_params, from_dict, parse_override, resolve, to_dict
 
 
@@ -12,7 +14,7 @@ def test_defaults_recipe_then_overrides():
     cfg = resolve({"optim": {"lr": 0.1}, "clip": {"num_frames": 16}}, ["optim.lr=0.02", "workload.params.fold_div=4"])
     assert cfg.optim.lr == 0.02
     assert cfg.clip.num_frames == 16
-    assert cfg.workload.params == {"fold_div": 4}
+    assert cfg.workload.params == get_workload("tsm").params_cls(fold_div=4)  # every value, resolved once
     assert cfg.schedule.epochs == Config().schedule.epochs
 
 
@@ -63,11 +65,14 @@ def test_flat_params_are_dotted_strings():
 
 def test_switching_workload_drops_the_recipes_params():
     recipe = {"workload": {"name": "tsm", "params": {"backbone": "resnet18", "fold_div": 4}}}
-    assert resolve(recipe, ["workload.name=tam"]).workload.params == {}
+    tam, tsm = get_workload("tam").params_cls, get_workload("tsm").params_cls
+    assert resolve(recipe, ["workload.name=tam"]).workload.params == tam()
     switched = resolve(recipe, ["workload.name=tam", "workload.params.depth=18"])
-    assert switched.workload.params == {"depth": 18}
+    assert switched.workload.params == tam(depth=18)
+    # params given on the command line are kept whatever their order; only the recipe's are dropped
+    assert resolve(recipe, ["workload.params.depth=18", "workload.name=tam"]).workload.params == tam(depth=18)
     kept = resolve(recipe, ["workload.name=tsm", "workload.params.fold_div=8"])
-    assert kept.workload.params == {"backbone": "resnet18", "fold_div": 8}
+    assert kept.workload.params == tsm(backbone="resnet18", fold_div=8)
 
 
 @pytest.mark.parametrize("path", sorted((Path(workloads.__file__).parent / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
@@ -77,3 +82,69 @@ def test_every_shipped_recipe_resolves_and_builds(path):
 
     cfg = resolve(load_recipe(path.stem), [])
     check_buildable(workloads.get_workload(cfg.workload.name), cfg)
+
+
+def test_params_are_the_resolved_dataclass_and_round_trip_by_name():
+    from actionlab.cli import load_recipe
+
+    cfg = resolve(load_recipe("tsm_r50_sthv2"), [])
+    assert cfg.workload.params == get_workload("tsm").params_cls(backbone="resnet50.tv_in1k", pretrained=True,
+                                                                 dropout=0.5, fold_div=8)
+    as_dict = to_dict(cfg)["workload"]["params"]
+    assert as_dict["shift_place"] == "blockres" and as_dict["temporal_pool"] is False  # defaults, by name
+    assert from_dict(to_dict(cfg)) == cfg
+    flat = flat_params(cfg)
+    assert flat["workload.params.shift_place"] == "blockres" and flat["workload.params.temporal_pool"] == "False"
+    assert "shift_place: blockres" in dump_yaml(cfg)
+
+
+def test_a_changed_default_does_not_change_a_dumped_config(monkeypatch):
+    import yaml
+
+    cfg = resolve({}, ["workload.params.backbone=resnet18"])
+    text = dump_yaml(cfg)
+    tsm = get_workload("tsm")
+    changed = dataclasses.make_dataclass("TSMParams", [("shift_place", str, "block")], bases=(tsm.params_cls,),
+                                         frozen=True)
+    from workloads import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "tsm", dataclasses.replace(tsm, params_cls=changed))
+    assert resolve({}, ["workload.params.backbone=resnet18"]).workload.params.shift_place == "block"
+    assert from_dict(yaml.safe_load(text)).workload.params.shift_place == "blockres"
+
+
+def test_unknown_params_and_workloads_name_the_nearest():
+    with pytest.raises(ConfigError, match=r"workload.params: unknown parameter 'fold_dv' for workload 'tsm'; "
+                                          r"did you mean 'fold_div'"):
+        resolve({}, ["workload.params.fold_dv=4"])
+    with pytest.raises(ConfigError, match=r"workload.name: unknown workload 'tsmm'; did you mean 'tsm'"):
+        resolve({}, ["workload.name=tsmm"])
+
+
+def test_choices_are_literals_with_the_choices_in_the_error():
+    with pytest.raises(ConfigError, match=r"optim.name: 'adam' is not one of \['sgd', 'adamw'\]; did you mean 'adamw'"):
+        resolve({}, ["optim.name=adam"])
+    with pytest.raises(ConfigError, match=r"schedule.lr_schedule: 'linear' is not one of"):
+        resolve({"schedule": {"lr_schedule": "linear"}})
+    assert resolve({}, ["data.flip=off"]).data.flip == "off"  # YAML reads a bare off as False
+
+
+def test_updates_merge_dotted_values_after_the_overrides():
+    cfg = resolve({}, ["optim.lr=0.5"], updates={"optim.lr": 0.02, "clip.scales": [1.0, 0.5], "workload.params.fold_div": 4})
+    assert cfg.optim.lr == 0.02 and cfg.clip.scales == (1.0, 0.5) and cfg.workload.params.fold_div == 4
+
+
+def test_switching_a_wrapped_backbone_drops_its_stale_params():
+    from actionlab.cli import load_recipe
+
+    recipe = load_recipe("svmix_smoke")  # backbone_workload: tsm, backbone_params: {backbone: resnet18}
+    assert resolve(recipe, []).workload.params.backbone_params["backbone"] == "resnet18"
+    # tsn has a `backbone` too: the recipe's resnet18 (meant for tsm) must not silently carry over
+    tsn = resolve(recipe, ["workload.params.backbone_workload=tsn"]).workload.params
+    assert tsn.backbone_params == dataclasses.asdict(get_workload("tsn").resolve_params())
+    r21d = resolve(recipe, ["workload.params.backbone_params.depth=18", "workload.params.backbone_workload=r2plus1d"])
+    assert r21d.workload.params.backbone_params["depth"] == 18
+    same = resolve(recipe, ["workload.params.backbone_workload=tsm"]).workload.params
+    assert same.backbone_params["backbone"] == "resnet18"  # not a switch: kept
+    with pytest.raises(ConfigError, match=r"backbone_params: unknown parameter 'depht' for workload 'r2plus1d'"):
+        resolve(recipe, ["workload.params.backbone_workload=r2plus1d", "workload.params.backbone_params.depht=18"])

@@ -20,7 +20,7 @@ def _setup(manifest, *, seed=0, **over):
     data = launch.resolve_data(cfg)
     spec = get_workload("tsm")
     torch.manual_seed(cfg.seed)
-    model = spec.build({**dict(spec.tiny), **cfg.workload.params}, num_classes=len(data["classes"]),
+    model = spec.build(cfg.workload.params, num_classes=len(data.classes),
                        num_frames=cfg.clip.num_frames)
     train_set, _ = loop.make_datasets(cfg, spec, data)
     loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)

@@ -68,13 +68,31 @@ class WorkloadSpec:
                     f"workload '{self.name}' parameter '{key}': expected {type(default).__name__}, "
                     f"got {value!r}"
                 )
-        return dataclasses.replace(defaults, **overrides)
+        resolved = dataclasses.replace(defaults, **overrides)
+        # A wrapper's inner workload (`<x>_workload` + `<x>_params`, e.g. SV-Mix's backbone) is resolved
+        # too, so the params record every value of the whole network.
+        nested = {}
+        for workload_field, params_field in nested_workload_fields(self.params_cls):
+            inner = get_workload(getattr(resolved, workload_field))
+            try:
+                nested[params_field] = dataclasses.asdict(inner.resolve_params(getattr(resolved, params_field)))
+            except ValueError as err:
+                raise ValueError(f"workload '{self.name}' {params_field}: {err}") from None
+        return dataclasses.replace(resolved, **nested) if nested else resolved
 
     def build(self, params: dict | Any | None = None, *, num_classes: int, num_frames: int) -> nn.Module:
         """Builds the module. `params` is a dict of overrides or a ready Params instance."""
         if not isinstance(params, self.params_cls):
             params = self.resolve_params(params)
         return self.builder(params, num_classes=num_classes, num_frames=num_frames)
+
+
+def nested_workload_fields(params_cls: type) -> list[tuple[str, str]]:
+    """(`<x>_workload`, `<x>_params`) field pairs of a wrapper's Params: the inner workload's name and
+    its params mapping (SV-Mix: `backbone_workload`, `backbone_params`)."""
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    return [(n, n[: -len("_workload")] + "_params") for n in sorted(names)
+            if n.endswith("_workload") and n[: -len("_workload")] + "_params" in names]
 
 
 _REGISTRY: dict[str, WorkloadSpec] = {}

@@ -52,7 +52,7 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         spec = get_workload(cfg.workload.name)
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "cpu")
         torch.manual_seed(cfg.seed)
-        model = spec.build(cfg.workload.params, num_classes=len(data["classes"]), num_frames=cfg.clip.num_frames)
+        model = spec.build(cfg.workload.params, num_classes=len(data.classes), num_frames=cfg.clip.num_frames)
         # As the worker does, in the same order, so that both draw the same random numbers.
         flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
         if cfg.compute.channels_last:
@@ -79,7 +79,7 @@ def plain_run(cfg: Config) -> TrainBenchSide:
                 on_step_end=getattr(model, "on_step_end", None), channels_last=cfg.compute.channels_last,
             )
             evaluate(model, val_loader, device=device, mean=spec.mean, std=spec.std,
-                     num_classes=len(data["classes"]), fusion=cfg.eval.fusion)
+                     num_classes=len(data.classes), fusion=cfg.eval.fusion)
             epochs_s += time.perf_counter() - epoch_start
             rates.append(stats.clips_per_s)
             losses.append(stats.loss)

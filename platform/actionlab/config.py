@@ -1,8 +1,11 @@
 """Experiment configuration: frozen dataclasses, YAML recipes and dotted `--set` overrides.
 
 Precedence is dataclass defaults < recipe YAML < `--set key=value`. Every key is checked: an unknown
-key raises with the nearest valid name, a value of the wrong type raises with the expected type. The
-config becomes a plain dict only at the Ray boundary (`to_dict` / `from_dict`).
+key raises with the nearest valid name, a value of the wrong type raises with the expected type, a
+string outside its `Literal` choices raises with the choices. `workload.params` is the workload's own
+Params dataclass, resolved once here with every effective value, so what a run records (MLflow
+params, `config.yaml`, the checkpoint's `meta.json`) is the network it trained, not only the
+overrides. The config becomes a plain dict only at the Ray boundary (`to_dict` / `from_dict`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -24,11 +27,16 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class WorkloadConfig:
     name: str = "tsm"
-    # Keys of the workload's own Params dataclass (checked when the workload is built).
-    params: dict = field(default_factory=dict)
+    # The workload's Params dataclass with every effective value. A mapping given here (a recipe's
+    # overrides, `to_dict` output) is resolved against `name`'s Params on construction: unknown keys
+    # raise with the nearest field; wrapped workloads (SV-Mix's `backbone_params`) are resolved too.
+    params: Any = None
     # Warm start: a checkpoint URI or `models:/NAME@ALIAS`; the head is re-created when the
     # number of classes differs and the loader reports loaded / skipped / new weights.
     init_from: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "params", resolve_workload_params(self.name, self.params))
 
 
 @dataclass(frozen=True)
@@ -42,13 +50,13 @@ class DataConfig:
     num_loader_workers: int = 2
     loader_timeout_s: float = 300.0
     max_bad_fraction: float = 0.05
-    flip: str = "on"  # off | on | swap_pairs (left/right classes swap labels on flip)
+    flip: Literal["off", "on", "swap_pairs"] = "on"  # swap_pairs: left/right classes swap labels on flip
     cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
     # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
-    decoder: str = "auto"
+    decoder: Literal["auto", "decord", "pyav"] = "auto"
     # loader: a DataLoader in each Train worker (decodes on the worker's node);
     # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
-    engine: str = "loader"
+    engine: Literal["loader", "ray"] = "loader"
 
 
 @dataclass(frozen=True)
@@ -64,20 +72,20 @@ class ClipConfig:
 class EvalConfig:
     num_clips: int = 1
     num_crops: int = 1
-    fusion: str = "logits"  # logits | probs: how views are averaged per video
+    fusion: Literal["logits", "probs"] = "logits"  # how views are averaged per video
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     epochs: int = 10
     warmup_epochs: int = 0
-    lr_schedule: str = "cosine"  # cosine | step | constant
+    lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
     lr_steps: tuple = ()  # epochs at which lr *= 0.1 (step schedule)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
@@ -123,16 +131,6 @@ class Config:
     seed: int = 0
 
 
-_CHOICES = {
-    ("data", "flip"): ("off", "on", "swap_pairs"),
-    ("data", "decoder"): ("auto", "decord", "pyav"),
-    ("data", "engine"): ("loader", "ray"),
-    ("eval", "fusion"): ("logits", "probs"),
-    ("schedule", "lr_schedule"): ("cosine", "step", "constant"),
-    ("optim", "name"): ("sgd", "adamw"),
-}
-
-
 def _nearest(key: str, options: list[str]) -> str:
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'? " if close else ""
@@ -143,6 +141,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Checks `value` against a field annotation, converting only where it is lossless."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare on / off / yes / no as a bool
+            spelled = [c for c in (("on", "yes", "true") if value else ("off", "no", "false")) if c in args]
+            value = spelled[0] if len(spelled) == 1 else value
+        if isinstance(value, str) and value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{hint}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -187,10 +196,35 @@ def _build(cls: type, values: dict, where: str) -> Any:
             kwargs[key] = _build(annotation, value, path)
         else:
             kwargs[key] = _coerce(value, annotation, path)
-            choices = _CHOICES.get((where, key))
-            if choices and kwargs[key] not in choices:
-                raise ConfigError(f"{path}: {kwargs[key]!r} is not one of {list(choices)}")
     return cls(**kwargs)
+
+
+def resolve_workload_params(name: str, params: Any = None) -> Any:
+    """`name`'s Params dataclass from a mapping of overrides (or a ready instance), every value set.
+
+    Raises:
+        ConfigError: an unknown workload, an unknown parameter (with the nearest name), a value of the
+            wrong type, or a Params instance of another workload.
+    """
+    from workloads import get_workload
+
+    try:
+        spec = get_workload(name)
+    except KeyError as err:
+        raise ConfigError(f"workload.name: {err.args[0]}") from None
+    if dataclasses.is_dataclass(params) and not isinstance(params, type):
+        if not isinstance(params, spec.params_cls):
+            raise ConfigError(
+                f"workload.params: a {type(params).__name__} was given for workload '{name}', which takes "
+                f"{spec.params_cls.__name__}; pass a mapping of overrides to start from '{name}''s defaults"
+            )
+        params = dataclasses.asdict(params)  # resolved again: wrapped workloads' params are expanded too
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"workload.params: expected a mapping of {spec.params_cls.__name__} keys, got {params!r}")
+    try:
+        return spec.resolve_params(params or {})
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"workload.params: {err.args[0] if err.args else err}") from None
 
 
 def to_dict(config: Config) -> dict:
@@ -213,8 +247,8 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def parse_override(text: str) -> dict:
-    """Turns `a.b.c=value` into `{"a": {"b": {"c": value}}}`; the value is parsed as YAML."""
+def parse_dotted(text: str) -> tuple[str, Any]:
+    """Splits `a.b.c=value` into ("a.b.c", value); the value is parsed as YAML."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value (e.g. optim.lr=0.01)")
     key, raw = text.split("=", 1)
@@ -225,9 +259,19 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({err})") from None
-    for part in reversed(parts):
+    return ".".join(parts), value
+
+
+def nest(key: str, value: Any) -> dict:
+    """("a.b.c", value) -> {"a": {"b": {"c": value}}}."""
+    for part in reversed(key.split(".")):
         value = {part: value}
     return value
+
+
+def parse_override(text: str) -> dict:
+    """Turns `a.b.c=value` into `{"a": {"b": {"c": value}}}`; the value is parsed as YAML."""
+    return nest(*parse_dotted(text))
 
 
 def load_recipe_text(text: str, source: str) -> dict:
@@ -241,23 +285,64 @@ def load_recipe_text(text: str, source: str) -> dict:
     return values
 
 
-def resolve(recipe: dict | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Defaults < recipe mapping < dotted overrides, validated.
+def resolve(recipe: dict | None = None, overrides: list[str] | tuple = (), *, updates: dict | None = None) -> Config:
+    """Defaults < recipe mapping < dotted `--set` overrides < `updates`, validated and resolved.
 
-    `workload.params` belong to their workload: an override that switches `workload.name` starts
-    from the new workload's defaults instead of inheriting the recipe's params for another method.
+    Args:
+        recipe: a recipe mapping (config sections).
+        overrides: `key.path=value` strings (the value is YAML), applied in order.
+        updates: dotted key -> value, already parsed (a sweep's fixed and sampled values), applied last.
+
+    `workload.params` belong to their workload: when the updates switch `workload.name`, the recipe's
+    params (set for another method) are dropped and the new workload's defaults apply; params given in
+    the updates are kept, in whatever order they come. The same holds one level down for a wrapper:
+    switching SV-Mix's `backbone_workload` drops the recipe's `backbone_params` for the old backbone.
     """
     values = to_dict(Config())
+    values["workload"]["params"] = {}  # the recipe's workload's defaults fill in when the config is built
     values = _merge(values, recipe or {})
-    parsed = [parse_override(text) for text in overrides]
-    recipe_workload = values.get("workload", {}).get("name")
-    for update in parsed:
-        name = update.get("workload", {}).get("name") if isinstance(update.get("workload"), dict) else None
-        if name is not None and name != recipe_workload:
-            values["workload"]["params"] = {}
-            recipe_workload = name
+    steps = [nest(*parse_dotted(text)) for text in overrides] + [nest(k, v) for k, v in (updates or {}).items()]
+    combined: dict = {}
+    for update in steps:
+        combined = _merge(combined, update)
+    _drop_stale_params(values, combined)
+    for update in steps:
         values = _merge(values, update)
     return from_dict(values)
+
+
+def _drop_stale_params(values: dict, update: dict) -> None:
+    """Drops the recipe's params that `update` makes belong to another workload (see `resolve`)."""
+    from workloads.registry import nested_workload_fields
+
+    workload = values.setdefault("workload", {})
+    new = update.get("workload")
+    if not isinstance(new, dict):
+        return
+    if "name" in new and new["name"] != workload.get("name"):
+        workload["params"] = {}
+    params, new_params = workload.get("params"), new.get("params")
+    if not isinstance(params, dict) or not isinstance(new_params, dict):
+        return
+    name = new.get("name", workload.get("name"))
+    try:
+        params_cls = _params_cls(name)
+    except ConfigError:
+        return  # an unknown workload: building the config names it
+    defaults = params_cls()
+    for workload_field, params_field in nested_workload_fields(params_cls):
+        if workload_field in new_params and new_params[workload_field] != params.get(
+                workload_field, getattr(defaults, workload_field)):
+            params[params_field] = {}
+
+
+def _params_cls(name: str) -> type:
+    from workloads import get_workload
+
+    try:
+        return get_workload(name).params_cls
+    except KeyError as err:
+        raise ConfigError(f"workload.name: {err.args[0]}") from None
 
 
 def dump_yaml(config: Config) -> str:
@@ -272,7 +357,12 @@ def dump_yaml(config: Config) -> str:
 
 
 def flat_params(config: Config) -> dict[str, str]:
-    """Dotted `section.key` -> string, for MLflow params."""
+    """Dotted `section.key` -> string, for MLflow params: every value, workload params included."""
+    return flatten(to_dict(config))
+
+
+def flatten(values: dict) -> dict[str, str]:
+    """Nested mappings -> dotted key -> string (a tuple shows as a list, an empty mapping as `{}`)."""
     out: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -282,5 +372,5 @@ def flat_params(config: Config) -> dict[str, str]:
         else:
             out[prefix] = str(list(value) if isinstance(value, tuple) else value)
 
-    walk("", to_dict(config))
+    walk("", values)
     return out

@@ -29,13 +29,13 @@ def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str
 def _top(loaded: tracking.LoadedModel, views: torch.Tensor, top_k: int) -> list[dict]:
     """views: uint8 (V, T, C, H, W) of one video -> its top-k classes (logits averaged over views)."""
     meta = loaded.meta
-    mean_t, std_t = stats_tensors(meta["mean"], meta["std"], "cpu")
+    mean_t, std_t = stats_tensors(meta.preprocessing.mean, meta.preprocessing.std, "cpu")
     with torch.no_grad():
         logits = loaded.model(normalise(views, mean_t, std_t))  # (V, K)
         probs = F.softmax(logits.float().mean(0), dim=-1)  # (K,)
     values, indices = probs.topk(min(top_k, probs.numel()))
     return [
-        {"class": meta["classes"][i], "label": int(i), "prob": round(float(p), 4)}
+        {"class": meta.classes[i], "label": int(i), "prob": round(float(p), 4)}
         for p, i in zip(values.tolist(), indices.tolist())
     ]
 
@@ -68,15 +68,15 @@ def predict_clips(loaded: tracking.LoadedModel, clips, *, top_k: int = 5) -> lis
         ValueError: not a uint8 (B, T, H, W, 3) batch with the model's T.
     """
     batch = np.asarray(clips.numpy() if isinstance(clips, torch.Tensor) else clips)
-    meta = loaded.meta
-    if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[-1] != 3 or batch.shape[1] != meta["num_frames"]:
+    pre = loaded.meta.preprocessing
+    if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[-1] != 3 or batch.shape[1] != pre.num_frames:
         raise ValueError(
-            f"expected a uint8 batch (B, T={meta['num_frames']}, H, W, 3) of RGB frames; got {batch.dtype} "
-            f"{tuple(batch.shape)}. Sample {meta['num_frames']} frames per video ({meta['sampling']} sampling, "
-            f"stride {meta['stride']}) or pass video paths instead"
+            f"expected a uint8 batch (B, T={pre.num_frames}, H, W, 3) of RGB frames; got {batch.dtype} "
+            f"{tuple(batch.shape)}. Sample {pre.num_frames} frames per video ({pre.sampling} sampling, "
+            f"stride {pre.stride}) or pass video paths instead"
         )
     out = []
     for clip in batch:  # (T, H, W, 3)
-        views = transforms.test_transform(clip, size_px=meta["size_px"], resize_px=meta["resize_px"], num_crops=1)
+        views = transforms.test_transform(clip, size_px=pre.size_px, resize_px=pre.resize_px, num_crops=1)
         out.append({"top": _top(loaded, views, top_k)})  # views (1, T, C, H, W)
     return out

@@ -59,7 +59,7 @@ def score_videos(loaded, videos: list[str], *, top_k: int, device: str, cache_di
         views.append(item["clip"])  # (V, T, C, H, W) uint8
         owners.append(i)
     if views:
-        mean_t, std_t = stats_tensors(meta["mean"], meta["std"], device)
+        mean_t, std_t = stats_tensors(meta.preprocessing.mean, meta.preprocessing.std, device)
         counts = [v.shape[0] for v in views]
         with torch.no_grad():
             x = normalise(torch.cat(views).to(device), mean_t, std_t)  # (sum V, T, C, H, W)
@@ -69,7 +69,7 @@ def score_videos(loaded, videos: list[str], *, top_k: int, device: str, cache_di
             values, indices = probs.topk(min(top_k, probs.numel()))
             out[i] = {
                 "video": videos[i],
-                "top": [{"class": meta["classes"][k], "label": int(k), "prob": round(float(p), 4)}
+                "top": [{"class": meta.classes[k], "label": int(k), "prob": round(float(p), 4)}
                         for p, k in zip(values.tolist(), indices.tolist())],
             }
     return out

@@ -294,22 +294,22 @@ class MetricBuffer:
 # --- checkpoints as registered models -------------------------------------------------------------
 
 
-def save_model_dir(out_dir: str | Path, model, meta: dict) -> Path:
-    """Writes `model.safetensors` + `meta.json` (everything needed to rebuild the workload)."""
+def save_model_dir(out_dir: str | Path, model, meta) -> Path:
+    """Writes `model.safetensors` + `meta.json` (a `ModelMeta`: everything needed to rebuild the workload)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / MODEL_FILE))
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (out / META_FILE).write_text(json.dumps(meta.to_json(), indent=2, sort_keys=True))
     return out
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     model: object  # torch.nn.Module in eval mode
-    meta: dict
+    meta: object  # model_meta.ModelMeta: the recorded workload, params, classes and preprocessing
     source: str
 
 
@@ -366,22 +366,51 @@ def load_weights(path: str | Path) -> dict:
         ) from None
 
 
+def read_meta(model_dir: str | Path):
+    """The `ModelMeta` of a model directory (its meta.json).
+
+    Raises:
+        ValueError: meta.json is not JSON; `model_meta.ModelMetaError` when the current code cannot
+            rebuild what it records.
+    """
+    from .model_meta import ModelMeta
+
+    file = Path(model_dir) / META_FILE
+    try:
+        values = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file} is not JSON ({err}); expected a directory written by actionlab") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{file} is not a JSON object; expected a directory written by actionlab")
+    return ModelMeta.from_json(values, where=str(file))
+
+
 def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
-    """Rebuilds the workload from meta.json and loads safetensors weights (never unpickles)."""
+    """Rebuilds the workload with the params recorded in meta.json and loads its safetensors weights
+    (never unpickles). Initial-weight params (`pretrained*`) are ignored: the weights are the file's.
+
+    Raises:
+        model_meta.ModelMetaError: the current code cannot build what the checkpoint records.
+    """
     from workloads import get_workload
 
+    from .model_meta import ModelMetaError, without_weight_sources
+
     path = resolve_model_dir(uri)
+    meta = read_meta(path)
     try:
-        meta = json.loads((path / META_FILE).read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path / META_FILE} is not JSON ({err}); expected a directory written by actionlab") from None
-    spec = get_workload(meta["workload"])
-    model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"])
+        model = get_workload(meta.workload).build(without_weight_sources(meta.params), num_classes=len(meta.classes),
+                                                  num_frames=meta.preprocessing.num_frames)
+    except (ValueError, TypeError) as err:
+        raise ModelMetaError(
+            f"{uri}: this code cannot build the recorded workload '{meta.workload}' ({err}); it was written by "
+            f"actionlab {meta.actionlab_version or '(version not recorded)'}: load it with that version"
+        ) from None
     state = load_weights(path / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{uri}: checkpoint does not match workload '{meta['workload']}': "
+            f"{uri}: checkpoint does not match workload '{meta.workload}': "
             f"missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
         )
     model.to(device).eval()

@@ -15,6 +15,7 @@ strings; no allow-list is needed for any released format this module reads).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -29,7 +30,9 @@ import torch
 from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
 from workloads.afnet import OFFICIAL_MBV3_RULES as AFNET_MBV3_RULES
 
-from . import tracking
+from . import __version__, tracking
+from .config import flatten
+from .model_meta import ModelMeta, Preprocessing, without_weight_sources
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
 WEIGHT_SOURCES = ("pretrained", "pretrained_file")  # params that only say where initial weights come from
@@ -280,21 +283,17 @@ def import_checkpoint(
     if class_names is not None and len(class_names) != num_classes:
         raise CheckpointError(f"--classes lists {len(class_names)} names but --num-classes is {num_classes}; make them agree")
     params = dict(params or {})
-    spec.resolve_params(params)  # unknown params: the registry's error names the nearest field
+    resolved = spec.resolve_params(params)  # unknown params: the registry's error names the nearest field
     model = import_checkpoint_model(workload, checkpoint, num_classes=num_classes, num_frames=num_frames, params=params)
-    meta = {
-        "workload": workload,
-        "params": {k: v for k, v in params.items() if k not in WEIGHT_SOURCES},
-        "classes": list(class_names or [f"class_{i}" for i in range(num_classes)]),
-        "num_frames": num_frames,
-        "stride": stride,
-        "size_px": size_px,
-        "resize_px": resize_px,
-        "sampling": spec.sampling,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "source": {"official_checkpoint": Path(checkpoint).name, "paper": converter(workload).paper},
-    }
+    meta = ModelMeta(
+        workload=workload,
+        params=without_weight_sources(resolved),  # every value; the weights are the checkpoint's
+        classes=tuple(class_names or [f"class_{i}" for i in range(num_classes)]),
+        preprocessing=Preprocessing(sampling=spec.sampling, num_frames=num_frames, stride=stride, size_px=size_px,
+                                    resize_px=resize_px, mean=tuple(spec.mean), std=tuple(spec.std)),
+        source={"official_checkpoint": Path(checkpoint).name, "paper": converter(workload).paper},
+        actionlab_version=__version__,
+    )
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise CheckpointError(f"{out} exists and is not empty; choose a new -o folder")
@@ -314,19 +313,20 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
     (`eval --model models:/NAME/VERSION` measures it on the user's copy of the dataset).
     """
     conv = converter(workload)
-    meta = json.loads((Path(model_dir) / tracking.META_FILE).read_text())
-    run_id = tracking.start_run("official-checkpoints", f"{workload}-{meta['source']['official_checkpoint']}",
+    meta = tracking.read_meta(model_dir)
+    run_id = tracking.start_run("official-checkpoints", f"{workload}-{meta.source['official_checkpoint']}",
                                 tags={"source": "official", "paper": conv.paper})
-    tracking.log_params(run_id, {"workload.name": workload, "data.name": dataset, "clip.num_frames": meta["num_frames"],
-                                 **{f"workload.params.{k}": v for k, v in meta["params"].items()}})
+    tracking.log_params(run_id, {"workload.name": workload, "data.name": dataset,
+                                 "clip.num_frames": meta.preprocessing.num_frames,
+                                 **flatten({"workload": {"params": dataclasses.asdict(meta.params)}})})
     tracking.log_artifacts(run_id, model_dir, tracking.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)
     # The same registration as a trained run's (whatever form the registry gives versions), without the
     # alias: the version's top-1 is the paper's, not one measured here.
     info = tracking.register(run_id, name, alias="")
     tags = {"source": "official", "paper": conv.paper, "workload": workload, "dataset": dataset,
-            "frames": str(meta["num_frames"]), "paper_top1": str(paper_top1),
-            "checkpoint": meta["source"]["official_checkpoint"]}
+            "frames": str(meta.preprocessing.num_frames), "paper_top1": str(paper_top1),
+            "checkpoint": meta.source["official_checkpoint"]}
     c = tracking.client()
     for key, value in tags.items():
         c.set_model_version_tag(name, info["version"], key, value)

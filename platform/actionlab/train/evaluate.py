@@ -140,21 +140,22 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     return fig
 
 
-def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None):
-    """A test-mode dataset with the preprocessing stored beside a registered model (meta.json)."""
+def eval_dataset(meta, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None):
+    """A test-mode dataset with the preprocessing stored beside a registered model (a `ModelMeta`)."""
     from ..data.dataset import VideoClipDataset
     from ..data.manifest import preferred_decoder
 
+    pre = meta.preprocessing
     return VideoClipDataset(
         df=df,
         root=root,
-        num_classes=len(meta["classes"]),
-        sampling=meta["sampling"],
-        num_frames=meta["num_frames"],
-        stride=meta["stride"],
+        num_classes=len(meta.classes),
+        sampling=pre.sampling,
+        num_frames=pre.num_frames,
+        stride=pre.stride,
         train=False,
-        size_px=meta["size_px"],
-        resize_px=meta["resize_px"],
+        size_px=pre.size_px,
+        resize_px=pre.resize_px,
         scales=(1.0,),
         flip="off",
         flip_pairs={},
@@ -203,8 +204,8 @@ def evaluate_model(
                            num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
     loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
                                       num_workers=num_loader_workers, timeout_s=300, drop_last=False)
-    result = evaluate(loaded.model, loader, device="cpu", mean=meta["mean"], std=meta["std"],
-                      num_classes=len(meta["classes"]), fusion=fusion)
+    result = evaluate(loaded.model, loader, device="cpu", mean=meta.preprocessing.mean, std=meta.preprocessing.std,
+                      num_classes=len(meta.classes), fusion=fusion)
     protocol = f"{num_clips}x{num_crops}"
     summary = {
         "model": model_uri,
@@ -213,13 +214,13 @@ def evaluate_model(
         f"test/top5_{protocol}": result.top5,
         "num_videos": result.num_videos,
         "bad_samples": len(result.bad),
-        "per_class": dict(zip(meta["classes"], result.per_class)),
+        "per_class": dict(zip(meta.classes, result.per_class)),
     }
     if run_id:
         tracking.log_metrics(run_id, {f"test/top1_{protocol}": result.top1, f"test/top5_{protocol}": result.top5},
                              step=0)
         with tempfile.TemporaryDirectory() as tmp:
-            fig = confusion_figure(result.confusion, meta["classes"], f"test top-1 {result.top1:.3f} ({protocol})")
+            fig = confusion_figure(result.confusion, list(meta.classes), f"test top-1 {result.top1:.3f} ({protocol})")
             fig.savefig(Path(tmp) / f"confusion_{protocol}.png", dpi=110)
             plt.close(fig)
             (Path(tmp) / f"summary_{protocol}.json").write_text(json.dumps(summary, indent=1))

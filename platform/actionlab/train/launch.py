@@ -11,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import storage, tracking
 from ..config import Config, dump_yaml, flat_params, to_dict
 from ..data import manifest as data_manifest
+from ..model_meta import without_weight_sources
+from .context import RunContext
 from .run_lock import RunLock
 
 
@@ -37,8 +39,8 @@ class TrainOutcome:
         return out
 
 
-def resolve_data(cfg: Config) -> dict:
-    """Manifest, root, classes and val split, with the defaults documented in DataConfig."""
+def resolve_data(cfg: Config) -> RunContext:
+    """Manifest, root, classes and val split, with the defaults documented in DataConfig (no run identity yet)."""
     if not cfg.data.manifest:
         raise ValueError(
             "data.manifest is not set: pass --set data.manifest=PATH_OR_URI, or make a dataset with "
@@ -57,15 +59,15 @@ def resolve_data(cfg: Config) -> dict:
     root = cfg.data.root or data_manifest.default_root(manifest)
     if not storage.is_remote(root):
         root = str(Path(root).expanduser().resolve())
-    return {
-        "manifest": manifest,
-        "val_manifest": val_manifest,
-        "val_split": "val",
-        "root": root,
-        "classes": classes,
-        "dataset": cfg.data.name or Path(manifest.rstrip("/")).parent.name,
-        "cache_dir": cfg.data.cache_dir or str(tracking.home() / "cache"),
-    }
+    return RunContext(
+        manifest=manifest,
+        val_manifest=val_manifest,
+        val_split="val",
+        root=root,
+        classes=tuple(classes),
+        dataset=cfg.data.name or Path(manifest.rstrip("/")).parent.name,
+        cache_dir=cfg.data.cache_dir or str(tracking.home() / "cache"),
+    )
 
 
 def check_buildable(spec, cfg: Config) -> None:
@@ -74,7 +76,7 @@ def check_buildable(spec, cfg: Config) -> None:
     left to the workers: the driver downloads nothing."""
     import torch
 
-    params = _without_weights(spec.resolve_params(cfg.workload.params))
+    params = without_weight_sources(cfg.workload.params)
     try:
         with torch.device("meta"):
             spec.build(params, num_classes=2, num_frames=cfg.clip.num_frames)
@@ -82,27 +84,8 @@ def check_buildable(spec, cfg: Config) -> None:
         raise ValueError(f"workload '{spec.name}' cannot be built from workload.params={cfg.workload.params}: {err}") from None
 
 
-def _without_weights(params):
-    """`params` with every `pretrained*` field (also inside nested param dicts) set to its empty value."""
-    def blank(value):
-        return type(value)()
-
-    changes = {}
-    for f in fields(params):
-        value = getattr(params, f.name)
-        if f.name.startswith("pretrained"):
-            changes[f.name] = blank(value)
-        elif isinstance(value, dict):
-            changes[f.name] = {k: blank(v) if k.startswith("pretrained") else v for k, v in value.items()}
-    return replace(params, **changes)
-
-
 def default_run_name(cfg: Config, dataset: str) -> str:
-    backbone = cfg.workload.params.get("backbone")
-    if backbone is None:
-        from workloads import get_workload
-
-        backbone = getattr(get_workload(cfg.workload.name).params_cls(), "backbone", "")
+    backbone = getattr(cfg.workload.params, "backbone", "")
     arch = f"{cfg.workload.name}-{backbone}" if backbone else cfg.workload.name
     return f"{arch}_{cfg.clip.num_frames}x{cfg.clip.stride}_{dataset}"
 
@@ -214,7 +197,7 @@ def train(
     check_buildable(spec, cfg)
     data = resolve_data(cfg)
     root = storage_root(cfg)
-    base_name = cfg.tracking.run_name or default_run_name(cfg, data["dataset"])
+    base_name = cfg.tracking.run_name or default_run_name(cfg, data.dataset)
     run_name, run_id = claim_run(cfg, base_name, root)
     lock = RunLock(storage.join(root, run_name), run_name)
     stale = lock.acquire()  # refuses a second live driver of this run
@@ -228,7 +211,7 @@ def train(
         lock.release()
 
 
-def _train_claimed(cfg: Config, spec, data: dict, root: str, run_name: str, run_id: str | None, *,
+def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str, run_id: str | None, *,
                    register_name: str, parent_run_id: str, callbacks: tuple, extra_tags: dict | None) -> TrainOutcome:
     """`train` once the run name is claimed and locked: MLflow run, Ray Train, registration."""
     import ray.train
@@ -246,13 +229,13 @@ def _train_claimed(cfg: Config, spec, data: dict, root: str, run_name: str, run_
         run_id = tracking.start_run(
             cfg.tracking.experiment,
             run_name,
-            tags={"workload": spec.name, "dataset": data["dataset"], "actionlab.val_protocol": "1clip x 1crop",
+            tags={"workload": spec.name, "dataset": data.dataset, "actionlab.val_protocol": "1clip x 1crop",
                   **(extra_tags or {})},
             parent_run_id=parent_run_id,
         )
         params = {k: storage.redact(v) if isinstance(v, str) else v for k, v in flat_params(cfg).items()}
-        tracking.log_params(run_id, {**params, "data.name": data["dataset"],
-                                     "data.num_classes": len(data["classes"])})
+        tracking.log_params(run_id, {**params, "data.name": data.dataset,
+                                     "data.num_classes": len(data.classes)})
         tracking.log_text(run_id, storage.redact_text(dump_yaml(cfg)), "config.yaml")
     print(f"run '{run_name}': MLflow run {run_id}; checkpoints under {storage.redact(storage.join(root, run_name))}",
           flush=True)
@@ -268,7 +251,8 @@ def _train_claimed(cfg: Config, spec, data: dict, root: str, run_name: str, run_
     storage_path, storage_filesystem = storage.ray_storage(root)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"config": to_dict(cfg), "ctx": {**data, "run_id": run_id, "run_name": run_name}},
+        train_loop_config={"config": to_dict(cfg),
+                           "ctx": replace(data, run_id=run_id, run_name=run_name).to_dict()},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.compute.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),

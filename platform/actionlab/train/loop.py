@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import flops, storage, tracking
+from .. import __version__, flops, storage, tracking
 from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
+from ..model_meta import ModelMeta, Preprocessing
 from .bad_samples import BadSampleLog
+from .context import RunContext
 from .evaluate import all_reduce_result, confusion_figure, evaluate, normalise, stats_tensors
 
 STATE_FILE = "state.pt"
@@ -189,12 +191,12 @@ def train_one_epoch(
     return so_far(time.perf_counter())
 
 
-def make_datasets(cfg: Config, spec, ctx: dict):
+def make_datasets(cfg: Config, spec, ctx: RunContext):
     """Train and val datasets from the manifest(s) resolved by the driver."""
-    class_names = ctx["classes"]
+    class_names = ctx.classes
     flip_pairs = data_transforms.flip_pairs_from_names(class_names) if cfg.data.flip == "swap_pairs" else {}
     common = dict(
-        root=ctx["root"],
+        root=ctx.root,
         num_classes=len(class_names),
         sampling=spec.sampling,
         num_frames=cfg.clip.num_frames,
@@ -205,12 +207,12 @@ def make_datasets(cfg: Config, spec, ctx: dict):
         flip=cfg.data.flip,
         flip_pairs=flip_pairs,
         seed=cfg.seed,
-        cache_dir=ctx.get("cache_dir"),
+        cache_dir=ctx.cache_dir,
     )
-    train_all = data_manifest.read_manifest(ctx["manifest"])
-    val_all = data_manifest.read_manifest(ctx["val_manifest"])
+    train_all = data_manifest.read_manifest(ctx.manifest)
+    val_all = data_manifest.read_manifest(ctx.val_manifest)
     train_df = data_manifest.select_split(train_all, "train")
-    val_df = data_manifest.select_split(val_all, ctx["val_split"])
+    val_df = data_manifest.select_split(val_all, ctx.val_split)
 
     def decoder(df) -> str:
         return cfg.data.decoder if cfg.data.decoder != "auto" else data_manifest.preferred_decoder(df)
@@ -286,7 +288,7 @@ def train_worker(loop_config: dict) -> dict:
     import ray.train.torch
 
     cfg = from_dict(loop_config["config"])
-    ctx = loop_config["ctx"]
+    ctx = RunContext.from_dict(loop_config["ctx"])
     train_ctx = ray.train.get_context()
     rank, world = train_ctx.get_world_rank(), train_ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -295,14 +297,14 @@ def train_worker(loop_config: dict) -> dict:
     from workloads import get_workload
 
     spec = get_workload(cfg.workload.name)
-    class_names = ctx["classes"]
+    class_names = ctx.classes
     num_classes = len(class_names)
     model = spec.build(cfg.workload.params, num_classes=num_classes, num_frames=cfg.clip.num_frames)
     if cfg.workload.init_from and ray.train.get_checkpoint() is None:
         report = load_init_weights(model, cfg.workload.init_from)
         _log(rank, f"init_from {cfg.workload.init_from}: {report}")
 
-    run_id = ctx["run_id"]
+    run_id = ctx.run_id
     tracker = tracking.MetricBuffer(run_id)  # used on rank 0 only
     compute = None
     if rank == 0:
@@ -473,23 +475,20 @@ def _all_reduce_sums(device, values: list) -> list:
     return t.tolist()
 
 
-def model_meta(cfg: Config, spec, class_names: list[str]) -> dict:
-    """Everything `tracking.load_model` needs to rebuild the network and preprocess a video."""
-    return {
-        "workload": spec.name,
-        "params": dict(cfg.workload.params),
-        "classes": list(class_names),
-        "num_frames": cfg.clip.num_frames,
-        "stride": cfg.clip.stride,
-        "size_px": cfg.clip.size_px,
-        "resize_px": cfg.clip.resize_px,
-        "sampling": spec.sampling,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-    }
+def model_meta(cfg: Config, spec, class_names) -> ModelMeta:
+    """Everything `tracking.load_model` needs to rebuild the network (every params value) and preprocess a video."""
+    return ModelMeta(
+        workload=spec.name,
+        params=cfg.workload.params,
+        classes=tuple(class_names),
+        preprocessing=Preprocessing(sampling=spec.sampling, num_frames=cfg.clip.num_frames, stride=cfg.clip.stride,
+                                    size_px=cfg.clip.size_px, resize_px=cfg.clip.resize_px, mean=tuple(spec.mean),
+                                    std=tuple(spec.std)),
+        actionlab_version=__version__,
+    )
 
 
-def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples: list,
+def _finalise(cfg: Config, ctx: RunContext, spec, model: nn.Module, val, bad_examples: list,
               tracker: tracking.MetricBuffer) -> None:
     """Rank 0: buffered metrics, the final checkpoint, confusion matrix and bad-sample list in MLflow.
 
@@ -498,19 +497,19 @@ def _finalise(cfg: Config, ctx: dict, spec, model: nn.Module, val, bad_examples:
     """
     import matplotlib.pyplot as plt
 
-    run_id = ctx["run_id"]
+    run_id = ctx.run_id
     tracker.finish()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        tracking.save_model_dir(out / tracking.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx["classes"]))
+        tracking.save_model_dir(out / tracking.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx.classes))
         tracking.log_artifacts(run_id, out / tracking.CHECKPOINT_ARTIFACT, tracking.CHECKPOINT_ARTIFACT)
         if val is not None:
             evals = out / "eval"
             evals.mkdir()
-            fig = confusion_figure(val.confusion, ctx["classes"], f"{ctx['run_name']}: val top-1 {val.top1:.3f}")
+            fig = confusion_figure(val.confusion, list(ctx.classes), f"{ctx.run_name}: val top-1 {val.top1:.3f}")
             fig.savefig(evals / "confusion_matrix.png", dpi=110)
             plt.close(fig)
-            (evals / "per_class.json").write_text(json.dumps(dict(zip(ctx["classes"], val.per_class)), indent=1))
+            (evals / "per_class.json").write_text(json.dumps(dict(zip(ctx.classes, val.per_class)), indent=1))
             tracking.log_artifacts(run_id, evals, "eval")
     if bad_examples:  # one line per bad sample, however many epochs met it
         unique = dict(bad_examples)

@@ -26,7 +26,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, load_recipe_text, resolve
+from ..config import ConfigError, load_recipe_text, parse_dotted, resolve
 
 DISTRIBUTIONS = (
     "uniform", "quniform", "loguniform", "qloguniform", "randn", "qrandn",
@@ -51,15 +51,6 @@ class SweepSpec:
     search: str = "random"
     space: dict = field(default_factory=dict)  # dotted key -> {distribution: args}
     description: str = ""
-
-    def override_list(self) -> list[str]:
-        return [f"{k}={_yaml_value(v)}" for k, v in self.overrides.items()]
-
-
-def _yaml_value(value) -> str:
-    import yaml
-
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def _nearest(key: str, options) -> str:
@@ -125,10 +116,8 @@ def load_sweep(path_or_name: str, *, overrides: list[str] | tuple = ()) -> Sweep
         raise ConfigError(f"{path}: mode must be max or min, got {mode!r}")
     fixed = dict(values.get("overrides") or {})
     for text in overrides:  # command-line --set lands in the fixed overrides
-        key, _, raw = text.partition("=")
-        import yaml
-
-        fixed[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        key, value = parse_dotted(text)
+        fixed[key] = value
     spec = SweepSpec(
         name=path.stem,
         recipe=str(values["recipe"]),
@@ -147,21 +136,18 @@ def load_sweep(path_or_name: str, *, overrides: list[str] | tuple = ()) -> Sweep
 
 
 def validate(spec: SweepSpec) -> None:
-    """Builds every domain and resolves one config per candidate value (nothing runs)."""
-    from workloads import get_workload
-
+    """Builds every domain and resolves one config per candidate value (nothing runs); resolving
+    checks the workload's params too."""
     from ..cli import load_recipe
 
     recipe = load_recipe(spec.recipe)
-    base = spec.override_list()
-    resolve(recipe, base)  # the fixed part alone must be valid
+    resolve(recipe, updates=spec.overrides)  # the fixed part alone must be valid
     for key, leaf in spec.space.items():
         to_domain(key, leaf)
         for value in _candidates(leaf):
             try:
-                cfg = resolve(recipe, [*base, f"{key}={_yaml_value(value)}"])
-                get_workload(cfg.workload.name).resolve_params(cfg.workload.params)
-            except (ConfigError, ValueError, KeyError) as err:
+                resolve(recipe, updates={**spec.overrides, key: value})
+            except (ConfigError, ValueError) as err:
                 raise ConfigError(f"space.{key}: {err}") from None
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import storage, tracking
 from ..config import resolve, to_dict
-from .space import SweepSpec, _yaml_value, param_space
+from .space import SweepSpec, param_space
 
 TRIAL_CPU = 0.01  # the trial actor only drives its Train run; Ray rejects 0
 
@@ -37,16 +37,15 @@ class SweepOutcome:
                 "best": self.best, "pareto_front": self.front, "trials": self.table, "registered": self.registered}
 
 
-def _trial(config: dict, *, recipe: dict, fixed: list, sweep_name: str, parent_run_id: str) -> None:
-    """One trial: a Train run of the recipe with this trial's sampled values."""
+def _trial(config: dict, *, recipe: dict, fixed: dict, sweep_name: str, parent_run_id: str) -> None:
+    """One trial: a Train run of the recipe with this trial's sampled values (dotted key -> value)."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..train.launch import train
 
     trial_id = ray.tune.get_context().get_trial_id()
-    sampled = [f"{k}={_yaml_value(v)}" for k, v in config.items()]
-    cfg = resolve(recipe, [*fixed, *sampled, f"tracking.run_name={sweep_name}-{trial_id}"])
+    cfg = resolve(recipe, updates={**fixed, **config, "tracking.run_name": f"{sweep_name}-{trial_id}"})
     train(
         cfg,
         parent_run_id=parent_run_id,
@@ -131,8 +130,8 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     from ..train.launch import init_ray, storage_root
 
     recipe = load_recipe(spec.recipe)
-    fixed = spec.override_list()
-    base_cfg = resolve(recipe, fixed)
+    fixed = dict(spec.overrides)
+    base_cfg = resolve(recipe, updates=fixed)
     experiment = base_cfg.tracking.experiment
     root = storage.join(storage_root(base_cfg), "sweeps")
     name, parent_run_id = _claim_sweep(experiment, spec.name, root)

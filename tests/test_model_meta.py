@@ -119,3 +119,19 @@ def test_a_wrapped_backbone_records_every_value_of_the_whole_network(tmp_path):
     recorded = json.loads((out / tracking.META_FILE).read_text())["params"]
     assert recorded["backbone_workload"] == "tsm"
     assert recorded["backbone_params"] == dataclasses.asdict(get_workload("tsm").resolve_params({"backbone": "resnet18"}))
+
+
+def test_a_warm_start_reads_the_record_and_names_changed_params(tmp_path):
+    from actionlab.train.loop import load_init_weights
+
+    _, out = _save(tmp_path, _tsm_sthv2())
+    cfg = resolve({}, ["workload.params.backbone=resnet18", "workload.params.fold_div=4"])
+    model = get_workload("tsm").build(cfg.workload.params, num_classes=5, num_frames=4)
+    report = load_init_weights(model, str(out), cfg.workload.params)
+    assert "newly initialised 2 ['fc.bias', 'fc.weight']" in report  # 5 classes, not the checkpoint's 3
+    assert "params differ from the checkpoint's: {'fold_div': '8 -> 4'}" in report
+    values = json.loads((out / tracking.META_FILE).read_text())
+    values["params"]["shift_mode"] = "bidirectional"
+    (out / tracking.META_FILE).write_text(json.dumps(values))
+    with pytest.raises(ModelMetaError, match="unknown parameter 'shift_mode' for workload 'tsm'"):
+        load_init_weights(model, str(out), cfg.workload.params)

@@ -12,7 +12,7 @@ import math
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
-from ..model_meta import ModelMeta, Preprocessing
+from ..model_meta import ModelMeta, Preprocessing, without_weight_sources
 from .bad_samples import BadSampleLog
 from .context import RunContext
 from .evaluate import all_reduce_result, confusion_figure, evaluate, normalise, stats_tensors
@@ -301,7 +301,7 @@ def train_worker(loop_config: dict) -> dict:
     num_classes = len(class_names)
     model = spec.build(cfg.workload.params, num_classes=num_classes, num_frames=cfg.clip.num_frames)
     if cfg.workload.init_from and ray.train.get_checkpoint() is None:
-        report = load_init_weights(model, cfg.workload.init_from)
+        report = load_init_weights(model, cfg.workload.init_from, cfg.workload.params)
         _log(rank, f"init_from {cfg.workload.init_from}: {report}")
 
     run_id = ctx.run_id
@@ -518,12 +518,16 @@ def _finalise(cfg: Config, ctx: RunContext, spec, model: nn.Module, val, bad_exa
         tracking.set_tags(run_id, {tracking.OUTAGE_TAG: tracker.outage_note()})
 
 
-def load_init_weights(model: nn.Module, uri: str) -> str:
+def load_init_weights(model: nn.Module, uri: str, params=None) -> str:
     """Warm start from a registered model or checkpoint dir; a head of another shape is re-created.
+
+    The checkpoint's meta.json is read as for any loading (a record this code cannot rebuild is refused);
+    params of this run that differ from the recorded ones (`params`, weight sources aside) are named.
 
     Returns a one-line report of loaded / skipped (shape mismatch) / newly initialised tensors.
     """
     path = tracking.resolve_model_dir(uri)
+    recorded = tracking.read_meta(path)
     state = tracking.load_weights(path / tracking.MODEL_FILE)
     own = model.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -531,7 +535,14 @@ def load_init_weights(model: nn.Module, uri: str) -> str:
     unexpected = sorted(k for k in state if k not in own)
     new = sorted(k for k in own if k not in loaded)
     model.load_state_dict(loaded, strict=False)
+    differs = ""
+    if params is not None and type(params) is not type(recorded.params):
+        differs = f"; from a '{recorded.workload}' checkpoint"
+    elif params is not None:
+        ours, theirs = asdict(without_weight_sources(params)), asdict(without_weight_sources(recorded.params))
+        changed = {k: f"{theirs[k]!r} -> {v!r}" for k, v in ours.items() if theirs[k] != v}
+        differs = f"; this run's params differ from the checkpoint's: {changed}" if changed else ""
     return (
         f"loaded {len(loaded)} tensors; skipped {len(skipped)} with other shapes {skipped[:6]}; "
-        f"unexpected {len(unexpected)} {unexpected[:6]}; newly initialised {len(new)} {new[:6]}"
+        f"unexpected {len(unexpected)} {unexpected[:6]}; newly initialised {len(new)} {new[:6]}{differs}"
     )

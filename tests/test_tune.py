@@ -72,6 +72,18 @@ def test_wrong_value_type_and_top_level_key(tmp_path):
         load_sweep(str(write_sweep(tmp_path, scheduler={"name": "hyperband"})))
 
 
+def test_a_trial_merges_sampled_values_as_values():
+    from actionlab.cli import load_recipe
+    from actionlab.tune.sweep import trial_config
+
+    sampled = {"data.flip": "off", "clip.scales": [1.0, 0.5], "workload.params.fold_div": 4, "optim.lr": 1e-3,
+               "tracking.experiment": "yes"}  # YAML text would read a bare off / yes as booleans
+    cfg = trial_config(load_recipe("smoke"), {"schedule.epochs": 2}, sampled, "sweep-t1")
+    assert (cfg.data.flip, cfg.clip.scales, cfg.workload.params.fold_div) == ("off", (1.0, 0.5), 4)
+    assert (cfg.optim.lr, cfg.tracking.experiment, cfg.schedule.epochs) == (1e-3, "yes", 2)
+    assert cfg.tracking.run_name == "sweep-t1"
+
+
 def test_pareto_front_keeps_undominated_points():
     points = [("a", 1.0, 0.5), ("b", 2.0, 0.7), ("c", 2.0, 0.6), ("d", 3.0, 0.7), ("e", 0.5, 0.2)]
     assert sorted(pareto_front(points)) == ["a", "b", "e"]

@@ -45,13 +45,19 @@ def _trial(config: dict, *, recipe: dict, fixed: dict, sweep_name: str, parent_r
     from ..train.launch import train
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = resolve(recipe, updates={**fixed, **config, "tracking.run_name": f"{sweep_name}-{trial_id}"})
+    cfg = trial_config(recipe, fixed, config, f"{sweep_name}-{trial_id}")
     train(
         cfg,
         parent_run_id=parent_run_id,
         callbacks=(TuneReportCallback(),),
         extra_tags={"actionlab.trial_id": trial_id, "actionlab.sweep": sweep_name},
     )
+
+
+def trial_config(recipe: dict, fixed: dict, sampled: dict, run_name: str):
+    """A trial's Config: the recipe, the sweep's fixed values, then Tune's sampled ones, merged as
+    dotted key -> value (never through YAML text), under the trial's run name."""
+    return resolve(recipe, updates={**fixed, **sampled, "tracking.run_name": run_name})
 
 
 def trials_that_fit(cfg, cluster: dict) -> tuple[int, str]:

@@ -86,6 +86,9 @@ def test_train_track_register_predict(env, synth_dataset):
     assert run.info.status == "FINISHED"
     assert run.data.params["workload.name"] == "tsm"
     assert run.data.params["clip.num_frames"] == "4"
+    # every effective value, defaults included (the smoke recipe sets neither)
+    assert run.data.params["workload.params.shift_place"] == "blockres"
+    assert run.data.params["workload.params.temporal_pool"] == "False"
     assert [m.step for m in c.get_metric_history(run_id, "val/top1")] == [1, 2]
     assert [m.step for m in c.get_metric_history(run_id, "train/loss")] == [1, 2]
     assert run.data.metrics["model/gmacs"] > 0 and run.data.metrics["model/params"] > 1e6
@@ -94,6 +97,11 @@ def test_train_track_register_predict(env, synth_dataset):
     assert {"config.yaml", "checkpoint/model.safetensors", "checkpoint/meta.json"} <= artifacts
     eval_files = {a.path for a in c.list_artifacts(run_id, "eval")}
     assert eval_files == {"eval/confusion_matrix.png", "eval/per_class.json"}
+    dl = Path(env["ACTIONLAB_HOME"]) / "dl"
+    dl.mkdir()
+    meta = json.loads(Path(c.download_artifacts(run_id, "checkpoint/meta.json", str(dl))).read_text())
+    assert meta["params"]["shift_place"] == "blockres" and meta["params"]["temporal_pool"] is False
+    assert "shift_place: blockres" in Path(c.download_artifacts(run_id, "config.yaml", str(dl))).read_text()
     ckpt_dir = Path(out["checkpoints"])
     assert (ckpt_dir / "epoch_0002" / "state.pt").is_file()
 

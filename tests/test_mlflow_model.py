@@ -28,11 +28,14 @@ NAME = "r3d-tiny"
 def _checkpoint(out: Path) -> Path:
     from workloads import get_workload
 
+    from actionlab.model_meta import ModelMeta, Preprocessing
+
     spec = get_workload("r3d")
-    model = spec.build(dict(spec.tiny), num_classes=4, num_frames=4)
-    meta = {"workload": "r3d", "params": dict(spec.tiny), "classes": ["left", "right", "up", "down"],
-            "num_frames": 4, "stride": 2, "size_px": 32, "resize_px": 32, "sampling": spec.sampling,
-            "mean": list(spec.mean), "std": list(spec.std)}
+    params = spec.resolve_params(spec.tiny)
+    model = spec.build(params, num_classes=4, num_frames=4)
+    meta = ModelMeta(workload="r3d", params=params, classes=("left", "right", "up", "down"),
+                     preprocessing=Preprocessing(sampling=spec.sampling, num_frames=4, stride=2, size_px=32,
+                                                 resize_px=32, mean=tuple(spec.mean), std=tuple(spec.std)))
     return tracking.save_model_dir(out, model, meta)
 
 

@@ -313,6 +313,7 @@ def resolve(recipe: dict | None = None, overrides: list[str] | tuple = (), *, up
 
 def _drop_stale_params(values: dict, update: dict) -> None:
     """Drops the recipe's params that `update` makes belong to another workload (see `resolve`)."""
+    from workloads import get_workload
     from workloads.registry import nested_workload_fields
 
     workload = values.setdefault("workload", {})
@@ -324,25 +325,15 @@ def _drop_stale_params(values: dict, update: dict) -> None:
     params, new_params = workload.get("params"), new.get("params")
     if not isinstance(params, dict) or not isinstance(new_params, dict):
         return
-    name = new.get("name", workload.get("name"))
     try:
-        params_cls = _params_cls(name)
-    except ConfigError:
+        params_cls = get_workload(new.get("name", workload.get("name"))).params_cls
+    except KeyError:
         return  # an unknown workload: building the config names it
     defaults = params_cls()
     for workload_field, params_field in nested_workload_fields(params_cls):
-        if workload_field in new_params and new_params[workload_field] != params.get(
-                workload_field, getattr(defaults, workload_field)):
+        current = params.get(workload_field, getattr(defaults, workload_field))
+        if workload_field in new_params and new_params[workload_field] != current:
             params[params_field] = {}
-
-
-def _params_cls(name: str) -> type:
-    from workloads import get_workload
-
-    try:
-        return get_workload(name).params_cls
-    except KeyError as err:
-        raise ConfigError(f"workload.name: {err.args[0]}") from None
 
 
 def dump_yaml(config: Config) -> str:

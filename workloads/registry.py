@@ -73,7 +73,10 @@ class WorkloadSpec:
         # too, so the params record every value of the whole network.
         nested = {}
         for workload_field, params_field in nested_workload_fields(self.params_cls):
-            inner = get_workload(getattr(resolved, workload_field))
+            try:
+                inner = get_workload(getattr(resolved, workload_field))
+            except KeyError as err:
+                raise ValueError(f"workload '{self.name}' {workload_field}: {err.args[0]}") from None
             try:
                 nested[params_field] = dataclasses.asdict(inner.resolve_params(getattr(resolved, params_field)))
             except ValueError as err:

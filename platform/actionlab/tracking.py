@@ -17,6 +17,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model_meta import ModelMeta, ModelMetaError, without_weight_sources
+
 RUN_NAME_TAG = "actionlab.run_name"
 CHECKPOINT_ARTIFACT = "checkpoint"
 MODEL_FILE = "model.safetensors"
@@ -294,7 +296,7 @@ class MetricBuffer:
 # --- checkpoints as registered models -------------------------------------------------------------
 
 
-def save_model_dir(out_dir: str | Path, model, meta) -> Path:
+def save_model_dir(out_dir: str | Path, model, meta: ModelMeta) -> Path:
     """Writes `model.safetensors` + `meta.json` (a `ModelMeta`: everything needed to rebuild the workload)."""
     from safetensors.torch import save_file
 
@@ -309,7 +311,7 @@ def save_model_dir(out_dir: str | Path, model, meta) -> Path:
 @dataclass(frozen=True)
 class LoadedModel:
     model: object  # torch.nn.Module in eval mode
-    meta: object  # model_meta.ModelMeta: the recorded workload, params, classes and preprocessing
+    meta: ModelMeta  # the recorded workload, params, classes and preprocessing
     source: str
 
 
@@ -366,15 +368,13 @@ def load_weights(path: str | Path) -> dict:
         ) from None
 
 
-def read_meta(model_dir: str | Path):
+def read_meta(model_dir: str | Path) -> ModelMeta:
     """The `ModelMeta` of a model directory (its meta.json).
 
     Raises:
         ValueError: meta.json is not JSON; `model_meta.ModelMetaError` when the current code cannot
             rebuild what it records.
     """
-    from .model_meta import ModelMeta
-
     file = Path(model_dir) / META_FILE
     try:
         values = json.loads(file.read_text())
@@ -393,8 +393,6 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
         model_meta.ModelMetaError: the current code cannot build what the checkpoint records.
     """
     from workloads import get_workload
-
-    from .model_meta import ModelMetaError, without_weight_sources
 
     path = resolve_model_dir(uri)
     meta = read_meta(path)

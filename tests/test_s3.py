@@ -368,7 +368,7 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
 
     import torch
 
-    from actionlab.train.loop import load_state
+    from actionlab.train.resume import load_state
     from servers import OutageProxy
     from workloads import get_workload
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from .layers import read_state_dict, temporal_shift
+from .layers import Method, read_state_dict, temporal_shift
 from .registry import register_workload
 
 SKIP, KEEP = 0, 1  # channel order of the navigation logits
@@ -497,7 +497,7 @@ class AFMobileNetV3(nn.Module):
         return F.hardswish(self.head_fc(x)), masks  # (B*T, 1280)
 
 
-class AFNet(nn.Module):
+class AFNet(Method):
     """AF-ResNet + per-frame dropout/FC + average consensus, the RT loss and the gate schedules."""
 
     def __init__(

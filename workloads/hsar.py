@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers.method import Method
 from .layers.vit import create_vit, freeze
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_workload
 
@@ -301,7 +302,7 @@ class HSARHead(nn.Module):
         return self.fc(self.pool(x[:, None])[:, 0])  # (B, D) -> (B, K)
 
 
-class HSAR(nn.Module):
+class HSAR(Method):
     """(B, T, C, H, W) -> (B, K): TMT over every skip_mo-th small frame, ViT on first/key/last frame, fusion.
 
     Args:

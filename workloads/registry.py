@@ -7,15 +7,10 @@ input normalisation of its backbone.
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
-Optional hooks a module may define (the train loop calls them when present, never by name):
-  training_step(clips, labels) -> dict   "loss" (scalar) required, "logits" (B, K) optional,
-                                         any other scalar entries are logged as `train/<key>`
-  on_epoch_start(epoch, num_epochs)      schedules that live in the method (temperatures, targets)
-  on_step_end()                          after each optimiser step (EMA updates)
-  param_groups() -> list[dict]          optimiser groups: {"params", "lr_scale", "weight_decay_scale"}
-  eval_stats() -> dict                   scalars measured over the last validation (logged as `val/<key>`)
-  eval_variants() -> dict[str, Module]   models to validate, first = primary (e.g. {"ema": .., "online": ..});
-                                         each is scored as `val/<name>/top1`, the primary also as `val/top1`
+A method whose training needs more than cross-entropy on those logits subclasses
+`workloads.layers.method.Method` and overrides its documented no-op hooks (`training_step`,
+`on_epoch_start`, `on_step_end`, `param_groups`, `eval_stats`, `eval_variants`); the loop calls them
+on every model, adapting a plain `nn.Module` once with `as_method`.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from timm.layers import QuickGELU
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .layers.method import Method
 from .layers.vit import create_vit, freeze
 from .registry import register_workload
 
@@ -225,7 +226,7 @@ def load_text_embeddings(path: str | Path, *, num_classes: int, dim: int) -> tor
     return emb.float()
 
 
-class SLLM(nn.Module):
+class SLLM(Method):
     """(B, S, C, H, W) -> (B, K): encode the kept frames, restore the rest, temporal head, classifier.
 
     `forward` also accepts the K kept frames alone (B, K, C, H, W), so a loader that decodes only

@@ -152,7 +152,7 @@ def test_wrong_param_type_is_an_error():
         get_workload("tsm").build({"fold_div": "eight"}, num_classes=NUM_CLASSES, num_frames=4)
 
 
-# Shared layers: loading a local weight file (what `pretrained_file` does for 2D backbones).
+# Shared layers: loading a local weight file (what `pretrained: PATH` does for 2D backbones).
 
 
 @pytest.fixture
@@ -174,7 +174,7 @@ def test_pretrained_file_loads_every_backbone_weight(tmp_path, imagenet_resnet18
         torch.save({"state_dict": imagenet_resnet18_state}, path)  # nested, as timm trainers save
     for name in ("tsn", "tsm"):
         model = get_workload(name).build(
-            {"backbone": "resnet18", "pretrained_file": str(path)}, num_classes=NUM_CLASSES, num_frames=4
+            {"backbone": "resnet18", "pretrained": str(path)}, num_classes=NUM_CLASSES, num_frames=4
         )
         own = model.backbone.state_dict()
         key = "layer1.0.conv1.net.weight" if name == "tsm" else "layer1.0.conv1.weight"
@@ -189,13 +189,34 @@ def test_pretrained_file_with_missing_or_foreign_keys_lists_them(tmp_path, image
     path = tmp_path / "broken.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"missing \['layer4.1.bn2.weight'\]; unexpected \['extra.weight'\]"):
-        get_workload("tsn").build({"backbone": "resnet18", "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+        get_workload("tsn").build({"backbone": "resnet18", "pretrained": str(path)}, num_classes=5, num_frames=4)
 
 
-def test_pretrained_and_pretrained_file_are_exclusive(tmp_path):
-    with pytest.raises(ValueError, match="not both"):
-        get_workload("tsn").build(
-            {"backbone": "resnet18", "pretrained": True, "pretrained_file": str(tmp_path / "w.pth")},
-            num_classes=5,
-            num_frames=4,
-        )
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_every_weight_source_is_the_one_pretrained_string(name):
+    fields = {f.name: f for f in dataclasses.fields(get_workload(name).params_cls)}
+    assert not [n for n in fields if n.startswith("pretrained") and n != "pretrained"]
+    if "pretrained" in fields:
+        assert fields["pretrained"].type in (str, "str") and fields["pretrained"].default == ""
+
+
+def test_the_former_weight_params_still_read(tmp_path):
+    """Recipes and recorded models from before the one string: `pretrained: bool`, `pretrained_file`."""
+    spec = get_workload("tsn")
+    assert spec.resolve_params({"pretrained": True}).pretrained == "timm"
+    assert spec.resolve_params({"pretrained": False}).pretrained == ""
+    assert spec.resolve_params({"pretrained_file": "w.pth"}).pretrained == "w.pth"
+    with pytest.raises(ValueError, match="set only pretrained"):
+        spec.resolve_params({"pretrained": True, "pretrained_file": str(tmp_path / "w.pth")})
+
+
+def test_weights_false_builds_the_network_without_reading_weights(tmp_path):
+    spec = get_workload("svmix")
+    params = {"backbone_workload": "tsn", "method": "mixup",
+              "backbone_params": {"backbone": "resnet18", "pretrained": str(tmp_path / "absent.pth")}}
+    with pytest.raises(FileNotFoundError):
+        spec.build(params, num_classes=NUM_CLASSES, num_frames=4)
+    model = spec.build(params, num_classes=NUM_CLASSES, num_frames=4, weights=False)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    with pytest.raises(ValueError, match="no timm weights"):
+        get_workload("afnet").build({"pretrained": "timm"}, num_classes=NUM_CLASSES, num_frames=4)

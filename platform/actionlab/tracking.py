@@ -376,7 +376,9 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path / META_FILE} is not JSON ({err}); expected a directory written by actionlab") from None
     spec = get_workload(meta["workload"])
-    model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"])
+    # The recorded weights replace every tensor: `pretrained` (recorded as trained) is not read again.
+    model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"],
+                       weights=False)
     state = load_weights(path / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -54,7 +54,8 @@ class Method(nn.Module):
 
 
 class PlainModule(Method):
-    """A plain `nn.Module` (no hooks) with `Method`'s defaults; its weights stay under `module.`."""
+    """A plain `nn.Module` (no hooks) given `Method`'s defaults. Checkpoints hold the wrapped module's
+    own state dict (the loop saves the model it built), so their keys carry no `module.` prefix."""
 
     def __init__(self, module: nn.Module):
         super().__init__()

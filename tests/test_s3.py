@@ -154,6 +154,33 @@ def test_video_cache_is_keyed_by_etag_and_evicts_lru(s3, tmp_path, monkeypatch):
     assert storage.local_copy(f"{bucket}/v/a.mp4", cache, max_bytes=2500) == second  # fetched again on demand
 
 
+@needs_netns
+def test_video_cache_never_keeps_bytes_under_another_versions_etag(s3, tmp_path, monkeypatch):
+    """An object replaced while it downloads: pyarrow's ranged reads return the new bytes (no If-Match),
+    which must not be cached under the ETag looked up before the read."""
+    import shutil
+
+    bucket = s3.make_bucket("unit-race")
+    uri, cache = f"{bucket}/v/a.mp4", tmp_path / "cache"
+    storage.write_bytes(uri, b"a" * 1000)
+    storage.object_version(uri, refresh=True)  # the ETag of the a's
+    copy, replaced = shutil.copyfileobj, []
+
+    def replace_then_copy(src, dst, *args):
+        if not replaced:
+            replaced.append(s3.client().put_object(Bucket="unit-race", Key="v/a.mp4", Body=b"b" * 1000))
+        return copy(src, dst, *args)
+
+    monkeypatch.setattr(storage.cache.shutil, "copyfileobj", replace_then_copy)
+    assert Path(storage.local_copy(uri, cache)).read_bytes() == b"b" * 1000
+    monkeypatch.setattr(storage.cache.shutil, "copyfileobj", copy)
+
+    # Back to the a's (the same ETag as before): what is served is the a's, not the b's read under their ETag.
+    storage.write_bytes(uri, b"a" * 1000)
+    monkeypatch.setattr(storage.cache, "_VERSION_TTL_S", 0.0)
+    assert Path(storage.local_copy(uri, cache)).read_bytes() == b"a" * 1000
+
+
 # --- the whole path from and to S3 -------------------------------------------------------------------
 
 
@@ -252,7 +279,7 @@ def test_full_disk_under_the_cache_evicts_or_fails_naming_the_knob(s3, tiny_disk
     for name, data in videos.items():
         storage.write_bytes(f"{bucket}/v/{name}.mp4", data)
     cache = tiny_disk / "cache"
-    monkeypatch.setattr(storage, "_BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage.retry, "_BACKOFF_S", 0.01)
 
     # Three 300 kB videos fit on the 1 MiB disk; the limit (20 GB by default) is far above it.
     paths = {name: storage.local_copy(f"{bucket}/v/{name}.mp4", cache) for name in ("a", "b", "c")}

@@ -21,17 +21,11 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+# The public API, re-exported from the modules that implement it.
 from .cache import CACHE_MAX_GB_ENV, CacheFullError, cache_max_bytes, local_copy, object_version
 from .retry import (MAX_ATTEMPTS_ENV, RetriesExhausted, RetryingHandler, is_missing, is_transient, ray_storage,
                     resolve, retrying)
 from .uris import is_remote, join, local_path, parent, redact, redact_text, split_remote
-
-__all__ = [
-    "CACHE_MAX_GB_ENV", "MAX_ATTEMPTS_ENV", "CacheFullError", "RetriesExhausted", "RetryingHandler",
-    "cache_max_bytes", "exists", "is_remote", "is_transient", "join", "local_copy", "object_version", "parent",
-    "ray_storage", "read_bytes", "read_text", "redact", "redact_text", "resolve", "retrying", "upload_dir",
-    "write_bytes",
-]
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:

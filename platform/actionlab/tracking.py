@@ -390,9 +390,9 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model=model, meta=meta, source=str(path))
 
 
-# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow/boto3 fetch URIs).
+# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow fetches URIs).
 PYFUNC_REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pyarrow",
-                       "decord", "av", "boto3", "pyyaml")
+                       "decord", "av", "pyyaml")
 
 
 def pyfunc_signature():

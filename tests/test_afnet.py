@@ -360,6 +360,6 @@ def test_pretrained_file_takes_official_af_mobilenetv3_names(tmp_path):
     state.update({"fc.3.weight": torch.zeros(1000, 1280), "fc.3.bias": torch.zeros(1000)})
     path = tmp_path / "AF-MobileNetv3.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-    loaded = _mbv3(pretrained_file=str(path))
+    loaded = _mbv3(pretrained=str(path))
     ours = loaded.backbone.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in model.backbone.state_dict().items())

@@ -88,7 +88,7 @@ def test_params_are_the_resolved_dataclass_and_round_trip_by_name():
     from actionlab.cli import load_recipe
 
     cfg = resolve(load_recipe("tsm_r50_sthv2"), [])
-    assert cfg.workload.params == get_workload("tsm").params_cls(backbone="resnet50.tv_in1k", pretrained=True,
+    assert cfg.workload.params == get_workload("tsm").params_cls(backbone="resnet50.tv_in1k", pretrained="timm",
                                                                  dropout=0.5, fold_div=8)
     as_dict = to_dict(cfg)["workload"]["params"]
     assert as_dict["shift_place"] == "blockres" and as_dict["temporal_pool"] is False  # defaults, by name

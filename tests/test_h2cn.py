@@ -68,13 +68,13 @@ def test_imagenet_trunk_loads_and_seeds_the_motion_stem(tmp_path):
     trunk["fc.weight"] = torch.zeros(1000, 128)  # the ImageNet classifier is skipped
     path = tmp_path / "resnet50-19c8e357.pth"
     torch.save(trunk, path)
-    loaded = get_workload("h2cn").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=10)
+    loaded = get_workload("h2cn").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=10)
     assert torch.equal(loaded.layer2[0].conv2.weight, trunk["layer2.0.conv2.weight"])
     assert torch.allclose(loaded.conv_fhgc[0].weight, trunk["conv1.weight"].mean(1, keepdim=True).expand(-1, 9, -1, -1))
     del trunk["layer1.0.bn2.weight"]
     torch.save(trunk, path)
     with pytest.raises(ValueError, match=r"missing \['layer1.0.bn2.weight'\]"):
-        get_workload("h2cn").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=10)
+        get_workload("h2cn").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=10)
 
 
 def test_official_checkpoint_names_convert(tmp_path):
@@ -90,7 +90,7 @@ def test_official_checkpoint_names_convert(tmp_path):
     official["module.base_model.conv1_temp.weight"] = torch.zeros(16, 3, 7, 7)
     path = tmp_path / "h2cn_something_8f.pth.tar"
     torch.save({"state_dict": official, "epoch": 60}, path)
-    loaded = get_workload("h2cn").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=10).eval()
+    loaded = get_workload("h2cn").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=10).eval()
     clips = torch.randn(1, 10, 3, 32, 32)
     assert torch.equal(source(clips), loaded(clips))
 

@@ -21,7 +21,7 @@ CLASSES = ("a", "b", "c")
 
 def _tsm_sthv2():
     """The tsm_r50_sthv2 recipe, CPU-sized (ResNet-18, no download), 4 frames."""
-    return resolve(load_recipe("tsm_r50_sthv2"), ["workload.params.backbone=resnet18", "workload.params.pretrained=false",
+    return resolve(load_recipe("tsm_r50_sthv2"), ["workload.params.backbone=resnet18", "workload.params.pretrained=",
                                                   "clip.num_frames=4", "clip.size_px=32", "clip.resize_px=36"])
 
 
@@ -53,7 +53,7 @@ def test_meta_json_and_mlflow_params_record_defaults_too(tmp_path):
     _, out = _save(tmp_path, cfg)
     recorded = json.loads((out / tracking.META_FILE).read_text())
     assert recorded["params"] == dataclasses.asdict(get_workload("tsm").params_cls(
-        backbone="resnet18", pretrained=False, dropout=0.5, fold_div=8))
+        backbone="resnet18", pretrained="", dropout=0.5, fold_div=8))
     assert recorded["params"]["shift_place"] == "blockres" and recorded["params"]["temporal_pool"] is False
     flat = flat_params(cfg)
     assert flat["workload.params.shift_place"] == "blockres" and flat["workload.params.temporal_pool"] == "False"

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from .layers import read_state_dict, temporal_shift
+from .layers import Method, read_state_dict, temporal_shift
+from .layers.pretrained import weights_file
 from .registry import register_workload
 
 SKIP, KEEP = 0, 1  # channel order of the navigation logits
@@ -74,7 +75,7 @@ class AFNetParams:
     nav_keep_bias: float = OFFICIAL_KEEP_BIAS
     eval_gating: str = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
     execution: str = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
-    pretrained_file: str = ""  # a state dict of this AF-ResNet (e.g. converted official ImageNet weights)
+    pretrained: str = ""  # a local state dict of this AF-ResNet / AF-MobileNetV3 (official ImageNet names accepted)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1) -> list:
@@ -497,7 +498,7 @@ class AFMobileNetV3(nn.Module):
         return F.hardswish(self.head_fc(x)), masks  # (B*T, 1280)
 
 
-class AFNet(nn.Module):
+class AFNet(Method):
     """AF-ResNet + per-frame dropout/FC + average consensus, the RT loss and the gate schedules."""
 
     def __init__(
@@ -899,8 +900,8 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
     for stage in backbone.stages:
         for nav in stage.navigation:
             nav.reset_gate(p.nav_keep_bias)
-    if p.pretrained_file:
-        state = read_state_dict(p.pretrained_file)
+    if weights_file(p.pretrained, owner="afnet"):
+        state = read_state_dict(p.pretrained)
         mobile = p.backbone == "mobilenetv3"  # the official AF-MobileNetV3's fc.0 is its head Linear (ours: head_fc)
         state = {k: v for k, v in state.items() if not k.startswith("fc.") or (mobile and k.startswith("fc.0."))}
         if any(".list_gen" in k or ".base_module." in k or k.startswith("features_") for k in state):
@@ -909,7 +910,7 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
         describe = "AF-MobileNetV3" if p.backbone == "mobilenetv3" else f"AF-ResNet{tuple(p.layers)}"
         if missing or unexpected:
             raise ValueError(
-                f"afnet: {p.pretrained_file!r} does not match {describe}: "
+                f"afnet: {p.pretrained!r} does not match {describe}: "
                 f"missing {sorted(missing)[:10]}; unexpected {sorted(unexpected)[:10]}. "
                 "Convert the weights to this module's parameter names first."
             )

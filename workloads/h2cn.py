@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.pretrained import weights_file
 from .layers.temporal_shift import temporal_shift
 from .registry import register_workload
 
@@ -41,7 +42,7 @@ STAGE_PLANES = (64, 128, 256, 512)
 class H2CNParams:
     """Defaults: the official H2CN ResNet-50 (`h2cn(num_segments)`, Sth-V1 `train.py`: dropout 0.5).
 
-    `pretrained_file`: an official H2CN checkpoint (VideoNet: `base_model.*`, `new_fc.*`, optionally
+    `pretrained`: the path of an official H2CN checkpoint (VideoNet: `base_model.*`, `new_fc.*`, optionally
     under `state_dict` and `module.`), or ImageNet ResNet-50 weights in torchvision's layout
     (`resnet50-19c8e357.pth`, what the official code loads), which fill the trunk and seed the
     motion stem's 9-channel 7x7 kernel as officially (their conv1 averaged over RGB).
@@ -54,7 +55,7 @@ class H2CNParams:
     appearance_weight: float = 0.5  # stem fusion: a * appearance + b * motion (official apha, belta)
     motion_weight: float = 0.5
     dropout: float = 0.5
-    pretrained_file: str = ""
+    pretrained: str = ""  # a local file (see above); "" = random init
 
 
 def _resnet_init(conv: nn.Conv2d) -> None:
@@ -313,6 +314,6 @@ def build_h2cn(p: H2CNParams, *, num_classes: int, num_frames: int) -> nn.Module
     if num_frames // SNIPPET_FRAMES < 1:
         raise ValueError(f"h2cn: needs at least one segment ({SNIPPET_FRAMES} frames), got {num_frames}")
     model = H2CN(p, num_classes=num_classes, num_segments=num_frames // SNIPPET_FRAMES)
-    if p.pretrained_file:
-        load_pretrained(model, p.pretrained_file)
+    if weights_file(p.pretrained, owner="h2cn"):
+        load_pretrained(model, p.pretrained)
     return model

@@ -7,15 +7,13 @@ input normalisation of its backbone.
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
-Optional hooks a module may define (the train loop calls them when present, never by name):
-  training_step(clips, labels) -> dict   "loss" (scalar) required, "logits" (B, K) optional,
-                                         any other scalar entries are logged as `train/<key>`
-  on_epoch_start(epoch, num_epochs)      schedules that live in the method (temperatures, targets)
-  on_step_end()                          after each optimiser step (EMA updates)
-  param_groups() -> list[dict]          optimiser groups: {"params", "lr_scale", "weight_decay_scale"}
-  eval_stats() -> dict                   scalars measured over the last validation (logged as `val/<key>`)
-  eval_variants() -> dict[str, Module]   models to validate, first = primary (e.g. {"ema": .., "online": ..});
-                                         each is scored as `val/<name>/top1`, the primary also as `val/top1`
+A method whose training needs more than cross-entropy on those logits subclasses
+`workloads.layers.method.Method` and overrides its documented no-op hooks (`training_step`,
+`on_epoch_start`, `on_step_end`, `param_groups`, `eval_stats`, `eval_variants`); the loop calls them
+on every model, adapting a plain `nn.Module` once with `as_method`.
+
+Initial weights: every method that takes them has one string param, `pretrained` ("" none, "timm", or
+a file; `workloads.layers.pretrained`). `build(..., weights=False)` clears it (`without_weights`).
 """
 
 from __future__ import annotations
@@ -31,6 +29,9 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SAMPLINGS = ("segments", "clip")
+WEIGHTS_PARAM = "pretrained"
+# The former convention (before issue 14): `pretrained: bool` (timm) and `pretrained_file: str`.
+_FORMER_FILE_PARAM = "pretrained_file"
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class WorkloadSpec:
 
     def resolve_params(self, overrides: dict | None = None):
         """The Params dataclass with `overrides` applied; unknown keys name the nearest field."""
-        overrides = dict(overrides or {})
         names = [f.name for f in dataclasses.fields(self.params_cls)]
+        overrides = _former_weights(dict(overrides or {})) if WEIGHTS_PARAM in names else dict(overrides or {})
         for key in overrides:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
@@ -83,10 +84,17 @@ class WorkloadSpec:
                 raise ValueError(f"workload '{self.name}' {params_field}: {err}") from None
         return dataclasses.replace(resolved, **nested) if nested else resolved
 
-    def build(self, params: dict | Any | None = None, *, num_classes: int, num_frames: int) -> nn.Module:
-        """Builds the module. `params` is a dict of overrides or a ready Params instance."""
+    def build(self, params: dict | Any | None = None, *, num_classes: int, num_frames: int,
+              weights: bool = True) -> nn.Module:
+        """Builds the module. `params` is a dict of overrides or a ready Params instance.
+
+        `weights=False` builds the same network at random initialisation, reading and downloading
+        nothing: for counting MACs, checking params, or loading weights recorded with a model.
+        """
         if not isinstance(params, self.params_cls):
             params = self.resolve_params(params)
+        if not weights:
+            params = without_weights(params)
         return self.builder(params, num_classes=num_classes, num_frames=num_frames)
 
 
@@ -96,6 +104,37 @@ def nested_workload_fields(params_cls: type) -> list[tuple[str, str]]:
     names = {f.name for f in dataclasses.fields(params_cls)}
     return [(n, n[: -len("_workload")] + "_params") for n in sorted(names)
             if n.endswith("_workload") and n[: -len("_workload")] + "_params" in names]
+
+
+def without_weights(params):
+    """`params` (a Params instance or a dict of overrides) with no weight source: `pretrained` cleared,
+    also inside nested param dicts (a wrapper's `backbone_params`)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in (WEIGHTS_PARAM, _FORMER_FILE_PARAM)}
+
+    if isinstance(params, dict):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in strip(params).items()}
+    changes = {f.name: strip(getattr(params, f.name)) for f in dataclasses.fields(params)
+               if isinstance(getattr(params, f.name), dict)}
+    if hasattr(params, WEIGHTS_PARAM):
+        changes[WEIGHTS_PARAM] = ""
+    return dataclasses.replace(params, **changes)
+
+
+def _former_weights(overrides: dict) -> dict:
+    """Overrides recorded before the one `pretrained` string (old recipes, meta.json of registered
+    models): `pretrained: true | false` reads as "timm" | "", `pretrained_file: PATH` as PATH."""
+    if isinstance(overrides.get(WEIGHTS_PARAM), bool):
+        overrides[WEIGHTS_PARAM] = "timm" if overrides[WEIGHTS_PARAM] else ""
+    if _FORMER_FILE_PARAM in overrides:
+        path = overrides.pop(_FORMER_FILE_PARAM)
+        if path and overrides.get(WEIGHTS_PARAM):
+            raise ValueError(
+                f"pretrained={overrides[WEIGHTS_PARAM]!r} and pretrained_file={path!r} both name weights; "
+                f"set only pretrained (a file path, or 'timm')"
+            )
+        overrides[WEIGHTS_PARAM] = path or overrides.get(WEIGHTS_PARAM, "")
+    return overrides
 
 
 _REGISTRY: dict[str, WorkloadSpec] = {}

@@ -30,7 +30,7 @@ from timm.layers import DropPath
 from torch import nn
 from torch.optim.sgd import sgd as sgd_update
 
-from .layers import SegmentClassifier
+from .layers import Method, SegmentClassifier
 from .registry import get_workload, register_workload
 
 METHODS = ("svmix", "mixup", "cutmix", "mixup_cutmix", "none")
@@ -151,7 +151,7 @@ def saliency_ratio(feats: torch.Tensor, share_a: torch.Tensor, perm: torch.Tenso
     return r_a / (r_a + r_b).clamp_min(1e-12)
 
 
-class SVMix(nn.Module):
+class SVMix(Method):
     """Online classifier + EMA classifier + selection module; `forward` is the EMA model (what is evaluated)."""
 
     def __init__(

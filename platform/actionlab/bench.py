@@ -122,7 +122,7 @@ def bench(
     peak = peak_bf16_flops(dev)
     rows: list[BenchRow] = []
     for label, p in settings:
-        model = spec.build(p, num_classes=num_classes, num_frames=num_frames)
+        model = spec.build(p, num_classes=num_classes, num_frames=num_frames, weights=False)  # timing needs no weights
         compute = flops.measure(model, (1, num_frames, 3, size_px, size_px))
         model = model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
         runner = torch.compile(model) if compile else model

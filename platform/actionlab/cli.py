@@ -175,9 +175,7 @@ def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, pa
     from workloads import get_workload
 
     spec = get_workload(workload)
-    weights = ("pretrained", "pretrained_file")
-    model = spec.build({k: v for k, v in params.items() if k not in weights},
-                       num_classes=num_classes, num_frames=frames)
+    model = spec.build(params, num_classes=num_classes, num_frames=frames, weights=False)
     if not hasattr(model, "compute_report"):
         return []
     paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())

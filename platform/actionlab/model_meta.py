@@ -130,16 +130,3 @@ def recorded_params(workload: str, recorded: dict, *, where: str, version: str =
             where, workload, defaulted,
         )
     return params
-
-
-def without_weight_sources(params: Any) -> Any:
-    """`params` with every `pretrained*` field (also inside a wrapper's params) empty: a saved model's
-    weights come from its own file, so rebuilding it must not fetch or read initial weights."""
-    changes = {}
-    for f in dataclasses.fields(params):
-        value = getattr(params, f.name)
-        if f.name.startswith("pretrained"):
-            changes[f.name] = type(value)()
-        elif isinstance(value, dict):
-            changes[f.name] = {k: type(v)() if k.startswith("pretrained") else v for k, v in value.items()}
-    return dataclasses.replace(params, **changes)

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model_meta import ModelMeta, ModelMetaError, without_weight_sources
+from .model_meta import ModelMeta, ModelMetaError
 
 RUN_NAME_TAG = "actionlab.run_name"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -387,7 +387,7 @@ def read_meta(model_dir: str | Path) -> ModelMeta:
 
 def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     """Rebuilds the workload with the params recorded in meta.json and loads its safetensors weights
-    (never unpickles). Initial-weight params (`pretrained*`) are ignored: the weights are the file's.
+    (never unpickles). The weight source param (`pretrained`) is not read: the weights are the file's.
 
     Raises:
         model_meta.ModelMetaError: the current code cannot build what the checkpoint records.
@@ -397,8 +397,9 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     path = resolve_model_dir(uri)
     meta = read_meta(path)
     try:
-        model = get_workload(meta.workload).build(without_weight_sources(meta.params), num_classes=len(meta.classes),
-                                                  num_frames=meta.preprocessing.num_frames)
+        # The recorded weights replace every tensor: `pretrained` (recorded as trained) is not read again.
+        model = get_workload(meta.workload).build(meta.params, num_classes=len(meta.classes),
+                                                  num_frames=meta.preprocessing.num_frames, weights=False)
     except (ValueError, TypeError) as err:
         raise ModelMetaError(
             f"{uri}: this code cannot build the recorded workload '{meta.workload}' ({err}); it was written by "
@@ -415,9 +416,9 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model=model, meta=meta, source=str(path))
 
 
-# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow/boto3 fetch URIs).
+# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow fetches URIs).
 PYFUNC_REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pyarrow",
-                       "decord", "av", "boto3", "pyyaml")
+                       "decord", "av", "pyyaml")
 
 
 def pyfunc_signature():

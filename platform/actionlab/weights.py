@@ -29,13 +29,13 @@ import torch
 
 from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
 from workloads.afnet import OFFICIAL_MBV3_RULES as AFNET_MBV3_RULES
+from workloads.registry import without_weights
 
 from . import __version__, tracking
 from .config import flatten
-from .model_meta import ModelMeta, Preprocessing, without_weight_sources
+from .model_meta import ModelMeta, Preprocessing
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
-WEIGHT_SOURCES = ("pretrained", "pretrained_file")  # params that only say where initial weights come from
 
 
 class CheckpointError(ValueError):
@@ -248,12 +248,8 @@ def import_checkpoint_model(
     conv = converter(workload)
     params = dict(params or {})
     state = official_state(read_checkpoint(checkpoint), nested=conv.nested, path=str(checkpoint))
-    defaults = spec.params_cls()
-    weightless = dict(params)
-    for name in WEIGHT_SOURCES:  # the checkpoint replaces every weight: never download or read another
-        if hasattr(defaults, name):
-            weightless[name] = type(getattr(defaults, name))()
-    model = spec.build(weightless, num_classes=num_classes, num_frames=num_frames)
+    # The checkpoint replaces every weight: never download or read another.
+    model = spec.build(params, num_classes=num_classes, num_frames=num_frames, weights=False)
     build = f"{params or 'defaults'}, {num_classes} classes, {num_frames} frames"
     model.load_state_dict(convert(workload, state, model, path=str(checkpoint), build=build), strict=True)
     return model.eval()
@@ -287,7 +283,7 @@ def import_checkpoint(
     model = import_checkpoint_model(workload, checkpoint, num_classes=num_classes, num_frames=num_frames, params=params)
     meta = ModelMeta(
         workload=workload,
-        params=without_weight_sources(resolved),  # every value; the weights are the checkpoint's
+        params=without_weights(resolved),  # every value; the weights are the checkpoint's
         classes=tuple(class_names or [f"class_{i}" for i in range(num_classes)]),
         preprocessing=Preprocessing(sampling=spec.sampling, num_frames=num_frames, stride=stride, size_px=size_px,
                                     resize_px=resize_px, mean=tuple(spec.mean), std=tuple(spec.std)),

@@ -17,7 +17,6 @@ from pathlib import Path
 from .. import storage, tracking
 from ..config import Config, dump_yaml, flat_params, to_dict
 from ..data import manifest as data_manifest
-from ..model_meta import without_weight_sources
 from .context import RunContext
 from .run_lock import RunLock
 
@@ -76,10 +75,9 @@ def check_buildable(spec, cfg: Config) -> None:
     left to the workers: the driver downloads nothing."""
     import torch
 
-    params = without_weight_sources(cfg.workload.params)
     try:
         with torch.device("meta"):
-            spec.build(params, num_classes=2, num_frames=cfg.clip.num_frames)
+            spec.build(cfg.workload.params, num_classes=2, num_frames=cfg.clip.num_frames, weights=False)
     except (ValueError, TypeError) as err:
         raise ValueError(f"workload '{spec.name}' cannot be built from workload.params={cfg.workload.params}: {err}") from None
 

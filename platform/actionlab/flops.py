@@ -112,7 +112,8 @@ def workload_compute(
     num_classes: int,
     params: dict | object | None = None,
 ) -> Compute:
-    """Compute of workload `name` at a (1, num_frames, 3, size_px, size_px) clip.
+    """Compute of workload `name` at a (1, T, 3, size_px, size_px) clip, T = num_frames (segments x
+    snippet frames for `snippets` sampling: `spec.input_for(params).clip_frames(num_frames)`).
 
     `params` are the workload's Params overrides (dict) or a Params instance. Weight sources
     (`pretrained`, `pretrained_file`) are ignored: weights do not change MACs, so nothing is read or
@@ -130,7 +131,7 @@ def workload_compute(
         if f.name.endswith("_params") and isinstance(value, dict):
             cleared[f.name] = {k: v for k, v in value.items() if k not in _WEIGHT_SOURCE_FIELDS}
     resolved = dataclasses.replace(resolved, **cleared)
-    clip_shape = (1, num_frames, 3, size_px, size_px)
+    clip_shape = (1, spec.input_for(resolved).clip_frames(num_frames), 3, size_px, size_px)
     try:
         with torch.device("meta"):
             model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames)

@@ -193,10 +193,12 @@ def make_datasets(cfg: Config, spec, ctx: dict):
     """Train and val datasets from the manifest(s) resolved by the driver."""
     class_names = ctx["classes"]
     flip_pairs = data_transforms.flip_pairs_from_names(class_names) if cfg.data.flip == "swap_pairs" else {}
+    fmt = spec.input_for(cfg.workload.params)  # sampling may depend on params (SV-Mix: its backbone's)
     common = dict(
         root=ctx["root"],
         num_classes=len(class_names),
-        sampling=spec.sampling,
+        sampling=fmt.sampling,
+        snippet_frames=fmt.snippet_frames,
         num_frames=cfg.clip.num_frames,
         stride=cfg.clip.stride,
         size_px=cfg.clip.size_px,
@@ -298,6 +300,7 @@ def train_worker(loop_config: dict) -> dict:
     class_names = ctx["classes"]
     num_classes = len(class_names)
     model = spec.build(cfg.workload.params, num_classes=num_classes, num_frames=cfg.clip.num_frames)
+    fmt = spec.input_for(cfg.workload.params)  # sampling and normalisation (SV-Mix: its backbone's)
     if cfg.workload.init_from and ray.train.get_checkpoint() is None:
         report = load_init_weights(model, cfg.workload.init_from)
         _log(rank, f"init_from {cfg.workload.init_from}: {report}")
@@ -306,7 +309,8 @@ def train_worker(loop_config: dict) -> dict:
     tracker = tracking.MetricBuffer(run_id)  # used on rank 0 only
     compute = None
     if rank == 0:
-        compute = flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
+        clip_shape = (1, fmt.clip_frames(cfg.clip.num_frames), 3, cfg.clip.size_px, cfg.clip.size_px)
+        compute = flops.measure(model, clip_shape)
         tracker.add({"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
         _log(rank, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
 
@@ -322,7 +326,7 @@ def train_worker(loop_config: dict) -> dict:
     optimizer = build_optimizer(cfg, model, fused=cfg.compute.fused_optimizer and device.type == "cuda")
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     use_amp = cfg.compute.amp and device.type == "cuda"
-    mean_t, std_t = stats_tensors(spec.mean, spec.std, device)
+    mean_t, std_t = stats_tensors(fmt.mean, fmt.std, device)
 
     start_epoch, bad_examples, metrics = 0, [], {}
     checkpoint = ray.train.get_checkpoint()
@@ -371,7 +375,7 @@ def train_worker(loop_config: dict) -> dict:
         variants = model.eval_variants() if hasattr(model, "eval_variants") else {"": model}
         scored = {
             name: all_reduce_result(
-                evaluate(m, val_loader, device=device, mean=spec.mean, std=spec.std, num_classes=num_classes,
+                evaluate(m, val_loader, device=device, mean=fmt.mean, std=fmt.std, num_classes=num_classes,
                          fusion=cfg.eval.fusion),
                 device,
             )
@@ -475,6 +479,7 @@ def _all_reduce_sums(device, values: list) -> list:
 
 def model_meta(cfg: Config, spec, class_names: list[str]) -> dict:
     """Everything `tracking.load_model` needs to rebuild the network and preprocess a video."""
+    fmt = spec.input_for(cfg.workload.params)
     return {
         "workload": spec.name,
         "params": dict(cfg.workload.params),
@@ -483,9 +488,10 @@ def model_meta(cfg: Config, spec, class_names: list[str]) -> dict:
         "stride": cfg.clip.stride,
         "size_px": cfg.clip.size_px,
         "resize_px": cfg.clip.resize_px,
-        "sampling": spec.sampling,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "sampling": fmt.sampling,
+        "snippet_frames": fmt.snippet_frames,
+        "mean": list(fmt.mean),
+        "std": list(fmt.std),
     }
 
 

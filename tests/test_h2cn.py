@@ -103,3 +103,31 @@ def test_num_frames_counts_segments_of_five_frame_snippets():
     assert model.num_segments == 2
     with pytest.raises(ValueError, match="2 segments x 5 frames = 10 frames"):
         model(torch.randn(1, 2, 3, 32, 32))
+
+
+def test_h2cn_trains_and_tests_on_generated_clips_through_the_dataset(synth_dataset):
+    from actionlab.data import manifest
+    from actionlab.data.dataset import VideoClipDataset, make_loader
+    from actionlab.train.evaluate import normalise, stats_tensors
+
+    spec = get_workload("h2cn")
+    fmt = spec.input_for(TINY)
+    df = manifest.read_manifest(synth_dataset)  # 8-frame videos: 4 run starts, 2 per segment
+    common = dict(df=df, root=synth_dataset.parent, num_classes=4, sampling=fmt.sampling, num_frames=2,
+                  snippet_frames=fmt.snippet_frames, stride=1, size_px=32, resize_px=32, scales=(1.0,),
+                  flip="off", flip_pairs={})
+    mean, std = stats_tensors(fmt.mean, fmt.std, "cpu")
+    torch.manual_seed(0)
+    model = spec.build(TINY, num_classes=4, num_frames=2)
+    batch = next(iter(make_loader(VideoClipDataset(train=True, **common), batch_size=4, shuffle=False,
+                                  num_workers=0, timeout_s=60, drop_last=False)))
+    assert batch["clip"].shape == (4, 10, 3, 32, 32) and not batch["bad"]  # (B, S*5, C, H, W)
+    logits = model(normalise(batch["clip"], mean, std))
+    assert logits.shape == (4, 4)
+    torch.nn.functional.cross_entropy(logits, batch["label"]).backward()
+    assert model.conv_fhgc[0].weight.grad.abs().sum() > 0  # the motion stem sees the snippets
+
+    item = VideoClipDataset(train=False, num_clips=2, **common)[0]
+    assert item["clip"].shape == (2, 10, 3, 32, 32)  # (views, S*5, C, H, W)
+    with torch.no_grad():
+        assert model.eval()(normalise(item["clip"], mean, std)).shape == (2, 4)

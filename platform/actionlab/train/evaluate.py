@@ -207,11 +207,6 @@ def _score_videos(loaded, loader, *, fusion: str) -> tuple[EvalResult, dict]:
     return result, per_video
 
 
-def evaluate_model(model_uri: str | list[str], manifest: str, **kwargs) -> dict:
-    """`evaluate_models` for one model URI (or several: an ensemble)."""
-    return evaluate_models([model_uri] if isinstance(model_uri, str) else list(model_uri), manifest, **kwargs)
-
-
 def evaluate_models(
     model_uris: list[str],
     manifest: str,

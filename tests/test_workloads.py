@@ -46,7 +46,8 @@ def _tiny(name: str):
     torch.manual_seed(0)
     overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
     model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
-    clips = torch.randn(BATCH, clip["num_frames"], 3, clip["size_px"], clip["size_px"])
+    frames = spec.input_for(overrides).clip_frames(clip["num_frames"])  # snippets: segments x snippet frames
+    clips = torch.randn(BATCH, frames, 3, clip["size_px"], clip["size_px"])
     labels = torch.arange(BATCH) % NUM_CLASSES
     return model, clips, labels
 
@@ -58,14 +59,15 @@ def test_registry_is_not_empty():
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_spec_declares_what_the_platform_needs(name):
     spec = get_workload(name)
-    assert spec.sampling in SAMPLINGS
+    fmt = spec.input_for(spec.tiny)
+    assert spec.sampling in SAMPLINGS and fmt.sampling in SAMPLINGS
     assert dataclasses.is_dataclass(spec.params_cls) and spec.params_cls.__dataclass_params__.frozen
     defaults = spec.params_cls()  # paper defaults: constructible with no arguments
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(defaults, dataclasses.fields(defaults)[0].name, None)
     spec.resolve_params(spec.tiny)  # tiny overrides name real fields
     assert spec.summary, f"{name}: the module needs a docstring whose first line names the paper"
-    assert len(spec.mean) == len(spec.std) == 3
+    assert len(fmt.mean) == len(fmt.std) == 3
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -128,7 +128,7 @@ def cmd_list(args) -> int:
     except (ImportError, AttributeError):
         spaces = []
     listing = {
-        "workloads": {n: f"[{get_workload(n).sampling}] {get_workload(n).summary}" for n in list_workloads()},
+        "workloads": {n: f"[{get_workload(n).input_for().sampling}] {get_workload(n).summary}" for n in list_workloads()},
         "recipes": sorted(p.stem for p in _recipes_dir().glob("*.yaml")),
         "spaces": spaces,
     }
@@ -228,16 +228,22 @@ def cmd_weights_zoo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .train.evaluate import evaluate_model
+    from .train.evaluate import evaluate_models
 
-    summary = evaluate_model(args.model, args.data, split=args.split, root=args.root or "", num_clips=args.clips,
-                             num_crops=args.crops, fusion=args.fusion, run_id=args.run or "")
+    summary = evaluate_models(args.model, args.data, split=args.split, root=args.root or "", num_clips=args.clips,
+                              num_crops=args.crops, fusion=args.fusion, run_id=args.run or "")
     if args.json:
         print(json.dumps(summary))
         return 0
     protocol = f"{args.clips}x{args.crops}"
-    print(f"{summary['model']} on {summary['num_videos']} videos ({summary['protocol']}): "
-          f"top-1 {summary[f'test/top1_{protocol}']:.4f}, top-5 {summary[f'test/top5_{protocol}']:.4f}, "
+    for i, member in enumerate(summary.get("members", []), 1):
+        print(f"{member['model']} ({member['num_frames']} x {member['sampling']}) on {member['num_videos']} videos: "
+              f"top-1 {member[f'test/member{i}/top1_{protocol}']:.4f}, "
+              f"top-5 {member[f'test/member{i}/top5_{protocol}']:.4f}, {member['bad_samples']} bad samples skipped")
+    prefix = "test/ensemble/" if "members" in summary else "test/"
+    name = "ensemble" if "members" in summary else summary["model"]
+    print(f"{name} on {summary['num_videos']} videos ({summary['protocol']}): "
+          f"top-1 {summary[f'{prefix}top1_{protocol}']:.4f}, top-5 {summary[f'{prefix}top5_{protocol}']:.4f}, "
           f"{summary['bad_samples']} bad samples skipped")
     for name, acc in summary["per_class"].items():
         print(f"  {name:30s} {acc:.3f}")
@@ -597,13 +603,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concurrency", type=int, default=4)
 
     sp = add("eval", cmd_eval, "full test protocol (clips x crops) on a manifest split")
-    sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")
+    sp.add_argument("--model", required=True, action="append",
+                    help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir; give it again to ensemble "
+                         "models (each samples with its own recorded frames; per-video scores averaged)")
     sp.add_argument("--data", required=True, help="manifest.parquet path or URI")
     sp.add_argument("--split", default="val")
     sp.add_argument("--root", help="dataset root (default: the manifest's folder)")
     sp.add_argument("--clips", type=int, default=1)
     sp.add_argument("--crops", type=int, default=1, choices=[1, 3])
-    sp.add_argument("--fusion", default="logits", choices=["logits", "probs"])
+    sp.add_argument("--fusion", default="logits", choices=["logits", "probs"],
+                    help="average logits or softmax scores over views (and over models of an ensemble)")
     sp.add_argument("--run", help="MLflow run id to log test/top1_CLIPSxCROPS and the confusion matrix to")
     sp.add_argument("--json", action="store_true")
 
@@ -734,7 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="the released file (.pth/.pth.tar/.pt/.safetensors); read with weights_only")
     sp.add_argument("-o", "--output", required=True, help="model dir to write (must not exist or be empty)")
     sp.add_argument("--num-classes", type=int, required=True)
-    sp.add_argument("--frames", type=int, required=True, help="frames per clip the checkpoint was trained with")
+    sp.add_argument("--frames", type=int, required=True,
+                    help="frames per clip the checkpoint was trained with (segments for snippet sampling: h2cn)")
     sp.add_argument("--size", type=int, default=224, help="input size in px")
     sp.add_argument("--classes", help="class names, one per line, in the checkpoint's class-index order")
     sp.add_argument("--register", metavar="NAME", help="also register it (tags: source=official, paper, top-1)")

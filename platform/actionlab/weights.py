@@ -278,6 +278,7 @@ def import_checkpoint(
     params = dict(params or {})
     spec.resolve_params(params)  # unknown params: the registry's error names the nearest field
     model = import_checkpoint_model(workload, checkpoint, num_classes=num_classes, num_frames=num_frames, params=params)
+    fmt = spec.input_for(params)
     meta = {
         "workload": workload,
         "params": without_weights(params),
@@ -286,9 +287,10 @@ def import_checkpoint(
         "stride": stride,
         "size_px": size_px,
         "resize_px": resize_px,
-        "sampling": spec.sampling,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "sampling": fmt.sampling,
+        "snippet_frames": fmt.snippet_frames,
+        "mean": list(fmt.mean),
+        "std": list(fmt.std),
         "source": {"official_checkpoint": Path(checkpoint).name, "paper": converter(workload).paper},
     }
     out = Path(out_dir)
@@ -687,9 +689,9 @@ ZOO = (
              "81.0", "PySlowFast projects/mvitv2 README (1 clip x 5 views, 224 px)"),
     ZooEntry("uniformer-s-16x4-k400", "uniformer", "uniformer_small_k400_16x4.pth", "Kinetics-400", 400, 16, {},
              "80.8", "UniFormer video_classification README (16x1x4: 4 clips, 224 px)"),
-    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 40, {}, "76.9",
+    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 8, {}, "76.9",
              "H2CN README (8 segments x 30 views)"),
-    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 80, {}, "77.9",
+    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 16, {}, "77.9",
              "H2CN README (16 segments x 30 views)"),
 )
 

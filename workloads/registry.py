@@ -3,7 +3,12 @@
 A workload is a builder decorated with `@register_workload`. It declares a frozen Params dataclass
 with the paper's defaults, how its clips are sampled (`segments`: TSN-style, one frame per segment;
 `clip`: dense T x stride), a `tiny` set of params overrides that makes it CPU-test sized, and the
-input normalisation of its backbone.
+input normalisation of its backbone. Optional registry fields: `tiny_clip` (the clip its tiny variant
+needs, default T=4 at 32 px), `tiny_variants` (tiny params of further architectures behind a param,
+each tested as "name[variant]"), `paper_gmacs` (the paper's compute table, rows as the method
+defines them) and `compute_by_ratio` (for methods whose MACs depend on the data: a function
+`(overrides, *, num_frames, size_px, num_classes) -> list[dict]` of expected vs measured GMACs per
+selection ratio, the configured one marked, which `actionlab flops` and `list --recipes` print).
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
@@ -43,6 +48,10 @@ class WorkloadSpec:
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     summary: str = ""
+    tiny_clip: dict = field(default_factory=dict)  # {"num_frames": T, "size_px": S} for the tiny variant
+    tiny_variants: dict = field(default_factory=dict)  # variant name -> its tiny params
+    paper_gmacs: tuple = ()  # the paper's compute table (rows defined by the method's module)
+    compute_by_ratio: Callable | None = None  # data-dependent compute per selection ratio, see the module doc
 
     def resolve_params(self, overrides: dict | None = None):
         """The Params dataclass with `overrides` applied; unknown keys name the nearest field."""
@@ -88,6 +97,10 @@ def register_workload(
     tiny: dict | None = None,
     mean: tuple = IMAGENET_MEAN,
     std: tuple = IMAGENET_STD,
+    tiny_clip: dict | None = None,
+    tiny_variants: dict | None = None,
+    paper_gmacs: tuple = (),
+    compute_by_ratio: Callable | None = None,
 ):
     """Decorator: registers `builder(params, *, num_classes, num_frames) -> nn.Module` under `name`."""
     if sampling not in SAMPLINGS:
@@ -108,6 +121,10 @@ def register_workload(
             mean=tuple(mean),
             std=tuple(std),
             summary=doc.strip().splitlines()[0] if doc.strip() else "",
+            tiny_clip=dict(tiny_clip or {}),
+            tiny_variants={k: dict(v) for k, v in (tiny_variants or {}).items()},
+            paper_gmacs=tuple(paper_gmacs),
+            compute_by_ratio=compute_by_ratio,
         )
         return builder
 

@@ -185,9 +185,10 @@ def _list_recipes(args) -> int:
 
 def _workload_overrides(workload: str, sets: list[str], *, params: dict | None = None):
     """`--set` for commands that build one workload: dotted config keys as in `train`
-    (`workload.params.rt=0.4`, `clip.num_frames=12`) or bare workload params as a shorthand (`rt=0.4`);
-    returns the resolved Config. Keys that do not change the model raise, naming the ones that do."""
-    from .config import Config, ConfigError, resolve
+    (`workload.params.rt=0.4`, `clip.num_frames=12`) or bare workload params as a shorthand (`rt=0.4`).
+    Returns the resolved Config and the workload params given (`params` + `--set`). Keys that do not
+    change the model raise, naming the ones that do."""
+    from .config import Config, ConfigError, _merge, parse_override, resolve
 
     sections = {f.name for f in dataclasses.fields(Config)}
     dotted = []
@@ -199,7 +200,10 @@ def _workload_overrides(workload: str, sets: list[str], *, params: dict | None =
         if not (key.startswith("workload.params.") or key in ("clip.num_frames", "clip.size_px")):
             raise ConfigError(f"--set {text!r} does not change the model; this command takes workload params "
                               "(workload.params.KEY=VALUE, or KEY=VALUE for short), clip.num_frames and clip.size_px")
-    return resolve({"workload": {"name": workload, "params": dict(params or {})}}, dotted)
+    given: dict = {"workload": {"params": dict(params or {})}}
+    for text in dotted:
+        given = _merge(given, parse_override(text))
+    return resolve({"workload": {"name": workload, "params": dict(params or {})}}, dotted), given["workload"]["params"]
 
 
 def _frames_and_size(args, cfg, sets) -> tuple[int, int]:
@@ -214,8 +218,7 @@ def cmd_flops(args) -> int:
 
     from .flops import workload_compute
 
-    cfg = _workload_overrides(args.workload, args.set)
-    params = cfg.workload.params
+    cfg, params = _workload_overrides(args.workload, args.set)
     frames, size = _frames_and_size(args, cfg, args.set)
     compute = workload_compute(args.workload, num_frames=frames, size_px=size, num_classes=args.num_classes,
                                params=params)
@@ -224,7 +227,7 @@ def cmd_flops(args) -> int:
     spec = get_workload(args.workload)
     report = []
     if spec.compute_by_ratio is not None:
-        report = spec.compute_by_ratio(dict(params), num_frames=frames, size_px=size, num_classes=args.num_classes)
+        report = spec.compute_by_ratio(params, num_frames=frames, size_px=size, num_classes=args.num_classes)
         info["by_ratio"] = report
     if args.json:
         print(json.dumps(info))
@@ -299,8 +302,7 @@ def cmd_bench(args) -> int:
     from .bench import bench, parse_sweep
 
     tiny = dict(get_workload(args.workload).tiny) if args.tiny else {}
-    cfg = _workload_overrides(args.workload, args.set, params=tiny)
-    params = cfg.workload.params
+    cfg, params = _workload_overrides(args.workload, args.set, params=tiny)
     args.frames, args.size = _frames_and_size(args, cfg, args.set)
     import torch
 

@@ -312,7 +312,8 @@ def read_recipe(ref: str) -> Recipe:
 
     Two keys are not config sections: `paper:` (the reported numbers, returned apart as
     `Recipe.paper`, never inherited) and `base: OTHER` (a recipe named as on the command line, whose
-    config this one starts from, merged key by key; one level deep: a base may not have a base). The config sections themselves are checked by `resolve`.
+    config this one starts from, merged key by key; one level deep: a base may not have a base).
+    The config sections themselves are checked by `resolve`.
     """
     from . import storage
 

@@ -150,8 +150,9 @@ def recipe_gmacs(cfg) -> float:
     spec = get_workload(cfg.workload.name)
     shape = dict(num_frames=cfg.clip.num_frames, size_px=cfg.clip.size_px, num_classes=400)
     params = cfg.workload.params
-    if spec.compute_by_ratio is not None and isinstance(params, dict):
-        rows = [r for r in spec.compute_by_ratio(dict(params), **shape) if r.get("configured")]
+    if spec.compute_by_ratio is not None:
+        overrides = dict(params) if isinstance(params, dict) else dataclasses.asdict(params)
+        rows = [r for r in spec.compute_by_ratio(overrides, **shape) if r.get("configured")]
         if rows:
             return rows[0]["measured_gmacs"]
     return workload_compute(cfg.workload.name, params=params, **shape).gmacs

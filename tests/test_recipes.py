@@ -11,6 +11,7 @@ import pytest
 
 from actionlab.cli import main
 from actionlab.config import ConfigError, read_recipe, resolve, shipped_recipes
+from workloads import get_workload
 
 
 def _is_smoke(name: str) -> bool:
@@ -118,17 +119,27 @@ def _flops(capsys, *args) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_flops_reports_the_papers_ratios_plus_the_set_one(capsys):
+def test_afnet_compute_by_ratio_measures_the_papers_ratios():
     # AF-MobileNetV3 (2.2 GMACs per 12-frame clip): the cheapest network with rows in the paper's table.
-    with_rt = _flops(capsys, "afnet", "--frames", "12", "--set", "backbone=mobilenetv3", "--set", "rt=0.25")
-    assert [r["rt"] for r in with_rt["by_ratio"]] == [0.25, 0.4, 0.8]  # the table's ratios at 12 frames + --set
-    assert [r["paper_gmacs"] for r in with_rt["by_ratio"]] == [None, 2.2, 2.3]
-    assert [r["configured"] for r in with_rt["by_ratio"]] == [True, False, False]
-    low = with_rt["by_ratio"][0]
-    assert low["kept_frames"] == 3 and low["measured_gmacs"] < with_rt["by_ratio"][1]["measured_gmacs"]
-    dotted = _flops(capsys, "afnet", "--frames", "12", "--set", "workload.params.backbone=mobilenetv3",
-                    "--set", "workload.params.rt=0.25")
-    assert dotted == with_rt  # the train-style key and the shorthand are one override
+    spec = get_workload("afnet")
+    rows = spec.compute_by_ratio({"backbone": "mobilenetv3"}, num_frames=12, size_px=224, num_classes=174)
+    assert [r["rt"] for r in rows] == [0.4, 0.8]  # the table's ratios at 12 frames
+    assert [r["paper_gmacs"] for r in rows] == [2.2, 2.3]
+    assert [r["measured_gmacs"] for r in rows] == pytest.approx([2.2, 2.3], rel=0.02)
+    assert not any(r["configured"] for r in rows)
+
+
+def test_flops_set_rt_changes_what_it_reports(capsys):
+    tiny = ["afnet", "--frames", "8", "--size", "64", "--set", "layers=[2, 2, 2, 1]", "--set", "width=16"]
+    assert _flops(capsys, *tiny)["by_ratio"] == []  # not the paper's network: no table ratios
+    low = _flops(capsys, *tiny, "--set", "rt=0.25")
+    high = _flops(capsys, *tiny, "--set", "rt=0.75")
+    assert [(r["rt"], r["kept_frames"], r["configured"]) for r in low["by_ratio"]] == [(0.25, 2, True)]
+    assert [(r["rt"], r["kept_frames"], r["configured"]) for r in high["by_ratio"]] == [(0.75, 6, True)]
+    assert low["by_ratio"][0]["measured_gmacs"] < high["by_ratio"][0]["measured_gmacs"]
+    dotted = _flops(capsys, "afnet", "--frames", "8", "--size", "64", "--set", "workload.params.layers=[2, 2, 2, 1]",
+                    "--set", "workload.params.width=16", "--set", "workload.params.rt=0.25")
+    assert dotted == low  # the train-style key and the shorthand are one override
 
 
 def test_flops_takes_frames_from_the_config_key_and_refuses_keys_without_effect(capsys):

@@ -197,6 +197,8 @@ def _workload_overrides(workload: str, sets: list[str], *, params: dict | None =
         dotted.append(text if key.split(".")[0] in sections else f"workload.params.{text.strip()}")
     for text in dotted:
         key = text.split("=", 1)[0].strip()
+        if key == "workload.name":
+            raise ConfigError(f"--set {text!r}: name the workload as the command's first argument instead")
         if not (key.startswith("workload.params.") or key in ("clip.num_frames", "clip.size_px")):
             raise ConfigError(f"--set {text!r} does not change the model; this command takes workload params "
                               "(workload.params.KEY=VALUE, or KEY=VALUE for short), clip.num_frames and clip.size_px")

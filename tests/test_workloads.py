@@ -1,16 +1,15 @@
 """Every registered workload, through the same checks, at its tiny CPU size.
 
-New workloads are picked up from `list_workloads()` automatically. A workload module whose tiny
-variant needs a larger clip than (T=4, 32 px) declares it at module level, e.g.
-`TINY_CLIP = {"num_frames": 8, "size_px": 64}`; one with further architectures behind a param declares
-their own tiny params (used instead of `tiny`), e.g. `TINY_VARIANTS = {"mobilenetv3": {"backbone":
-"mobilenetv3"}}`, and each goes through the model checks too (as "name[variant]").
+New workloads are picked up from `list_workloads()` automatically. A workload whose tiny variant
+needs a larger clip than (T=4, 32 px) registers it, e.g. `register_workload(..., tiny_clip={"num_frames":
+8, "size_px": 64})`; one with further architectures behind a param registers their own tiny params (used
+instead of `tiny`), e.g. `tiny_variants={"mobilenetv3": {"backbone": "mobilenetv3"}}`, and each goes
+through the model checks too (as "name[variant]").
 """
 
 import dataclasses
 import math
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +31,7 @@ WORKLOADS = list_workloads()
 
 
 def _variants(name: str) -> dict:
-    return getattr(sys.modules[get_workload(name).builder.__module__], "TINY_VARIANTS", {})
+    return get_workload(name).tiny_variants
 
 
 MODELS = WORKLOADS + [f"{name}[{v}]" for name in WORKLOADS for v in _variants(name)]
@@ -42,7 +41,7 @@ def _tiny(name: str):
     """(model, clips, labels) for workload `name` (or `name[variant]`) at its tiny size; train mode."""
     name, _, variant = name.rstrip("]").partition("[")
     spec = get_workload(name)
-    clip = {**DEFAULT_CLIP, **getattr(sys.modules[spec.builder.__module__], "TINY_CLIP", {})}
+    clip = {**DEFAULT_CLIP, **spec.tiny_clip}
     torch.manual_seed(0)
     overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
     model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])

@@ -303,6 +303,7 @@ def load_pretrained(model: H2CN, path: str | Path) -> None:
     params=H2CNParams,
     sampling="snippets",
     snippet_frames=SNIPPET_FRAMES,
+    tiny_clip=TINY_CLIP,
     tiny={"depths": (1, 1, 1, 1), "width": 16, "reduction": 4},
 )
 def build_h2cn(p: H2CNParams, *, num_classes: int, num_frames: int) -> nn.Module:

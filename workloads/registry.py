@@ -6,6 +6,12 @@ with the paper's defaults, how its clips are sampled (`segments`: TSN-style, one
 `tiny` set of params overrides that makes it CPU-test sized, and the input normalisation of its
 backbone. A workload whose input depends on its params (SV-Mix takes its backbone's) registers
 `input_fn`; the platform asks `spec.input_for(params)`, never the declared fields.
+Optional registry fields: `tiny_clip` (the clip its tiny variant
+needs, default T=4 at 32 px), `tiny_variants` (tiny params of further architectures behind a param,
+each tested as "name[variant]"), `paper_gmacs` (the paper's compute table, rows as the method
+defines them) and `compute_by_ratio` (for methods whose MACs depend on the data: a function
+`(overrides, *, num_frames, size_px, num_classes) -> list[dict]` of expected vs measured GMACs per
+selection ratio, the configured one marked, which `actionlab flops` and `list --recipes` print).
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
@@ -77,6 +83,10 @@ class WorkloadSpec:
     summary: str = ""
     snippet_frames: int = 1
     input_fn: Callable[[Any], InputFormat] | None = None  # resolved Params -> InputFormat, when params decide
+    tiny_clip: dict = field(default_factory=dict)  # {"num_frames": T, "size_px": S} for the tiny variant
+    tiny_variants: dict = field(default_factory=dict)  # variant name -> its tiny params
+    paper_gmacs: tuple = ()  # the paper's compute table (rows defined by the method's module)
+    compute_by_ratio: Callable | None = None  # data-dependent compute per selection ratio, see the module doc
 
     def input_for(self, params: dict | Any | None = None) -> InputFormat:
         """Sampling and normalisation for a build with `params` (a dict of overrides or a Params instance)."""
@@ -170,6 +180,10 @@ def register_workload(
     std: tuple = IMAGENET_STD,
     snippet_frames: int = 1,
     input_fn: Callable[[Any], InputFormat] | None = None,
+    tiny_clip: dict | None = None,
+    tiny_variants: dict | None = None,
+    paper_gmacs: tuple = (),
+    compute_by_ratio: Callable | None = None,
 ):
     """Decorator: registers `builder(params, *, num_classes, num_frames) -> nn.Module` under `name`.
 
@@ -199,6 +213,10 @@ def register_workload(
             summary=doc.strip().splitlines()[0] if doc.strip() else "",
             snippet_frames=snippet_frames,
             input_fn=input_fn,
+            tiny_clip=dict(tiny_clip or {}),
+            tiny_variants={k: dict(v) for k, v in (tiny_variants or {}).items()},
+            paper_gmacs=tuple(paper_gmacs),
+            compute_by_ratio=compute_by_ratio,
         )
         return builder
 

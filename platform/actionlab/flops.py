@@ -123,3 +123,20 @@ def workload_compute(
         log.info("workload %r cannot be counted on the meta device (%s); using CPU", name, err)
     model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames, weights=False)
     return measure(model, clip_shape, device="cpu")
+
+
+def recipe_gmacs(cfg) -> float:
+    """GMACs per view of the model a resolved config builds, at its clip size, with no weights read.
+
+    For a data-dependent workload (one with `compute_by_ratio`) whose config sets the selection ratio,
+    the MACs measured at that ratio; otherwise one forward as `workload_compute` counts it.
+    """
+    spec = get_workload(cfg.workload.name)
+    shape = dict(num_frames=cfg.clip.num_frames, size_px=cfg.clip.size_px, num_classes=400)
+    params = cfg.workload.params
+    if spec.compute_by_ratio is not None:
+        overrides = dict(params) if isinstance(params, dict) else dataclasses.asdict(params)
+        rows = [r for r in spec.compute_by_ratio(overrides, **shape) if r.get("configured")]
+        if rows:
+            return rows[0]["measured_gmacs"]
+    return workload_compute(cfg.workload.name, params=params, **shape).gmacs

@@ -1,13 +1,13 @@
 """Config resolution: defaults < recipe < --set, and errors that name the fix."""
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
 import workloads
 from workloads import get_workload
-from actionlab.config import ConfigError, Config, dump_yaml, flat_params, from_dict, parse_override, resolve, to_dict
+from actionlab.config import (ConfigError, Config, dump_yaml, flat_params, from_dict, load_recipe, parse_override,
+                              resolve, shipped_recipes, to_dict)
 
 
 def test_defaults_recipe_then_overrides():
@@ -75,18 +75,16 @@ def test_switching_workload_drops_the_recipes_params():
     assert kept.workload.params == tsm(backbone="resnet18", fold_div=8)
 
 
-@pytest.mark.parametrize("path", sorted((Path(workloads.__file__).parent / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_shipped_recipe_resolves_and_builds(path):
-    from actionlab.cli import load_recipe
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_every_shipped_recipe_resolves_and_builds(name):
+    from actionlab.config import load_recipe
     from actionlab.train.launch import check_buildable
 
-    cfg = resolve(load_recipe(path.stem), [])
+    cfg = resolve(load_recipe(name), [])
     check_buildable(workloads.get_workload(cfg.workload.name), cfg)
 
 
 def test_params_are_the_resolved_dataclass_and_round_trip_by_name():
-    from actionlab.cli import load_recipe
-
     cfg = resolve(load_recipe("tsm_r50_sthv2"), [])
     assert cfg.workload.params == get_workload("tsm").params_cls(backbone="resnet50.tv_in1k", pretrained="timm",
                                                                  dropout=0.5, fold_div=8)
@@ -135,8 +133,6 @@ def test_updates_merge_dotted_values_after_the_overrides():
 
 
 def test_switching_a_wrapped_backbone_drops_its_stale_params():
-    from actionlab.cli import load_recipe
-
     recipe = load_recipe("svmix_smoke")  # backbone_workload: tsm, backbone_params: {backbone: resnet18}
     assert resolve(recipe, []).workload.params.backbone_params["backbone"] == "resnet18"
     # tsn has a `backbone` too: the recipe's resnet18 (meant for tsm) must not silently carry over

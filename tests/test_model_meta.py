@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from actionlab import tracking
-from actionlab.cli import load_recipe
+from actionlab.config import load_recipe
 from actionlab.config import flat_params, resolve
 from actionlab.model_meta import ModelMetaError
 from actionlab.train.loop import model_meta

@@ -73,7 +73,7 @@ def test_wrong_value_type_and_top_level_key(tmp_path):
 
 
 def test_a_trial_merges_sampled_values_as_values():
-    from actionlab.cli import load_recipe
+    from actionlab.config import load_recipe
     from actionlab.tune.sweep import trial_config
 
     sampled = {"data.flip": "off", "clip.scales": [1.0, 0.5], "workload.params.fold_div": 4, "optim.lr": 1e-3,
@@ -244,8 +244,7 @@ _RESTORED_TRIAL = """
 import json, sys
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from actionlab.cli import load_recipe
-from actionlab.config import resolve
+from actionlab.config import load_recipe, resolve
 from actionlab.train.launch import init_ray, train
 
 overrides = json.loads(sys.argv[1])

@@ -1,16 +1,15 @@
 """Every registered workload, through the same checks, at its tiny CPU size.
 
-New workloads are picked up from `list_workloads()` automatically. A workload module whose tiny
-variant needs a larger clip than (T=4, 32 px) declares it at module level, e.g.
-`TINY_CLIP = {"num_frames": 8, "size_px": 64}`; one with further architectures behind a param declares
-their own tiny params (used instead of `tiny`), e.g. `TINY_VARIANTS = {"mobilenetv3": {"backbone":
-"mobilenetv3"}}`, and each goes through the model checks too (as "name[variant]").
+New workloads are picked up from `list_workloads()` automatically. A workload whose tiny variant
+needs a larger clip than (T=4, 32 px) registers it, e.g. `register_workload(..., tiny_clip={"num_frames":
+8, "size_px": 64})`; one with further architectures behind a param registers their own tiny params (used
+instead of `tiny`), e.g. `tiny_variants={"mobilenetv3": {"backbone": "mobilenetv3"}}`, and each goes
+through the model checks too (as "name[variant]").
 """
 
 import dataclasses
 import math
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -32,7 +31,7 @@ WORKLOADS = list_workloads()
 
 
 def _variants(name: str) -> dict:
-    return getattr(sys.modules[get_workload(name).builder.__module__], "TINY_VARIANTS", {})
+    return get_workload(name).tiny_variants
 
 
 MODELS = WORKLOADS + [f"{name}[{v}]" for name in WORKLOADS for v in _variants(name)]
@@ -42,11 +41,12 @@ def _tiny(name: str):
     """(model, clips, labels) for workload `name` (or `name[variant]`) at its tiny size; train mode."""
     name, _, variant = name.rstrip("]").partition("[")
     spec = get_workload(name)
-    clip = {**DEFAULT_CLIP, **getattr(sys.modules[spec.builder.__module__], "TINY_CLIP", {})}
+    clip = {**DEFAULT_CLIP, **spec.tiny_clip}
     torch.manual_seed(0)
     overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
     model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
-    clips = torch.randn(BATCH, clip["num_frames"], 3, clip["size_px"], clip["size_px"])
+    frames = spec.input_for(overrides).clip_frames(clip["num_frames"])  # snippets: segments x snippet frames
+    clips = torch.randn(BATCH, frames, 3, clip["size_px"], clip["size_px"])
     labels = torch.arange(BATCH) % NUM_CLASSES
     return model, clips, labels
 
@@ -58,14 +58,15 @@ def test_registry_is_not_empty():
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_spec_declares_what_the_platform_needs(name):
     spec = get_workload(name)
-    assert spec.sampling in SAMPLINGS
+    fmt = spec.input_for(spec.tiny)
+    assert spec.sampling in SAMPLINGS and fmt.sampling in SAMPLINGS
     assert dataclasses.is_dataclass(spec.params_cls) and spec.params_cls.__dataclass_params__.frozen
     defaults = spec.params_cls()  # paper defaults: constructible with no arguments
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(defaults, dataclasses.fields(defaults)[0].name, None)
     spec.resolve_params(spec.tiny)  # tiny overrides name real fields
     assert spec.summary, f"{name}: the module needs a docstring whose first line names the paper"
-    assert len(spec.mean) == len(spec.std) == 3
+    assert len(fmt.mean) == len(fmt.std) == 3
 
 
 @pytest.mark.parametrize("name", MODELS)

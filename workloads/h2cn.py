@@ -8,9 +8,8 @@ frame's stem), and at clip level inside every TSM-shifted ResNet-50 bottleneck a
 over the segments. Layout and initialisation follow the official `ty-97/H2CN` code.
 
 Input: (B, S*5, C, H, W), the 5 consecutive frames of each of S segments in order (the official
-TDN-style snippets); `num_frames` = S*5. The platform's `segments` sampling delivers S*5 evenly
-spaced frames instead, which equals the snippets only for videos of about S*5 frames: a deviation
-until the data path can sample snippets (S segments x 5 consecutive frames).
+TDN-style snippets, which the platform's `snippets` sampling delivers); `num_frames` = S, the
+segments (8 / 16 as in the paper's rows).
 """
 
 from __future__ import annotations
@@ -33,8 +32,8 @@ from .registry import register_workload
 log = logging.getLogger(__name__)
 
 SNIPPET_FRAMES = 5  # frames per segment: hard-coded in the official stem (x.shape[1] // 5, centre = frame 2)
-# Tiny CPU variant for the registry test: 2 segments x 5 frames at 32 px.
-TINY_CLIP = {"num_frames": 10, "size_px": 32}
+# Tiny CPU variant for the registry test: 2 segments (x 5 frames) at 32 px.
+TINY_CLIP = {"num_frames": 2, "size_px": 32}
 STAGE_PLANES = (64, 128, 256, 512)
 
 
@@ -218,7 +217,7 @@ class H2CN(nn.Module):
             raise ValueError(
                 f"h2cn expects {self.num_segments} segments x {SNIPPET_FRAMES} frames = "
                 f"{self.num_segments * SNIPPET_FRAMES} frames (B, T, C, H, W), got shape {tuple(clips.shape)}; "
-                "build it with num_frames = 5 x the segment count"
+                f"sample it with `snippets` sampling ({SNIPPET_FRAMES} consecutive frames per segment)"
             )
         frames = clips.flatten(0, 1)  # (B*S*5, C, H, W): snippet frames are the fast index
         motion = self.fhgc2(self.fhgc1(F.avg_pool2d(frames, 2)))  # (B*S, 9, H/2, W/2)
@@ -302,18 +301,16 @@ def load_pretrained(model: H2CN, path: str | Path) -> None:
 @register_workload(
     "h2cn",
     params=H2CNParams,
-    sampling="segments",
+    sampling="snippets",
+    snippet_frames=SNIPPET_FRAMES,
+    tiny_clip=TINY_CLIP,
     tiny={"depths": (1, 1, 1, 1), "width": 16, "reduction": 4},
 )
 def build_h2cn(p: H2CNParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    if num_frames % SNIPPET_FRAMES:
-        raise ValueError(
-            f"h2cn: num_frames={num_frames} must be a multiple of {SNIPPET_FRAMES} (segments x 5-frame "
-            "snippets); e.g. 40 for the paper's 8 segments"
-        )
-    if num_frames // SNIPPET_FRAMES < 1:
-        raise ValueError(f"h2cn: needs at least one segment ({SNIPPET_FRAMES} frames), got {num_frames}")
-    model = H2CN(p, num_classes=num_classes, num_segments=num_frames // SNIPPET_FRAMES)
+    """`num_frames` = segments S; the model takes S x 5 frames."""
+    if num_frames < 1:
+        raise ValueError(f"h2cn: num_frames={num_frames} counts segments; give at least 1 (the paper: 8 or 16)")
+    model = H2CN(p, num_classes=num_classes, num_segments=num_frames)
     if weights_file(p.pretrained, owner="h2cn"):
         load_pretrained(model, p.pretrained)
     return model

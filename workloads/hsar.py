@@ -407,6 +407,7 @@ class HSAR(Method):
     "hsar",
     params=HSARParams,
     sampling="clip",
+    tiny_clip=TINY_CLIP,
     tiny={"spatial_backbone": "vit_tiny_patch16_224", "spatial_img_size_px": 32, "spatial_depth": 2, "dim": 32,
           "frame_size_px": 16, "skip_mo": 2, "stem_dim": 16, "stem_patch_px": 4, "depth": 1, "num_heads": 2,
           "mlp_dim": 32, "fusion_depth": 1, "fusion_heads": 2},

@@ -371,6 +371,7 @@ def load_official(model: MViTv2, path: str | Path) -> None:
     sampling="clip",
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
+    tiny_clip=TINY_CLIP,
     tiny={"embed_dim": 16, "depth": 4, "stage_starts": (1, 3), "kv_stride": (1, 4, 4), "img_size_px": 32},
 )
 def build_mvitv2(p: MViTv2Params, *, num_classes: int, num_frames: int) -> nn.Module:

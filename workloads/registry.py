@@ -2,8 +2,16 @@
 
 A workload is a builder decorated with `@register_workload`. It declares a frozen Params dataclass
 with the paper's defaults, how its clips are sampled (`segments`: TSN-style, one frame per segment;
-`clip`: dense T x stride), a `tiny` set of params overrides that makes it CPU-test sized, and the
-input normalisation of its backbone.
+`clip`: dense T x stride; `snippets`: TDN-style, `snippet_frames` consecutive frames per segment), a
+`tiny` set of params overrides that makes it CPU-test sized, and the input normalisation of its
+backbone. A workload whose input depends on its params (SV-Mix takes its backbone's) registers
+`input_fn`; the platform asks `spec.input_for(params)`, never the declared fields.
+Optional registry fields: `tiny_clip` (the clip its tiny variant
+needs, default T=4 at 32 px), `tiny_variants` (tiny params of further architectures behind a param,
+each tested as "name[variant]"), `paper_gmacs` (the paper's compute table, rows as the method
+defines them) and `compute_by_ratio` (for methods whose MACs depend on the data: a function
+`(overrides, *, num_frames, size_px, num_classes) -> list[dict]` of expected vs measured GMACs per
+selection ratio, the configured one marked, which `actionlab flops` and `list --recipes` print).
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
@@ -28,10 +36,39 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SAMPLINGS = ("segments", "clip")
+SAMPLINGS = ("segments", "clip", "snippets")
 WEIGHTS_PARAM = "pretrained"
 # The former convention (before issue 14): `pretrained: bool` (timm) and `pretrained_file: str`.
 _FORMER_FILE_PARAM = "pretrained_file"
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """What the data path must deliver to a built workload: sampling and normalisation.
+
+    `clip.num_frames` counts frames for `segments` / `clip` and segments for `snippets`, whose model
+    input holds `snippet_frames` consecutive frames per segment: T = `clip_frames(num_frames)`.
+    """
+
+    sampling: str
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    snippet_frames: int = 1  # consecutive frames per segment (`snippets`); 1 for the other samplings
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.snippet_frames < 1 or (self.sampling != "snippets" and self.snippet_frames != 1):
+            raise ValueError(
+                f"snippet_frames={self.snippet_frames} with {self.sampling!r} sampling: only `snippets` "
+                "sampling takes more than one frame per segment"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean {self.mean} / std {self.std}: give one value per RGB channel")
+
+    def clip_frames(self, num_frames: int) -> int:
+        """T of the model's input (B, T, C, H, W) for `clip.num_frames` = num_frames."""
+        return num_frames * self.snippet_frames
 
 
 @dataclass(frozen=True)
@@ -39,11 +76,25 @@ class WorkloadSpec:
     name: str
     params_cls: type
     builder: Callable[..., nn.Module]
-    sampling: str
+    sampling: str  # the declared input; read it through `input_for(params)`
     tiny: dict = field(default_factory=dict)
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     summary: str = ""
+    snippet_frames: int = 1
+    input_fn: Callable[[Any], InputFormat] | None = None  # resolved Params -> InputFormat, when params decide
+    tiny_clip: dict = field(default_factory=dict)  # {"num_frames": T, "size_px": S} for the tiny variant
+    tiny_variants: dict = field(default_factory=dict)  # variant name -> its tiny params
+    paper_gmacs: tuple = ()  # the paper's compute table (rows defined by the method's module)
+    compute_by_ratio: Callable | None = None  # data-dependent compute per selection ratio, see the module doc
+
+    def input_for(self, params: dict | Any | None = None) -> InputFormat:
+        """Sampling and normalisation for a build with `params` (a dict of overrides or a Params instance)."""
+        if not isinstance(params, self.params_cls):
+            params = self.resolve_params(params)
+        if self.input_fn is not None:
+            return self.input_fn(params)
+        return InputFormat(self.sampling, self.mean, self.std, self.snippet_frames)
 
     def resolve_params(self, overrides: dict | None = None):
         """The Params dataclass with `overrides` applied; unknown keys name the nearest field."""
@@ -148,10 +199,23 @@ def register_workload(
     tiny: dict | None = None,
     mean: tuple = IMAGENET_MEAN,
     std: tuple = IMAGENET_STD,
+    snippet_frames: int = 1,
+    input_fn: Callable[[Any], InputFormat] | None = None,
+    tiny_clip: dict | None = None,
+    tiny_variants: dict | None = None,
+    paper_gmacs: tuple = (),
+    compute_by_ratio: Callable | None = None,
 ):
-    """Decorator: registers `builder(params, *, num_classes, num_frames) -> nn.Module` under `name`."""
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"workload '{name}': sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    """Decorator: registers `builder(params, *, num_classes, num_frames) -> nn.Module` under `name`.
+
+    `num_frames` is `clip.num_frames`: frames, or segments for `snippets` sampling (the module then
+    takes `snippet_frames` frames per segment). `input_fn(params) -> InputFormat` replaces the
+    declared sampling / mean / std / snippet_frames when they depend on the params.
+    """
+    try:
+        InputFormat(sampling, tuple(mean), tuple(std), snippet_frames)
+    except ValueError as err:
+        raise ValueError(f"workload '{name}': {err}") from None
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"workload '{name}': params must be a dataclass, got {params!r}")
 
@@ -168,6 +232,12 @@ def register_workload(
             mean=tuple(mean),
             std=tuple(std),
             summary=doc.strip().splitlines()[0] if doc.strip() else "",
+            snippet_frames=snippet_frames,
+            input_fn=input_fn,
+            tiny_clip=dict(tiny_clip or {}),
+            tiny_variants={k: dict(v) for k, v in (tiny_variants or {}).items()},
+            paper_gmacs=tuple(paper_gmacs),
+            compute_by_ratio=compute_by_ratio,
         )
         return builder
 

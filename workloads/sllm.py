@@ -383,6 +383,7 @@ class SLLM(Method):
     "sllm",
     params=SLLMParams,
     sampling="segments",
+    tiny_clip=TINY_CLIP,
     tiny={"backbone": "vit_tiny_patch16_224", "img_size_px": 32, "embed_dim": 0, "backbone_depth": 2,
           "restore_depth": 1, "restore_heads": 2, "header_depth": 1},
     mean=CLIP_MEAN,

@@ -261,6 +261,7 @@ def load_official(model: UniFormer, path: str | Path) -> dict[str, list[str]]:
     sampling="clip",
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
+    tiny_clip=TINY_CLIP,
     tiny={"embed_dims": (8, 16, 32, 32), "depths": (1, 1, 1, 1), "head_dim": 16},
 )
 def build_uniformer(p: UniFormerParams, *, num_classes: int, num_frames: int) -> nn.Module:

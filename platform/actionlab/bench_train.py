@@ -55,8 +55,9 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "cpu")
         torch.manual_seed(cfg.seed)
         model = spec.build(cfg.workload.params, num_classes=len(data.classes), num_frames=cfg.clip.num_frames)
+        fmt = spec.input_for(cfg.workload.params)
         # As the worker does, in the same order, so that both draw the same random numbers.
-        flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
+        flops.measure(model, (1, fmt.clip_frames(cfg.clip.num_frames), 3, cfg.clip.size_px, cfg.clip.size_px))
         if cfg.compute.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = model.to(device)
@@ -69,7 +70,7 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         val_loader, _ = loop._loader(cfg, val_set, train=False, rank=0, world=1)
         optimizer = core.build_optimizer(cfg, method, fused=cfg.compute.fused_optimizer and device.type == "cuda")
         scheduler = core.build_scheduler(cfg, optimizer, len(train_loader))
-        mean, std = stats_tensors(spec.mean, spec.std, device)
+        mean, std = stats_tensors(fmt.mean, fmt.std, device)
         rates, losses, epochs_s = [], [], 0.0
         for epoch in range(cfg.schedule.epochs):
             method.on_epoch_start(epoch, cfg.schedule.epochs)
@@ -81,7 +82,7 @@ def plain_run(cfg: Config) -> TrainBenchSide:
                 grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
                 on_step_end=method.on_step_end, channels_last=cfg.compute.channels_last,
             )
-            core.validate(method, val_loader, device=device, mean=spec.mean, std=spec.std,
+            core.validate(method, val_loader, device=device, mean=fmt.mean, std=fmt.std,
                           num_classes=len(data.classes), fusion=cfg.eval.fusion)
             epochs_s += time.perf_counter() - epoch_start
             rates.append(stats.clips_per_s)

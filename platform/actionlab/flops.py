@@ -106,14 +106,15 @@ def workload_compute(
     num_classes: int,
     params: dict | object | None = None,
 ) -> Compute:
-    """Compute of workload `name` at a (1, num_frames, 3, size_px, size_px) clip.
+    """Compute of workload `name` at a (1, T, 3, size_px, size_px) clip, T = num_frames (segments x
+    snippet frames for `snippets` sampling: `spec.input_for(params).clip_frames(num_frames)`).
 
     `params` are the workload's Params overrides (dict) or a Params instance. `pretrained` is
     ignored: weights do not change MACs, so nothing is read or downloaded. The model is built and counted on the meta device when it allows, else on CPU.
     """
     spec = get_workload(name)
     resolved = params if isinstance(params, spec.params_cls) else spec.resolve_params(params)
-    clip_shape = (1, num_frames, 3, size_px, size_px)
+    clip_shape = (1, spec.input_for(resolved).clip_frames(num_frames), 3, size_px, size_px)
     try:
         with torch.device("meta"):
             model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames, weights=False)
@@ -122,3 +123,20 @@ def workload_compute(
         log.info("workload %r cannot be counted on the meta device (%s); using CPU", name, err)
     model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames, weights=False)
     return measure(model, clip_shape, device="cpu")
+
+
+def recipe_gmacs(cfg) -> float:
+    """GMACs per view of the model a resolved config builds, at its clip size, with no weights read.
+
+    For a data-dependent workload (one with `compute_by_ratio`) whose config sets the selection ratio,
+    the MACs measured at that ratio; otherwise one forward as `workload_compute` counts it.
+    """
+    spec = get_workload(cfg.workload.name)
+    shape = dict(num_frames=cfg.clip.num_frames, size_px=cfg.clip.size_px, num_classes=400)
+    params = cfg.workload.params
+    if spec.compute_by_ratio is not None:
+        overrides = dict(params) if isinstance(params, dict) else dataclasses.asdict(params)
+        rows = [r for r in spec.compute_by_ratio(overrides, **shape) if r.get("configured")]
+        if rows:
+            return rows[0]["measured_gmacs"]
+    return workload_compute(cfg.workload.name, params=params, **shape).gmacs

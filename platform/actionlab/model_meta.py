@@ -18,6 +18,7 @@ from typing import Any, Literal
 log = logging.getLogger(__name__)
 
 _PREPROCESSING_KEYS = ("sampling", "num_frames", "stride", "size_px", "resize_px", "mean", "std")
+_OPTIONAL_KEYS = {"snippet_frames": 1}  # recorded since snippet sampling; older models sampled 1 frame per segment
 
 
 class ModelMetaError(ValueError):
@@ -28,13 +29,18 @@ class ModelMetaError(ValueError):
 class Preprocessing:
     """How a video becomes the model's input at test time (the training clip shape and normalisation)."""
 
-    sampling: Literal["segments", "clip"]
-    num_frames: int
+    sampling: Literal["segments", "clip", "snippets"]
+    num_frames: int  # frames (`segments`, `clip`) or segments (`snippets`)
     stride: int
     size_px: int  # centre crop fed to the network
     resize_px: int  # short side before cropping
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    snippet_frames: int = 1  # consecutive frames per segment (`snippets`)
+
+    def clip_frames(self) -> int:
+        """T of the model's input (B, T, C, H, W)."""
+        return self.num_frames * self.snippet_frames
 
 
 @dataclass(frozen=True)
@@ -54,7 +60,7 @@ class ModelMeta:
             "workload": self.workload,
             "params": dataclasses.asdict(self.params),
             "classes": list(self.classes),
-            **{k: getattr(self.preprocessing, k) for k in _PREPROCESSING_KEYS},
+            **{k: getattr(self.preprocessing, k) for k in (*_PREPROCESSING_KEYS, *_OPTIONAL_KEYS)},
             "actionlab_version": self.actionlab_version,
         }
         out["mean"], out["std"] = list(out["mean"]), list(out["std"])
@@ -76,6 +82,7 @@ class ModelMeta:
         version = str(values.get("actionlab_version") or "")
         params = recorded_params(values["workload"], values["params"], where=where, version=version)
         pre = {k: values[k] for k in _PREPROCESSING_KEYS}
+        pre.update({k: int(values.get(k, default)) for k, default in _OPTIONAL_KEYS.items()})
         pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
         return cls(
             workload=values["workload"],

@@ -396,10 +396,19 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
 
     path = resolve_model_dir(uri)
     meta = read_meta(path)
+    spec = get_workload(meta.workload)
+    snippet_frames = spec.input_for(meta.params).snippet_frames
+    if meta.preprocessing.snippet_frames != snippet_frames:  # num_frames would count something else
+        raise ModelMetaError(
+            f"{uri}: meta.json records {meta.preprocessing.num_frames} frames of {meta.preprocessing.sampling!r} "
+            f"sampling, but '{meta.workload}' now samples snippets of {snippet_frames} frames and num_frames counts "
+            f"segments; set num_frames to the segments, sampling to 'snippets' and snippet_frames to "
+            f"{snippet_frames} in meta.json (or import / train the model again)"
+        )
     try:
         # The recorded weights replace every tensor: `pretrained` (recorded as trained) is not read again.
-        model = get_workload(meta.workload).build(meta.params, num_classes=len(meta.classes),
-                                                  num_frames=meta.preprocessing.num_frames, weights=False)
+        model = spec.build(meta.params, num_classes=len(meta.classes), num_frames=meta.preprocessing.num_frames,
+                           weights=False)
     except (ValueError, TypeError) as err:
         raise ModelMetaError(
             f"{uri}: this code cannot build the recorded workload '{meta.workload}' ({err}); it was written by "

@@ -281,12 +281,14 @@ def import_checkpoint(
     params = dict(params or {})
     resolved = spec.resolve_params(params)  # unknown params: the registry's error names the nearest field
     model = import_checkpoint_model(workload, checkpoint, num_classes=num_classes, num_frames=num_frames, params=params)
+    fmt = spec.input_for(resolved)
     meta = ModelMeta(
         workload=workload,
         params=without_weights(resolved),  # every value; the weights are the checkpoint's
         classes=tuple(class_names or [f"class_{i}" for i in range(num_classes)]),
-        preprocessing=Preprocessing(sampling=spec.sampling, num_frames=num_frames, stride=stride, size_px=size_px,
-                                    resize_px=resize_px, mean=tuple(spec.mean), std=tuple(spec.std)),
+        preprocessing=Preprocessing(sampling=fmt.sampling, num_frames=num_frames, stride=stride, size_px=size_px,
+                                    resize_px=resize_px, mean=tuple(fmt.mean), std=tuple(fmt.std),
+                                    snippet_frames=fmt.snippet_frames),
         source={"official_checkpoint": Path(checkpoint).name, "paper": converter(workload).paper},
         actionlab_version=__version__,
     )
@@ -687,9 +689,9 @@ ZOO = (
              "81.0", "PySlowFast projects/mvitv2 README (1 clip x 5 views, 224 px)"),
     ZooEntry("uniformer-s-16x4-k400", "uniformer", "uniformer_small_k400_16x4.pth", "Kinetics-400", 400, 16, {},
              "80.8", "UniFormer video_classification README (16x1x4: 4 clips, 224 px)"),
-    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 40, {}, "76.9",
+    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 8, {}, "76.9",
              "H2CN README (8 segments x 30 views)"),
-    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 80, {}, "77.9",
+    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 16, {}, "77.9",
              "H2CN README (16 segments x 30 views)"),
 )
 

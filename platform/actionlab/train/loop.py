@@ -48,10 +48,11 @@ def train_worker(loop_config: dict) -> dict:
 
     spec = get_workload(cfg.workload.name)
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames)
+    fmt = spec.input_for(cfg.workload.params)  # sampling and normalisation (SV-Mix: its backbone's)
     if cfg.workload.init_from and checkpoint is None:
         _log(rank, f"init_from {cfg.workload.init_from}: {load_init_weights(model, cfg.workload.init_from, cfg.workload.params)}")
     tracker = tracking.MetricBuffer(ctx.run_id)  # written by rank 0 only
-    gmacs = _measure(cfg, model, tracker) if rank == 0 else None
+    gmacs = _measure(cfg, fmt, model, tracker) if rank == 0 else None
     if cfg.compute.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4D (2D conv) weights only; 3D ones stay as they are
     method = as_method(model)
@@ -63,7 +64,7 @@ def train_worker(loop_config: dict) -> dict:
     val_loader, _ = _loader(cfg, val_set, train=False, rank=rank, world=world)
     optimizer = build_optimizer(cfg, method, fused=cfg.compute.fused_optimizer and device.type == "cuda")
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    mean_t, std_t = stats_tensors(spec.mean, spec.std, device)
+    mean_t, std_t = stats_tensors(fmt.mean, fmt.std, device)
     epochs = cfg.schedule.epochs
 
     progress = resume.Progress()
@@ -92,7 +93,7 @@ def train_worker(loop_config: dict) -> dict:
             log=_step_log(rank, world, epoch, epochs),
         )
         val_start = time.perf_counter()
-        scored = validate(method, val_loader, device=device, mean=spec.mean, std=spec.std,
+        scored = validate(method, val_loader, device=device, mean=fmt.mean, std=fmt.std,
                           num_classes=len(ctx.classes), fusion=cfg.eval.fusion)
         val_seconds = time.perf_counter() - val_start
         progress = _epoch_end(cfg, epoch, stats, scored, val_seconds, progress, method=method, optimizer=optimizer,
@@ -116,9 +117,10 @@ def train_worker(loop_config: dict) -> dict:
     return progress.metrics
 
 
-def _measure(cfg: Config, model: nn.Module, tracker: tracking.MetricBuffer) -> float:
+def _measure(cfg: Config, fmt, model: nn.Module, tracker: tracking.MetricBuffer) -> float:
     """Rank 0: the model's GMACs and parameters per clip, logged at step 0; returns the GMACs."""
-    compute = flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
+    clip_shape = (1, fmt.clip_frames(cfg.clip.num_frames), 3, cfg.clip.size_px, cfg.clip.size_px)
+    compute = flops.measure(model, clip_shape)
     tracker.add({"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
     _log(0, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
     return compute.gmacs
@@ -177,10 +179,12 @@ def make_datasets(cfg: Config, spec, ctx: RunContext):
     """Train and val datasets from the manifest(s) resolved by the driver."""
     class_names = ctx.classes
     flip_pairs = data_transforms.flip_pairs_from_names(class_names) if cfg.data.flip == "swap_pairs" else {}
+    fmt = spec.input_for(cfg.workload.params)  # sampling may depend on params (SV-Mix: its backbone's)
     common = dict(
         root=ctx.root,
         num_classes=len(class_names),
-        sampling=spec.sampling,
+        sampling=fmt.sampling,
+        snippet_frames=fmt.snippet_frames,
         num_frames=cfg.clip.num_frames,
         stride=cfg.clip.stride,
         size_px=cfg.clip.size_px,
@@ -279,13 +283,14 @@ def _all_reduce_sums(device, values: list) -> list:
 
 def model_meta(cfg: Config, spec, class_names) -> ModelMeta:
     """Everything `tracking.load_model` needs to rebuild the network (every params value) and preprocess a video."""
+    fmt = spec.input_for(cfg.workload.params)
     return ModelMeta(
         workload=spec.name,
         params=cfg.workload.params,
         classes=tuple(class_names),
-        preprocessing=Preprocessing(sampling=spec.sampling, num_frames=cfg.clip.num_frames, stride=cfg.clip.stride,
-                                    size_px=cfg.clip.size_px, resize_px=cfg.clip.resize_px, mean=tuple(spec.mean),
-                                    std=tuple(spec.std)),
+        preprocessing=Preprocessing(sampling=fmt.sampling, num_frames=cfg.clip.num_frames, stride=cfg.clip.stride,
+                                    size_px=cfg.clip.size_px, resize_px=cfg.clip.resize_px, mean=tuple(fmt.mean),
+                                    std=tuple(fmt.std), snippet_frames=fmt.snippet_frames),
         actionlab_version=__version__,
     )
 

@@ -26,7 +26,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, load_recipe_text, parse_dotted, resolve
+from ..config import ConfigError, load_recipe, load_recipe_text, parse_dotted, resolve
 
 DISTRIBUTIONS = (
     "uniform", "quniform", "loguniform", "qloguniform", "randn", "qrandn",
@@ -138,7 +138,6 @@ def load_sweep(path_or_name: str, *, overrides: list[str] | tuple = ()) -> Sweep
 def validate(spec: SweepSpec) -> None:
     """Builds every domain and resolves one config per candidate value (nothing runs); resolving
     checks the workload's params too."""
-    from ..cli import load_recipe
 
     recipe = load_recipe(spec.recipe)
     resolve(recipe, updates=spec.overrides)  # the fixed part alone must be valid

@@ -50,7 +50,8 @@ def train_worker(loop_config: dict) -> dict:
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames)
     fmt = spec.input_for(cfg.workload.params)  # sampling and normalisation (SV-Mix: its backbone's)
     if cfg.workload.init_from and checkpoint is None:
-        _log(rank, f"init_from {cfg.workload.init_from}: {load_init_weights(model, cfg.workload.init_from, cfg.workload.params)}")
+        report = load_init_weights(model, cfg.workload.init_from, cfg.workload.params)
+        _log(rank, f"init_from {cfg.workload.init_from}: {report}")
     tracker = tracking.MetricBuffer(ctx.run_id)  # written by rank 0 only
     gmacs = _measure(cfg, fmt, model, tracker) if rank == 0 else None
     if cfg.compute.channels_last:

@@ -292,9 +292,7 @@ def test_af_mobilenetv3_gmacs_match_the_official_counter_and_the_paper(mbv3_meta
     gmacs = (costs["fixed"] + kept * sum(costs["focal"])) / 1e9
     # The official count adds the pooling layers' reads (c*h*w each); ours counts convs and Linears only.
     assert gmacs == pytest.approx(OFFICIAL_MBV3_COUNTER_GMACS[rt], rel=0.005)
-    from workloads.afnet import PAPER_GMACS
-
-    paper = {(name, rt_): g for name, _, _, rt_, g in PAPER_GMACS}
+    paper = {(name, rt_): g for name, _, _, rt_, g in get_workload("afnet").paper_gmacs}
     assert gmacs == pytest.approx(paper[("AF-MobileNetV3", rt)], rel=0.02)
     assert mbv3_meta.paper_backbone == "AF-MobileNetV3"
 
@@ -351,6 +349,6 @@ def test_pretrained_file_takes_official_af_mobilenetv3_names(tmp_path):
     state.update({"fc.3.weight": torch.zeros(1000, 1280), "fc.3.bias": torch.zeros(1000)})
     path = tmp_path / "AF-MobileNetv3.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-    loaded = _mbv3(pretrained_file=str(path))
+    loaded = _mbv3(pretrained=str(path))
     ours = loaded.backbone.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in model.backbone.state_dict().items())

@@ -1,11 +1,11 @@
 """Config resolution: defaults < recipe < --set, and errors that name the fix."""
 
-from pathlib import Path
 
 import pytest
 
 import workloads
-from actionlab.config import ConfigError, Config, dump_yaml, flat_params, from_dict, parse_override, resolve, to_dict
+from actionlab.config import (ConfigError, Config, dump_yaml, flat_params, from_dict, parse_override, resolve,
+                              shipped_recipes, to_dict)
 
 
 def test_defaults_recipe_then_overrides():
@@ -70,10 +70,10 @@ def test_switching_workload_drops_the_recipes_params():
     assert kept.workload.params == {"backbone": "resnet18", "fold_div": 8}
 
 
-@pytest.mark.parametrize("path", sorted((Path(workloads.__file__).parent / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_shipped_recipe_resolves_and_builds(path):
-    from actionlab.cli import load_recipe
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_every_shipped_recipe_resolves_and_builds(name):
+    from actionlab.config import load_recipe
     from actionlab.train.launch import check_buildable
 
-    cfg = resolve(load_recipe(path.stem), [])
+    cfg = resolve(load_recipe(name), [])
     check_buildable(workloads.get_workload(cfg.workload.name), cfg)

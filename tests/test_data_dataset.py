@@ -162,3 +162,25 @@ def test_frame_folder_rows_with_ranges(tmp_path):
     values = tail[0].float().mean(dim=(1, 2, 3)) / 20  # frames 8..11 only
     assert values.min() >= 7.5 and values.max() <= 11.5
     assert ds[2]["kind"] == "short" and ds[3]["kind"] == "missing"
+
+
+def test_snippet_sampling_reads_runs_of_consecutive_frames(index_video):
+    path = index_video(num_frames=24)
+    df = pd.DataFrame({"video": [path.name], "label": [0]})
+    ds = _dataset(df, path.parent, sampling="snippets", num_frames=2, snippet_frames=5, train=False,
+                  num_clips=3, resize_px=24, flip="off")
+    views = ds[0]["clip"]  # (3 clips, 2 segments x 5 frames, C, H, W)
+    assert views.shape == (3, 10, 3, 24, 24)
+    frames = (views.float().mean(dim=(2, 3, 4)) / index_video.step).round().long()  # (3, 10) frame numbers
+    # 20 run starts, tick 10: centres 5 and 15; the other test clips shift by -1 / +1
+    centre = torch.tensor([5, 6, 7, 8, 9, 15, 16, 17, 18, 19])
+    for view, shift in zip(frames, (-1, 0, 1)):
+        torch.testing.assert_close(view, centre + shift)
+    train = _dataset(df, path.parent, sampling="snippets", num_frames=2, snippet_frames=5, flip="off")[0]["clip"]
+    assert train.shape == (10, 3, 24, 24)
+
+
+def test_snippet_frames_only_with_snippet_sampling(synth_dataset):
+    df = manifest.read_manifest(synth_dataset)
+    with pytest.raises(ValueError, match="only `snippets` sampling"):
+        _dataset(df, synth_dataset.parent, snippet_frames=5)

@@ -37,9 +37,14 @@ def test_macs_scale_linearly_with_frames_and_tsm_costs_what_tsn_costs():
 def test_weight_sources_are_ignored_when_counting(tmp_path):
     # No download, no file read: weights do not change MACs.
     compute = workload_compute(
-        "tsn", num_frames=8, size_px=224, num_classes=400, params={"pretrained_file": str(tmp_path / "absent.pth")}
+        "tsn", num_frames=8, size_px=224, num_classes=400, params={"pretrained": str(tmp_path / "absent.pth")}
     )
     assert compute.gmacs == pytest.approx(32.7, rel=0.02)
+    from_timm = {"backbone": "resnet50.tv_in1k", "pretrained": "timm"}  # offline in tests: a download would fail
+    assert workload_compute("tsn", num_frames=8, size_px=224, num_classes=400, params=from_timm) == compute
+    wrapped = {"backbone_workload": "tsn", "backbone_params": {"pretrained": str(tmp_path / "absent.pth")},
+               "method": "mixup"}
+    assert workload_compute("svmix", num_frames=8, size_px=224, num_classes=400, params=wrapped).gmacs > 0
 
 
 def test_measure_leaves_a_real_model_untouched():

@@ -22,7 +22,7 @@ TINY = get_workload("h2cn").tiny
 
 
 def test_h2cn_r50_8_segments_matches_the_official_count():
-    compute = workload_compute("h2cn", num_frames=40, size_px=224, num_classes=174)
+    compute = workload_compute("h2cn", num_frames=8, size_px=224, num_classes=174)
     assert compute.gmacs == pytest.approx(33.608, rel=1e-3)  # official VideoNet, same counter
     assert compute.params == 24_074_440 - 9_472  # official minus its unused `conv1_temp`
     # "neglectable computation overhead" over TSM-R50 at 8 frames (32.7 GMACs here)
@@ -61,25 +61,25 @@ def test_clip_hourglass_is_zero_padded_at_the_clip_ends():
 
 def test_imagenet_trunk_loads_and_seeds_the_motion_stem(tmp_path):
     torch.manual_seed(0)
-    model = get_workload("h2cn").build(TINY, num_classes=5, num_frames=10)
+    model = get_workload("h2cn").build(TINY, num_classes=5, num_frames=2)
     trunk = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in model.state_dict().items()
              if re.match(r"^(conv1|bn1|layer\d)\.", k) and ".chgc." not in k and k != "conv1.bias"
              and not k.endswith("downsample.0.bias")}
     trunk["fc.weight"] = torch.zeros(1000, 128)  # the ImageNet classifier is skipped
     path = tmp_path / "resnet50-19c8e357.pth"
     torch.save(trunk, path)
-    loaded = get_workload("h2cn").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=10)
+    loaded = get_workload("h2cn").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=2)
     assert torch.equal(loaded.layer2[0].conv2.weight, trunk["layer2.0.conv2.weight"])
     assert torch.allclose(loaded.conv_fhgc[0].weight, trunk["conv1.weight"].mean(1, keepdim=True).expand(-1, 9, -1, -1))
     del trunk["layer1.0.bn2.weight"]
     torch.save(trunk, path)
     with pytest.raises(ValueError, match=r"missing \['layer1.0.bn2.weight'\]"):
-        get_workload("h2cn").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=10)
+        get_workload("h2cn").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=2)
 
 
 def test_official_checkpoint_names_convert(tmp_path):
     torch.manual_seed(0)
-    source = get_workload("h2cn").build(TINY, num_classes=5, num_frames=10).eval()
+    source = get_workload("h2cn").build(TINY, num_classes=5, num_frames=2).eval()
     official = {}
     for key, value in source.state_dict().items():  # our names -> the official VideoNet's
         key = re.sub(r"^layer(\d)\.", r"layer\1_bak.", key).replace(".chgc.", ".mtdin.")
@@ -90,14 +90,44 @@ def test_official_checkpoint_names_convert(tmp_path):
     official["module.base_model.conv1_temp.weight"] = torch.zeros(16, 3, 7, 7)
     path = tmp_path / "h2cn_something_8f.pth.tar"
     torch.save({"state_dict": official, "epoch": 60}, path)
-    loaded = get_workload("h2cn").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=10).eval()
+    loaded = get_workload("h2cn").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=2).eval()
     clips = torch.randn(1, 10, 3, 32, 32)
     assert torch.equal(source(clips), loaded(clips))
 
 
-def test_frames_must_be_whole_snippets():
-    with pytest.raises(ValueError, match="multiple of 5"):
-        get_workload("h2cn").build(TINY, num_classes=5, num_frames=8)
-    model = get_workload("h2cn").build(TINY, num_classes=5, num_frames=10)
+def test_num_frames_counts_segments_of_five_frame_snippets():
+    spec = get_workload("h2cn")
+    fmt = spec.input_for(TINY)
+    assert (fmt.sampling, fmt.snippet_frames, fmt.clip_frames(8)) == ("snippets", 5, 40)
+    model = spec.build(TINY, num_classes=5, num_frames=2)
+    assert model.num_segments == 2
     with pytest.raises(ValueError, match="2 segments x 5 frames = 10 frames"):
-        model(torch.randn(1, 5, 3, 32, 32))
+        model(torch.randn(1, 2, 3, 32, 32))
+
+
+def test_h2cn_trains_and_tests_on_generated_clips_through_the_dataset(synth_dataset):
+    from actionlab.data import manifest
+    from actionlab.data.dataset import VideoClipDataset, make_loader
+    from actionlab.train.evaluate import normalise, stats_tensors
+
+    spec = get_workload("h2cn")
+    fmt = spec.input_for(TINY)
+    df = manifest.read_manifest(synth_dataset)  # 8-frame videos: 4 run starts, 2 per segment
+    common = dict(df=df, root=synth_dataset.parent, num_classes=4, sampling=fmt.sampling, num_frames=2,
+                  snippet_frames=fmt.snippet_frames, stride=1, size_px=32, resize_px=32, scales=(1.0,),
+                  flip="off", flip_pairs={})
+    mean, std = stats_tensors(fmt.mean, fmt.std, "cpu")
+    torch.manual_seed(0)
+    model = spec.build(TINY, num_classes=4, num_frames=2)
+    batch = next(iter(make_loader(VideoClipDataset(train=True, **common), batch_size=4, shuffle=False,
+                                  num_workers=0, timeout_s=60, drop_last=False)))
+    assert batch["clip"].shape == (4, 10, 3, 32, 32) and not batch["bad"]  # (B, S*5, C, H, W)
+    logits = model(normalise(batch["clip"], mean, std))
+    assert logits.shape == (4, 4)
+    torch.nn.functional.cross_entropy(logits, batch["label"]).backward()
+    assert model.conv_fhgc[0].weight.grad.abs().sum() > 0  # the motion stem sees the snippets
+
+    item = VideoClipDataset(train=False, num_clips=2, **common)[0]
+    assert item["clip"].shape == (2, 10, 3, 32, 32)  # (views, S*5, C, H, W)
+    with torch.no_grad():
+        assert model.eval()(normalise(item["clip"], mean, std)).shape == (2, 4)

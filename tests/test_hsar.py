@@ -143,14 +143,14 @@ def test_spatial_encoder_loads_an_ibot_style_checkpoint_key_by_key(tmp_path):
     teacher["head.mlp.0.weight"] = torch.zeros(8, 192)  # the DINO/iBOT projection head
     teacher["head.last_layer.weight_g"] = torch.zeros(1, 8)
     torch.save({"teacher": teacher}, tmp_path / "checkpoint_teacher.pth")
-    model = _build(pretrained_file=str(tmp_path / "checkpoint_teacher.pth"))
+    model = _build(pretrained=str(tmp_path / "checkpoint_teacher.pth"))
     assert torch.equal(model.spatial.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
     assert torch.equal(model.spatial.cls_token, source.cls_token)
 
     del teacher["backbone.blocks.0.attn.proj.bias"]
     torch.save({"teacher": teacher}, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"missing \['blocks.0.attn.proj.bias'\]"):
-        _build(pretrained_file=str(tmp_path / "broken.pth"))
+        _build(pretrained=str(tmp_path / "broken.pth"))
 
 
 def test_released_config_and_the_papers_reading_on_the_meta_device():

@@ -32,3 +32,13 @@ def test_workloads_import_no_platform_dependencies():
     lines = dict(line.split(":", 1) for line in result.stdout.strip().splitlines())
     assert int(lines["modules"]) >= 4  # registry, tsn, tsm, layers.* at least
     assert lines["forbidden"].strip() == "", f"workloads imported {lines['forbidden'].strip()}"
+
+
+def test_the_platform_reads_sampling_and_normalisation_through_input_for():
+    """`spec.sampling/mean/std` are what a workload declares; params may change them (SV-Mix)."""
+    import re
+
+    pattern = re.compile(r"\bspec\.(sampling|mean|std|snippet_frames)\b")
+    hits = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / "platform").rglob("*.py"))
+            for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, f"use spec.input_for(params) instead of the declared fields: {hits}"

@@ -105,14 +105,14 @@ def test_official_checkpoint_loads_and_mismatch_lists_keys(tmp_path):
     source = spec.build(TINY, num_classes=5, num_frames=4).eval()
     path = tmp_path / "checkpoint_epoch_00200.pyth"
     torch.save({"model_state": source.state_dict(), "epoch": 200}, path)  # PySlowFast's layout
-    loaded = spec.build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=4).eval()
+    loaded = spec.build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=4).eval()
     clips = torch.randn(1, 4, 3, 32, 32)
     assert torch.equal(source(clips), loaded(clips))
     state = source.state_dict()
     state["blocks.0.attn.rel_pos_x"] = state.pop("blocks.0.attn.rel_pos_t")
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"missing \['blocks.0.attn.rel_pos_t'\]; unexpected \['blocks.0.attn.rel_pos_x'\]"):
-        spec.build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+        spec.build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=4)
 
 
 def test_too_small_clip_names_the_fix():

@@ -44,10 +44,10 @@ class FlakyFilesystem:
 
 @pytest.fixture
 def flaky(monkeypatch):
-    monkeypatch.setattr(storage, "_BACKOFF_S", 0.001)
+    monkeypatch.setattr(storage.retry, "_BACKOFF_S", 0.001)
 
     def install(fs):
-        monkeypatch.setattr(storage, "_resolve", lambda uri: (fs, "bkt/key"))
+        monkeypatch.setattr(storage, "resolve", lambda uri: (fs, "bkt/key"))
         return fs
 
     return install
@@ -75,13 +75,10 @@ def test_permanent_errors_are_not_retried(flaky):
 
 
 def test_transient_classification():
-    class ClientError(Exception):
-        def __init__(self, status, code):
-            self.response = {"ResponseMetadata": {"HTTPStatusCode": status}, "Error": {"Code": code}}
-
-    assert storage.is_transient(ClientError(503, "SlowDown"))
-    assert storage.is_transient(ClientError(500, "InternalError"))
-    assert not storage.is_transient(ClientError(403, "AccessDenied"))
+    assert storage.is_transient(OSError("AWS Error SLOW_DOWN during GetObject operation: Please reduce rate"))
+    assert storage.is_transient(OSError("AWS Error UNKNOWN (HTTP status 503) during HeadObject operation"))
+    assert storage.is_transient(OSError("AWS Error UNKNOWN (HTTP status 500) during GetObject operation"))
+    assert not storage.is_transient(OSError("AWS Error ACCESS_DENIED (HTTP status 403) during HeadObject operation"))
     assert not storage.is_transient(FileNotFoundError("s3://b/k"))
     assert storage.is_transient(OSError("Connection reset by peer"))
 
@@ -136,12 +133,12 @@ def test_video_cache_is_keyed_by_etag_and_evicts_lru(s3, tmp_path, monkeypatch):
 
     # The object is replaced: a new ETag, so a new cache entry with the new bytes.
     storage.write_bytes(f"{bucket}/v/a.mp4", b"b" * 1000)
-    monkeypatch.setattr(storage, "_VERSION_TTL_S", 0.0)
+    monkeypatch.setattr(storage.cache, "_VERSION_TTL_S", 0.0)
     second = storage.local_copy(f"{bucket}/v/a.mp4", cache)
     assert second != first and Path(second).read_bytes() == b"b" * 1000
 
     # Size limit: 2500 bytes holds two 1000-byte videos; the least recently used goes first.
-    storage._cache_estimates.clear()
+    storage.cache._cache_estimates.clear()
     for name in ("c", "d"):
         storage.write_bytes(f"{bucket}/v/{name}.mp4", name.encode() * 1000)
     os.utime(second, (1, 1))  # `second` is the least recently used, then `first`
@@ -153,6 +150,33 @@ def test_video_cache_is_keyed_by_etag_and_evicts_lru(s3, tmp_path, monkeypatch):
     assert kept == {c, d}
     assert sum(Path(p).stat().st_size for p in kept) <= 2500
     assert storage.local_copy(f"{bucket}/v/a.mp4", cache, max_bytes=2500) == second  # fetched again on demand
+
+
+@needs_netns
+def test_video_cache_never_keeps_bytes_under_another_versions_etag(s3, tmp_path, monkeypatch):
+    """An object replaced while it downloads: pyarrow's ranged reads return the new bytes (no If-Match),
+    which must not be cached under the ETag looked up before the read."""
+    import shutil
+
+    bucket = s3.make_bucket("unit-race")
+    uri, cache = f"{bucket}/v/a.mp4", tmp_path / "cache"
+    storage.write_bytes(uri, b"a" * 1000)
+    storage.object_version(uri, refresh=True)  # the ETag of the a's
+    copy, replaced = shutil.copyfileobj, []
+
+    def replace_then_copy(src, dst, *args):
+        if not replaced:
+            replaced.append(s3.client().put_object(Bucket="unit-race", Key="v/a.mp4", Body=b"b" * 1000))
+        return copy(src, dst, *args)
+
+    monkeypatch.setattr(storage.cache.shutil, "copyfileobj", replace_then_copy)
+    assert Path(storage.local_copy(uri, cache)).read_bytes() == b"b" * 1000
+    monkeypatch.setattr(storage.cache.shutil, "copyfileobj", copy)
+
+    # Back to the a's (the same ETag as before): what is served is the a's, not the b's read under their ETag.
+    storage.write_bytes(uri, b"a" * 1000)
+    monkeypatch.setattr(storage.cache, "_VERSION_TTL_S", 0.0)
+    assert Path(storage.local_copy(uri, cache)).read_bytes() == b"a" * 1000
 
 
 # --- the whole path from and to S3 -------------------------------------------------------------------
@@ -252,7 +276,7 @@ def test_full_disk_under_the_cache_evicts_or_fails_naming_the_knob(s3, tiny_disk
     for name, data in videos.items():
         storage.write_bytes(f"{bucket}/v/{name}.mp4", data)
     cache = tiny_disk / "cache"
-    monkeypatch.setattr(storage, "_BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage.retry, "_BACKOFF_S", 0.01)
 
     # Three 300 kB videos fit on the 1 MiB disk; the limit (20 GB by default) is far above it.
     paths = {name: storage.local_copy(f"{bucket}/v/{name}.mp4", cache) for name in ("a", "b", "c")}
@@ -314,8 +338,8 @@ def test_ray_storage_filesystem_waits_out_an_outage_and_pickles_as_its_uri(s3, m
     endpoint = urlsplit(s3.url)
     proxy = OutageProxy(endpoint.hostname, endpoint.port)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-    monkeypatch.setattr(storage, "_BACKOFF_S", 0.2)
-    storage._remote_filesystem.cache_clear()
+    monkeypatch.setattr(storage.retry, "_BACKOFF_S", 0.2)
+    storage.retry._remote_filesystem.cache_clear()
     try:
         path, fs = storage.ray_storage(f"{bucket}/runs")
         assert path == "ray-fs/runs" and fs.type_name == "py::retrying+s3"
@@ -333,7 +357,7 @@ def test_ray_storage_filesystem_waits_out_an_outage_and_pickles_as_its_uri(s3, m
     finally:
         proxy.stop()
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
-        storage._remote_filesystem.cache_clear()
+        storage.retry._remote_filesystem.cache_clear()
     assert [why for why, _ in proxy.outages[:3]] == ["POST /ray-fs/runs/snapshot.json?uploads",
                                                      "/ray-fs/runs/epoch_0001/state.pt", "listing"]
     assert sorted(i.path for i in listed if i.is_file) == ["ray-fs/runs/empty", "ray-fs/runs/epoch_0001/state.pt",
@@ -365,7 +389,7 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
 
     import torch
 
-    from actionlab.train.loop import load_state
+    from actionlab.train.resume import load_state
     from servers.s3 import OutageProxy
     from workloads import get_workload
 

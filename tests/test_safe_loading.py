@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from actionlab import tracking
-from actionlab.train.loop import load_init_weights, load_state
+from actionlab.train.loop import load_init_weights
+from actionlab.train.resume import load_state
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -225,14 +225,14 @@ def test_encoder_loads_a_local_timm_checkpoint_key_by_key(tmp_path):
     torch.manual_seed(3)
     source = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, depth=2)
     torch.save({"state_dict": source.state_dict()}, tmp_path / "vit.pth")
-    model = _build(pretrained_file=str(tmp_path / "vit.pth"))
+    model = _build(pretrained=str(tmp_path / "vit.pth"))
     assert torch.equal(model.encoder.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
 
     broken = source.state_dict()
     del broken["blocks.1.norm2.weight"]
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match=r"missing \['blocks.1.norm2.weight'\]"):
-        _build(pretrained_file=str(tmp_path / "broken.pth"))
+        _build(pretrained=str(tmp_path / "broken.pth"))
 
 
 def test_throughput_helper_measures_each_drop_rate():

@@ -176,3 +176,30 @@ def test_block_lr_schedule_follows_epochs(tsm_svmix):
     assert model.block_lr_factor == pytest.approx(0.1)
     model.on_epoch_start(54, 55)
     assert model.block_lr_factor == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("backbone,sampling,mean", [
+    ("tsm", "segments", (0.485, 0.456, 0.406)),
+    ("i3d", "clip", (0.485, 0.456, 0.406)),
+    ("mvitv2", "clip", (0.45, 0.45, 0.45)),  # PySlowFast's Kinetics normalisation
+])
+def test_svmix_samples_and_normalises_as_its_backbone(backbone, sampling, mean):
+    fmt = get_workload("svmix").input_for({"backbone_workload": backbone})
+    assert fmt == get_workload(backbone).input_for()
+    assert (fmt.sampling, fmt.mean) == (sampling, mean)
+
+
+def test_svmix_over_a_3d_backbone_gets_clip_sampling_through_the_platform(synth_dataset):
+    from actionlab.config import resolve
+    from actionlab.train import launch, loop
+
+    cfg = resolve({"workload": {"name": "svmix", "params": {"backbone_workload": "mvitv2"}}},
+                  [f"data.manifest={synth_dataset}", "clip.num_frames=4", "clip.stride=2"])
+    data = launch.resolve_data(cfg)
+    spec = get_workload("svmix")
+    train, val = loop.make_datasets(cfg, spec, data)
+    assert train.sampling == val.sampling == "clip"
+    meta = loop.model_meta(cfg, spec, data["classes"])
+    assert (meta["sampling"], meta["mean"], meta["std"]) == ("clip", [0.45] * 3, [0.225] * 3)
+    cfg = resolve({"workload": {"name": "svmix"}}, [f"data.manifest={synth_dataset}"])
+    assert loop.make_datasets(cfg, spec, launch.resolve_data(cfg))[0].sampling == "segments"  # tsm backbone

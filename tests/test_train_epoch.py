@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from actionlab.config import resolve
-from actionlab.train import launch, loop
+from actionlab.train import epoch, launch, loop, resume
 from actionlab.train.evaluate import stats_tensors
 
 from workloads import get_workload
+from workloads.layers import Method, as_method
 
 
 def _setup(manifest, *, seed=0, **over):
@@ -24,8 +25,8 @@ def _setup(manifest, *, seed=0, **over):
                        num_frames=cfg.clip.num_frames)
     train_set, _ = loop.make_datasets(cfg, spec, data)
     loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
-    optimizer = loop.build_optimizer(cfg, model)
-    scheduler = loop.build_scheduler(cfg, optimizer, len(loader))
+    optimizer = epoch.build_optimizer(cfg, as_method(model))
+    scheduler = epoch.build_scheduler(cfg, optimizer, len(loader))
     mean, std = stats_tensors(spec.mean, spec.std, torch.device("cpu"))
     return cfg, model, loader, optimizer, scheduler, mean, std
 
@@ -34,10 +35,10 @@ def _epoch(setup, *, channels_last=False, log=None, on_bad=None):
     cfg, model, loader, optimizer, scheduler, mean, std = setup
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step = loop.TrainStep(model)
-    return loop.train_one_epoch(step, loader, optimizer, scheduler, device=torch.device("cpu"), mean=mean, std=std,
-                                grad_clip=cfg.optim.grad_clip, channels_last=channels_last, log=log,
-                                on_bad=on_bad)
+    step = epoch.TrainStep(as_method(model))
+    return epoch.train_one_epoch(step, loader, optimizer, scheduler, device=torch.device("cpu"), mean=mean, std=std,
+                                 grad_clip=cfg.optim.grad_clip, channels_last=channels_last, log=log,
+                                 on_bad=on_bad)
 
 
 def test_an_epoch_trains_counts_clips_and_names_bad_samples(synth_dataset, tmp_path):
@@ -62,3 +63,60 @@ def test_channels_last_trains_the_same_numbers(synth_dataset):
     last = _epoch(_setup(synth_dataset), channels_last=True)
     assert last.seen == plain.seen
     assert last.loss == pytest.approx(plain.loss, rel=1e-4)
+
+
+def test_a_restored_state_trains_on_exactly_as_the_original(synth_dataset, tmp_path):
+    """What a worker restarted after a crash does: restore the last checkpoint, train the next epoch."""
+    original = _setup(synth_dataset)
+    _epoch(original)
+    progress = resume.Progress(epochs_done=1, metrics={"val/top1": 0.5}, bad_examples=[("v.mp4", "empty")])
+    resume.save(tmp_path, progress, model=original[1], optimizer=original[3], scheduler=original[4])
+    _next_epoch(original[2])
+    expected = _epoch(original).loss  # the run that did not crash
+
+    restarted = _setup(synth_dataset)
+    with torch.no_grad():  # other weights than the file's: everything must come from it
+        for p in restarted[1].parameters():
+            p.normal_()
+    torch.manual_seed(123)
+    got = resume.restore(tmp_path, model=restarted[1], optimizer=restarted[3], scheduler=restarted[4])
+    assert got.epochs_done == 1 and got.metrics == {"val/top1": 0.5} and got.bad_examples == [("v.mp4", "empty")]
+    assert restarted[4].last_epoch == len(restarted[2])
+    _next_epoch(restarted[2])
+    assert _epoch(restarted).loss == expected
+
+
+def _next_epoch(loader):
+    loader.sampler.set_epoch(1)
+    loader.dataset.set_epoch(1)
+
+
+def test_validate_scores_every_variant_the_method_names():
+    class TwoHeads(Method):
+        def __init__(self):
+            super().__init__()
+            self.right, self.wrong = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+            with torch.no_grad():  # `right` predicts the label from the first pixel; `wrong` the other one
+                self.right.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
+                self.wrong.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+                self.right.bias.zero_(), self.wrong.bias.zero_()
+
+        def forward(self, clips):
+            return self.right(clips.flatten(1)[:, :2])  # (B, K)
+
+        def eval_variants(self):
+            wrong = torch.nn.Sequential(torch.nn.Flatten(1), _FirstTwo(), self.wrong)
+            return {"right": self, "wrong": wrong}
+
+    labels = torch.tensor([0, 1, 1, 0])
+    clips = (labels.view(4, 1, 1, 1, 1, 1) * 255).expand(4, 1, 1, 3, 2, 2).to(torch.uint8)  # (B, V, T, C, H, W)
+    loader = [{"clip": clips, "label": labels, "bad": [("x.mp4", "empty")]}]
+    scored = epoch.validate(TwoHeads(), loader, device=torch.device("cpu"), mean=(0.5,) * 3, std=(0.5,) * 3,
+                            num_classes=2)
+    assert list(scored) == ["right", "wrong"]
+    assert scored["right"].top1 == 1.0 and scored["wrong"].top1 == 0.0 and scored["right"].bad == [("x.mp4", "empty")]
+
+
+class _FirstTwo(torch.nn.Module):
+    def forward(self, x):
+        return x[:, :2]

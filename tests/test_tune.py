@@ -232,8 +232,7 @@ _RESTORED_TRIAL = """
 import json, sys
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from actionlab.cli import load_recipe
-from actionlab.config import resolve
+from actionlab.config import load_recipe, resolve
 from actionlab.train.launch import init_ray, train
 
 overrides = json.loads(sys.argv[1])

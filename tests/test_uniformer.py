@@ -56,7 +56,7 @@ def test_video_checkpoint_loads_exactly(tmp_path):
     source = _tiny_state()
     path = tmp_path / "uniformer_small_k400_16x4.pth"
     torch.save({"model_state": source.state_dict()}, path)
-    loaded = get_workload("uniformer").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=4).eval()
+    loaded = get_workload("uniformer").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=4).eval()
     clips = torch.randn(1, 4, 3, 32, 32)
     assert torch.equal(source(clips), loaded(clips))
 
@@ -65,7 +65,7 @@ def test_imagenet_weights_are_inflated_and_the_head_replaced(tmp_path):
     image = {k: (v[:, :, 0] if v.dim() == 5 else v) for k, v in _tiny_state(num_classes=1000).state_dict().items()}
     path = tmp_path / "uniformer_small_in1k.pth"
     torch.save({"model": image}, path)
-    model = get_workload("uniformer").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+    model = get_workload("uniformer").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=4)
     kernel = model.blocks1[0].attn.weight  # (D, 1, 5, 5, 5) from (D, 1, 5, 5)
     assert torch.allclose(kernel, image["blocks1.0.attn.weight"].unsqueeze(2).repeat(1, 1, 5, 1, 1) / 5)
     assert torch.allclose(model.patch_embed1.proj.weight.sum(2), image["patch_embed1.proj.weight"])  # 3x4x4 stem
@@ -73,7 +73,7 @@ def test_imagenet_weights_are_inflated_and_the_head_replaced(tmp_path):
     del image["blocks3.0.attn.qkv.weight"]
     torch.save(image, path)
     with pytest.raises(ValueError, match=r"missing \['blocks3.0.attn.qkv.weight'\]"):
-        get_workload("uniformer").build({**TINY, "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+        get_workload("uniformer").build({**TINY, "pretrained": str(path)}, num_classes=5, num_frames=4)
 
 
 def test_svmix_hooks_the_normalised_last_stage():

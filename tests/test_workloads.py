@@ -1,16 +1,15 @@
 """Every registered workload, through the same checks, at its tiny CPU size.
 
-New workloads are picked up from `list_workloads()` automatically. A workload module whose tiny
-variant needs a larger clip than (T=4, 32 px) declares it at module level, e.g.
-`TINY_CLIP = {"num_frames": 8, "size_px": 64}`; one with further architectures behind a param declares
-their own tiny params (used instead of `tiny`), e.g. `TINY_VARIANTS = {"mobilenetv3": {"backbone":
-"mobilenetv3"}}`, and each goes through the model checks too (as "name[variant]").
+New workloads are picked up from `list_workloads()` automatically. A workload whose tiny variant
+needs a larger clip than (T=4, 32 px) registers it, e.g. `register_workload(..., tiny_clip={"num_frames":
+8, "size_px": 64})`; one with further architectures behind a param registers their own tiny params (used
+instead of `tiny`), e.g. `tiny_variants={"mobilenetv3": {"backbone": "mobilenetv3"}}`, and each goes
+through the model checks too (as "name[variant]").
 """
 
 import dataclasses
 import math
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -19,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from actionlab.flops import measure
+from actionlab.train.epoch import TrainStep
 from workloads import get_workload, list_workloads
+from workloads.layers import Method, as_method
 from workloads.registry import SAMPLINGS
 
 NUM_CLASSES = 5
@@ -30,7 +31,7 @@ WORKLOADS = list_workloads()
 
 
 def _variants(name: str) -> dict:
-    return getattr(sys.modules[get_workload(name).builder.__module__], "TINY_VARIANTS", {})
+    return get_workload(name).tiny_variants
 
 
 MODELS = WORKLOADS + [f"{name}[{v}]" for name in WORKLOADS for v in _variants(name)]
@@ -40,11 +41,12 @@ def _tiny(name: str):
     """(model, clips, labels) for workload `name` (or `name[variant]`) at its tiny size; train mode."""
     name, _, variant = name.rstrip("]").partition("[")
     spec = get_workload(name)
-    clip = {**DEFAULT_CLIP, **getattr(sys.modules[spec.builder.__module__], "TINY_CLIP", {})}
+    clip = {**DEFAULT_CLIP, **spec.tiny_clip}
     torch.manual_seed(0)
     overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
     model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
-    clips = torch.randn(BATCH, clip["num_frames"], 3, clip["size_px"], clip["size_px"])
+    frames = spec.input_for(overrides).clip_frames(clip["num_frames"])  # snippets: segments x snippet frames
+    clips = torch.randn(BATCH, frames, 3, clip["size_px"], clip["size_px"])
     labels = torch.arange(BATCH) % NUM_CLASSES
     return model, clips, labels
 
@@ -56,14 +58,15 @@ def test_registry_is_not_empty():
 @pytest.mark.parametrize("name", WORKLOADS)
 def test_spec_declares_what_the_platform_needs(name):
     spec = get_workload(name)
-    assert spec.sampling in SAMPLINGS
+    fmt = spec.input_for(spec.tiny)
+    assert spec.sampling in SAMPLINGS and fmt.sampling in SAMPLINGS
     assert dataclasses.is_dataclass(spec.params_cls) and spec.params_cls.__dataclass_params__.frozen
     defaults = spec.params_cls()  # paper defaults: constructible with no arguments
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(defaults, dataclasses.fields(defaults)[0].name, None)
     spec.resolve_params(spec.tiny)  # tiny overrides name real fields
     assert spec.summary, f"{name}: the module needs a docstring whose first line names the paper"
-    assert len(spec.mean) == len(spec.std) == 3
+    assert len(fmt.mean) == len(fmt.std) == 3
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -71,14 +74,8 @@ def test_forward_backward_determinism_and_macs(name):
     model, clips, labels = _tiny(name)
     assert sum(p.numel() for p in model.parameters()) > 0
 
-    # Backward through what the train loop would call: the hook when present, else CE on forward.
-    if hasattr(model, "training_step"):
-        loss = model.training_step(clips, labels)["loss"]
-    else:
-        logits = model(clips)
-        assert logits.shape == (BATCH, NUM_CLASSES)
-        loss = F.cross_entropy(logits, labels)
-    loss.backward()
+    # Backward through what the train loop calls: the method's training_step (default: CE on forward).
+    TrainStep(as_method(model))(clips, labels)["loss"].backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     assert trainable
     no_grad = [n for n, p in trainable.items() if p.grad is None]
@@ -99,23 +96,42 @@ def test_forward_backward_determinism_and_macs(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_optional_hooks_follow_the_contract(name):
+def test_method_hooks_follow_the_contract(name):
     model, clips, labels = _tiny(name)
-    if not (hasattr(model, "training_step") or hasattr(model, "on_epoch_start")):
-        pytest.skip(f"{name} defines no optional hooks")
-    if hasattr(model, "on_epoch_start"):
-        model.on_epoch_start(0, 10)  # the loop ignores any return value
-        model.on_epoch_start(9, 10)
-    if hasattr(model, "training_step"):
-        out = model.training_step(clips, labels)
-        assert isinstance(out, dict) and "loss" in out, f"{name}: training_step must return {{'loss': ...}}"
+    method = as_method(model)
+    method.on_epoch_start(0, 10)  # the loop ignores any return value
+    method.on_epoch_start(9, 10)
+    out = method.training_step(clips, labels)
+    assert isinstance(out, dict) and ("loss" in out or "logits" in out), f"{name}: training_step returned {out!r}"
+    if "loss" in out:
         assert out["loss"].dim() == 0 and out["loss"].requires_grad and torch.isfinite(out["loss"])
-        if "logits" in out:
-            assert out["logits"].shape == (BATCH, NUM_CLASSES)
-        for key, value in out.items():
-            if key not in ("loss", "logits"):
-                scalar = value.item() if torch.is_tensor(value) else value
-                assert isinstance(scalar, (int, float)) and math.isfinite(scalar), f"{name}: '{key}' is not a scalar"
+    if "logits" in out:
+        assert out["logits"].shape == (BATCH, NUM_CLASSES)
+    for key, value in out.items():
+        if key not in ("loss", "logits"):
+            scalar = value.item() if torch.is_tensor(value) else value
+            assert isinstance(scalar, (int, float)) and math.isfinite(scalar), f"{name}: '{key}' is not a scalar"
+    method.on_step_end()
+    grouped = [p for g in method.param_groups() for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}), f"{name}: a parameter in two optimiser groups"
+    assert {id(p) for p in model.parameters() if p.requires_grad} <= {id(p) for p in grouped}, \
+        f"{name}: param_groups() leaves trainable parameters out of the optimiser"
+    variants = method.eval_variants()
+    assert variants and all(isinstance(m, torch.nn.Module) for m in variants.values())
+    assert all(isinstance(v, float) or isinstance(v, int) for v in method.eval_stats().values())
+
+
+def test_a_plain_module_is_adapted_once_and_trains_with_cross_entropy():
+    plain = torch.nn.Sequential(torch.nn.Flatten(1), torch.nn.Linear(4 * 3 * 2 * 2, NUM_CLASSES))
+    method = as_method(plain)
+    assert isinstance(method, Method) and as_method(method) is method
+    assert method.eval_variants() == {"": method} and method.eval_stats() == {}
+    clips, labels = torch.randn(BATCH, 4, 3, 2, 2), torch.arange(BATCH)
+    out = TrainStep(method, label_smoothing=0.1)(clips, labels)
+    expected = F.cross_entropy(plain(clips), labels, label_smoothing=0.1)
+    assert torch.allclose(out["loss"], expected)
+    hooked = get_workload("afnet").build(get_workload("afnet").tiny, num_classes=NUM_CLASSES, num_frames=4)
+    assert as_method(hooked) is hooked  # a Method subclass is used as it is
 
 
 def test_unknown_workload_names_the_nearest():
@@ -137,7 +153,7 @@ def test_wrong_param_type_is_an_error():
         get_workload("tsm").build({"fold_div": "eight"}, num_classes=NUM_CLASSES, num_frames=4)
 
 
-# Shared layers: loading a local weight file (what `pretrained_file` does for 2D backbones).
+# Shared layers: loading a local weight file (what `pretrained: PATH` does for 2D backbones).
 
 
 @pytest.fixture
@@ -159,7 +175,7 @@ def test_pretrained_file_loads_every_backbone_weight(tmp_path, imagenet_resnet18
         torch.save({"state_dict": imagenet_resnet18_state}, path)  # nested, as timm trainers save
     for name in ("tsn", "tsm"):
         model = get_workload(name).build(
-            {"backbone": "resnet18", "pretrained_file": str(path)}, num_classes=NUM_CLASSES, num_frames=4
+            {"backbone": "resnet18", "pretrained": str(path)}, num_classes=NUM_CLASSES, num_frames=4
         )
         own = model.backbone.state_dict()
         key = "layer1.0.conv1.net.weight" if name == "tsm" else "layer1.0.conv1.weight"
@@ -174,13 +190,34 @@ def test_pretrained_file_with_missing_or_foreign_keys_lists_them(tmp_path, image
     path = tmp_path / "broken.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"missing \['layer4.1.bn2.weight'\]; unexpected \['extra.weight'\]"):
-        get_workload("tsn").build({"backbone": "resnet18", "pretrained_file": str(path)}, num_classes=5, num_frames=4)
+        get_workload("tsn").build({"backbone": "resnet18", "pretrained": str(path)}, num_classes=5, num_frames=4)
 
 
-def test_pretrained_and_pretrained_file_are_exclusive(tmp_path):
-    with pytest.raises(ValueError, match="not both"):
-        get_workload("tsn").build(
-            {"backbone": "resnet18", "pretrained": True, "pretrained_file": str(tmp_path / "w.pth")},
-            num_classes=5,
-            num_frames=4,
-        )
+@pytest.mark.parametrize("name", WORKLOADS)
+def test_every_weight_source_is_the_one_pretrained_string(name):
+    fields = {f.name: f for f in dataclasses.fields(get_workload(name).params_cls)}
+    assert not [n for n in fields if n.startswith("pretrained") and n != "pretrained"]
+    if "pretrained" in fields:
+        assert fields["pretrained"].type in (str, "str") and fields["pretrained"].default == ""
+
+
+def test_the_former_weight_params_still_read(tmp_path):
+    """Recipes and recorded models from before the one string: `pretrained: bool`, `pretrained_file`."""
+    spec = get_workload("tsn")
+    assert spec.resolve_params({"pretrained": True}).pretrained == "timm"
+    assert spec.resolve_params({"pretrained": False}).pretrained == ""
+    assert spec.resolve_params({"pretrained_file": "w.pth"}).pretrained == "w.pth"
+    with pytest.raises(ValueError, match="set only pretrained"):
+        spec.resolve_params({"pretrained": True, "pretrained_file": str(tmp_path / "w.pth")})
+
+
+def test_weights_false_builds_the_network_without_reading_weights(tmp_path):
+    spec = get_workload("svmix")
+    params = {"backbone_workload": "tsn", "method": "mixup",
+              "backbone_params": {"backbone": "resnet18", "pretrained": str(tmp_path / "absent.pth")}}
+    with pytest.raises(FileNotFoundError):
+        spec.build(params, num_classes=NUM_CLASSES, num_frames=4)
+    model = spec.build(params, num_classes=NUM_CLASSES, num_frames=4, weights=False)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    with pytest.raises(ValueError, match="no timm weights"):
+        get_workload("afnet").build({"pretrained": "timm"}, num_classes=NUM_CLASSES, num_frames=4)

@@ -26,6 +26,7 @@ stages end at 28, 14, 14 and stage 4 (plain) at 7; then (B*T, 2048) -> dropout -
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import re
 from collections import OrderedDict
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from .layers import read_state_dict, temporal_shift
+from .layers import Method, read_state_dict, temporal_shift
+from .layers.pretrained import weights_file
 from .registry import register_workload
 
 SKIP, KEEP = 0, 1  # channel order of the navigation logits
@@ -74,7 +76,7 @@ class AFNetParams:
     nav_keep_bias: float = OFFICIAL_KEEP_BIAS
     eval_gating: str = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
     execution: str = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
-    pretrained_file: str = ""  # a state dict of this AF-ResNet (e.g. converted official ImageNet weights)
+    pretrained: str = ""  # a local state dict of this AF-ResNet / AF-MobileNetV3 (official ImageNet names accepted)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, groups: int = 1) -> list:
@@ -497,7 +499,7 @@ class AFMobileNetV3(nn.Module):
         return F.hardswish(self.head_fc(x)), masks  # (B*T, 1280)
 
 
-class AFNet(nn.Module):
+class AFNet(Method):
     """AF-ResNet + per-frame dropout/FC + average consensus, the RT loss and the gate schedules."""
 
     def __init__(
@@ -863,11 +865,47 @@ def from_official_names(state: dict) -> dict:
 TINY_VARIANTS = {"mobilenetv3": {"backbone": "mobilenetv3"}}
 
 
+def compute_by_ratio(overrides: dict, *, num_frames: int, size_px: int, num_classes: int) -> list[dict]:
+    """Expected vs measured GMACs per clip at each selection ratio, beside the paper's figure.
+
+    The ratios are those of the paper's table for this backbone and frame count (0.25 / 0.5 at 8
+    frames and 0.4 / 0.8 at 12 for AF-ResNet50), plus the `rt` in `overrides` (Params overrides), if
+    any; its row is marked `configured`. Measured: a real forward on zero weights that keeps exactly
+    round(rt * T) frames in every focal block (`AFNet.compute_report`). The paper's figure is given
+    only for its networks (default widths) at 224 px.
+
+    Returns:
+        one dict per ratio, increasing: rt, kept_frames, expected_gmacs, expected_gmacs_at_kept,
+        measured_gmacs, paper_gmacs (None where the table has no such row), configured.
+    """
+    from .registry import get_workload
+
+    spec = get_workload("afnet")
+    p = spec.resolve_params(overrides)
+    with torch.device("meta"):
+        model = spec.build(p, num_classes=num_classes, num_frames=num_frames, weights=False)
+    defaults = AFNetParams()
+    comparable = size_px == 224 and all(getattr(p, k) == getattr(defaults, k) for k in ("width", "alpha", "patch_groups"))
+    paper = [row for row in PAPER_GMACS if comparable and row[0] == model.paper_backbone and row[1] == num_frames
+             and row[3] is not None]
+    configured = p.rt if "rt" in overrides else None
+    ratios = sorted({row[3] for row in paper} | ({configured} if configured is not None else set()))
+    report = model.compute_report((1, num_frames, 3, size_px, size_px), rts=tuple(ratios))
+    rows = []
+    for row in report["rows"]:
+        quoted = [g for (_, _, _, rt, g) in paper if rt == row["rt"]]
+        rows.append({**row, "paper_gmacs": quoted[0] if quoted else None, "configured": row["rt"] == configured})
+    return rows
+
+
 @register_workload(
     "afnet",
     params=AFNetParams,
     sampling="segments",
     tiny={"layers": (2, 2, 2, 1), "width": 8},
+    tiny_variants=TINY_VARIANTS,
+    paper_gmacs=PAPER_GMACS,
+    compute_by_ratio=compute_by_ratio,
 )
 def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Module:
     if p.backbone not in BACKBONES:
@@ -899,8 +937,8 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
     for stage in backbone.stages:
         for nav in stage.navigation:
             nav.reset_gate(p.nav_keep_bias)
-    if p.pretrained_file:
-        state = read_state_dict(p.pretrained_file)
+    if weights_file(p.pretrained, owner="afnet"):
+        state = read_state_dict(p.pretrained)
         mobile = p.backbone == "mobilenetv3"  # the official AF-MobileNetV3's fc.0 is its head Linear (ours: head_fc)
         state = {k: v for k, v in state.items() if not k.startswith("fc.") or (mobile and k.startswith("fc.0."))}
         if any(".list_gen" in k or ".base_module." in k or k.startswith("features_") for k in state):
@@ -909,7 +947,7 @@ def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Modu
         describe = "AF-MobileNetV3" if p.backbone == "mobilenetv3" else f"AF-ResNet{tuple(p.layers)}"
         if missing or unexpected:
             raise ValueError(
-                f"afnet: {p.pretrained_file!r} does not match {describe}: "
+                f"afnet: {p.pretrained!r} does not match {describe}: "
                 f"missing {sorted(missing)[:10]}; unexpected {sorted(unexpected)[:10]}. "
                 "Convert the weights to this module's parameter names first."
             )

@@ -8,9 +8,8 @@ frame's stem), and at clip level inside every TSM-shifted ResNet-50 bottleneck a
 over the segments. Layout and initialisation follow the official `ty-97/H2CN` code.
 
 Input: (B, S*5, C, H, W), the 5 consecutive frames of each of S segments in order (the official
-TDN-style snippets); `num_frames` = S*5. The platform's `segments` sampling delivers S*5 evenly
-spaced frames instead, which equals the snippets only for videos of about S*5 frames: a deviation
-until the data path can sample snippets (S segments x 5 consecutive frames).
+TDN-style snippets, which the platform's `snippets` sampling delivers); `num_frames` = S, the
+segments (8 / 16 as in the paper's rows).
 """
 
 from __future__ import annotations
@@ -26,14 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.pretrained import weights_file
 from .layers.temporal_shift import temporal_shift
 from .registry import register_workload
 
 log = logging.getLogger(__name__)
 
 SNIPPET_FRAMES = 5  # frames per segment: hard-coded in the official stem (x.shape[1] // 5, centre = frame 2)
-# Tiny CPU variant for the registry test: 2 segments x 5 frames at 32 px.
-TINY_CLIP = {"num_frames": 10, "size_px": 32}
+# Tiny CPU variant for the registry test: 2 segments (x 5 frames) at 32 px.
+TINY_CLIP = {"num_frames": 2, "size_px": 32}
 STAGE_PLANES = (64, 128, 256, 512)
 
 
@@ -41,7 +41,7 @@ STAGE_PLANES = (64, 128, 256, 512)
 class H2CNParams:
     """Defaults: the official H2CN ResNet-50 (`h2cn(num_segments)`, Sth-V1 `train.py`: dropout 0.5).
 
-    `pretrained_file`: an official H2CN checkpoint (VideoNet: `base_model.*`, `new_fc.*`, optionally
+    `pretrained`: the path of an official H2CN checkpoint (VideoNet: `base_model.*`, `new_fc.*`, optionally
     under `state_dict` and `module.`), or ImageNet ResNet-50 weights in torchvision's layout
     (`resnet50-19c8e357.pth`, what the official code loads), which fill the trunk and seed the
     motion stem's 9-channel 7x7 kernel as officially (their conv1 averaged over RGB).
@@ -54,7 +54,7 @@ class H2CNParams:
     appearance_weight: float = 0.5  # stem fusion: a * appearance + b * motion (official apha, belta)
     motion_weight: float = 0.5
     dropout: float = 0.5
-    pretrained_file: str = ""
+    pretrained: str = ""  # a local file (see above); "" = random init
 
 
 def _resnet_init(conv: nn.Conv2d) -> None:
@@ -217,7 +217,7 @@ class H2CN(nn.Module):
             raise ValueError(
                 f"h2cn expects {self.num_segments} segments x {SNIPPET_FRAMES} frames = "
                 f"{self.num_segments * SNIPPET_FRAMES} frames (B, T, C, H, W), got shape {tuple(clips.shape)}; "
-                "build it with num_frames = 5 x the segment count"
+                f"sample it with `snippets` sampling ({SNIPPET_FRAMES} consecutive frames per segment)"
             )
         frames = clips.flatten(0, 1)  # (B*S*5, C, H, W): snippet frames are the fast index
         motion = self.fhgc2(self.fhgc1(F.avg_pool2d(frames, 2)))  # (B*S, 9, H/2, W/2)
@@ -301,18 +301,16 @@ def load_pretrained(model: H2CN, path: str | Path) -> None:
 @register_workload(
     "h2cn",
     params=H2CNParams,
-    sampling="segments",
+    sampling="snippets",
+    snippet_frames=SNIPPET_FRAMES,
+    tiny_clip=TINY_CLIP,
     tiny={"depths": (1, 1, 1, 1), "width": 16, "reduction": 4},
 )
 def build_h2cn(p: H2CNParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    if num_frames % SNIPPET_FRAMES:
-        raise ValueError(
-            f"h2cn: num_frames={num_frames} must be a multiple of {SNIPPET_FRAMES} (segments x 5-frame "
-            "snippets); e.g. 40 for the paper's 8 segments"
-        )
-    if num_frames // SNIPPET_FRAMES < 1:
-        raise ValueError(f"h2cn: needs at least one segment ({SNIPPET_FRAMES} frames), got {num_frames}")
-    model = H2CN(p, num_classes=num_classes, num_segments=num_frames // SNIPPET_FRAMES)
-    if p.pretrained_file:
-        load_pretrained(model, p.pretrained_file)
+    """`num_frames` = segments S; the model takes S x 5 frames."""
+    if num_frames < 1:
+        raise ValueError(f"h2cn: num_frames={num_frames} counts segments; give at least 1 (the paper: 8 or 16)")
+    model = H2CN(p, num_classes=num_classes, num_segments=num_frames)
+    if weights_file(p.pretrained, owner="h2cn"):
+        load_pretrained(model, p.pretrained)
     return model

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers.method import Method
 from .layers.vit import create_vit, freeze
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_workload
 
@@ -40,14 +41,13 @@ TINY_CLIP = {"num_frames": 8, "size_px": 32}
 class HSARParams:
     """Defaults: the released HSAR-Base K400 config (64 frames, skip_mo 4 -> 16 TMT frames, D 2048).
 
-    Spatial weights: the official code loads the iBOT ViT-B/16 teacher (`pretrained_file`, a local
-    `checkpoint_teacher.pth`, checked key by key); timm has no iBOT weights, and
-    `vit_base_patch16_224.dino` with `pretrained: true` is the nearest timm tag (a deviation).
+    Spatial weights: the official code loads the iBOT ViT-B/16 teacher (`pretrained` = the path of a
+    local `checkpoint_teacher.pth`, checked key by key); timm has no iBOT weights, and
+    `vit_base_patch16_224.dino` with `pretrained: timm` is the nearest timm tag (a deviation).
     """
 
     spatial_backbone: str = "vit_base_patch16_224.dino"
-    pretrained: bool = False
-    pretrained_file: str = ""
+    pretrained: str = ""  # "" | "timm" | a local file (workloads.layers.pretrained)
     spatial_img_size_px: int = 224
     spatial_depth: int = 0  # 0 = as named; fewer blocks only for tiny variants
     freeze_spatial: bool = True
@@ -301,7 +301,7 @@ class HSARHead(nn.Module):
         return self.fc(self.pool(x[:, None])[:, 0])  # (B, D) -> (B, K)
 
 
-class HSAR(nn.Module):
+class HSAR(Method):
     """(B, T, C, H, W) -> (B, K): TMT over every skip_mo-th small frame, ViT on first/key/last frame, fusion.
 
     Args:
@@ -407,6 +407,7 @@ class HSAR(nn.Module):
     "hsar",
     params=HSARParams,
     sampling="clip",
+    tiny_clip=TINY_CLIP,
     tiny={"spatial_backbone": "vit_tiny_patch16_224", "spatial_img_size_px": 32, "spatial_depth": 2, "dim": 32,
           "frame_size_px": 16, "skip_mo": 2, "stem_dim": 16, "stem_patch_px": 4, "depth": 1, "num_heads": 2,
           "mlp_dim": 32, "fusion_depth": 1, "fusion_heads": 2},
@@ -415,15 +416,14 @@ class HSAR(nn.Module):
 )
 def build_hsar(params: HSARParams, *, num_classes: int, num_frames: int) -> nn.Module:
     extra = {"depth": params.spatial_depth} if params.spatial_depth else {}
-    if params.freeze_spatial and not (params.pretrained or params.pretrained_file):
+    if params.freeze_spatial and not params.pretrained:
         log.warning(
-            "hsar: the spatial ViT is frozen at random initialisation; set pretrained_file (iBOT "
-            "checkpoint_teacher.pth) or pretrained: true (timm tag), or freeze_spatial: false"
+            "hsar: the spatial ViT is frozen at random initialisation; set pretrained to the iBOT "
+            "checkpoint_teacher.pth, or to 'timm' (timm tag), or freeze_spatial: false"
         )
     spatial = create_vit(
         params.spatial_backbone,
         pretrained=params.pretrained,
-        pretrained_file=params.pretrained_file,
         num_classes=0,
         img_size_px=params.spatial_img_size_px,
         **extra,

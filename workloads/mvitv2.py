@@ -18,6 +18,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.pretrained import weights_file
 from .registry import register_workload
 
 # Input normalisation of PySlowFast's configs (DATA.MEAN / DATA.STD), not ImageNet's.
@@ -58,7 +59,7 @@ class MViTv2Params:
     residual_pooling: bool = True
     drop_path: float = 0.2
     dropout: float = 0.5  # before the classifier (MODEL.DROPOUT_RATE)
-    pretrained_file: str = ""  # a PySlowFast checkpoint (`model_state`) or a state dict of this model
+    pretrained: str = ""  # a local PySlowFast checkpoint (`model_state`) or state dict of this model
 
 
 def round_width(width: float, multiplier: float, *, divisor: int = 1) -> int:
@@ -370,10 +371,11 @@ def load_official(model: MViTv2, path: str | Path) -> None:
     sampling="clip",
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
+    tiny_clip=TINY_CLIP,
     tiny={"embed_dim": 16, "depth": 4, "stage_starts": (1, 3), "kv_stride": (1, 4, 4), "img_size_px": 32},
 )
 def build_mvitv2(p: MViTv2Params, *, num_classes: int, num_frames: int) -> nn.Module:
     model = MViTv2(p, num_classes=num_classes, num_frames=num_frames)
-    if p.pretrained_file:
-        load_official(model, p.pretrained_file)
+    if weights_file(p.pretrained, owner="mvitv2"):
+        load_official(model, p.pretrained)
     return model

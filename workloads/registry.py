@@ -2,20 +2,26 @@
 
 A workload is a builder decorated with `@register_workload`. It declares a frozen Params dataclass
 with the paper's defaults, how its clips are sampled (`segments`: TSN-style, one frame per segment;
-`clip`: dense T x stride), a `tiny` set of params overrides that makes it CPU-test sized, and the
-input normalisation of its backbone.
+`clip`: dense T x stride; `snippets`: TDN-style, `snippet_frames` consecutive frames per segment), a
+`tiny` set of params overrides that makes it CPU-test sized, and the input normalisation of its
+backbone. A workload whose input depends on its params (SV-Mix takes its backbone's) registers
+`input_fn`; the platform asks `spec.input_for(params)`, never the declared fields.
+Optional registry fields: `tiny_clip` (the clip its tiny variant
+needs, default T=4 at 32 px), `tiny_variants` (tiny params of further architectures behind a param,
+each tested as "name[variant]"), `paper_gmacs` (the paper's compute table, rows as the method
+defines them) and `compute_by_ratio` (for methods whose MACs depend on the data: a function
+`(overrides, *, num_frames, size_px, num_classes) -> list[dict]` of expected vs measured GMACs per
+selection ratio, the configured one marked, which `actionlab flops` and `list --recipes` print).
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
-Optional hooks a module may define (the train loop calls them when present, never by name):
-  training_step(clips, labels) -> dict   "loss" (scalar) required, "logits" (B, K) optional,
-                                         any other scalar entries are logged as `train/<key>`
-  on_epoch_start(epoch, num_epochs)      schedules that live in the method (temperatures, targets)
-  on_step_end()                          after each optimiser step (EMA updates)
-  param_groups() -> list[dict]          optimiser groups: {"params", "lr_scale", "weight_decay_scale"}
-  eval_stats() -> dict                   scalars measured over the last validation (logged as `val/<key>`)
-  eval_variants() -> dict[str, Module]   models to validate, first = primary (e.g. {"ema": .., "online": ..});
-                                         each is scored as `val/<name>/top1`, the primary also as `val/top1`
+A method whose training needs more than cross-entropy on those logits subclasses
+`workloads.layers.method.Method` and overrides its documented no-op hooks (`training_step`,
+`on_epoch_start`, `on_step_end`, `param_groups`, `eval_stats`, `eval_variants`); the loop calls them
+on every model, adapting a plain `nn.Module` once with `as_method`.
+
+Initial weights: every method that takes them has one string param, `pretrained` ("" none, "timm", or
+a file; `workloads.layers.pretrained`). `build(..., weights=False)` clears it (`without_weights`).
 """
 
 from __future__ import annotations
@@ -30,7 +36,39 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SAMPLINGS = ("segments", "clip")
+SAMPLINGS = ("segments", "clip", "snippets")
+WEIGHTS_PARAM = "pretrained"
+# The former convention (before issue 14): `pretrained: bool` (timm) and `pretrained_file: str`.
+_FORMER_FILE_PARAM = "pretrained_file"
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """What the data path must deliver to a built workload: sampling and normalisation.
+
+    `clip.num_frames` counts frames for `segments` / `clip` and segments for `snippets`, whose model
+    input holds `snippet_frames` consecutive frames per segment: T = `clip_frames(num_frames)`.
+    """
+
+    sampling: str
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    snippet_frames: int = 1  # consecutive frames per segment (`snippets`); 1 for the other samplings
+
+    def __post_init__(self):
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        if self.snippet_frames < 1 or (self.sampling != "snippets" and self.snippet_frames != 1):
+            raise ValueError(
+                f"snippet_frames={self.snippet_frames} with {self.sampling!r} sampling: only `snippets` "
+                "sampling takes more than one frame per segment"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean {self.mean} / std {self.std}: give one value per RGB channel")
+
+    def clip_frames(self, num_frames: int) -> int:
+        """T of the model's input (B, T, C, H, W) for `clip.num_frames` = num_frames."""
+        return num_frames * self.snippet_frames
 
 
 @dataclass(frozen=True)
@@ -38,16 +76,30 @@ class WorkloadSpec:
     name: str
     params_cls: type
     builder: Callable[..., nn.Module]
-    sampling: str
+    sampling: str  # the declared input; read it through `input_for(params)`
     tiny: dict = field(default_factory=dict)
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     summary: str = ""
+    snippet_frames: int = 1
+    input_fn: Callable[[Any], InputFormat] | None = None  # resolved Params -> InputFormat, when params decide
+    tiny_clip: dict = field(default_factory=dict)  # {"num_frames": T, "size_px": S} for the tiny variant
+    tiny_variants: dict = field(default_factory=dict)  # variant name -> its tiny params
+    paper_gmacs: tuple = ()  # the paper's compute table (rows defined by the method's module)
+    compute_by_ratio: Callable | None = None  # data-dependent compute per selection ratio, see the module doc
+
+    def input_for(self, params: dict | Any | None = None) -> InputFormat:
+        """Sampling and normalisation for a build with `params` (a dict of overrides or a Params instance)."""
+        if not isinstance(params, self.params_cls):
+            params = self.resolve_params(params)
+        if self.input_fn is not None:
+            return self.input_fn(params)
+        return InputFormat(self.sampling, self.mean, self.std, self.snippet_frames)
 
     def resolve_params(self, overrides: dict | None = None):
         """The Params dataclass with `overrides` applied; unknown keys name the nearest field."""
-        overrides = dict(overrides or {})
         names = [f.name for f in dataclasses.fields(self.params_cls)]
+        overrides = _former_weights(dict(overrides or {})) if WEIGHTS_PARAM in names else dict(overrides or {})
         for key in overrides:
             if key not in names:
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
@@ -70,11 +122,49 @@ class WorkloadSpec:
                 )
         return dataclasses.replace(defaults, **overrides)
 
-    def build(self, params: dict | Any | None = None, *, num_classes: int, num_frames: int) -> nn.Module:
-        """Builds the module. `params` is a dict of overrides or a ready Params instance."""
+    def build(self, params: dict | Any | None = None, *, num_classes: int, num_frames: int,
+              weights: bool = True) -> nn.Module:
+        """Builds the module. `params` is a dict of overrides or a ready Params instance.
+
+        `weights=False` builds the same network at random initialisation, reading and downloading
+        nothing: for counting MACs, checking params, or loading weights recorded with a model.
+        """
         if not isinstance(params, self.params_cls):
             params = self.resolve_params(params)
+        if not weights:
+            params = without_weights(params)
         return self.builder(params, num_classes=num_classes, num_frames=num_frames)
+
+
+def without_weights(params):
+    """`params` (a Params instance or a dict of overrides) with no weight source: `pretrained` cleared,
+    also inside nested param dicts (a wrapper's `backbone_params`)."""
+    def strip(d: dict) -> dict:
+        return {k: v for k, v in d.items() if k not in (WEIGHTS_PARAM, _FORMER_FILE_PARAM)}
+
+    if isinstance(params, dict):
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in strip(params).items()}
+    changes = {f.name: strip(getattr(params, f.name)) for f in dataclasses.fields(params)
+               if isinstance(getattr(params, f.name), dict)}
+    if hasattr(params, WEIGHTS_PARAM):
+        changes[WEIGHTS_PARAM] = ""
+    return dataclasses.replace(params, **changes)
+
+
+def _former_weights(overrides: dict) -> dict:
+    """Overrides recorded before the one `pretrained` string (old recipes, meta.json of registered
+    models): `pretrained: true | false` reads as "timm" | "", `pretrained_file: PATH` as PATH."""
+    if isinstance(overrides.get(WEIGHTS_PARAM), bool):
+        overrides[WEIGHTS_PARAM] = "timm" if overrides[WEIGHTS_PARAM] else ""
+    if _FORMER_FILE_PARAM in overrides:
+        path = overrides.pop(_FORMER_FILE_PARAM)
+        if path and overrides.get(WEIGHTS_PARAM):
+            raise ValueError(
+                f"pretrained={overrides[WEIGHTS_PARAM]!r} and pretrained_file={path!r} both name weights; "
+                f"set only pretrained (a file path, or 'timm')"
+            )
+        overrides[WEIGHTS_PARAM] = path or overrides.get(WEIGHTS_PARAM, "")
+    return overrides
 
 
 _REGISTRY: dict[str, WorkloadSpec] = {}
@@ -88,10 +178,23 @@ def register_workload(
     tiny: dict | None = None,
     mean: tuple = IMAGENET_MEAN,
     std: tuple = IMAGENET_STD,
+    snippet_frames: int = 1,
+    input_fn: Callable[[Any], InputFormat] | None = None,
+    tiny_clip: dict | None = None,
+    tiny_variants: dict | None = None,
+    paper_gmacs: tuple = (),
+    compute_by_ratio: Callable | None = None,
 ):
-    """Decorator: registers `builder(params, *, num_classes, num_frames) -> nn.Module` under `name`."""
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"workload '{name}': sampling must be one of {SAMPLINGS}, got {sampling!r}")
+    """Decorator: registers `builder(params, *, num_classes, num_frames) -> nn.Module` under `name`.
+
+    `num_frames` is `clip.num_frames`: frames, or segments for `snippets` sampling (the module then
+    takes `snippet_frames` frames per segment). `input_fn(params) -> InputFormat` replaces the
+    declared sampling / mean / std / snippet_frames when they depend on the params.
+    """
+    try:
+        InputFormat(sampling, tuple(mean), tuple(std), snippet_frames)
+    except ValueError as err:
+        raise ValueError(f"workload '{name}': {err}") from None
     if not dataclasses.is_dataclass(params):
         raise TypeError(f"workload '{name}': params must be a dataclass, got {params!r}")
 
@@ -108,6 +211,12 @@ def register_workload(
             mean=tuple(mean),
             std=tuple(std),
             summary=doc.strip().splitlines()[0] if doc.strip() else "",
+            snippet_frames=snippet_frames,
+            input_fn=input_fn,
+            tiny_clip=dict(tiny_clip or {}),
+            tiny_variants={k: dict(v) for k, v in (tiny_variants or {}).items()},
+            paper_gmacs=tuple(paper_gmacs),
+            compute_by_ratio=compute_by_ratio,
         )
         return builder
 

@@ -34,6 +34,7 @@ from timm.layers import QuickGELU
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .layers.method import Method
 from .layers.vit import create_vit, freeze
 from .registry import register_workload
 
@@ -54,13 +55,12 @@ class SLLMParams:
 
     The released configs say ViT-B/32 (`vit_base_patch32_clip_quickgelu_224.openai`); the README's
     checkpoint row names no backbone. OpenAI CLIP (and SLLM's own `clip/model.py`) uses QuickGELU: the
-    `_quickgelu_` timm models equal it, the plain `vit_base_patch16_clip_224` ones (GELU) do not. Weights: `pretrained: true` (timm tag) or `pretrained_file` (a local timm
-    or OpenAI-CLIP state dict); the default never reaches the network.
+    `_quickgelu_` timm models equal it, the plain `vit_base_patch16_clip_224` ones (GELU) do not. Weights: `pretrained: timm` (timm's weights for the tag) or
+    a path (a local timm or OpenAI-CLIP state dict); the default never reaches the network.
     """
 
     backbone: str = "vit_base_patch16_clip_quickgelu_224.openai"
-    pretrained: bool = False
-    pretrained_file: str = ""
+    pretrained: str = ""  # "" | "timm" | a local file (workloads.layers.pretrained)
     img_size_px: int = 224  # the encoder's input size (position embeddings resized on load)
     embed_dim: int = 512  # CLIP image projection width (timm `head`); 0 = the pooled token, no projection
     backbone_depth: int = 0  # 0 = as named; fewer blocks only for tiny variants
@@ -225,7 +225,7 @@ def load_text_embeddings(path: str | Path, *, num_classes: int, dim: int) -> tor
     return emb.float()
 
 
-class SLLM(nn.Module):
+class SLLM(Method):
     """(B, S, C, H, W) -> (B, K): encode the kept frames, restore the rest, temporal head, classifier.
 
     `forward` also accepts the K kept frames alone (B, K, C, H, W), so a loader that decodes only
@@ -383,6 +383,7 @@ class SLLM(nn.Module):
     "sllm",
     params=SLLMParams,
     sampling="segments",
+    tiny_clip=TINY_CLIP,
     tiny={"backbone": "vit_tiny_patch16_224", "img_size_px": 32, "embed_dim": 0, "backbone_depth": 2,
           "restore_depth": 1, "restore_heads": 2, "header_depth": 1},
     mean=CLIP_MEAN,
@@ -394,7 +395,6 @@ def build_sllm(params: SLLMParams, *, num_classes: int, num_frames: int) -> nn.M
     encoder = create_vit(
         params.backbone,
         pretrained=params.pretrained,
-        pretrained_file=params.pretrained_file,
         num_classes=params.embed_dim,
         img_size_px=params.img_size_px,
         **extra,

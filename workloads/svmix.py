@@ -30,8 +30,8 @@ from timm.layers import DropPath
 from torch import nn
 from torch.optim.sgd import sgd as sgd_update
 
-from .layers import SegmentClassifier
-from .registry import get_workload, register_workload
+from .layers import Method, SegmentClassifier
+from .registry import InputFormat, get_workload, register_workload
 
 METHODS = ("svmix", "mixup", "cutmix", "mixup_cutmix", "none")
 EMA_INITS = ("separate", "copy")
@@ -151,7 +151,7 @@ def saliency_ratio(feats: torch.Tensor, share_a: torch.Tensor, perm: torch.Tenso
     return r_a / (r_a + r_b).clamp_min(1e-12)
 
 
-class SVMix(nn.Module):
+class SVMix(Method):
     """Online classifier + EMA classifier + selection module; `forward` is the EMA model (what is evaluated)."""
 
     def __init__(
@@ -399,11 +399,19 @@ def _feature_channels(model: nn.Module) -> tuple[int, int]:
     )
 
 
+def backbone_input(p: SVMixParams) -> InputFormat:
+    """The backbone's sampling and normalisation: SV-Mix mixes whatever clips its backbone takes."""
+    if p.backbone_workload == "svmix":
+        raise ValueError("svmix: backbone_workload must be a plain classifier (tsm, tsn, tam, r2plus1d, ...)")
+    return get_workload(p.backbone_workload).input_for(p.backbone_params)
+
+
 @register_workload(
     "svmix",
     params=SVMixParams,
-    sampling="segments",
+    sampling="segments",  # the default backbone's (tsm); `backbone_input` decides per build
     tiny={"backbone_params": {"backbone": "resnet18"}},
+    input_fn=backbone_input,
 )
 def build_svmix(p: SVMixParams, *, num_classes: int, num_frames: int) -> nn.Module:
     if p.method not in METHODS:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .layers import SegmentClassifier, create_backbone_2d, ibm_stage_frames, insert_ibm_temporal_pools
+from .layers.pretrained import TIMM
 from .layers.tam import TAM_BLENDS, TAM_INITS, insert_tam
 from .registry import register_workload
 
@@ -25,8 +26,8 @@ class TAMParams:
     # IBM's flag: False = 3-tap temporal max-pool, stride 2, after layer1/2/3 (T' = ceil(T/8));
     # the released 32-frame models were trained with True.
     without_t_stride: bool = False
-    # "" = random init; a timm tag of the same depth ("resnet50.tv_in1k": IBM's torchvision weights)
-    # or a local state-dict file (.safetensors / .pth), checked key by key.
+    # "" = random init; a timm tag of the same depth ("resnet50.tv_in1k": IBM's torchvision weights;
+    # "timm": timm's default one) or a local state-dict file (.safetensors / .pth), checked key by key.
     pretrained: str = ""
     blend_frames: int = 3  # odd; frames t - k//2 .. t + k//2 are aggregated
     blend: str = "sum"  # "sum" (IBM default) | "max"
@@ -40,12 +41,14 @@ def _resnet_2d(depth: int, pretrained: str) -> nn.Module:
         return create_backbone_2d(arch)  # residual branches start open (IBM's torchvision init)
     is_file = os.path.isfile(pretrained) or os.sep in pretrained
     if is_file or pretrained.endswith((".pth", ".pt", ".bin", ".safetensors")):
-        return create_backbone_2d(arch, pretrained_file=pretrained)
+        return create_backbone_2d(arch, pretrained=pretrained)
+    if pretrained == TIMM:
+        return create_backbone_2d(arch, pretrained=TIMM)
     if pretrained.split(".")[0] != arch:
         raise ValueError(
             f"tam: pretrained tag {pretrained!r} is not a {arch}; use e.g. '{arch}.tv_in1k' or change depth"
         )
-    return create_backbone_2d(pretrained, pretrained=True)
+    return create_backbone_2d(pretrained, pretrained=TIMM)
 
 
 @register_workload("tam", params=TAMParams, sampling="segments", tiny={"depth": 18})

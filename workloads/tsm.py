@@ -26,8 +26,7 @@ class TSMParams:
     """TSN's params (see `TSNParams`) plus the shift; defaults are the paper's."""
 
     backbone: str = "resnet50"  # timm ResNet family, optionally with a pretrained tag
-    pretrained: bool = False  # timm weights for `backbone`
-    pretrained_file: str = ""  # or a local .safetensors / .pth state dict, checked key by key
+    pretrained: str = ""  # "timm": timm's weights for `backbone`; or a local .safetensors / .pth state dict
     dropout: float = 0.5
     temporal_pool: bool = False  # max-pool time by 2 after layer1; later stages shift over T/2
     fold_div: int = 8  # 1/fold_div of the channels shift each way
@@ -42,9 +41,7 @@ def build_tsm(params: TSMParams, *, num_classes: int, num_frames: int) -> nn.Mod
         raise ValueError(f"tsm: fold_div must be >= 1, got {params.fold_div}")
     # Weights load before the shift wraps conv1 (which renames it conv1.net), so timm tags and
     # plain ResNet state-dict files apply unchanged.
-    backbone = create_backbone_2d(
-        params.backbone, pretrained=params.pretrained, pretrained_file=params.pretrained_file
-    )
+    backbone = create_backbone_2d(params.backbone, pretrained=params.pretrained)
     later = pooled_frames(num_frames) if params.temporal_pool else num_frames
     insert_temporal_shift(
         backbone,

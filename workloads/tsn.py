@@ -18,13 +18,12 @@ from .registry import register_workload
 class TSNParams:
     """Defaults follow the ResNet-50 TSN of the TSM and IBM reference code (not BN-Inception).
 
-    To reproduce the papers' ImageNet start, set `backbone: resnet50.tv_in1k` and `pretrained: true`;
+    To reproduce the papers' ImageNet start, set `backbone: resnet50.tv_in1k` and `pretrained: timm`;
     the default never reaches the network.
     """
 
     backbone: str = "resnet50"  # timm name, optionally with a pretrained tag
-    pretrained: bool = False  # timm weights for `backbone`
-    pretrained_file: str = ""  # or a local .safetensors / .pth state dict, checked key by key
+    pretrained: str = ""  # "timm": timm's weights for `backbone`; or a local .safetensors / .pth state dict
     dropout: float = 0.5
     temporal_pool: bool = False  # max-pool time by 2 after layer1 (TSM's --temporal_pool; ResNets only)
     # IBM's flag (`action-recognition-pytorch`): False = its default temporal stride, a 3-tap max-pool
@@ -34,9 +33,7 @@ class TSNParams:
 
 @register_workload("tsn", params=TSNParams, sampling="segments", tiny={"backbone": "resnet18"})
 def build_tsn(params: TSNParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    backbone = create_backbone_2d(
-        params.backbone, pretrained=params.pretrained, pretrained_file=params.pretrained_file
-    )
+    backbone = create_backbone_2d(params.backbone, pretrained=params.pretrained)
     if params.temporal_pool and not params.without_t_stride:
         raise ValueError(
             "tsn: temporal_pool (TSM's pool after layer1) and without_t_stride=false (IBM's pools after "

@@ -19,6 +19,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.pretrained import weights_file
 from .registry import register_workload
 
 # Input normalisation of the official code's configs (DATA.MEAN / DATA.STD), not ImageNet's.
@@ -36,7 +37,7 @@ LN_EPS = 1e-6  # the blocks' norm_layer; the patch embeddings keep LayerNorm's d
 class UniFormerParams:
     """Defaults: UniFormer-S, `exp/uniformer_s16x4_k400` (21.4 M params, 41.8 GFLOPs at 16x224).
 
-    `pretrained_file`: a video checkpoint of this model (`model_state` / `model` / state dict), or
+    `pretrained`: the path of a video checkpoint of this model (`model_state` / `model` / state dict), or
     the official ImageNet-1K UniFormer weights, whose 2D convolutions are inflated (repeated over
     time and divided by its length) and whose classifier is dropped when the class count differs,
     as the official `get_pretrained_model`.
@@ -50,7 +51,7 @@ class UniFormerParams:
     drop_path: float = 0.1
     dropout: float = 0.0  # after the patch embedding and inside MLP / attention output (DROPOUT_RATE)
     attn_dropout: float = 0.0
-    pretrained_file: str = ""
+    pretrained: str = ""  # a local file (see above); "" = random init
 
 
 class PatchEmbed(nn.Module):
@@ -260,10 +261,11 @@ def load_official(model: UniFormer, path: str | Path) -> dict[str, list[str]]:
     sampling="clip",
     mean=KINETICS_MEAN,
     std=KINETICS_STD,
+    tiny_clip=TINY_CLIP,
     tiny={"embed_dims": (8, 16, 32, 32), "depths": (1, 1, 1, 1), "head_dim": 16},
 )
 def build_uniformer(p: UniFormerParams, *, num_classes: int, num_frames: int) -> nn.Module:
     model = UniFormer(p, num_classes=num_classes)
-    if p.pretrained_file:
-        load_official(model, p.pretrained_file)
+    if weights_file(p.pretrained, owner="uniformer"):
+        load_official(model, p.pretrained)
     return model

@@ -115,15 +115,16 @@ def bench(
     settings = [(f"{sweep[0]}={v}", {**params, sweep[0]: v}) for v in sweep[1]] if sweep else [("as given", params)]
     dev = torch.device(device)
     torch.manual_seed(0)
-    clips = torch.randn(batch_size, num_frames, 3, size_px, size_px, device=dev)  # (B, T, C, H, W)
+    frames = spec.input_for(params).clip_frames(num_frames)  # T: frames, or segments x snippet frames
+    clips = torch.randn(batch_size, frames, 3, size_px, size_px, device=dev)  # (B, T, C, H, W)
     if channels_last:
         clips = clips.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(clips.shape)
     labels = torch.randint(0, num_classes, (batch_size,), device=dev)
     peak = peak_bf16_flops(dev)
     rows: list[BenchRow] = []
     for label, p in settings:
-        model = spec.build(p, num_classes=num_classes, num_frames=num_frames)
-        compute = flops.measure(model, (1, num_frames, 3, size_px, size_px))
+        model = spec.build(p, num_classes=num_classes, num_frames=num_frames, weights=False)  # timing needs no weights
+        compute = flops.measure(model, (1, frames, 3, size_px, size_px))
         model = model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
         runner = torch.compile(model) if compile else model
         if train:

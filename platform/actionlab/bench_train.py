@@ -1,6 +1,6 @@
 """`actionlab bench train RECIPE --vs-plain`: actionlab's Ray Train path beside a plain PyTorch loop.
 
-Both run the same epoch function (`train.loop.train_one_epoch`) on the same model, data, optimiser,
+Both run the same epoch function (`train.epoch.train_one_epoch`) on the same model, data, optimiser,
 batch, seed and intra-op threads, with a validation pass each epoch; the plain loop reads through a
 DataLoader (whatever `data.engine` says) and writes no checkpoint and no MLflow run. Steady-state clips/s is the median over epochs after the first
 (start-up and first-touch costs excluded); wall time is the whole call, start-up included. The plain
@@ -37,10 +37,12 @@ class TrainBenchSide:
 def plain_run(cfg: Config) -> TrainBenchSide:
     """The training a user would write without a platform: one process, no checkpoints, no tracking."""
     from workloads import get_workload
+    from workloads.layers import as_method
 
     from . import flops
+    from .train import epoch as core
     from .train import launch, loop
-    from .train.evaluate import evaluate, stats_tensors
+    from .train.evaluate import stats_tensors
 
     start = time.perf_counter()
     cfg = replace(cfg, data=replace(cfg.data, engine="loader"))  # plain PyTorch: a DataLoader, no Ray
@@ -53,33 +55,35 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "cpu")
         torch.manual_seed(cfg.seed)
         model = spec.build(cfg.workload.params, num_classes=len(data["classes"]), num_frames=cfg.clip.num_frames)
+        fmt = spec.input_for(cfg.workload.params)
         # As the worker does, in the same order, so that both draw the same random numbers.
-        flops.measure(model, (1, cfg.clip.num_frames, 3, cfg.clip.size_px, cfg.clip.size_px))
+        flops.measure(model, (1, fmt.clip_frames(cfg.clip.num_frames), 3, cfg.clip.size_px, cfg.clip.size_px))
         if cfg.compute.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = model.to(device)
-        step_module = loop.TrainStep(model, label_smoothing=cfg.optim.label_smoothing)
+        method = as_method(model)
+        step_module = core.TrainStep(method, label_smoothing=cfg.optim.label_smoothing)
         if cfg.compute.compile:
             step_module = torch.compile(step_module)
         train_set, val_set = loop.make_datasets(cfg, spec, data)
         train_loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
         val_loader, _ = loop._loader(cfg, val_set, train=False, rank=0, world=1)
-        optimizer = loop.build_optimizer(cfg, model, fused=cfg.compute.fused_optimizer and device.type == "cuda")
-        scheduler = loop.build_scheduler(cfg, optimizer, len(train_loader))
-        mean, std = stats_tensors(spec.mean, spec.std, device)
+        optimizer = core.build_optimizer(cfg, method, fused=cfg.compute.fused_optimizer and device.type == "cuda")
+        scheduler = core.build_scheduler(cfg, optimizer, len(train_loader))
+        mean, std = stats_tensors(fmt.mean, fmt.std, device)
         rates, losses, epochs_s = [], [], 0.0
         for epoch in range(cfg.schedule.epochs):
-            getattr(model, "on_epoch_start", lambda *a: None)(epoch, cfg.schedule.epochs)
+            method.on_epoch_start(epoch, cfg.schedule.epochs)
             sampler.set_epoch(epoch)
             train_set.set_epoch(epoch)
             epoch_start = time.perf_counter()
-            stats = loop.train_one_epoch(
+            stats = core.train_one_epoch(
                 step_module, train_loader, optimizer, scheduler, device=device, mean=mean, std=std,
                 grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
-                on_step_end=getattr(model, "on_step_end", None), channels_last=cfg.compute.channels_last,
+                on_step_end=method.on_step_end, channels_last=cfg.compute.channels_last,
             )
-            evaluate(model, val_loader, device=device, mean=spec.mean, std=spec.std,
-                     num_classes=len(data["classes"]), fusion=cfg.eval.fusion)
+            core.validate(method, val_loader, device=device, mean=fmt.mean, std=fmt.std,
+                          num_classes=len(data["classes"]), fusion=cfg.eval.fusion)
             epochs_s += time.perf_counter() - epoch_start
             rates.append(stats.clips_per_s)
             losses.append(stats.loss)

@@ -3,32 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
-
-
-
-def _recipes_dir() -> Path:
-    import workloads
-
-    return Path(workloads.__file__).resolve().parent / "recipes"
-
-
-def load_recipe(ref: str) -> dict:
-    """A recipe path/URI, or the name of a shipped recipe (`smoke`, `tsm_r50_sthv2`, ...)."""
-    from . import storage
-    from .config import load_recipe_text
-
-    candidate = _recipes_dir() / f"{ref}.yaml"
-    if not storage.is_remote(ref) and not Path(ref).exists() and candidate.exists():
-        ref = str(candidate)
-    if not storage.is_remote(ref) and not Path(ref).exists():
-        shipped = sorted(p.stem for p in _recipes_dir().glob("*.yaml"))
-        raise FileNotFoundError(f"recipe {ref!r} not found; give a YAML path or one of the shipped recipes: {shipped}")
-    return load_recipe_text(storage.read_text(ref), ref)
 
 
 def _print(obj, as_json: bool) -> None:
@@ -45,7 +25,7 @@ def _print(obj, as_json: bool) -> None:
 
 
 def cmd_train(args) -> int:
-    from .config import resolve
+    from .config import load_recipe, resolve
     from .train.launch import train
 
     cfg = resolve(load_recipe(args.recipe), args.set)
@@ -121,6 +101,10 @@ def cmd_serve_load(args) -> int:
 def cmd_list(args) -> int:
     from workloads import get_workload, list_workloads
 
+    from .config import shipped_recipes
+
+    if args.recipes:
+        return _list_recipes(args)
     try:
         import tune_spaces
 
@@ -128,8 +112,8 @@ def cmd_list(args) -> int:
     except (ImportError, AttributeError):
         spaces = []
     listing = {
-        "workloads": {n: f"[{get_workload(n).sampling}] {get_workload(n).summary}" for n in list_workloads()},
-        "recipes": sorted(p.stem for p in _recipes_dir().glob("*.yaml")),
+        "workloads": {n: f"[{get_workload(n).input_for().sampling}] {get_workload(n).summary}" for n in list_workloads()},
+        "recipes": shipped_recipes(),
         "spaces": spaces,
     }
     if args.json:
@@ -138,60 +122,128 @@ def cmd_list(args) -> int:
     print("workloads:")
     for name, text in listing["workloads"].items():
         print(f"  {name:10s} {text}")
-    print("recipes:  " + " ".join(listing["recipes"]))
+    print("recipes:  " + " ".join(listing["recipes"]) + "   (`actionlab list --recipes`: the papers' tables)")
     print("spaces:   " + (" ".join(listing["spaces"]) or "-"))
     return 0
 
 
+def recipe_rows(*, measure: bool = False) -> list[dict]:
+    """One row per shipped recipe with a `paper:` block: its table, protocol and the paper's numbers;
+    with `measure`, the GMACs of the model it builds (counted on the module, no weights loaded)."""
+    from .config import read_recipe, resolve, shipped_recipes
+    from .flops import recipe_gmacs
+
+    rows = []
+    for name in shipped_recipes():
+        recipe = read_recipe(name)
+        if recipe.paper is None:
+            continue
+        cfg = resolve(recipe.values)
+        paper = recipe.paper
+        rows.append({
+            "recipe": name, "source": paper.source, "workload": cfg.workload.name, "dataset": paper.dataset,
+            "frames": cfg.clip.num_frames, "stride": cfg.clip.stride,
+            "views": f"{cfg.eval.num_clips}x{cfg.eval.num_crops}", "paper_views": paper.views,
+            "paper_top1": paper.top1, "paper_top5": paper.top5, "paper_gflops": paper.gflops, "note": paper.note,
+            "gmacs": round(recipe_gmacs(cfg), 2) if measure else None,
+        })
+    return rows
+
+
+def _list_recipes(args) -> int:
+    from .config import not_runnable_rows
+
+    rows = recipe_rows(measure=args.gmacs)
+    skipped = not_runnable_rows()
+    if args.json:
+        print(json.dumps({"recipes": rows, "not_runnable": skipped}))
+        return 0
+
+    def num(value, width):
+        return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}s}"
+
+    by_source: dict[str, list] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    width = max([len(r["recipe"]) for r in rows] + [6])
+    for source in sorted(by_source):
+        print(f"{source}")
+        print(f"  {'recipe':{width}s} {'workload':9s} {'dataset':13s} {'frames x views':>14s} {'paper top-1':>11s} "
+              f"{'paper GFLOPs':>12s} {'GMACs':>7s}")
+        for r in by_source[source]:
+            shape = f"{r['frames']} x {r['views']}"
+            print(f"  {r['recipe']:{width}s} {r['workload']:9s} {r['dataset']:13s} {shape:>14s} "
+                  f"{num(r['paper_top1'], 11)} {num(r['paper_gflops'], 12)} {num(r['gmacs'], 7)}")
+    if not args.gmacs:
+        print("GMACs: add --gmacs to count each recipe's model (no weights; minutes on 2 cores)")
+    if skipped:
+        print("not runnable (no recipe):")
+        for row in skipped:
+            print(f"  {row['source']}: {row['row']}: {row['why']}")
+    return 0
+
+
+def _workload_overrides(workload: str, sets: list[str], *, params: dict | None = None):
+    """`--set` for commands that build one workload: dotted config keys as in `train`
+    (`workload.params.rt=0.4`, `clip.num_frames=12`) or bare workload params as a shorthand (`rt=0.4`).
+    Returns the resolved Config and the workload params given (`params` + `--set`). Keys that do not
+    change the model raise, naming the ones that do."""
+    from .config import Config, ConfigError, _merge, parse_override, resolve
+
+    sections = {f.name for f in dataclasses.fields(Config)}
+    dotted = []
+    for text in sets:
+        key = text.split("=", 1)[0].strip()
+        dotted.append(text if key.split(".")[0] in sections else f"workload.params.{text.strip()}")
+    for text in dotted:
+        key = text.split("=", 1)[0].strip()
+        if key == "workload.name":
+            raise ConfigError(f"--set {text!r}: name the workload as the command's first argument instead")
+        if not (key.startswith("workload.params.") or key in ("clip.num_frames", "clip.size_px")):
+            raise ConfigError(f"--set {text!r} does not change the model; this command takes workload params "
+                              "(workload.params.KEY=VALUE, or KEY=VALUE for short), clip.num_frames and clip.size_px")
+    given: dict = {"workload": {"params": dict(params or {})}}
+    for text in dotted:
+        given = _merge(given, parse_override(text))
+    return resolve({"workload": {"name": workload, "params": dict(params or {})}}, dotted), given["workload"]["params"]
+
+
+def _frames_and_size(args, cfg, sets) -> tuple[int, int]:
+    given = {text.split("=", 1)[0].strip() for text in sets}
+    frames = cfg.clip.num_frames if "clip.num_frames" in given else args.frames
+    size = cfg.clip.size_px if "clip.size_px" in given else args.size
+    return frames, size
+
+
 def cmd_flops(args) -> int:
-    from .config import parse_override
+    from workloads import get_workload
+
     from .flops import workload_compute
 
-    params: dict = {}
-    for text in args.set:
-        params.update(parse_override(text))
-    compute = workload_compute(
-        args.workload, num_frames=args.frames, size_px=args.size, num_classes=args.num_classes, params=params
-    )
-    info = {"workload": args.workload, "frames": args.frames, "size_px": args.size,
+    cfg, params = _workload_overrides(args.workload, args.set)
+    frames, size = _frames_and_size(args, cfg, args.set)
+    compute = workload_compute(args.workload, num_frames=frames, size_px=size, num_classes=args.num_classes,
+                               params=params)
+    info = {"workload": args.workload, "frames": frames, "size_px": size,
             "gmacs": round(compute.gmacs, 3), "params": compute.params}
-    report = _dynamic_compute(args.workload, args.frames, args.size, args.num_classes, params)
-    if report:
+    spec = get_workload(args.workload)
+    report = []
+    if spec.compute_by_ratio is not None:
+        report = spec.compute_by_ratio(params, num_frames=frames, size_px=size, num_classes=args.num_classes)
         info["by_ratio"] = report
     if args.json:
         print(json.dumps(info))
         return 0
-    print(f"{args.workload} {args.frames}x{args.size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
+    print(f"{args.workload} {frames}x{size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
+    if report:
+        print("  data-dependent: the line above is one forward of the untrained model; by selection ratio "
+              "(exactly round(rt x frames) frames kept in every block, * = the --set value):")
     for row in report:
         paper = f"   paper {row['paper_gmacs']}" if row.get("paper_gmacs") is not None else ""
-        print(f"  rt {row['rt']:<5g} frames kept {row['kept_frames']:>2d}: expected {row['expected_gmacs']:.2f}, "
+        mark = "*" if row.get("configured") else " "
+        print(f" {mark}rt {row['rt']:<5g} frames kept {row['kept_frames']:>2d}: expected {row['expected_gmacs']:.2f}, "
               f"measured {row['measured_gmacs']:.2f} GMACs{paper}")
     return 0
-
-
-def _dynamic_compute(workload: str, frames: int, size: int, num_classes: int, params: dict) -> list:
-    """Expected vs measured GMACs per selection ratio, for workloads whose cost depends on the data
-    (they expose `compute_report`); the paper's figure for the same frames is put beside them."""
-    from workloads import get_workload
-
-    spec = get_workload(workload)
-    weights = ("pretrained", "pretrained_file")
-    model = spec.build({k: v for k, v in params.items() if k not in weights},
-                       num_classes=num_classes, num_frames=frames)
-    if not hasattr(model, "compute_report"):
-        return []
-    paper = getattr(sys.modules[spec.builder.__module__], "PAPER_GMACS", ())
-    if size != 224 or set(params) & {"layers", "width", "alpha", "patch_groups"}:
-        paper = ()  # the papers' figures are for the full network at 224 px
-    if getattr(model, "paper_backbone", None) is not None:  # a table with several backbones: this one's rows
-        paper = [row for row in paper if row[0] == model.paper_backbone]
-    rts = sorted({0.25, 0.5, 1.0} | {rt for (_, t, _, rt, _) in paper if t == frames and rt is not None})
-    report = model.compute_report((1, frames, 3, size, size), rts=tuple(rts))
-    rows = []
-    for row in report["rows"]:
-        quoted = [g for (_, t, _, rt, g) in paper if t == frames and rt == row["rt"]]
-        rows.append({**row, "paper_gmacs": quoted[0] if quoted else None})
-    return rows
 
 
 def cmd_weights_import(args) -> int:
@@ -230,16 +282,22 @@ def cmd_weights_zoo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .train.evaluate import evaluate_model
+    from .train.evaluate import evaluate_models
 
-    summary = evaluate_model(args.model, args.data, split=args.split, root=args.root or "", num_clips=args.clips,
-                             num_crops=args.crops, fusion=args.fusion, run_id=args.run or "")
+    summary = evaluate_models(args.model, args.data, split=args.split, root=args.root or "", num_clips=args.clips,
+                              num_crops=args.crops, fusion=args.fusion, run_id=args.run or "")
     if args.json:
         print(json.dumps(summary))
         return 0
     protocol = f"{args.clips}x{args.crops}"
-    print(f"{summary['model']} on {summary['num_videos']} videos ({summary['protocol']}): "
-          f"top-1 {summary[f'test/top1_{protocol}']:.4f}, top-5 {summary[f'test/top5_{protocol}']:.4f}, "
+    for i, member in enumerate(summary.get("members", []), 1):
+        print(f"{member['model']} ({member['num_frames']} x {member['sampling']}) on {member['num_videos']} videos: "
+              f"top-1 {member[f'test/member{i}/top1_{protocol}']:.4f}, "
+              f"top-5 {member[f'test/member{i}/top5_{protocol}']:.4f}, {member['bad_samples']} bad samples skipped")
+    prefix = "test/ensemble/" if "members" in summary else "test/"
+    name = "ensemble" if "members" in summary else summary["model"]
+    print(f"{name} on {summary['num_videos']} videos ({summary['protocol']}): "
+          f"top-1 {summary[f'{prefix}top1_{protocol}']:.4f}, top-5 {summary[f'{prefix}top5_{protocol}']:.4f}, "
           f"{summary['bad_samples']} bad samples skipped")
     for name, acc in summary["per_class"].items():
         print(f"  {name:30s} {acc:.3f}")
@@ -247,14 +305,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench, parse_sweep
-    from .config import parse_override
-
     from workloads import get_workload
 
-    params: dict = dict(get_workload(args.workload).tiny) if args.tiny else {}
-    for text in args.set:
-        params.update(parse_override(text))
+    from .bench import bench, parse_sweep
+
+    tiny = dict(get_workload(args.workload).tiny) if args.tiny else {}
+    cfg, params = _workload_overrides(args.workload, args.set, params=tiny)
+    args.frames, args.size = _frames_and_size(args, cfg, args.set)
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -382,7 +439,7 @@ def cmd_bench_data(args) -> int:
 
 def cmd_bench_train(args) -> int:
     from .bench_train import bench_train
-    from .config import resolve
+    from .config import load_recipe, resolve
 
     if not args.vs_plain:
         raise ValueError("bench train compares against a plain PyTorch loop: pass --vs-plain")
@@ -476,7 +533,7 @@ def cmd_mlflow_server(args) -> int:
 def cmd_quickstart(args) -> int:
     """Synthetic MP4s -> Ray Train (TSM) -> MLflow -> registry -> predict, on this machine."""
     from . import tracking
-    from .config import resolve
+    from .config import load_recipe, resolve
     from .data.manifest import read_manifest
     from .data.synthetic import synthesize
     from .predict import predict
@@ -599,17 +656,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--concurrency", type=int, default=4)
 
     sp = add("eval", cmd_eval, "full test protocol (clips x crops) on a manifest split")
-    sp.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir")
+    sp.add_argument("--model", required=True, action="append",
+                    help="models:/NAME@ALIAS, models:/NAME/VERSION, or a checkpoint dir; give it again to ensemble "
+                         "models (each samples with its own recorded frames; per-video scores averaged)")
     sp.add_argument("--data", required=True, help="manifest.parquet path or URI")
     sp.add_argument("--split", default="val")
     sp.add_argument("--root", help="dataset root (default: the manifest's folder)")
     sp.add_argument("--clips", type=int, default=1)
     sp.add_argument("--crops", type=int, default=1, choices=[1, 3])
-    sp.add_argument("--fusion", default="logits", choices=["logits", "probs"])
+    sp.add_argument("--fusion", default="logits", choices=["logits", "probs"],
+                    help="average logits or softmax scores over views (and over models of an ensemble)")
     sp.add_argument("--run", help="MLflow run id to log test/top1_CLIPSxCROPS and the confusion matrix to")
     sp.add_argument("--json", action="store_true")
 
+    def model_sets(sp):
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="workload param as in `train`, e.g. workload.params.rt=0.4, or rt=0.4 for short; "
+                             "also clip.num_frames / clip.size_px (repeatable)")
+
     sp = add("list", cmd_list, "registered workloads, shipped recipes and tune spaces")
+    sp.add_argument("--recipes", action="store_true",
+                    help="the papers' tables, runnable: each recipe's protocol beside the paper's top-1 and GFLOPs")
+    sp.add_argument("--gmacs", action="store_true",
+                    help="with --recipes: also count each recipe's model GMACs (no weights read; minutes on 2 cores)")
     sp.add_argument("--json", action="store_true")
 
     sp = add("flops", cmd_flops, "GMACs and parameters of a workload, measured on the module")
@@ -618,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int, default=224)
     sp.add_argument("--num-classes", type=int, default=400)
     sp.add_argument("--json", action="store_true")
-    sets(sp)
+    model_sets(sp)
 
     bench_sub = sub.add_parser(
         "bench", help="side-by-side benchmarks: model forward, data decoding, training vs a plain loop",
@@ -664,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--channels-last", action="store_true", help="channels-last weights and clips")
     sp.add_argument("--compile", action="store_true", help="torch.compile the model")
     sp.add_argument("--json", action="store_true")
-    sets(sp)
+    model_sets(sp)
 
     data = sub.add_parser("data", help="datasets: synth, index, prepare, check, upload").add_subparsers(dest="data_command", required=True)
     sp = data.add_parser("synth", help="render the motion dataset as H.264 MP4 files")
@@ -736,7 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="the released file (.pth/.pth.tar/.pt/.safetensors); read with weights_only")
     sp.add_argument("-o", "--output", required=True, help="model dir to write (must not exist or be empty)")
     sp.add_argument("--num-classes", type=int, required=True)
-    sp.add_argument("--frames", type=int, required=True, help="frames per clip the checkpoint was trained with")
+    sp.add_argument("--frames", type=int, required=True,
+                    help="frames per clip the checkpoint was trained with (segments for snippet sampling: h2cn)")
     sp.add_argument("--size", type=int, default=224, help="input size in px")
     sp.add_argument("--classes", help="class names, one per line, in the checkpoint's class-index order")
     sp.add_argument("--register", metavar="NAME", help="also register it (tags: source=official, paper, top-1)")

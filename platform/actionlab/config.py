@@ -12,6 +12,7 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -239,6 +240,114 @@ def load_recipe_text(text: str, source: str) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a recipe must be a mapping of config sections, got {type(values).__name__}")
     return values
+
+
+# --- recipes ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """What a recipe's paper reports for it: the `paper:` block of a shipped recipe, kept out of the config.
+
+    top1 / top5 in %, gflops = GMACs per view as the papers count them ("GFLOPs"); None where the
+    source has no figure, which `note` then explains.
+    """
+
+    source: str  # seed and table, e.g. "AFNet seed: Something-Something V1, More is Less"
+    dataset: str = ""  # sthv1 | sthv2 | k400 | mini-kinetics | ...
+    top1: float | None = None
+    top5: float | None = None
+    gflops: float | None = None
+    views: str = ""  # as the table writes them, e.g. "1x1", "10x3" (clips x crops)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe file: its config mapping (for `resolve`) and, apart from it, the paper's numbers."""
+
+    name: str
+    values: dict
+    paper: PaperResult | None = None
+
+
+def recipes_dir() -> Path:
+    """`workloads/recipes`: the shipped recipes, one YAML per table row (`_*.yaml` are not recipes)."""
+    import workloads
+
+    return Path(workloads.__file__).resolve().parent / "recipes"
+
+
+def shipped_recipes() -> list[str]:
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _recipe_source(ref: str) -> str:
+    """A shipped recipe name -> its file; a path or URI stays as it is."""
+    from . import storage
+
+    candidate = recipes_dir() / f"{ref}.yaml"
+    if not storage.is_remote(ref) and not Path(ref).exists():
+        if not ref.startswith("_") and candidate.exists():
+            return str(candidate)
+        raise FileNotFoundError(
+            f"recipe {ref!r} not found; give a YAML path or one of the shipped recipes: {shipped_recipes()}"
+        )
+    return ref
+
+
+def _paper(values: Any, source: str) -> PaperResult:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: `paper:` must be a mapping of {[f.name for f in dataclasses.fields(PaperResult)]}")
+    if "source" not in values:
+        raise ConfigError(f"{source}: `paper:` needs `source` (the seed and table the numbers come from)")
+    try:
+        return _build(PaperResult, values, "paper")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def read_recipe(ref: str) -> Recipe:
+    """A recipe path/URI, or the name of a shipped recipe (`smoke`, `tsm_r50_sthv2`, ...).
+
+    Two keys are not config sections: `paper:` (the reported numbers, returned apart as
+    `Recipe.paper`, never inherited) and `base: OTHER` (a recipe named as on the command line, whose
+    config this one starts from, merged key by key; one level deep: a base may not have a base).
+    The config sections themselves are checked by `resolve`.
+    """
+    from . import storage
+
+    path = _recipe_source(ref)
+    values = load_recipe_text(storage.read_text(path), path)
+    paper = _paper(values.pop("paper"), path) if "paper" in values else None
+    base_ref = values.pop("base", None)
+    if base_ref is not None:
+        if not isinstance(base_ref, str) or not base_ref:
+            raise ConfigError(f"{path}: `base:` must name one recipe, got {base_ref!r}")
+        base_path = _recipe_source(base_ref)
+        base = load_recipe_text(storage.read_text(base_path), base_path)
+        if "base" in base:
+            raise ConfigError(f"{path}: its base {base_ref!r} has a base of its own ({base['base']!r}); recipes "
+                              "inherit one level deep: copy what you need into this recipe instead")
+        base.pop("paper", None)
+        base_workload = base.get("workload") or {}
+        own_workload = values.get("workload") or {}
+        if "name" in own_workload and own_workload["name"] != base_workload.get("name"):
+            base_workload.pop("params", None)  # params belong to their workload (as in `resolve`)
+        values = _merge(base, values)
+    return Recipe(name=Path(path).stem, values=values, paper=paper)
+
+
+def load_recipe(ref: str) -> dict:
+    """The config mapping of a recipe (see `read_recipe`), ready for `resolve`."""
+    return read_recipe(ref).values
+
+
+def not_runnable_rows() -> list[dict]:
+    """Rows of the seeds' tables without a recipe: `workloads/recipes/_not_runnable.yaml`."""
+    path = recipes_dir() / "_not_runnable.yaml"
+    rows = yaml.safe_load(path.read_text()) if path.exists() else []
+    return list(rows or [])
 
 
 def resolve(recipe: dict | None = None, overrides: list[str] | tuple = ()) -> Config:

@@ -9,7 +9,6 @@ the module's own device. Papers' "GFLOPs" are GMACs: MACs = counted FLOPs / 2.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -20,11 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from workloads import get_workload
 
 log = logging.getLogger(__name__)
-
-# Params fields that only say where weights come from: they never change compute, so
-# `workload_compute` clears them rather than download or read weights to count MACs.
-_WEIGHT_SOURCE_FIELDS = ("pretrained", "pretrained_file")
-
 
 @dataclass(frozen=True)
 class Compute:
@@ -112,30 +106,37 @@ def workload_compute(
     num_classes: int,
     params: dict | object | None = None,
 ) -> Compute:
-    """Compute of workload `name` at a (1, num_frames, 3, size_px, size_px) clip.
+    """Compute of workload `name` at a (1, T, 3, size_px, size_px) clip, T = num_frames (segments x
+    snippet frames for `snippets` sampling: `spec.input_for(params).clip_frames(num_frames)`).
 
-    `params` are the workload's Params overrides (dict) or a Params instance. Weight sources
-    (`pretrained`, `pretrained_file`) are ignored: weights do not change MACs, so nothing is read or
-    downloaded. The model is built and counted on the meta device when it allows, else on CPU.
+    `params` are the workload's Params overrides (dict) or a Params instance. `pretrained` is
+    ignored: weights do not change MACs, so nothing is read or downloaded. The model is built and counted on the meta device when it allows, else on CPU.
     """
     spec = get_workload(name)
     resolved = params if isinstance(params, spec.params_cls) else spec.resolve_params(params)
-    cleared = {
-        f.name: type(getattr(resolved, f.name))()
-        for f in dataclasses.fields(resolved)
-        if f.name in _WEIGHT_SOURCE_FIELDS
-    }
-    for f in dataclasses.fields(resolved):  # wrappers (SV-Mix) carry their backbone's params as a dict
-        value = getattr(resolved, f.name)
-        if f.name.endswith("_params") and isinstance(value, dict):
-            cleared[f.name] = {k: v for k, v in value.items() if k not in _WEIGHT_SOURCE_FIELDS}
-    resolved = dataclasses.replace(resolved, **cleared)
-    clip_shape = (1, num_frames, 3, size_px, size_px)
+    clip_shape = (1, spec.input_for(resolved).clip_frames(num_frames), 3, size_px, size_px)
     try:
         with torch.device("meta"):
-            model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames)
+            model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames, weights=False)
         return measure(model, clip_shape)
     except Exception as err:  # noqa: BLE001  (needs real tensors: build and count on CPU, which raises real errors)
         log.info("workload %r cannot be counted on the meta device (%s); using CPU", name, err)
-    model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames)
+    model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames, weights=False)
     return measure(model, clip_shape, device="cpu")
+
+
+def recipe_gmacs(cfg) -> float:
+    """GMACs per view of the model a resolved config builds, at its clip size, with no weights read.
+
+    For a data-dependent workload (one with `compute_by_ratio`) whose config sets the selection ratio,
+    the MACs measured at that ratio; otherwise one forward as `workload_compute` counts it.
+    """
+    spec = get_workload(cfg.workload.name)
+    shape = dict(num_frames=cfg.clip.num_frames, size_px=cfg.clip.size_px, num_classes=400)
+    params = cfg.workload.params
+    if spec.compute_by_ratio is not None:
+        overrides = dict(params) if isinstance(params, dict) else dataclasses.asdict(params)
+        rows = [r for r in spec.compute_by_ratio(overrides, **shape) if r.get("configured")]
+        if rows:
+            return rows[0]["measured_gmacs"]
+    return workload_compute(cfg.workload.name, params=params, **shape).gmacs

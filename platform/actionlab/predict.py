@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from . import storage, tracking
 from .data import transforms
-from .train.evaluate import normalise, stats_tensors, eval_dataset
+from .train.evaluate import clip_frames, eval_dataset, normalise, stats_tensors
 
 
 def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None) -> list[dict]:
@@ -59,7 +59,8 @@ def predict_videos(
 
 
 def predict_clips(loaded: tracking.LoadedModel, clips, *, top_k: int = 5) -> list[dict]:
-    """Top-k for a uint8 batch (B, T, H, W, C) of frames already sampled (T = the model's num_frames).
+    """Top-k for a uint8 batch (B, T, H, W, C) of frames already sampled (T = the model's num_frames, times
+    snippet_frames for `snippets` sampling).
 
     Frames get the evaluation transform (short side to resize_px, centre crop size_px), so a clip
     decoded with the model's sampling scores as its video does through `predict_videos`.
@@ -69,10 +70,11 @@ def predict_clips(loaded: tracking.LoadedModel, clips, *, top_k: int = 5) -> lis
     """
     batch = np.asarray(clips.numpy() if isinstance(clips, torch.Tensor) else clips)
     meta = loaded.meta
-    if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[-1] != 3 or batch.shape[1] != meta["num_frames"]:
+    frames = clip_frames(meta)
+    if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[-1] != 3 or batch.shape[1] != frames:
         raise ValueError(
-            f"expected a uint8 batch (B, T={meta['num_frames']}, H, W, 3) of RGB frames; got {batch.dtype} "
-            f"{tuple(batch.shape)}. Sample {meta['num_frames']} frames per video ({meta['sampling']} sampling, "
+            f"expected a uint8 batch (B, T={frames}, H, W, 3) of RGB frames; got {batch.dtype} "
+            f"{tuple(batch.shape)}. Sample {frames} frames per video ({meta['sampling']} sampling, "
             f"stride {meta['stride']}) or pass video paths instead"
         )
     out = []

@@ -376,7 +376,17 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path / META_FILE} is not JSON ({err}); expected a directory written by actionlab") from None
     spec = get_workload(meta["workload"])
-    model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"])
+    snippet_frames = spec.input_for(meta["params"]).snippet_frames
+    if meta.get("snippet_frames", 1) != snippet_frames:  # num_frames would count something else
+        raise ValueError(
+            f"{uri}: meta.json records {meta['num_frames']} frames of {meta.get('sampling')!r} sampling, but "
+            f"'{meta['workload']}' now samples snippets of {snippet_frames} frames and num_frames counts segments; "
+            f"set num_frames to the segments, sampling to 'snippets' and snippet_frames to {snippet_frames} in "
+            "meta.json (or import / train the model again)"
+        )
+    # The recorded weights replace every tensor: `pretrained` (recorded as trained) is not read again.
+    model = spec.build(meta["params"], num_classes=len(meta["classes"]), num_frames=meta["num_frames"],
+                       weights=False)
     state = load_weights(path / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -388,9 +398,9 @@ def load_model(uri: str, *, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model=model, meta=meta, source=str(path))
 
 
-# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow/boto3 fetch URIs).
+# Distributions the pyfunc model imports when MLflow loads it (decord/av decode, pyarrow fetches URIs).
 PYFUNC_REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "safetensors", "numpy", "pandas", "pyarrow",
-                       "decord", "av", "boto3", "pyyaml")
+                       "decord", "av", "pyyaml")
 
 
 def pyfunc_signature():

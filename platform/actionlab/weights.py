@@ -28,11 +28,11 @@ import torch
 
 from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
 from workloads.afnet import OFFICIAL_MBV3_RULES as AFNET_MBV3_RULES
+from workloads.registry import without_weights
 
 from . import tracking
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
-WEIGHT_SOURCES = ("pretrained", "pretrained_file")  # params that only say where initial weights come from
 
 
 class CheckpointError(ValueError):
@@ -245,12 +245,8 @@ def import_checkpoint_model(
     conv = converter(workload)
     params = dict(params or {})
     state = official_state(read_checkpoint(checkpoint), nested=conv.nested, path=str(checkpoint))
-    defaults = spec.params_cls()
-    weightless = dict(params)
-    for name in WEIGHT_SOURCES:  # the checkpoint replaces every weight: never download or read another
-        if hasattr(defaults, name):
-            weightless[name] = type(getattr(defaults, name))()
-    model = spec.build(weightless, num_classes=num_classes, num_frames=num_frames)
+    # The checkpoint replaces every weight: never download or read another.
+    model = spec.build(params, num_classes=num_classes, num_frames=num_frames, weights=False)
     build = f"{params or 'defaults'}, {num_classes} classes, {num_frames} frames"
     model.load_state_dict(convert(workload, state, model, path=str(checkpoint), build=build), strict=True)
     return model.eval()
@@ -282,17 +278,19 @@ def import_checkpoint(
     params = dict(params or {})
     spec.resolve_params(params)  # unknown params: the registry's error names the nearest field
     model = import_checkpoint_model(workload, checkpoint, num_classes=num_classes, num_frames=num_frames, params=params)
+    fmt = spec.input_for(params)
     meta = {
         "workload": workload,
-        "params": {k: v for k, v in params.items() if k not in WEIGHT_SOURCES},
+        "params": without_weights(params),
         "classes": list(class_names or [f"class_{i}" for i in range(num_classes)]),
         "num_frames": num_frames,
         "stride": stride,
         "size_px": size_px,
         "resize_px": resize_px,
-        "sampling": spec.sampling,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "sampling": fmt.sampling,
+        "snippet_frames": fmt.snippet_frames,
+        "mean": list(fmt.mean),
+        "std": list(fmt.std),
         "source": {"official_checkpoint": Path(checkpoint).name, "paper": converter(workload).paper},
     }
     out = Path(out_dir)
@@ -691,9 +689,9 @@ ZOO = (
              "81.0", "PySlowFast projects/mvitv2 README (1 clip x 5 views, 224 px)"),
     ZooEntry("uniformer-s-16x4-k400", "uniformer", "uniformer_small_k400_16x4.pth", "Kinetics-400", 400, 16, {},
              "80.8", "UniFormer video_classification README (16x1x4: 4 clips, 224 px)"),
-    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 40, {}, "76.9",
+    ZooEntry("h2cn-r50-k400-f8", "h2cn", "", "Kinetics-400", 400, 8, {}, "76.9",
              "H2CN README (8 segments x 30 views)"),
-    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 80, {}, "77.9",
+    ZooEntry("h2cn-r50-k400-f16", "h2cn", "", "Kinetics-400", 400, 16, {}, "77.9",
              "H2CN README (16 segments x 30 views)"),
 )
 

@@ -76,11 +76,9 @@ def s3(s3_server, monkeypatch):
         monkeypatch.setenv(key, value)
     from actionlab import storage
 
-    storage._remote_filesystem.cache_clear()
-    storage._s3_client.cache_clear()
+    storage.retry._remote_filesystem.cache_clear()
     yield s3_server
-    storage._remote_filesystem.cache_clear()
-    storage._s3_client.cache_clear()
+    storage.retry._remote_filesystem.cache_clear()
 
 
 class OutageProxy:

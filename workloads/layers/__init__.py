@@ -6,6 +6,7 @@ time as the fast index of the first axis (`clips.flatten(0, 1)`), and know T fro
 
 from .backbones import create_backbone_2d, load_backbone_weights, read_state_dict, resnet_stages
 from .heads import SegmentClassifier
+from .method import Method, PlainModule, as_method
 from .temporal_pool import (
     TemporalMaxPool,
     ibm_stage_frames,
@@ -16,10 +17,13 @@ from .temporal_pool import (
 from .temporal_shift import SHIFT_PLACES, TemporalShift, insert_temporal_shift, temporal_shift
 
 __all__ = [
+    "Method",
+    "PlainModule",
     "SHIFT_PLACES",
     "SegmentClassifier",
     "TemporalMaxPool",
     "TemporalShift",
+    "as_method",
     "create_backbone_2d",
     "ibm_stage_frames",
     "insert_ibm_temporal_pools",

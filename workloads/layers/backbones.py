@@ -14,31 +14,29 @@ import timm
 import torch
 from torch import nn
 
+from .pretrained import timm_or_file
+
 log = logging.getLogger(__name__)
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
-def create_backbone_2d(name: str, *, pretrained: bool = False, pretrained_file: str = "") -> nn.Module:
+def create_backbone_2d(name: str, *, pretrained: str = "") -> nn.Module:
     """A timm model without its classifier (`num_classes=0`): (N, C, H, W) -> (N, num_features).
 
     Args:
         name: a timm model name, optionally with a pretrained tag ("resnet50.tv_in1k" are the
             torchvision weights the TSN/TSM/IBM reference code starts from).
-        pretrained: download (or take from the Hugging Face cache) timm's weights for `name`.
-        pretrained_file: instead, a local state dict (.safetensors, or .pth/.pt read with
-            `weights_only=True`); see `load_backbone_weights`.
+        pretrained: "" none; "timm": download (or take from the Hugging Face cache) timm's weights
+            for `name`; or a local state dict (.safetensors, or .pth/.pt read with
+            `weights_only=True`), see `load_backbone_weights` (`layers.pretrained`).
     """
-    if pretrained and pretrained_file:
-        raise ValueError(
-            f"backbone {name!r}: set either pretrained=True (timm weights) or pretrained_file="
-            f"{pretrained_file!r} (a local file), not both"
-        )
-    backbone = timm.create_model(name, pretrained=pretrained, num_classes=0)
-    if not pretrained:
+    use_timm, weights_file = timm_or_file(pretrained, owner=f"backbone {name!r}")
+    backbone = timm.create_model(name, pretrained=use_timm, num_classes=0)
+    if not use_timm:
         start_residual_branches_open(backbone)
-    if pretrained_file:
-        load_backbone_weights(backbone, pretrained_file)
+    if weights_file:
+        load_backbone_weights(backbone, weights_file)
     return backbone
 
 

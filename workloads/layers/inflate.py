@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .backbones import read_state_dict
+from .pretrained import TIMM
 
 INFLATE_SCALES = ("repeat", "mean")
 
@@ -55,7 +56,12 @@ def load_2d_state_dict(source: str) -> dict[str, torch.Tensor]:
             cache).
     """
     if os.path.isfile(source):
-        return read_state_dict(source)  # weights_only / safetensors; unwraps "state_dict", "module."
+        return read_state_dict(source)
+    if source == TIMM:
+        raise ValueError(
+            "pretrained='timm' does not say which 2D network to inflate; name its weights: a timm tag "
+            "('resnet50.tv_in1k'), torchvision's ('tv:googlenet'), or a local file"
+        )  # weights_only / safetensors; unwraps "state_dict", "module."
     if source.startswith("tv:"):
         import torchvision
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .backbones import load_exact, read_state_dict
+from .pretrained import timm_or_file
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,7 @@ _SSL_ONLY = ("masked_embed", "mask_token", "head.mlp.", "head.last_layer", "head
 def create_vit(
     name: str,
     *,
-    pretrained: bool = False,
-    pretrained_file: str = "",
+    pretrained: str = "",
     num_classes: int = 0,
     img_size_px: int | None = None,
     **kwargs,
@@ -40,26 +40,22 @@ def create_vit(
 
     Args:
         name: timm model name, optionally with a pretrained tag (`vit_base_patch16_clip_224.openai`).
-        pretrained: load timm's weights for the tag (Hugging Face hub or its local cache).
-        pretrained_file: or a local state dict; see `load_vit_weights`.
+        pretrained: "" none; "timm": timm's weights for the tag (Hugging Face hub or its local
+            cache); or a local state dict, see `load_vit_weights` (`layers.pretrained`).
         num_classes: 0 for the pooled token; for CLIP models the width of the image projection
             (512 for ViT-B), which timm keeps as `head`.
         img_size_px: input size when it differs from the name's (position embeddings are resized
             on load).
         **kwargs: other timm constructor arguments (`patch_size`, `depth`, ...), for tiny variants.
     """
-    if pretrained and pretrained_file:
-        raise ValueError(
-            f"ViT {name!r}: set either pretrained=True (timm weights) or pretrained_file="
-            f"{pretrained_file!r} (a local file), not both"
-        )
+    use_timm, weights_file = timm_or_file(pretrained, owner=f"ViT {name!r}")
     if img_size_px:
         kwargs["img_size"] = img_size_px
-    model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    model = timm.create_model(name, pretrained=use_timm, num_classes=num_classes, **kwargs)
     if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
         raise TypeError(f"{name!r} is not a timm VisionTransformer (no `blocks`/`patch_embed`)")
-    if pretrained_file:
-        load_vit_weights(model, pretrained_file)
+    if weights_file:
+        load_vit_weights(model, weights_file)
     return model
 
 

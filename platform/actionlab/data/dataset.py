@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from actionlab import storage
 from actionlab.data import decode, sampling, transforms
 
-SAMPLINGS = ("segments", "clip")
+SAMPLINGS = ("segments", "clip", "snippets")
 
 
 class BadSample(Exception):
@@ -140,7 +140,8 @@ class VideoClipDataset(Dataset):
 
     Items: train `{"clip": uint8 (T, C, H, W), "label": int, "video_id": str}`; test the same with
     `clip` uint8 (V, T, C, H, W), V = num_clips * num_crops, clip-major and crop-minor; a bad row
-    gives `{"error": str, "kind": str, "video_id": str}`.
+    gives `{"error": str, "kind": str, "video_id": str}`. T = num_frames, except for `snippets`
+    sampling: T = num_frames (segments) x snippet_frames.
     """
 
     def __init__(
@@ -164,6 +165,7 @@ class VideoClipDataset(Dataset):
         cache_dir: str | os.PathLike | None = None,
         frame_template: str = "{:05d}.jpg",
         decoder: str = "",
+        snippet_frames: int = 1,
     ):
         """Builds the dataset; nothing is read until an item is asked for.
 
@@ -171,8 +173,9 @@ class VideoClipDataset(Dataset):
             df: manifest rows (`video`, `label`, optional `start`/`end`/`num_frames`/`media`).
             root: dataset root the `video` paths are relative to (local or `s3://`).
             num_classes: labels must lie in [0, num_classes).
-            sampling: `segments` (TSN-style, one frame per segment) or `clip` (dense T x stride).
-            num_frames: T.
+            sampling: `segments` (TSN-style, one frame per segment), `clip` (dense T x stride) or
+                `snippets` (TDN-style, `snippet_frames` consecutive frames per segment).
+            num_frames: T, or the segments for `snippets`.
             stride: frame interval for `clip` sampling.
             train: random sampling and augmentation, else deterministic multi-view testing.
             size_px: crop side fed to the network.
@@ -186,12 +189,18 @@ class VideoClipDataset(Dataset):
             cache_dir: local read-through cache; required for remote roots.
             frame_template: file names in frame folders (1-based numbering).
             decoder: `decord`, `pyav`, or '' for the default (`ACTIONLAB_DECODER` overrides it).
+            snippet_frames: frames per segment for `snippets` sampling (the workload's `InputFormat`).
         """
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
             raise ValueError(f"manifest rows lack columns {missing}; read them with manifest.read_manifest")
         if sampling not in SAMPLINGS:
             raise ValueError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
+        if snippet_frames < 1 or (sampling != "snippets" and snippet_frames != 1):
+            raise ValueError(
+                f"snippet_frames={snippet_frames} with sampling={sampling!r}: only `snippets` sampling takes "
+                "more than one frame per segment; pass the workload's InputFormat (spec.input_for(params))"
+            )
         if flip not in transforms.FLIP_POLICIES:
             raise ValueError(f"flip={flip!r} is not one of {list(transforms.FLIP_POLICIES)}")
         if num_classes < 1 or num_frames < 1 or stride < 1 or num_clips < 1 or num_crops not in (1, 3):
@@ -209,6 +218,8 @@ class VideoClipDataset(Dataset):
         self.num_classes = num_classes
         self.sampling = sampling
         self.num_frames = num_frames
+        self.snippet_frames = snippet_frames
+        self.clip_frames = num_frames * snippet_frames  # T of a clip
         self.stride = stride
         self.train = train
         self.size_px = size_px
@@ -232,7 +243,9 @@ class VideoClipDataset(Dataset):
         return len(self._rows)
 
     def _indices(self, length: int, rng: np.random.Generator) -> np.ndarray:
-        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing)."""
+        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing).
+
+        T = num_frames, or num_frames x snippet_frames for `snippets`."""
         clips = 1 if self.train else self.num_clips
         picks = []
         for clip_index in range(clips):
@@ -240,6 +253,13 @@ class VideoClipDataset(Dataset):
                 picks.append(
                     sampling.segment_indices(
                         length, self.num_frames, train=self.train, rng=rng, clip_index=clip_index, num_clips=clips
+                    )
+                )
+            elif self.sampling == "snippets":
+                picks.append(
+                    sampling.snippet_indices(
+                        length, self.num_frames, self.snippet_frames, train=self.train, rng=rng,
+                        clip_index=clip_index, num_clips=clips,
                     )
                 )
             else:
@@ -308,7 +328,7 @@ class VideoClipDataset(Dataset):
                 rng=rng,
             )
             return {"clip": clip, "label": label, "video_id": video_id}  # clip (T, C, H, W)
-        per_clip = frames.reshape(self.num_clips, self.num_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
+        per_clip = frames.reshape(self.num_clips, self.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         views = torch.stack(
             [
                 transforms.test_transform(c, size_px=self.size_px, resize_px=self.resize_px, num_crops=self.num_crops)

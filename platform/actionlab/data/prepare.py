@@ -232,7 +232,7 @@ def _size(path: str) -> int:
 def _remote_size(uri: str) -> int:
     import pyarrow.fs as pafs
 
-    filesystem, path = storage._resolve(uri)
+    filesystem, path = storage.resolve(uri)
     info = filesystem.get_file_info(path)
     if info.type == pafs.FileType.Directory:
         selector = pafs.FileSelector(path, recursive=True)
@@ -250,7 +250,7 @@ def _existing_frames(uri: str, settings: EncodeSettings) -> int:
         if storage.is_remote(uri):
             import pyarrow.fs as pafs
 
-            filesystem, path = storage._resolve(uri)
+            filesystem, path = storage.resolve(uri)
             return len(filesystem.get_file_info(pafs.FileSelector(path)))
         return decode.count_frame_files(uri)
     if storage.is_remote(uri):
@@ -258,7 +258,7 @@ def _existing_frames(uri: str, settings: EncodeSettings) -> int:
         # finished copy instead of downloading it.
         import av
 
-        filesystem, path = storage._resolve(uri)
+        filesystem, path = storage.resolve(uri)
         with filesystem.open_input_file(path) as handle, av.open(handle) as container:
             return int(container.streams.video[0].frames)
     return decode.count_frames(uri)
@@ -294,7 +294,7 @@ def prepare_row(
             if os.path.isdir(local):
                 storage.upload_dir(local, target, num_threads=4)
             else:
-                storage.retrying("upload to", target, lambda: storage.write_bytes(target, Path(local).read_bytes()))
+                storage.write_bytes(target, Path(local).read_bytes())
         return PrepareResult(index, name, count, bytes_in, size, False, "")
     except (storage.CacheFullError, storage.RetriesExhausted):
         raise  # not the video's fault: stop rather than list every later row as bad

@@ -7,6 +7,8 @@
 - `dense_indices`: I3D-style dense clips (PySlowFast `T x tau`, mmaction2 `Tx{stride}x1`): T frames
   `stride` apart from one start; training draws the start, testing spreads `num_clips` starts
   evenly; short videos loop (indices wrap modulo L).
+- `snippet_indices`: TDN / H2CN snippets: S segments, from each a run of n consecutive frames
+  (segment-major, frames in time order); the segments cut the L - n + 1 possible run starts.
 """
 
 from __future__ import annotations
@@ -103,3 +105,65 @@ def dense_indices(
     else:
         start = math.floor(max_start * (clip_index + 0.5) / num_clips)
     return ((start + np.arange(T) * stride) % num_frames).astype(np.int64)
+
+
+def snippet_indices(
+    num_frames: int,
+    S: int,
+    snippet_frames: int,
+    *,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    clip_index: int = 0,
+    num_clips: int = 1,
+) -> np.ndarray:
+    """S runs of `snippet_frames` consecutive frames, one run per segment (TDN / H2CN sampling).
+
+    The rule of the official `TSNDataSet` (MCG-NJU/TDN and ty-97/H2CN `ops/dataset.py`), 0-based:
+    with n = snippet_frames and P = L - n + 1 possible run starts,
+      training: d = P // S; start_i = i*d + randint(d) when d > 0; else, when L > S, S sorted random
+        starts in [0, P); else every start is 0;
+      testing: when L > S + n - 1, tick = P / S and start_i = floor(tick / 2 + i * tick) (segment
+        centres); else every start is 0;
+    a run is start, start + 1, ... and repeats the last frame where it would pass the video's end.
+    Official multi-clip tests draw random training starts (Kinetics) or repeat the centres; here test
+    clip k shifts every start by `range(-n//2+1, n//2+1)[k]` frames, clamped to its segment, as
+    `segment_indices` does (deterministic views).
+
+    Args:
+        num_frames: L, frames in the video (or in its start..end range).
+        S: segments (snippets per clip).
+        snippet_frames: n, consecutive frames per snippet.
+        train: random start per segment (training) or the segment centres (testing).
+        rng: random generator for training (a fresh unseeded one when omitted).
+        clip_index: test clip number, 0 <= clip_index < num_clips.
+        num_clips: test clips per video.
+
+    Returns:
+        (S * n,) int64 indices in [0, num_frames): segment-major, each snippet's frames in time order.
+    """
+    _check(num_frames, S, clip_index, num_clips)
+    if snippet_frames < 1:
+        raise ValueError(f"snippet_frames={snippet_frames}: a snippet needs at least one frame")
+    starts_available = max(num_frames - snippet_frames + 1, 1)  # P; short videos: one start (frame 0)
+    if train:
+        rng = rng if rng is not None else np.random.default_rng()
+        duration = starts_available // S
+        if duration > 0:
+            starts = np.arange(S) * duration + rng.integers(0, duration, size=S)
+        elif num_frames > S:
+            starts = np.sort(rng.integers(0, starts_available, size=S))
+        else:
+            starts = np.zeros(S, dtype=np.int64)
+    elif num_frames > S + snippet_frames - 1:
+        tick = starts_available / S
+        shift = list(range(-num_clips // 2 + 1, num_clips // 2 + 1))[clip_index]
+        shift = min(max(shift, -tick / 2), tick / 2)
+        edges = np.arange(S + 1) * tick  # (S + 1,) segment boundaries over the run starts
+        first = np.floor(edges[:-1])
+        last = np.ceil(edges[1:]) - 1  # a shifted view stays in its segment (the centre always does)
+        starts = np.clip(np.floor(edges[:-1] + tick / 2 + shift), first, last)
+    else:
+        starts = np.zeros(S, dtype=np.int64)
+    runs = starts[:, None] + np.arange(snippet_frames)  # (S, n)
+    return np.minimum(runs, num_frames - 1).reshape(-1).astype(np.int64)  # (S * n,)

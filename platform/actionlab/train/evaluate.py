@@ -1,7 +1,8 @@
 """Evaluation with views folded into the batch: logits averaged per video, then top-1/top-5.
 
 Views (clips x crops) are reshaped by `(num_videos, num_views, num_classes)` explicitly, never by
-the batch size (TSM issue #134 is what happens otherwise).
+the batch size (TSM issue #134 is what happens otherwise). Several models (e.g. H2CN's 8- and
+16-segment nets, the "(8+16)" rows) are ensembled by averaging their per-video scores.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ class EvalResult:
         totals = self.confusion.sum(1)
         return [float(self.confusion[k, k] / t) if t else float("nan") for k, t in enumerate(totals)]
 
+    def add(self, scores: torch.Tensor, labels: torch.Tensor) -> None:
+        """Counts a batch of per-video scores (B, K) against labels (B,)."""
+        pred = scores.argmax(1)
+        for t, p in zip(labels.tolist(), pred.tolist()):
+            self.confusion[t, p] += 1
+        k = min(5, self.num_classes)
+        self.top5_hits += int((scores.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
+
     def merge_counts(self, confusion: np.ndarray, top5_hits: int, seen: int) -> None:
         self.confusion = confusion
         self.top5_hits = top5_hits
@@ -63,32 +72,42 @@ def stats_tensors(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
+FUSIONS = ("logits", "probs")
+
+
 @torch.no_grad()
-def evaluate(model, loader, *, device, mean, std, num_classes: int, fusion: str = "logits") -> EvalResult:
-    """Runs `model` over a loader of multi-view items (B, V, T, C, H, W) and scores each video."""
+def score_batches(model, loader, *, device, mean, std, fusion: str = "logits"):
+    """Yields (batch, scores (B, K) float, labels (B,)) per loader batch of multi-view items (B, V, T, C, H, W).
+
+    A video's score fuses its V views: the mean of the logits (`logits`) or of the softmax (`probs`).
+    Batches whose items were all bad yield scores None.
+    """
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion={fusion!r} is not one of {list(FUSIONS)}")
     model.eval()
     mean_t, std_t = stats_tensors(mean, std, device)
-    result = EvalResult(num_classes=num_classes)
-    k = min(5, num_classes)
     for batch in loader:
-        result.bad.extend(batch["bad"])
-        result.seen += len(batch["bad"])
         if batch["clip"] is None or len(batch["label"]) == 0:
+            yield batch, None, None
             continue
         clips = batch["clip"].to(device, non_blocking=True)
         labels = batch["label"].to(device)
         b, v = clips.shape[:2]
-        result.seen += b
         x = normalise(clips.flatten(0, 1), mean_t, std_t)  # (B*V, T, C, H, W)
         logits = model(x).float().view(b, v, -1)  # (B, V, K)
-        if fusion == "probs":
-            scores = F.softmax(logits, dim=-1).mean(1)  # (B, K)
-        else:
-            scores = logits.mean(1)  # (B, K)
-        pred = scores.argmax(1)
-        for t, p in zip(labels.tolist(), pred.tolist()):
-            result.confusion[t, p] += 1
-        result.top5_hits += int((scores.topk(k, dim=1).indices == labels[:, None]).any(1).sum())
+        scores = F.softmax(logits, dim=-1).mean(1) if fusion == "probs" else logits.mean(1)  # (B, K)
+        yield batch, scores, labels
+
+
+def evaluate(model, loader, *, device, mean, std, num_classes: int, fusion: str = "logits") -> EvalResult:
+    """Runs `model` over a loader of multi-view items (B, V, T, C, H, W) and scores each video."""
+    result = EvalResult(num_classes=num_classes)
+    for batch, scores, labels in score_batches(model, loader, device=device, mean=mean, std=std, fusion=fusion):
+        result.bad.extend(batch["bad"])
+        result.seen += len(batch["bad"])
+        if scores is not None:
+            result.seen += len(labels)
+            result.add(scores, labels)
     return result
 
 
@@ -140,6 +159,11 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     return fig
 
 
+def clip_frames(meta: dict) -> int:
+    """T of a recorded model's input: num_frames, times snippet_frames for `snippets` sampling."""
+    return int(meta["num_frames"]) * int(meta.get("snippet_frames", 1))
+
+
 def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None):
     """A test-mode dataset with the preprocessing stored beside a registered model (meta.json)."""
     from ..data.dataset import VideoClipDataset
@@ -151,6 +175,7 @@ def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: in
         num_classes=len(meta["classes"]),
         sampling=meta["sampling"],
         num_frames=meta["num_frames"],
+        snippet_frames=int(meta.get("snippet_frames", 1)),  # models recorded before snippets: 1
         stride=meta["stride"],
         train=False,
         size_px=meta["size_px"],
@@ -165,8 +190,25 @@ def eval_dataset(meta: dict, df, root: str, *, num_clips: int = 1, num_crops: in
     )
 
 
-def evaluate_model(
-    model_uri: str,
+def _score_videos(loaded, loader, *, fusion: str) -> tuple[EvalResult, dict]:
+    """One model over a test loader: its EvalResult and {video_id: (scores (K,) cpu, label)}."""
+    meta = loaded.meta
+    result = EvalResult(num_classes=len(meta["classes"]))
+    per_video = {}
+    for batch, scores, labels in score_batches(loaded.model, loader, device="cpu", mean=meta["mean"],
+                                               std=meta["std"], fusion=fusion):
+        result.bad.extend(batch["bad"])
+        result.seen += len(batch["bad"])
+        if scores is None:
+            continue
+        result.seen += len(labels)
+        result.add(scores, labels)
+        per_video.update(zip(batch["video_id"], zip(scores.cpu(), labels.tolist())))
+    return result, per_video
+
+
+def evaluate_models(
+    model_uris: list[str],
     manifest: str,
     *,
     split: str = "val",
@@ -180,9 +222,18 @@ def evaluate_model(
 ) -> dict:
     """The full test protocol on a manifest split: views = clips x crops, scores averaged per video.
 
-    Logs `test/top1_<clips>x<crops>` (and top-5, per-class accuracy, the confusion matrix) to the
-    MLflow run `run_id` when given, so the protocol travels with the number (MLflow allows no `@`
-    in metric names, hence `_`).
+    One model: logs `test/top1_<clips>x<crops>` (and top-5, per-class accuracy, the confusion matrix)
+    to the MLflow run `run_id` when given, so the protocol travels with the number (MLflow allows no
+    `@` in metric names, hence `_`).
+
+    Several models (an ensemble, e.g. H2CN's "(8+16)" rows): each samples the videos with its own
+    recorded frames and sampling; a video's ensemble score is the mean of the models' per-video
+    scores, each already fused over its views by `fusion` (`logits`: mean logits, `probs`: mean
+    softmax). Each model's own accuracy is reported as `test/member<i>/top1_<p>` (i = 1.. in the
+    order given) and the ensemble's as `test/ensemble/top1_<p>`, over the videos every member scored.
+    For reference, the official H2CN (8+16) number (`pkl_to_results.py --multi_segments`) adds the two
+    models' raw logits clipped at zero, no softmax: closest to `logits`; TDN's `test_models_*.py`
+    with several `--weights` averages the models' logits (unless `--softmax`).
     """
     import json
     import tempfile
@@ -194,34 +245,75 @@ def evaluate_model(
     from ..data import dataset as data_dataset
     from ..data import manifest as data_manifest
 
-    loaded = tracking.load_model(model_uri)
-    meta = loaded.meta
+    if not model_uris:
+        raise ValueError("no model to evaluate: pass --model at least once")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion={fusion!r} is not one of {list(FUSIONS)}")
     df = data_manifest.select_split(data_manifest.read_manifest(manifest), split)
     if df.empty:
         raise ValueError(f"{manifest}: no rows in split {split!r}; pass --split with one the manifest has")
-    dataset = eval_dataset(meta, df, root or data_manifest.default_root(manifest), num_clips=num_clips,
-                           num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
-    loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
-                                      num_workers=num_loader_workers, timeout_s=300, drop_last=False)
-    result = evaluate(loaded.model, loader, device="cpu", mean=meta["mean"], std=meta["std"],
-                      num_classes=len(meta["classes"]), fusion=fusion)
+    ensemble = len(model_uris) > 1
+    if ensemble and df["video"].duplicated().any():
+        repeated = sorted(df.loc[df["video"].duplicated(), "video"].astype(str).unique())[:5]
+        raise ValueError(f"{manifest} split {split!r} lists videos more than once ({repeated}); an ensemble pairs "
+                         "the models' scores by video: give each video one row")
     protocol = f"{num_clips}x{num_crops}"
-    summary = {
-        "model": model_uri,
-        "protocol": f"{num_clips} clips x {num_crops} crops, {fusion} averaged",
-        f"test/top1_{protocol}": result.top1,
-        f"test/top5_{protocol}": result.top5,
-        "num_videos": result.num_videos,
-        "bad_samples": len(result.bad),
-        "per_class": dict(zip(meta["classes"], result.per_class)),
-    }
+    classes, members = None, []
+    for uri in model_uris:
+        loaded = tracking.load_model(uri)
+        meta = loaded.meta
+        if classes is not None and meta["classes"] != classes:
+            raise ValueError(f"{uri} predicts other classes than {model_uris[0]}; ensemble models of one class list")
+        classes = meta["classes"]
+        dataset = eval_dataset(meta, df, root or data_manifest.default_root(manifest), num_clips=num_clips,
+                               num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
+        loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
+                                          num_workers=num_loader_workers, timeout_s=300, drop_last=False)
+        result, per_video = _score_videos(loaded, loader, fusion=fusion)
+        members.append((uri, meta, result, per_video))
+        del loaded
+
+    if not ensemble:
+        uri, meta, result, _ = members[0]
+        prefix = "test/"
+        summary = {"model": uri, "protocol": f"{num_clips} clips x {num_crops} crops, {fusion} averaged"}
+    else:  # videos every member scored: mean of their per-video scores
+        common = set.intersection(*(set(m[3]) for m in members))
+        result = EvalResult(num_classes=len(classes))
+        result.bad = sorted({bad for m in members for bad in m[2].bad})
+        result.seen = len(df)
+        order = [v for v in df["video"].astype(str) if v in common]
+        for start in range(0, len(order), 256):
+            chunk = order[start : start + 256]
+            scores = torch.stack([torch.stack([m[3][v][0] for v in chunk]) for m in members]).mean(0)  # (N, K)
+            result.add(scores, torch.tensor([members[0][3][v][1] for v in chunk]))
+        prefix = "test/ensemble/"
+        summary = {
+            "model": list(model_uris),
+            "protocol": f"{num_clips} clips x {num_crops} crops, {fusion} averaged over views, then over "
+                        f"{len(members)} models",
+            "members": [
+                {"model": uri, "num_frames": meta["num_frames"], "sampling": meta["sampling"],
+                 "snippet_frames": int(meta.get("snippet_frames", 1)),
+                 f"test/member{i}/top1_{protocol}": r.top1, f"test/member{i}/top5_{protocol}": r.top5,
+                 "num_videos": r.num_videos, "bad_samples": len(r.bad)}
+                for i, (uri, meta, r, _) in enumerate(members, 1)
+            ],
+        }
+    metrics = {f"{prefix}top1_{protocol}": result.top1, f"{prefix}top5_{protocol}": result.top5}
+    summary.update(
+        metrics, num_videos=result.num_videos, bad_samples=len(result.bad),
+        per_class=dict(zip(classes, result.per_class)),
+    )
     if run_id:
-        tracking.log_metrics(run_id, {f"test/top1_{protocol}": result.top1, f"test/top5_{protocol}": result.top5},
-                             step=0)
+        for member in summary.get("members", []):
+            metrics.update({k: v for k, v in member.items() if k.startswith("test/")})
+        tracking.log_metrics(run_id, metrics, step=0)
+        name = protocol if not ensemble else f"ensemble_{protocol}"
         with tempfile.TemporaryDirectory() as tmp:
-            fig = confusion_figure(result.confusion, meta["classes"], f"test top-1 {result.top1:.3f} ({protocol})")
-            fig.savefig(Path(tmp) / f"confusion_{protocol}.png", dpi=110)
+            fig = confusion_figure(result.confusion, classes, f"test top-1 {result.top1:.3f} ({name})")
+            fig.savefig(Path(tmp) / f"confusion_{name}.png", dpi=110)
             plt.close(fig)
-            (Path(tmp) / f"summary_{protocol}.json").write_text(json.dumps(summary, indent=1))
+            (Path(tmp) / f"summary_{name}.json").write_text(json.dumps(summary, indent=1))
             tracking.log_artifacts(run_id, tmp, "test")
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import storage, tracking
@@ -74,27 +74,11 @@ def check_buildable(spec, cfg: Config) -> None:
     left to the workers: the driver downloads nothing."""
     import torch
 
-    params = _without_weights(spec.resolve_params(cfg.workload.params))
     try:
         with torch.device("meta"):
-            spec.build(params, num_classes=2, num_frames=cfg.clip.num_frames)
+            spec.build(cfg.workload.params, num_classes=2, num_frames=cfg.clip.num_frames, weights=False)
     except (ValueError, TypeError) as err:
         raise ValueError(f"workload '{spec.name}' cannot be built from workload.params={cfg.workload.params}: {err}") from None
-
-
-def _without_weights(params):
-    """`params` with every `pretrained*` field (also inside nested param dicts) set to its empty value."""
-    def blank(value):
-        return type(value)()
-
-    changes = {}
-    for f in fields(params):
-        value = getattr(params, f.name)
-        if f.name.startswith("pretrained"):
-            changes[f.name] = blank(value)
-        elif isinstance(value, dict):
-            changes[f.name] = {k: blank(v) if k.startswith("pretrained") else v for k, v in value.items()}
-    return replace(params, **changes)
 
 
 def default_run_name(cfg: Config, dataset: str) -> str:

@@ -26,7 +26,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import ConfigError, load_recipe_text, resolve
+from ..config import ConfigError, load_recipe, load_recipe_text, resolve
 
 DISTRIBUTIONS = (
     "uniform", "quniform", "loguniform", "qloguniform", "randn", "qrandn",
@@ -149,8 +149,6 @@ def load_sweep(path_or_name: str, *, overrides: list[str] | tuple = ()) -> Sweep
 def validate(spec: SweepSpec) -> None:
     """Builds every domain and resolves one config per candidate value (nothing runs)."""
     from workloads import get_workload
-
-    from ..cli import load_recipe
 
     recipe = load_recipe(spec.recipe)
     base = spec.override_list()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import storage, tracking
-from ..config import resolve, to_dict
+from ..config import load_recipe, resolve, to_dict
 from .space import SweepSpec, _yaml_value, param_space
 
 TRIAL_CPU = 0.01  # the trial actor only drives its Train run; Ray rejects 0
@@ -127,7 +127,6 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from ..cli import load_recipe
     from ..train.launch import init_ray, storage_root
 
     recipe = load_recipe(spec.recipe)

@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
 # Runs the test suite from .venv. Tests that start servers (Ray, MLflow) need a private network +
 # PID namespace, so that Ray's listeners (which bind every interface) only see loopback and no
-# other Ray cluster: as root the whole run goes into one (`unshare -n -p -f --mount-proc`);
-# otherwise those tests are skipped with a reason. Extra arguments go to pytest.
+# other Ray cluster: as root each pytest run goes into one (`unshare -n -p -f --mount-proc`);
+# otherwise those tests are skipped with a reason.
+#
+# With no arguments (CI), runs both tiers, the fast one first, and prints each tier's wall time:
+# `-m "not integration"` (no servers, no Ray) and `-m integration` (real local servers, one shared
+# `ray start --head` per run). With arguments, runs pytest once with them, e.g. `-m "not integration"`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
-PYTEST=(.venv/bin/python -m pytest -ra "$@")
-if [ "$(id -u)" = 0 ] && unshare -n -p -f --mount-proc true 2>/dev/null; then
-  export ACTIONLAB_TEST_NETNS=1
-  unshare -n -p -f --mount-proc bash -c 'ip link set lo up && exec "$@"' bash "${PYTEST[@]}"
-else
-  echo "not root or no unshare: tests that start Ray/MLflow servers will be skipped" >&2
-  "${PYTEST[@]}"
+
+run_pytest() {
+  local pytest=(.venv/bin/python -m pytest -ra "$@") rc
+  if [ "$(id -u)" = 0 ] && unshare -n -p -f --mount-proc true 2>/dev/null; then
+    ACTIONLAB_TEST_NETNS=1 unshare -n -p -f --mount-proc bash -c 'ip link set lo up && exec "$@"' bash "${pytest[@]}"
+  else
+    echo "not root or no unshare: tests that start Ray/MLflow servers will be skipped" >&2
+    "${pytest[@]}"
+  fi
+  rc=$?
+  if [ "$rc" = 5 ]; then
+    echo "pytest collected no tests" >&2
+    rc=0
+  fi
+  return "$rc"
+}
+
+if [ "$#" -gt 0 ]; then
+  run_pytest "$@"
+  exit $?
 fi
-rc=$?
-if [ "$rc" = 5 ]; then
-  echo "pytest collected no tests" >&2
-  rc=0
-fi
-exit "$rc"
+status=0
+for tier in "not integration" "integration"; do
+  start=$SECONDS
+  run_pytest -m "$tier"
+  rc=$?
+  echo "tier -m \"$tier\": exit $rc, $((SECONDS - start)) s wall" >&2
+  [ "$rc" = 0 ] || status=$rc
+done
+exit "$status"

@@ -1,4 +1,5 @@
-"""Shared data fixtures: real H.264 files written by the tests (no mocked decoders)."""
+"""Shared fixtures: real H.264 files written by the tests (no mocked decoders), one torch thread per
+test, and the real local servers of `tests/servers/` (loaded here as plugins)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actionlab.data import synthetic
+pytest.register_assert_rewrite("servers")
+pytest_plugins = ["servers.s3", "servers.mlflow_server", "servers.ray_head"]
+
+from actionlab.data import synthetic  # noqa: E402
 
 INDEX_STEP = 8  # pixel value of frame i in `index_video` files is i * INDEX_STEP
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Runs every test with one torch intra-op thread, restoring the count after. The tests run tiny
+    models, where starting and syncing threads costs more than the maths: on a shared 2-core machine
+    one thread is several times faster than two. Code under test that sets its own count (bench) still
+    can; subprocesses are not affected."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -39,15 +39,6 @@ def _random_gates(model, seed=0):
             nav.temporal.bias.data = bias.flatten()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: one thread is several times faster than two on a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_untrained_gate_keeps_every_frame():
     model = _build().eval()
     _, masks = model.forward_with_masks(torch.randn(2, 4, 3, 32, 32))

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -112,14 +111,13 @@ FAST = ["--set", "clip.num_frames=4", "--set", "clip.size_px=32", "--set", "clip
 @pytest.mark.integration
 @pytest.mark.skipif(not os.environ.get("ACTIONLAB_TEST_NETNS"),
                     reason="starts Ray: run through scripts/test.sh (private network namespace)")
-def test_training_skips_counts_and_lists_bad_samples(tmp_path, synth_dataset):
+def test_training_skips_counts_and_lists_bad_samples(tmp_path, synth_dataset, ray_address):
     import mlflow
 
     data_manifest, bad_names = build_corpus(tmp_path / "corpus", synth_dataset)
-    env = dict(os.environ, ACTIONLAB_HOME=str(tmp_path / "home"), RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"),
-               RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, ACTIONLAB_HOME=str(tmp_path / "home"), RAY_ADDRESS=ray_address, RAY_AUTH_MODE="disabled",
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
 
     def train(*extra: str) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "actionlab", "train", "smoke", "--set", f"data.manifest={data_manifest}", *FAST,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import index_frames
-from servers import REPO, base_env, needs_netns
+from servers.process import REPO, base_env, needs_netns
 
 from actionlab.data import dataset, decode, manifest, prepare, synthetic
 
@@ -120,9 +120,9 @@ def test_settings_are_checked():
 
 @pytest.mark.integration
 @needs_netns
-def test_data_prepare_command_runs_as_a_ray_data_job_and_resumes(tmp_path):
+def test_data_prepare_command_runs_as_a_ray_data_job_and_resumes(tmp_path, ray_address):
     src = _index_dataset(tmp_path / "src", num_videos=4, num_frames=12)
-    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"))
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_ADDRESS=ray_address)
     command = [sys.executable, "-m", "actionlab", "data", "prepare", str(src), str(tmp_path / "out"),
                "--short-side", "32", "--json"]
     first = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from servers import needs_netns
+from servers.process import needs_netns
 
 from actionlab.data import dataset as data_dataset
 from actionlab.data import manifest
@@ -12,11 +12,12 @@ from actionlab.data import manifest
 pytestmark = [needs_netns, pytest.mark.integration]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
+@pytest.fixture
+def ray_driver(ray_address):
+    """This process as a driver on the session's Ray cluster (disconnected before the cluster is checked idle)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address=ray_address, logging_level="ERROR")
     yield
     ray.shutdown()
 
@@ -33,7 +34,7 @@ def _datasets(synth_dataset, tmp_path):
 
 
 @pytest.mark.parametrize("train", [True, False])
-def test_ray_data_batches_equal_the_dataloaders(local_ray, synth_dataset, tmp_path, train):
+def test_ray_data_batches_equal_the_dataloaders(ray_driver, synth_dataset, tmp_path, train):
     from actionlab.data.ray_ingest import RayClipLoader
 
     train_set, test_set = _datasets(synth_dataset, tmp_path)
@@ -55,7 +56,7 @@ def test_ray_data_batches_equal_the_dataloaders(local_ray, synth_dataset, tmp_pa
         assert [vid for vid, _ in bad] in ([], ["videos/move_left_001.mp4"])  # on whichever rank samples it
 
 
-def test_bench_train_runs_both_paths_on_the_same_numbers(synth_dataset, tmp_path):
+def test_bench_train_runs_both_paths_on_the_same_numbers(synth_dataset, tmp_path, ray_address):
     """`actionlab bench train --vs-plain`: the plain loop and the Ray Train run train the same model on
     the same batches (equal losses), the Ray run with `data.engine=ray` decoding in Ray Data tasks, the
     plain one through a DataLoader."""
@@ -63,14 +64,14 @@ def test_bench_train_runs_both_paths_on_the_same_numbers(synth_dataset, tmp_path
     import subprocess
     import sys
 
-    from servers import REPO, base_env
+    from servers.process import REPO, base_env
 
     command = [sys.executable, "-m", "actionlab", "bench", "train", "smoke", "--vs-plain", "--json",
                f"--set=data.manifest={synth_dataset}", "--set=schedule.epochs=2", "--set=clip.size_px=32",
                "--set=clip.resize_px=36", "--set=workload.params.backbone=resnet18", "--set=compute.cpus_per_worker=1",
                "--set=data.engine=ray", "--set=data.num_loader_workers=0"]
-    done = subprocess.run(command, env=base_env(ACTIONLAB_HOME=str(tmp_path / "home")), cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_ADDRESS=ray_address)
+    done = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     plain, ray_side = out["plain"], out["ray"]

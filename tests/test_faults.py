@@ -13,7 +13,6 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +21,8 @@ import torch
 
 from actionlab import tracking
 
-pytest_plugins = ["servers"]
-pytest.register_assert_rewrite("servers")
-
-from servers import ACCESS_KEY, SECRET_KEY, base_env, free_port, http_ok, needs_netns, start_process  # noqa: E402
+from servers.process import base_env, free_port, http_ok, needs_netns, start_process
+from servers.s3 import ACCESS_KEY, SECRET_KEY
 
 PASSWORD = "actionlab-mlflow-pw-7c1e"  # in the tracking URI the run is given; must never be shown or logged
 
@@ -132,7 +129,7 @@ def _start_mlflow(root: Path, port: int, log_name: str):
 
 @needs_netns
 @pytest.mark.integration
-def test_training_survives_the_mlflow_server_going_down(tmp_path, synth_dataset):
+def test_training_survives_the_mlflow_server_going_down(tmp_path, synth_dataset, ray_address):
     import mlflow
 
     port = free_port()
@@ -142,8 +139,7 @@ def test_training_survives_the_mlflow_server_going_down(tmp_path, synth_dataset)
     # to be grepped for in everything the run prints and writes to MLflow.
     env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"),
                    MLFLOW_TRACKING_URI=f"http://actionlab:{PASSWORD}@127.0.0.1:{port}",
-                   AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-                   RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+                   AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY, RAY_ADDRESS=ray_address)
     runs = tmp_path / "home" / "runs" / "outage"
     log_path = tmp_path / "train.log"
     argv = [sys.executable, "-m", "actionlab", "train", "smoke", "--set", f"data.manifest={synth_dataset}", *FAST,

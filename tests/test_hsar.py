@@ -16,15 +16,6 @@ TINY = get_workload("hsar").tiny
 T, SIZE, K_CLASSES = 8, 32, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops: thread start-up costs more than the maths on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(**overrides):
     torch.manual_seed(0)
     return get_workload("hsar").build({**TINY, **overrides}, num_classes=K_CLASSES, num_frames=T)

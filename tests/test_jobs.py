@@ -14,10 +14,9 @@ import pytest
 
 from actionlab import jobs, storage
 
-pytest_plugins = ["servers"]  # session-wide servers shared with test_s3 / test_mlflow_server
-pytest.register_assert_rewrite("servers")
-
-from servers import REPO, SECRET_KEY, base_env, needs_netns, start_ray_head  # noqa: E402
+from servers.process import REPO, base_env, needs_netns
+from servers.ray_head import start_ray_head
+from servers.s3 import SECRET_KEY
 
 FAST = ["--set", "clip.num_frames=4", "--set", "clip.size_px=32", "--set", "clip.resize_px=32",
         "--set", "data.batch_size=4", "--set", "data.num_loader_workers=0"]

@@ -17,10 +17,7 @@ import yaml
 from actionlab import predict as predict_mod
 from actionlab import tracking
 
-pytest_plugins = ["servers"]
-pytest.register_assert_rewrite("servers")
-
-from servers import REPO, base_env, free_port, http_ok, needs_netns, start_process  # noqa: E402
+from servers.process import REPO, base_env, free_port, http_ok, needs_netns, start_process
 
 NAME = "r3d-tiny"
 

@@ -8,10 +8,8 @@ import pytest
 
 from actionlab import tracking
 
-pytest_plugins = ["servers"]  # session-wide servers shared with test_s3 / test_jobs
-pytest.register_assert_rewrite("servers")
-
-from servers import Chromium, artifacts_dir, needs_netns  # noqa: E402
+from servers.chromium import Chromium
+from servers.process import artifacts_dir, needs_netns
 
 pytestmark = [needs_netns, pytest.mark.integration]
 

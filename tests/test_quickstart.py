@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,11 @@ pytestmark = [
 ]
 
 
-def test_quickstart(tmp_path):
+def test_quickstart(tmp_path, ray_address):
     home = tmp_path / "home"
-    env = dict(os.environ, ACTIONLAB_HOME=str(home), RAY_TMPDIR=tempfile.mkdtemp(prefix="rq", dir="/tmp"),
-               RAY_AUTH_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, ACTIONLAB_HOME=str(home), RAY_ADDRESS=ray_address, RAY_AUTH_MODE="disabled",
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-m", "actionlab", "quickstart", "--epochs", "1", "--json"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

@@ -72,7 +72,7 @@ def _ray_actor_pids(marker: str) -> dict[int, str]:
     """Train controller and worker processes carrying the test marker, by PID (Ray titles them `ray::...`)."""
     from pathlib import Path
 
-    from servers import MARKER_ENV, pids_with_env
+    from servers.process import MARKER_ENV, pids_with_env
 
     out = {}
     for pid in pids_with_env(MARKER_ENV, marker):
@@ -100,7 +100,7 @@ def test_killed_driver_takes_its_actors_along_and_a_second_launch_is_refused(syn
     import signal
     import tempfile
 
-    from servers import MARKER_ENV, NETNS, kill_driver
+    from servers.process import MARKER_ENV, NETNS, kill_driver
     from test_train_integration import _registered_checkpoint, last_json, mlflow_client
 
     if not NETNS:

@@ -19,10 +19,8 @@ import pytest
 from actionlab import storage
 from actionlab.data import decode
 
-pytest_plugins = ["servers"]  # session-wide servers shared with test_jobs / test_mlflow_server
-pytest.register_assert_rewrite("servers")
-
-from servers import SECRET_KEY, base_env, needs_netns  # noqa: E402
+from servers.process import base_env, needs_netns
+from servers.s3 import SECRET_KEY
 
 FAST = ["--set", "schedule.epochs=2", "--set", "clip.num_frames=4", "--set", "clip.size_px=32",
         "--set", "clip.resize_px=32", "--set", "data.batch_size=4", "--set", "data.num_loader_workers=0"]
@@ -200,12 +198,11 @@ def _last_json(stdout: str):
 
 @needs_netns
 @pytest.mark.integration
-def test_train_from_s3_checkpoint_to_s3_register_and_predict(s3_server, mlflow_server, synth_dataset, tmp_path):
-    import tempfile
-
+def test_train_from_s3_checkpoint_to_s3_register_and_predict(s3_server, mlflow_server, synth_dataset, tmp_path,
+                                                            ray_address):
     data_bucket = s3_server.make_bucket("datasets")
     ckpt_bucket = s3_server.make_bucket("checkpoints")
-    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"),
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_ADDRESS=ray_address,
                    MLFLOW_TRACKING_URI=mlflow_server.url, **s3_server.env)
     outputs = []
 
@@ -326,6 +323,7 @@ def test_a_full_cache_disk_stops_the_run_instead_of_counting_bad_samples(monkeyp
 
 
 @needs_netns
+@pytest.mark.integration  # three outages of 2 s by design: the slowest test of the fast tier otherwise
 def test_ray_storage_filesystem_waits_out_an_outage_and_pickles_as_its_uri(s3, monkeypatch):
     """What Ray's controller and workers write through (`ray_storage`) rides out an outage on every call,
     including a write that opens while the endpoint is away (the controller's checkpoint snapshot)."""
@@ -334,7 +332,7 @@ def test_ray_storage_filesystem_waits_out_an_outage_and_pickles_as_its_uri(s3, m
 
     import pyarrow.fs as pafs
 
-    from servers import OutageProxy
+    from servers.s3 import OutageProxy
 
     bucket = s3.make_bucket("ray-fs")
     endpoint = urlsplit(s3.url)
@@ -374,7 +372,7 @@ def test_ray_storage_filesystem_waits_out_an_outage_and_pickles_as_its_uri(s3, m
 
 @needs_netns
 @pytest.mark.integration
-def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, synth_dataset, tmp_path):
+def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, synth_dataset, tmp_path, ray_address):
     """The endpoint (a proxy in front of moto, whose state stays in memory) drops every connection and
     refuses new ones for 10 s when the loader asks for its first video, and again when epoch 2's
     checkpoint is uploaded (Ray's controller may write its checkpoint snapshot meanwhile: the same
@@ -387,13 +385,12 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
     silently skipped), and Ray's own upload gave up after ~3 s (the second restart, the last one
     `compute.max_failures=2` allows), resuming from epoch 1's checkpoint. When the controller's snapshot
     write met the outage, the whole run failed (a controller error, which no restart covers; seen in CI)."""
-    import tempfile
     from urllib.parse import urlsplit
 
     import torch
 
     from actionlab.train.resume import load_state
-    from servers import OutageProxy
+    from servers.s3 import OutageProxy
     from workloads import get_workload
 
     data_bucket, ckpt_bucket = s3.make_bucket("outage-data"), s3.make_bucket("outage-ckpt")
@@ -403,8 +400,7 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
     proxy.on_request(b"/outage-data/motion/videos/", seconds=10)
     proxy.on_request(b"/outage-ckpt/runs/s3-outage/epoch_0002/", seconds=10)
     home = tmp_path / "home"
-    env = base_env(ACTIONLAB_HOME=str(home), RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"),
-                   **{**s3.env, "AWS_ENDPOINT_URL": proxy.url})
+    env = base_env(ACTIONLAB_HOME=str(home), RAY_ADDRESS=ray_address, **{**s3.env, "AWS_ENDPOINT_URL": proxy.url})
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "actionlab", "train", "smoke", "--set",

@@ -10,9 +10,6 @@ import pytest
 
 from actionlab import storage, tracking
 
-pytest_plugins = ["servers"]
-pytest.register_assert_rewrite("servers")
-
 PASSWORD = "hunter2-actionlab-pw"
 
 
@@ -23,7 +20,7 @@ def test_ui_command_masks_the_password(monkeypatch):
 
 
 def test_outage_messages_mask_the_password(monkeypatch, tmp_path):
-    from servers import free_port  # a port nothing listens on
+    from servers.process import free_port  # a port nothing listens on
 
     monkeypatch.setenv("ACTIONLAB_HOME", str(tmp_path))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}")

@@ -16,11 +16,8 @@ from actionlab import predict as predict_mod
 from actionlab import tracking
 from actionlab.serve import load_test, parse_model
 
-pytest_plugins = ["servers"]
-pytest.register_assert_rewrite("servers")
-
-from servers import base_env, free_port, needs_netns, start_process  # noqa: E402
-from test_mlflow_model import _checkpoint  # noqa: E402
+from servers.process import base_env, free_port, needs_netns, start_process
+from test_mlflow_model import _checkpoint
 
 
 def test_parse_model():

@@ -18,15 +18,6 @@ TINY = get_workload("sllm").tiny
 K_CLASSES = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny steps: thread start-up costs more than the maths on shared CPUs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build(num_frames=8, **overrides):
     torch.manual_seed(0)
     return get_workload("sllm").build({**TINY, **overrides}, num_classes=K_CLASSES, num_frames=num_frames)

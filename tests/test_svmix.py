@@ -18,15 +18,6 @@ from workloads.svmix import (
 K = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny convolutions: one thread is several times faster than two on a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tsm_svmix():
     torch.manual_seed(0)

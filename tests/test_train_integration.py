@@ -1,5 +1,6 @@
-"""The spine end to end with real parts: generated H.264 files, a local Ray instance, the embedded
-MLflow store, the registry and `actionlab predict`, all driven through the CLI as a user would.
+"""The spine end to end with real parts: generated H.264 files, the session's Ray cluster (a local
+instance of its own for the test that kills workers and the driver), the embedded MLflow store, the
+registry and `actionlab predict`, all driven through the CLI as a user would.
 
 Ray binds every interface, so these run only inside the private network namespace that
 scripts/test.sh creates (ACTIONLAB_TEST_NETNS=1).
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers import MARKER_ENV, kill_driver
+from servers.process import MARKER_ENV, kill_driver
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,7 +75,8 @@ def mlflow_client(env):
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def test_train_track_register_predict(env, synth_dataset):
+def test_train_track_register_predict(env, ray_address, synth_dataset):
+    env["RAY_ADDRESS"] = ray_address
     manifest = str(synth_dataset)
     out = last_json(actionlab(env, "train", "smoke", "--set", f"data.manifest={manifest}", *FAST, "--json").stdout)
     assert out["epoch"] == 2 and not out["resumed"]

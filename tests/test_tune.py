@@ -15,7 +15,7 @@ import tune_spaces
 from actionlab.config import ConfigError, resolve
 from actionlab.tune.space import load_sweep, param_space
 from actionlab.tune.sweep import pareto_front, trials_that_fit
-from servers import MARKER_ENV, base_env, kill_driver, pids_with_env, reap_marked
+from servers.process import MARKER_ENV, base_env, kill_driver, pids_with_env, reap_marked
 
 needs_netns = pytest.mark.skipif(
     not os.environ.get("ACTIONLAB_TEST_NETNS"),
@@ -123,10 +123,10 @@ def mlflow_client(home: Path):
 
 @pytest.mark.integration
 @needs_netns
-def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_dataset):
+def test_asha_sweep_tracks_parent_children_plot_and_registers(tmp_path, synth_dataset, ray_address):
     home = tmp_path / "home"
     space = tiny_sweep(tmp_path, synth_dataset, scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
-    env = sweep_env(home)
+    env = sweep_env(home, RAY_ADDRESS=ray_address)
     proc = subprocess.run([sys.executable, "-m", "actionlab", "tune", str(space), "--register", "swept", "--json"],
                           env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
@@ -260,12 +260,13 @@ print(json.dumps({k: v for k, v in grid[0].metrics.items() if k in ("epoch", "va
 
 @pytest.mark.integration
 @needs_netns
-def test_a_trial_on_a_train_run_that_finished_without_its_driver_still_reports_its_result(tmp_path, synth_dataset):
+def test_a_trial_on_a_train_run_that_finished_without_its_driver_still_reports_its_result(tmp_path, synth_dataset,
+                                                                                          ray_address):
     """The driver of a trial dies after its Train workers wrote their last checkpoint (the workers outlive
     it; found when a killed sweep was restored): the restored trial resumes a run with no epoch left, and
     must still give Tune the run's last result (it ended with none, counted as stopped after epoch 0)."""
     home = tmp_path / "home"
-    env = sweep_env(home)
+    env = sweep_env(home, RAY_ADDRESS=ray_address)
     overrides = [f"data.manifest={synth_dataset}", "schedule.epochs=2", "clip.num_frames=4", "clip.size_px=32",
                  "clip.resize_px=32", "data.batch_size=4", "data.num_loader_workers=0", "compute.cpus_per_worker=1",
                  "tracking.run_name=outlived"]

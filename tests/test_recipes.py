@@ -63,13 +63,13 @@ paper: {{source: "child table", dataset: sthv2, top1: 50.0, views: 1x1}}
 """)
     recipe = read_recipe(child)
     cfg = resolve(recipe.values)
-    assert cfg.workload.params == {"backbone": "resnet18", "fold_div": 8}
+    assert cfg.workload.params == get_workload("tsm").params_cls(backbone="resnet18", fold_div=8)
     assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.02, 0.001)
     assert (recipe.paper.source, recipe.paper.top1) == ("child table", 50.0)
     bare = _write(tmp_path / "bare.yaml", f"base: {base}\n")
     assert read_recipe(bare).paper is None  # a row never claims its base's numbers
     switched = _write(tmp_path / "switched.yaml", f"base: {base}\nworkload: {{name: tam}}\n")
-    assert resolve(read_recipe(switched).values).workload.params == {}  # params belong to their workload
+    assert resolve(read_recipe(switched).values).workload.params == get_workload("tam").params_cls()  # params belong to their workload
 
 
 def test_base_is_one_level_deep(tmp_path):

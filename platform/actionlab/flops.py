@@ -9,6 +9,7 @@ the module's own device. Papers' "GFLOPs" are GMACs: MACs = counted FLOPs / 2.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 

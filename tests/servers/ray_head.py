@@ -105,7 +105,11 @@ def start_ray_head(*, env: dict, log_dir: Path, num_cpus: int | None = 4) -> Ray
     ray = str(Path(sys.executable).parent / "ray")
     argv = [ray, "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs_port),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port), "--include-dashboard", "true",
-            "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir), "--disable-usage-stats"]
+            "--ray-client-server-port", str(free_port()), "--temp-dir", str(temp_dir), "--disable-usage-stats",
+            # Not Ray's fixed defaults (52365, ...): the session's shared head holds those while a test runs a
+            # cluster of its own, whose job agent would then fail to bind ("No available agent to submit job").
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
     if num_cpus is not None:
         argv += ["--num-cpus", str(num_cpus)]
     # No draining on SIGTERM (30 s by default): nothing is served from a test cluster when it stops.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 pytest.register_assert_rewrite("servers")
-pytest_plugins = ["servers.s3", "servers.mlflow_server", "servers.ray_head"]
+pytest_plugins = ["servers.s3", "servers.mlflow_server", "servers.ray_head", "servers.cluster"]
 
 from actionlab.data import synthetic  # noqa: E402
 

@@ -82,6 +82,10 @@ class ScheduleConfig:
     warmup_epochs: int = 0
     lr_schedule: Literal["cosine", "step", "constant"] = "cosine"
     lr_steps: tuple = ()  # epochs at which lr *= 0.1 (step schedule)
+    # Checkpoints inside an epoch (model, optimiser, scheduler, sampler position), besides the one at
+    # each epoch's end: a long epoch interrupted loses at most this interval. 0 turns either off.
+    checkpoint_every_minutes: float = 30.0
+    checkpoint_every_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,11 +108,19 @@ class ComputeConfig:
     compile: bool = False  # torch.compile the training step
     fused_optimizer: bool = True  # one fused kernel per optimiser step (GPU only)
     max_failures: int = 2  # worker-group restarts before the run fails
+    # Elastic training: the run starts once min_workers fit, resumes on the workers that fit after a
+    # node is lost, and scales back to num_workers when capacity returns. None: num_workers (fixed size).
+    min_workers: int | None = None
+    # A fixed-size run that lost capacity waits this long for it to return, then fails naming what is missing.
+    resize_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     uri: str = ""  # checkpoints: local dir or s3://bucket/prefix; default under ACTIONLAB_HOME
+    # Local paths (data, checkpoints, a file MLflow store) are on a file system every node mounts at the
+    # same path (NFS, FSx, ...): a multi-node cluster then accepts them instead of refusing them.
+    shared_fs: bool = False
 
 
 @dataclass(frozen=True)

@@ -95,10 +95,11 @@ def _temp_dir(under: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
 
 
-def start_ray_head(*, env: dict, log_dir: Path, num_cpus: int | None = 4) -> RayHead:
+def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extra: list[str] = ()) -> RayHead:
     """`ray start --head --block` on 127.0.0.1, every port a free one, its temp dir under `log_dir`.
 
-    `num_cpus=None` lets Ray count the CPUs, as a local instance (`ray.init()`) does.
+    `num_cpus=None` lets Ray count the CPUs, as a local instance (`ray.init()`) does; `extra` are more
+    `ray start` arguments (node name, resources, labels, worker ports).
     """
     temp_dir = _temp_dir(log_dir)
     gcs_port, dashboard_port = free_port(), free_port()
@@ -111,7 +112,8 @@ def start_ray_head(*, env: dict, log_dir: Path, num_cpus: int | None = 4) -> Ray
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
             "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
     if num_cpus is not None:
-        argv += ["--num-cpus", str(num_cpus)]
+        argv += ["--num-cpus", f"{num_cpus:g}"]
+    argv += list(extra)
     # No draining on SIGTERM (30 s by default): nothing is served from a test cluster when it stops.
     env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
     process = start_process(argv, env=env, log_path=log_dir / "ray-head.log")

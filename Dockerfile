@@ -26,7 +26,7 @@ WORKDIR /home/ray/actionlab
 # layer that is rebuilt only when pyproject.toml changes.
 COPY --chown=1000:100 pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+    > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 

@@ -207,7 +207,8 @@ POD = ("template", "spec")
     (_drop(HEAD + ("template",)), "'template' is a required property"),
     (_drop(GPU_GROUP + ("maxReplicas",)), "'maxReplicas' is a required property"),
     (_drop(GPU_GROUP + POD + ("containers", 0, "name")), "'name' is a required property"),
-    (_rename(("spec", "shutdownAfterJobFinishes"), "shutdownAfterJobFinish"), "'shutdownAfterJobFinish' was unexpected"),
+    (_rename(("spec", "shutdownAfterJobFinishes"), "shutdownAfterJobFinish"),
+     "'shutdownAfterJobFinish' was unexpected"),
     (_rename(("spec", "rayClusterSpec", "workerGroupSpecs"), "workerGroupSpec"), "'workerGroupSpec' was unexpected"),
     (_rename(GPU_GROUP + POD + ("containers", 0, "resources"), "resource"), "'resource' was unexpected"),
     (_rename(GPU_GROUP + ("minReplicas",), "minReplica"), "'minReplica' was unexpected"),
@@ -344,8 +345,11 @@ def test_the_cluster_fits_the_run(train_config):
     limits = _container(gpu)["resources"]["limits"]
     per_pod = int(limits[GPU])
     assert gpu["replicas"] * per_pod >= compute.num_workers
-    assert gpu["maxReplicas"] * per_pod >= compute.num_workers
-    assert gpu["minReplicas"] * per_pod >= (compute.min_workers or compute.num_workers) or gpu["minReplicas"] == 0
+    # Not below the run's size: the autoscaler would reap GPU pods left idle while the rest start up,
+    # and the driver would then find fewer GPUs than workers.
+    assert gpu["minReplicas"] * per_pod >= compute.num_workers
+    assert compute.min_workers is not None and compute.min_workers < compute.num_workers, \
+        "elastic: a lost pod costs a restart, not the run"
     assert compute.cpus_per_worker * per_pod <= float(limits["cpu"])
 
     assert train_config.data.engine == "ray"
@@ -465,13 +469,15 @@ def test_the_image_is_ray_at_the_pinned_version_with_a_matching_python_and_cuda(
     # The installed torch is the pinned one; the image's CUDA is the CUDA it was built for.
     assert torch.__version__.split("+")[0] == _pinned("torch")
     if torch.version.cuda:
-        assert match["cu"] == torch.version.cuda.replace(".", ""), f"torch {torch.__version__} is CUDA {torch.version.cuda}"
+        assert match["cu"] == torch.version.cuda.replace(".", ""), \
+            f"torch {torch.__version__} is built for CUDA {torch.version.cuda}, the image is cu{match['cu']}"
 
 
 def test_the_image_installs_pyproject_and_the_package_as_a_non_root_user():
     steps = _dockerfile()
     runs = " ".join(args for op, args in steps if op == "RUN")
-    assert "pyproject.toml" in runs and "['project']['dependencies']" in runs, "dependencies not read from pyproject.toml"
+    assert "pyproject.toml" in runs and "['project']['dependencies']" in runs, \
+        "dependencies not read from pyproject.toml"
     assert re.search(r"pip install [^&]*(?<![\w/-])\.(?:\s|$)", runs), "the package itself is not installed"
     assert "==" not in runs and "requirements" not in " ".join(a for op, a in steps if op in ("COPY", "ADD")), \
         "a second dependency list: versions belong in pyproject.toml"
@@ -481,7 +487,8 @@ def test_the_image_installs_pyproject_and_the_package_as_a_non_root_user():
     assert users and users[-1].split(":")[0] not in ("root", "0")
     for op, args in steps:
         if op in ("ENV", "ARG"):
-            assert not jobs._SECRET_NAME.search(args.split("=")[0].split()[0]), f"{op} {args}: secrets stay out of images"
+            name = args.split("=")[0].split()[0]
+            assert not jobs._SECRET_NAME.search(name), f"{op} {name}: secrets stay out of images"
     # The repository lands in the WORKDIR, where the runtime env's relative paths are resolved.
     workdir = [args for op, args in steps if op == "WORKDIR"][-1]
     assert any(re.fullmatch(r"(--chown=\S+\s+)?\.\s+\./?", c) for c in copies), copies

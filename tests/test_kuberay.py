@@ -508,6 +508,35 @@ def test_the_build_context_holds_the_code_and_nothing_local():
     assert [p for p in local if not dockerignored(p, patterns)] == []
 
 
+def _shell_commands(text: str, starts: tuple[str, ...]) -> list[list[str]]:
+    """The argv of each command in `text` (comment marks and `\\` continuations undone) that begins
+    with one of `starts`."""
+    commands, current = [], None
+    for line in text.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if current is None and line.startswith(starts):
+            current = ""
+        if current is None:
+            continue
+        current += " " + line.rstrip("\\").split(" # ")[0]
+        if not line.endswith("\\"):
+            commands.append(shlex.split(current))
+            current = None
+    return commands
+
+
+def _check_actionlab_argv(argv: list[str]) -> None:
+    """A documented `actionlab ...` / `python -m actionlab ...` / `... submit -- ...` command parses and resolves."""
+    if "--" in argv:  # `actionlab submit ... -- train ...`, `ray job submit ... -- python -m actionlab ...`
+        inner = argv[argv.index("--") + 1:]
+        argv = inner if inner[:3] == ["python", "-m", "actionlab"] else ["python", "-m", "actionlab", *inner]
+    elif argv[0] == "actionlab":
+        argv = ["python", "-m", *argv]
+    args = parse_entrypoint(shlex.join(argv))
+    if getattr(args, "recipe", None):
+        resolve_entrypoint(args)
+
+
 def test_cluster_yaml_installs_the_same_dependency_list_and_runs_a_valid_command():
     """`ray up platform/cluster.yaml` builds nodes from the same pyproject.toml as the image and its
     documented command parses with the CLI."""
@@ -515,14 +544,17 @@ def test_cluster_yaml_installs_the_same_dependency_list_and_runs_a_valid_command
     cluster = yaml.safe_load(path.read_text())
     (mount,) = [remote for remote, local in cluster["file_mounts"].items() if local in (".", "./")]
     assert any(re.search(rf"pip install .*{re.escape(mount)}\s*$", cmd) for cmd in cluster["setup_commands"])
-    lines = path.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if "actionlab submit" in line)
-    command = ""
-    for line in lines[start:]:
-        command += " " + line.lstrip("# ").rstrip("\\").strip()
-        if not line.rstrip().endswith("\\"):
-            break
-    argv = shlex.split(command)
-    assert argv[:3] == ["actionlab", "submit", "--follow"] and argv[3] == "--"
-    args = parse_entrypoint(shlex.join(["python", "-m", "actionlab", *argv[4:]]))
-    resolve_entrypoint(args)
+    (command,) = _shell_commands(path.read_text(), ("actionlab submit",))
+    _check_actionlab_argv(command)
+
+
+def test_the_readme_commands_from_laptop_to_cluster_parse():
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## From laptop to cluster"):]
+    section = section[:section.index("\n## ", 1)]
+    commands = _shell_commands(section, ("actionlab ", "ray job submit"))
+    assert len(commands) == 3, commands
+    for argv in commands:
+        _check_actionlab_argv(argv)
+    assert "kubectl apply -f platform/kuberay/rayjob.yaml" in section
+    assert f"docker build -t registry.example.com/actionlab:{_pyproject()['project']['version']} ." in section

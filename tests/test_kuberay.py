@@ -10,11 +10,15 @@ import hashlib
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10: pytest depends on tomli there
+    import tomli as tomllib
 
 from actionlab import jobs, storage
 

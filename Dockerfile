@@ -20,6 +20,8 @@ USER 1000:100
 # The repository is the working directory: platform/runtime_env.yaml's relative paths (`working_dir: .`,
 # `py_modules: [platform/actionlab]`) resolve here, as they do in a checkout. KubeRay's submitter pod
 # runs `ray job submit` in this directory, so a job ships this image's own code and nothing else.
+# Made by `ray` first: a directory that WORKDIR creates can be root's, and `pip install .` writes in it.
+RUN mkdir -p /home/ray/actionlab
 WORKDIR /home/ray/actionlab
 
 # Dependencies from pyproject.toml's own list (one list, no requirements.txt to drift from it), in a

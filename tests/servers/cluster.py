@@ -48,6 +48,7 @@ NODE_ENV = "ACTIONLAB_TEST_NODE"  # every process a node starts inherits it: how
 _PORT_BLOCKS = itertools.count()
 _PORTS_PER_NODE = 200
 # Nodes on one machine are declared dead within seconds of their raylet dying, not Ray's default ~30 s.
+STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when a raylet misses its fixed 30 s to register
 HEALTH_CHECK_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
                     "RAY_health_check_timeout_ms": "2000"}
 
@@ -146,9 +147,27 @@ class Cluster:
     def add_node(self, *, num_cpus: float = 1, resources: dict | None = None, labels: dict | None = None,
                  name: str = "", env: dict | None = None, wait: bool = True) -> Node:
         """Starts `ray start --address` in a new mount namespace with an empty tmpfs over `local_dir` and
-        over its own Ray temp dir; `wait` waits until the cluster lists it alive."""
+        over its own Ray temp dir; `wait` waits until the cluster lists it alive.
+
+        A node whose raylet did not register within Ray's fixed 30 s (`node.py`: "timed out during
+        startup", seen on a 2-core machine at load 20+) is started again, twice at most."""
         name = name or next(n for n in (f"node{i}" for i in self._names) if n not in self._used)
         self._used.add(name)
+        for attempt in range(3):
+            node = self._start_node(name, num_cpus=num_cpus, resources=resources, labels=labels, env=env)
+            if not wait:
+                return node
+            try:
+                self.wait_for_nodes()
+                return node
+            except RuntimeError:
+                if attempt == 2 or STARTUP_TIMEOUT not in node.process.log():
+                    raise
+                self.remove_node(node)
+        raise AssertionError("unreachable")
+
+    def _start_node(self, name: str, *, num_cpus: float, resources: dict | None, labels: dict | None,
+                    env: dict | None) -> Node:
         marker = f"{self.root.name}-{name}-{time.monotonic_ns()}"
         temp_dir = Path(tempfile.mkdtemp(prefix="rn", dir="/tmp"))  # short: Ray's socket paths stay < 108 bytes
         ray = str(Path(sys.executable).parent / "ray")
@@ -166,8 +185,6 @@ class Cluster:
         node = Node(name=name, process=process, marker=marker, temp_dir=temp_dir, num_cpus=num_cpus,
                     resources=dict(resources or {}), labels=dict(labels or {}))
         self.nodes.append(node)
-        if wait:
-            self.wait_for_nodes()
         return node
 
     def remove_node(self, node: Node, *, allow_graceful: bool = False) -> None:
@@ -224,8 +241,14 @@ def start_cluster(*, env: dict, root: Path, head_cpus: float = 1, head_resources
     local_dir = root / "local"
     local_dir.mkdir(parents=True, exist_ok=True)
     env = {**env, **HEALTH_CHECK_ENV}
-    head = start_ray_head(env=env, log_dir=root, num_cpus=head_cpus,
-                          extra=[*_worker_ports(), *_placement_args(0, head_resources, head_labels, "head")[2:]])
+    for attempt in range(3):  # as for nodes: a head that missed Ray's fixed 30 s to register is started again
+        try:
+            head = start_ray_head(env=env, log_dir=root / f"head{attempt}", num_cpus=head_cpus,
+                                  extra=[*_worker_ports(), *_placement_args(0, head_resources, head_labels, "head")[2:]])
+            break
+        except RuntimeError as err:
+            if attempt == 2 or STARTUP_TIMEOUT not in str(err):
+                raise
     return Cluster(head=head, env=env, root=root, local_dir=local_dir)
 
 

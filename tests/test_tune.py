@@ -97,6 +97,24 @@ def test_trials_that_fit_explains_itself():
     assert trials_that_fit(gpu, {"CPU": 64, "GPU": 4})[0] == 2
 
 
+def test_trials_that_fit_counts_the_workers_each_node_holds():
+    cfg = resolve({}, ["compute.num_workers=1", "compute.cpus_per_worker=1", "compute.use_gpu=false"])
+    assert trials_that_fit(cfg, [{"CPU": 1}, {"CPU": 1}])[0] == 2
+    fit, why = trials_that_fit(cfg, [{"CPU": 1.5}, {"CPU": 1.5}])  # 3 CPUs in all, but no worker spans nodes
+    assert fit == 2 and "hold 2 such workers" in why
+    two = resolve({}, ["compute.num_workers=2", "compute.cpus_per_worker=1", "compute.use_gpu=false"])
+    assert trials_that_fit(two, [{"CPU": 1}, {"CPU": 1}, {"CPU": 1}])[0] == 1  # a run's workers may span nodes
+
+
+def test_grids_multiply_the_number_of_trials(tmp_path):
+    from actionlab.tune.space import num_trials
+
+    assert num_trials(load_sweep("afnet_rt")) == 4
+    spec = load_sweep(str(write_sweep(tmp_path, num_samples=3,
+                                      space={"optim.lr": {"grid_search": [1e-3, 3e-3]}})))
+    assert num_trials(spec) == 6
+
+
 def tiny_sweep(tmp_path, synth_dataset, **changes) -> Path:
     """A sweep of 3-epoch CPU trials on the tiny motion set, over three learning rates."""
     return write_sweep(

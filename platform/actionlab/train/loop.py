@@ -74,7 +74,8 @@ def train_worker(loop_config: dict) -> dict:
         with checkpoint.as_directory() as ckpt_dir:
             progress = resume.restore(Path(ckpt_dir), model=model, optimizer=optimizer, scheduler=scheduler)
         tracker.restore(progress.tracking)
-        _log(rank, f"resumed from checkpoint at epoch {progress.epochs_done}/{epochs}")
+        # Named: a sweep's trials print into one driver's output.
+        _log(rank, f"run '{ctx.run_name}': resumed from checkpoint at epoch {progress.epochs_done}/{epochs}")
     if rank == 0:
         _flush(tracker, rank)
     bad_log = BadSampleLog(rank, already=progress.bad_examples)

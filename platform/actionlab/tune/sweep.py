@@ -205,7 +205,9 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
             # max_t one past the last epoch: ASHA then never stops a trial at its final report, which
             # would kill the Train run before it writes its final checkpoint artifact and closes its
             # MLflow run (a run that finishes on its own is FINISHED, not FAILED).
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1,
+            # Rungs are epochs, not Tune iterations: a trial restarted after losing its node resumes
+            # its Train run mid-way, and its iteration count starts again from 1.
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs + 1,
                                       grace_period=int(opts.get("grace_period", 1)),
                                       reduction_factor=float(opts.get("reduction_factor", 2)))
         else:

@@ -307,6 +307,25 @@ def test_a_trial_on_a_train_run_that_finished_without_its_driver_still_reports_i
     assert [m.step for m in c.get_metric_history(first["run_id"], "val/top1")] == [1, 2], "nothing logged twice"
 
 
+def test_errored_trials_left_running_end_failed_with_the_trial_error(tmp_path, monkeypatch):
+    """A trial lost with its node after its last retry never closes its child run: the sweep does."""
+    from actionlab import tracking
+    from actionlab.tune.sweep import _close_children
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracking.start_run("sweeps", "s")
+    lost = tracking.start_run("sweeps", "s-t0", parent_run_id=parent, tags={"actionlab.trial_id": "t0"})
+    failed = tracking.start_run("sweeps", "s-t1", parent_run_id=parent, tags={"actionlab.trial_id": "t1"})
+    tracking.end_run(failed, "FAILED")
+    tracking.set_tags(failed, {"actionlab.error": "its own error"})
+    _close_children("sweeps", parent, [{"trial_id": "t0", "status": "error", "epochs": 1, "error": "ActorDiedError: node lost"},
+                                       {"trial_id": "t1", "status": "error", "epochs": 0, "error": "the trial's"}])
+    c = tracking.client()
+    assert c.get_run(lost).info.status == "FAILED"
+    assert c.get_run(lost).data.tags["actionlab.error"] == "ActorDiedError: node lost"
+    assert c.get_run(failed).data.tags["actionlab.error"] == "its own error"  # train() closed it: kept as it was
+
+
 def test_early_stopped_children_end_killed_whether_tune_killed_or_interrupted_them(tmp_path, monkeypatch):
     from actionlab import tracking
     from actionlab.tune.sweep import _close_children

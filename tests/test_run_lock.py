@@ -61,6 +61,20 @@ def test_other_host_lives_by_heartbeat(tmp_path, age_s, live, monkeypatch):
     assert lock.is_live(record) is live
 
 
+@pytest.mark.parametrize("node, live", [("lost-node", False), ("live-node", True), ("", True)])
+def test_holder_on_a_dead_ray_node_is_stale_at_once(tmp_path, node, live, monkeypatch):
+    """A sweep's trial lost with its node is started again on another machine within seconds: the lock
+    its dead driver left (fresh heartbeat, another host) must not refuse it for ACTIONLAB_LOCK_STALE_S."""
+    import types
+
+    fake_ray = types.SimpleNamespace(is_initialized=lambda: True, nodes=lambda: [
+        {"NodeID": "lost-node", "Alive": False}, {"NodeID": "live-node", "Alive": True}])
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)  # the cluster's node table, as ray.nodes() gives it
+    lock = RunLock(str(tmp_path), "r")
+    record = {"token": "old", "host": "some-other-node", "pid": 1, "heartbeat": time.time(), "ray_node": node}
+    assert lock.is_live(record) is live
+
+
 # --- with real kills: a driver SIGKILLed mid-run, a second launch while it lives, a rerun --------------
 
 FAST = ["--set", "clip.num_frames=4", "--set", "clip.size_px=32", "--set", "clip.resize_px=32",

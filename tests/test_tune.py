@@ -97,6 +97,24 @@ def test_trials_that_fit_explains_itself():
     assert trials_that_fit(gpu, {"CPU": 64, "GPU": 4})[0] == 2
 
 
+def test_trials_that_fit_counts_the_workers_each_node_holds():
+    cfg = resolve({}, ["compute.num_workers=1", "compute.cpus_per_worker=1", "compute.use_gpu=false"])
+    assert trials_that_fit(cfg, [{"CPU": 1}, {"CPU": 1}])[0] == 2
+    fit, why = trials_that_fit(cfg, [{"CPU": 1.5}, {"CPU": 1.5}])  # 3 CPUs in all, but no worker spans nodes
+    assert fit == 2 and "hold 2 such workers" in why
+    two = resolve({}, ["compute.num_workers=2", "compute.cpus_per_worker=1", "compute.use_gpu=false"])
+    assert trials_that_fit(two, [{"CPU": 1}, {"CPU": 1}, {"CPU": 1}])[0] == 1  # a run's workers may span nodes
+
+
+def test_grids_multiply_the_number_of_trials(tmp_path):
+    from actionlab.tune.space import num_trials
+
+    assert num_trials(load_sweep("afnet_rt")) == 4
+    spec = load_sweep(str(write_sweep(tmp_path, num_samples=3,
+                                      space={"optim.lr": {"grid_search": [1e-3, 3e-3]}})))
+    assert num_trials(spec) == 6
+
+
 def tiny_sweep(tmp_path, synth_dataset, **changes) -> Path:
     """A sweep of 3-epoch CPU trials on the tiny motion set, over three learning rates."""
     return write_sweep(
@@ -287,6 +305,25 @@ def test_a_trial_on_a_train_run_that_finished_without_its_driver_still_reports_i
     run = c.get_run(first["run_id"])
     assert run.info.status == "FINISHED"
     assert [m.step for m in c.get_metric_history(first["run_id"], "val/top1")] == [1, 2], "nothing logged twice"
+
+
+def test_errored_trials_left_running_end_failed_with_the_trial_error(tmp_path, monkeypatch):
+    """A trial lost with its node after its last retry never closes its child run: the sweep does."""
+    from actionlab import tracking
+    from actionlab.tune.sweep import _close_children
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = tracking.start_run("sweeps", "s")
+    lost = tracking.start_run("sweeps", "s-t0", parent_run_id=parent, tags={"actionlab.trial_id": "t0"})
+    failed = tracking.start_run("sweeps", "s-t1", parent_run_id=parent, tags={"actionlab.trial_id": "t1"})
+    tracking.end_run(failed, "FAILED")
+    tracking.set_tags(failed, {"actionlab.error": "its own error"})
+    _close_children("sweeps", parent, [{"trial_id": "t0", "status": "error", "epochs": 1, "error": "ActorDiedError: node lost"},
+                                       {"trial_id": "t1", "status": "error", "epochs": 0, "error": "the trial's"}])
+    c = tracking.client()
+    assert c.get_run(lost).info.status == "FAILED"
+    assert c.get_run(lost).data.tags["actionlab.error"] == "ActorDiedError: node lost"
+    assert c.get_run(failed).data.tags["actionlab.error"] == "its own error"  # train() closed it: kept as it was
 
 
 def test_early_stopped_children_end_killed_whether_tune_killed_or_interrupted_them(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ META_FILE = "meta.json"
 ALIAS_HISTORY_TAG = "actionlab.alias_history"
 CHECKPOINT_URI_TAG = "actionlab.checkpoint"  # the Ray checkpoint (local dir or s3://...) the weights came from
 OUTAGE_TAG = "actionlab.tracking_outage"  # what happened when the tracking server was unreachable
+WORKER_NODES_TAG = "actionlab.worker_nodes"  # Ray node ids the run's Train workers ran on, comma-separated
 WAIT_ENV = "ACTIONLAB_MLFLOW_WAIT_S"  # how long the end of a run waits for an unreachable server (default 600)
 
 
@@ -169,6 +170,23 @@ def _fail_fast():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def add_worker_nodes(run_id: str, nodes: list[str]) -> bool:
+    """Adds Ray node ids to the run's `WORKER_NODES_TAG`, keeping the ones a previous attempt of the
+    run used (a run resumed after losing a node shows both). False when the server is unreachable:
+    the tag is left as it was and training goes on."""
+    try:
+        with _fail_fast():
+            c = client()
+            seen = [n for n in c.get_run(run_id).data.tags.get(WORKER_NODES_TAG, "").split(",") if n]
+            seen += [n for n in dict.fromkeys(nodes) if n not in seen]
+            c.set_tag(run_id, WORKER_NODES_TAG, ",".join(seen))
+        return True
+    except Exception as err:  # noqa: BLE001 - only an outage is forgiven, see below
+        if is_outage(err):
+            return False
+        raise
 
 
 def _utc(seconds: float) -> str:

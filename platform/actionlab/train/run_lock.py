@@ -3,8 +3,9 @@
 A second launch of the same run name while the first is alive is refused with a message naming the
 live holder (host, pid, command, since when). The lock is released when the driver exits; a holder
 that died without releasing it (SIGKILL, lost node) leaves a stale lock that the next launch takes
-over: at once when the holder ran on this host and its process is gone, else when its heartbeat is
-older than `ACTIONLAB_LOCK_STALE_S` (default 120 s; the holder refreshes it every 20 s).
+over: at once when the holder ran on this host and its process is gone, or on a Ray node that the
+cluster has declared dead (a sweep's trial started again after its node was lost), else when its
+heartbeat is older than `ACTIONLAB_LOCK_STALE_S` (default 120 s; the holder refreshes it every 20 s).
 
 Object stores have no exclusive create here, so taking a lock is write-then-read-back: of two
 launches racing within the same second, the one whose token is read back wins and the other is
@@ -52,6 +53,22 @@ def _pid_alive(pid: int, started: str) -> bool:
     return not (started and now and now != started)
 
 
+def _ray_node() -> str:
+    """This process's Ray node id when it is connected to Ray (a Tune trial, a Train driver), else ''."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return ""
+    return ray.get_runtime_context().get_node_id()
+
+
+def _ray_node_dead(node_id: str) -> bool:
+    """True when the connected Ray cluster lists `node_id` as dead; False when alive or unknown."""
+    ray = sys.modules.get("ray")
+    if not node_id or ray is None or not ray.is_initialized():
+        return False
+    return any(n.get("NodeID") == node_id and not n.get("Alive") for n in ray.nodes())
+
+
 def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
@@ -75,6 +92,7 @@ class RunLock:
             "host": socket.gethostname(),
             "pid": pid,
             "pid_started": _process_started(pid),
+            "ray_node": _ray_node(),
             "since": getattr(self, "_since", None) or _utc(time.time()),
             "heartbeat": time.time(),
             "command": " ".join(storage.redact_text(a) for a in sys.argv)[:500],
@@ -89,7 +107,10 @@ class RunLock:
         return None if not isinstance(holder, dict) or holder.get("released") else holder
 
     def is_live(self, holder: dict) -> bool:
-        """True while the holder can still be writing: its process runs (same host) or it beats."""
+        """True while the holder can still be writing: its process runs (same host) or it beats, and
+        its Ray node (when it had one) is not dead."""
+        if _ray_node_dead(str(holder.get("ray_node", ""))):
+            return False
         if holder.get("host") == socket.gethostname():
             return _pid_alive(int(holder.get("pid", 0)), str(holder.get("pid_started", "")))
         return time.time() - float(holder.get("heartbeat", 0)) < self.stale_s

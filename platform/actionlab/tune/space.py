@@ -150,6 +150,16 @@ def validate(spec: SweepSpec) -> None:
                 raise ConfigError(f"space.{key}: {err}") from None
 
 
+def num_trials(spec: SweepSpec) -> int:
+    """How many trials the sweep runs: `num_samples` times the size of every grid (Tune repeats the
+    grids for each sample)."""
+    n = spec.num_samples
+    for leaf in spec.space.values():
+        if isinstance(leaf, dict) and "grid_search" in leaf:
+            n *= len(leaf["grid_search"])
+    return n
+
+
 def param_space(spec: SweepSpec) -> dict:
     """Tune's param_space: the search domains under their dotted keys."""
     return {key: to_domain(key, leaf) for key, leaf in spec.space.items()}

@@ -1,8 +1,11 @@
 """Ray Tune sweeps over Train runs, tracked as one MLflow parent run with a child run per trial.
 
 Each trial is a Tune function trainable that launches a TorchTrainer (the Ray Train V2 pattern);
-ASHA stops weak trials at epoch boundaries. Rerunning an interrupted sweep restores it
-(`Tuner.restore`): finished trials are kept, unfinished ones resume from their Train checkpoints.
+ASHA stops weak trials at epoch boundaries. On a cluster, trials go wherever their Train workers
+fit (the trial actor itself holds no CPU). A trial lost with its node is started again by Tune
+(`compute.max_failures` times) and resumes its Train run from the last checkpoint into the same
+MLflow child run. Rerunning an interrupted sweep restores it (`Tuner.restore`): finished trials are
+kept, unfinished and errored ones resume from their Train checkpoints.
 At the end the parent run holds the results table (CSV), the accuracy-vs-GMACs plot with the
 Pareto front, and the best config; the best completed trial's checkpoint can be registered.
 """
@@ -17,9 +20,13 @@ from pathlib import Path
 
 from .. import storage, tracking
 from ..config import load_recipe, resolve, to_dict
-from .space import SweepSpec, param_space
+from .space import SweepSpec, num_trials, param_space
 
-TRIAL_CPU = 0.01  # the trial actor only drives its Train run; Ray rejects 0
+# The trial actor only drives its Train run (and its controller, which Ray pins to the same node with 0
+# CPU): it holds no CPU, so every CPU of a node is left to Train workers. A fractional CPU (0.01) left
+# 0.99 of a 1-CPU node, where no 1-CPU worker fits: two concurrent trials then shared one node. Ray
+# refuses a bundle of zeros, so the actor reserves some of the memory it does use.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 256 * 2**20}
 
 
 @dataclass(frozen=True)
@@ -60,17 +67,36 @@ def trial_config(recipe: dict, fixed: dict, sampled: dict, run_name: str):
     return resolve(recipe, updates={**fixed, **sampled, "tracking.run_name": run_name})
 
 
-def trials_that_fit(cfg, cluster: dict) -> tuple[int, str]:
-    """How many Train runs of `cfg` fit at once on this cluster, and why."""
-    per_trial_cpu = cfg.compute.num_workers * cfg.compute.cpus_per_worker
-    fit = int((cluster.get("CPU", 0) + 1e-9) // per_trial_cpu) if per_trial_cpu else 1
-    why = (f"each trial runs {cfg.compute.num_workers} Train worker(s) x {cfg.compute.cpus_per_worker:g} CPU "
-           f"= {per_trial_cpu:g} CPU; the cluster has {cluster.get('CPU', 0):g} CPU")
-    gpus = cluster.get("GPU", 0)
-    if (cfg.compute.use_gpu is None and gpus) or cfg.compute.use_gpu:
-        fit = min(fit, int(gpus // cfg.compute.num_workers))
-        why += f" and {gpus:g} GPU ({cfg.compute.num_workers} per trial)"
+def trials_that_fit(cfg, nodes) -> tuple[int, str]:
+    """How many Train runs of `cfg` fit at once on the cluster's nodes, and why.
+
+    `nodes` is one resource dict per alive node (a single dict is one node). A worker cannot span
+    nodes, so the count is of the workers each node holds, not of the cluster's total CPUs: two
+    1.5-CPU nodes hold two 1-CPU workers, not three.
+    """
+    nodes = [nodes] if isinstance(nodes, dict) else list(nodes)
+    num_workers, cpus = cfg.compute.num_workers, cfg.compute.cpus_per_worker
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else gpus > 0
+    slots = 0
+    for node in nodes:
+        on_node = int((node.get("CPU", 0) + 1e-9) // cpus) if cpus else num_workers * len(nodes)
+        if use_gpu:
+            on_node = min(on_node, int(node.get("GPU", 0) + 1e-9))
+        slots += on_node
+    fit = slots // num_workers if num_workers else 1
+    node_cpus = ", ".join(f"{n.get('CPU', 0):g}" for n in nodes)
+    why = (f"each trial runs {num_workers} Train worker(s) x {cpus:g} CPU = {num_workers * cpus:g} CPU"
+           f"{f' and {num_workers} GPU' if use_gpu else ''}; the cluster's {len(nodes)} node(s) "
+           f"({node_cpus} CPU{f', {gpus:g} GPU in all' if use_gpu else ''}) hold {slots} such workers")
     return fit, why
+
+
+def alive_nodes() -> list[dict]:
+    """The resources of each alive node of the connected Ray cluster."""
+    import ray
+
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
@@ -154,15 +180,15 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
         tracking.log_text(parent_run_id, json.dumps(to_dict(base_cfg), indent=1, default=str), "base_config.json")
 
     init_ray()
-    fit, why = trials_that_fit(base_cfg, ray.cluster_resources())
+    fit, why = trials_that_fit(base_cfg, alive_nodes())
     if fit < 1:
         raise RuntimeError(f"no trial fits on this cluster: {why}; lower compute.num_workers / cpus_per_worker")
     concurrency = min(fit, spec.max_concurrent_trials) if spec.max_concurrent_trials else fit
-    print(f"sweep '{name}': {spec.num_samples} trials, {concurrency} at a time ({why}); "
+    print(f"sweep '{name}': {num_trials(spec)} trials, {concurrency} at a time ({why}); "
           f"MLflow parent run {parent_run_id}", flush=True)
 
     trainable = ray.tune.with_parameters(
-        ray.tune.with_resources(_trial, {"CPU": TRIAL_CPU}),
+        ray.tune.with_resources(_trial, TRIAL_RESOURCES),
         recipe=recipe, fixed=fixed, sweep_name=name, parent_run_id=parent_run_id,
     )
     path = storage.join(root, name)
@@ -179,7 +205,9 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
             # max_t one past the last epoch: ASHA then never stops a trial at its final report, which
             # would kill the Train run before it writes its final checkpoint artifact and closes its
             # MLflow run (a run that finishes on its own is FINISHED, not FAILED).
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1,
+            # Rungs are epochs, not Tune iterations: a trial restarted after losing its node resumes
+            # its Train run mid-way, and its iteration count starts again from 1.
+            scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs + 1,
                                       grace_period=int(opts.get("grace_period", 1)),
                                       reduction_factor=float(opts.get("reduction_factor", 2)))
         else:
@@ -197,7 +225,12 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
             tune_config=ray.tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
                                             max_concurrent_trials=concurrency, scheduler=scheduler,
                                             search_alg=search_alg),
-            run_config=ray.tune.RunConfig(name=name, storage_path=ray_root, storage_filesystem=ray_fs),
+            run_config=ray.tune.RunConfig(
+                name=name, storage_path=ray_root, storage_filesystem=ray_fs,
+                # A trial whose actor was lost with its node (or whose Train run gave up) is started
+                # again: it resumes its own Train run from the last checkpoint, into the same child run.
+                failure_config=ray.tune.FailureConfig(max_failures=base_cfg.compute.max_failures),
+            ),
         )
     try:
         grid = tuner.fit()
@@ -261,7 +294,9 @@ def _results_table(grid, spec: SweepSpec, epochs: int) -> list[dict]:
 
 
 def _close_children(experiment: str, parent_run_id: str, table: list) -> None:
-    """Marks early-stopped trials' child runs as such (Tune kills them without a goodbye)."""
+    """Marks early-stopped trials' child runs as such (Tune kills them without a goodbye), and ends
+    the child runs of errored trials FAILED with the trial's error (a trial lost with its node, out of
+    retries, leaves its run RUNNING)."""
     c = tracking.client()
     exp = c.get_experiment_by_name(experiment)
     children = c.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
@@ -271,6 +306,9 @@ def _close_children(experiment: str, parent_run_id: str, table: list) -> None:
         if run is None:
             continue
         row["run_id"] = run.info.run_id
+        if row["status"] == "error" and run.info.status == "RUNNING":
+            c.set_terminated(run.info.run_id, status="FAILED")
+            c.set_tag(run.info.run_id, "actionlab.error", row.get("error", "the Tune trial failed"))
         if row["status"] == "early-stopped":
             c.set_tag(run.info.run_id, "actionlab.early_stopped", f"after epoch {row['epochs']}")
             # Tune's stop either kills the trial outright (the run stays RUNNING) or interrupts train(),

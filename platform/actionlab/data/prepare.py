@@ -260,9 +260,7 @@ def _read_record(uri: str) -> dict | None:
     """A done record, or None when there is none (or it cannot be parsed: then it proves nothing)."""
     try:
         record = json.loads(storage.read_bytes(uri))
-    except FileNotFoundError:
-        return None
-    except ValueError:
+    except (FileNotFoundError, ValueError):
         return None
     return record if isinstance(record, dict) else None
 
@@ -289,7 +287,10 @@ def _delete(uri: str) -> None:
 
     if not storage.is_remote(uri):
         path = storage.local_path(uri)
-        shutil.rmtree(path) if os.path.isdir(path) else Path(path).unlink(missing_ok=True)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            Path(path).unlink(missing_ok=True)
         return
     filesystem, path = storage.resolve(uri)
     info = storage.retrying("look up", uri, lambda: filesystem.get_file_info(path))
@@ -447,7 +448,7 @@ def _before_compute(*, num_cpus_per_task: float, log) -> None:
         f"({num_cpus_per_task:g} CPU each); a lost node's videos are redone on the others")
     if not at_once:
         # Not refused: an autoscaling cluster adds nodes for tasks that fit none of today's.
-        log(f"warning: no alive node has {num_cpus_per_task:g} free CPUs; the tasks wait until one joins "
+        log(f"warning: no alive node has {num_cpus_per_task:g} CPUs; the tasks wait until one joins "
             "(lower --cpus-per-task, or add nodes)")
 
 

@@ -42,12 +42,12 @@ def _records(s3, bucket: str, prefix: str, seen: dict | None = None) -> dict:
     return {r["video"]: r for r in seen.values()}
 
 
-def _prepare_tasks(cluster, **equal: str) -> list:
+def _prepare_tasks(cluster, *, detail: bool = False, **equal: str) -> list:
     """The State API's `data prepare` tasks (every attempt) whose fields equal `equal`."""
     from ray.util.state import list_tasks
 
     tasks = list_tasks(address=cluster.dashboard_url, filters=[(k, "=", v) for k, v in equal.items()], limit=10000,
-                       raise_on_missing_output=False)
+                       raise_on_missing_output=False, detail=detail)
     return [t for t in tasks if "_ray_prepare" in t.name]
 
 
@@ -90,22 +90,19 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
     with open(out_log, "w") as out, open(err_log, "w") as err:
         proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=err)
     try:
-        # Kill the node once it has finished some videos and the job is well short of done: its running
-        # task dies with it, and so do the results it holds in its object store.
+        # Kill the node while it runs a task and the job is well short of done: the task dies with it,
+        # and so do the results the node holds in its object store.
         first_done = None
         while True:
             records = _records(s3, bucket, "prepared", seen)
             first_done = first_done or (time.monotonic() if records else None)
-            on_doomed = sum(1 for r in records.values() if r["node"] == node_ids[doomed.name])
-            if on_doomed and len(records) >= total // 5:
-                if _prepare_tasks(cluster, node_id=node_ids[doomed.name], state="RUNNING"):
-                    break
+            if len(records) >= total // 5 and _prepare_tasks(cluster, node_id=node_ids[doomed.name], state="RUNNING"):
+                break
             assert proc.poll() is None, f"prepare ended before the kill:\n{out_log.read_text()[-4000:]}"
             assert time.monotonic() - started < 240, f"no progress on {doomed.name}:\n{out_log.read_text()[-4000:]}"
             time.sleep(0.2)
-        killed_at, done_at_kill = time.monotonic(), len(records)
-        assert done_at_kill < total * 0.8, f"the kill came too late to land mid-job: {done_at_kill}/{total} done " \
-            f"({on_doomed} on {doomed.name})"
+        killed_at, killed_wall, done_at_kill = time.monotonic(), time.time(), len(records)
+        assert done_at_kill < total * 0.8, f"the kill came too late to land mid-job: {done_at_kill}/{total} done"
         cluster.remove_node(doomed)  # SIGKILL: raylet, workers, object store
         rc = proc.wait(timeout=300)
     finally:
@@ -125,12 +122,16 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
     for task_id, number, *_ in cut_short:
         assert any(a[0] == task_id and a[1] > number and a[2] == "FINISHED" and a[3] != doomed.name
                    for a in attempts), [a for a in attempts if a[0] == task_id]
+    redone_after_s = max((t.end_time_ms / 1000 - killed_wall for c in cut_short
+                          for t in _prepare_tasks(cluster, detail=True, task_id=c[0])
+                          if t.state == "FINISHED" and t.end_time_ms), default=float("nan"))
 
     # The job finished in one go: every video prepared in this run, none counted as done by mistake.
     summary = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith('{"manifest"')))
     assert (summary["videos"], summary["prepared"], summary["skipped_already_done"], summary["bad"]) == \
         (total, total, 0, 0), summary
-    assert set(summary["prepared_on"]) == {"head", "node2", doomed.name}, summary  # every node took part
+    # Every node took part (the lost one may have been killed inside its first video).
+    assert {"head", "node2"} <= set(summary["prepared_on"]) <= {"head", "node2", doomed.name}, summary
     assert sum(summary["prepared_on"].values()) == total
     assert "Ray cluster: 3 node(s)" in output and f"prepared {total}/{total} (100%)" in output
     assert output.count(f"/{total} (") >= 5, "progress was not shown while it ran"
@@ -144,7 +145,7 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
     assert set(keys) == expected, sorted(set(keys) ^ expected)
     records = _records(s3, bucket, "prepared")
     assert set(records) == names
-    assert {r["node"] for r in records.values()} == set(node_ids.values())
+    assert {node_of[r["node"]] for r in records.values()} == set(summary["prepared_on"])
     assert len({r["run"] for r in records.values()}) == 1
 
     # Each copy is complete: its size is its record's, and a decoder gets every frame out of it.
@@ -158,12 +159,13 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
         assert len(data) == records[name]["bytes_out"] == keys[f"prepared/{name}"]
         assert _decoded_frames(data) == NUM_FRAMES, name
 
-    # What the lost node cost: the finish against the one the 3-node rate before the kill promised.
-    rate = max(1, done_at_kill - 1) / max(1e-6, killed_at - first_done)
-    promised = first_done + (total - 1) / rate
-    print(f"\nprepare on 3 nodes: {total} videos; first done {first_done - started:.1f}s after the start "
-          f"(Ray workers starting); {doomed.name} SIGKILLed at {killed_at - started:.1f}s with {done_at_kill}/{total} "
-          f"done ({rate:.2f} videos/s until then) and {len(cut_short)} task(s) running there, retried elsewhere; "
-          f"finished {finished - killed_at:.1f}s after the kill, {finished - started:.1f}s in all; uninterrupted at "
-          f"that rate: {promised - started:.1f}s, so the fault cost ~{finished - promised:.1f}s; prepared on "
+    # What the lost node cost: its video in flight, redone elsewhere once Ray declared the node dead,
+    # and a third of the CPUs for the rest of the job.
+    before = done_at_kill / max(1e-6, killed_at - first_done) if done_at_kill > 1 else float("nan")
+    after = (total - done_at_kill) / max(1e-6, finished - killed_at)
+    print(f"\nprepare on 3 nodes: {total} videos; first done {first_done - started:.1f}s after the start (Ray "
+          f"workers starting); {doomed.name} SIGKILLed at {killed_at - started:.1f}s with {done_at_kill}/{total} done "
+          f"and {len(cut_short)} task(s) running there; its video redone on another node {redone_after_s:.1f}s after "
+          f"the kill; finished {finished - killed_at:.1f}s after the kill, {finished - started:.1f}s in all; "
+          f"{before:.2f} videos/s on 3 nodes before the kill, {after:.2f} on 2 after; prepared on "
           f"{summary['prepared_on']}")

@@ -1,6 +1,6 @@
 """`actionlab data prepare` on a Ray cluster of several nodes, S3 in and out: its tasks run on every
 node, and a node SIGKILLed mid-job costs the videos it was encoding, not the job: they are redone on
-the node left, and every video ends up prepared once, complete and decodable."""
+the nodes left, and every video ends up prepared once, complete and decodable."""
 
 from __future__ import annotations
 

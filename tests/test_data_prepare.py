@@ -1,5 +1,7 @@
 """`actionlab data prepare`: re-encoded copies on real H.264 files, resumable, bad inputs listed."""
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -136,3 +138,127 @@ def test_data_prepare_command_runs_as_a_ray_data_job_and_resumes(tmp_path, ray_a
     summary = json.loads(second.stdout.strip().splitlines()[-1])
     assert (summary["prepared"], summary["skipped_already_done"], summary["bad"]) == (1, 3, 0)
     assert list(manifest.read_manifest(tmp_path / "out" / "manifest.parquet")["num_frames"]) == [12] * 4
+
+
+def _s3_objects(s3, bucket: str, prefix: str) -> dict:
+    listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return {o["Key"]: o["Size"] for o in listing.get("Contents", [])}
+
+
+@needs_netns
+def test_half_written_outputs_on_s3_are_redone_never_counted_as_done(s3, synth_dataset, tmp_path):
+    """Done is a done record written after the output, whose size and settings still hold: an output
+    without its record (a task killed between the two), a record whose output was cut short or
+    replaced, and a record made with other settings are all redone."""
+    from actionlab import storage
+
+    bucket = s3.make_bucket("half-written")
+    storage.upload_dir(synth_dataset.parent, f"{bucket}/raw")
+    settings = prepare.EncodeSettings(short_side_px=16)
+    kwargs = dict(use_ray=False, cache_dir=str(tmp_path / "cache"), log=lambda _: None)
+    args = (f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings)
+    first = prepare.prepare_dataset(*args, **kwargs)
+    assert (first.num_prepared, first.num_skipped) == (24, 0) and first.prepared_on == ()  # no Ray: no nodes
+    videos = list(manifest.read_manifest(first.manifest)["video"])
+    client = s3.client()
+
+    def key(name):
+        return f"prepared/{name}"
+
+    def record_key(name):
+        return f"prepared/{prepare.DONE_DIR}/{name}.json"
+
+    whole = client.get_object(Bucket="half-written", Key=key(videos[0]))["Body"].read()
+    record = json.loads(client.get_object(Bucket="half-written", Key=record_key(videos[0]))["Body"].read())
+    assert (record["video"], record["num_frames"], record["bytes_out"]) == (videos[0], 8, len(whole))
+    assert record["settings"] == dataclasses.asdict(settings)
+    # 0: output cut short after its record was written; 1: output complete, record never written;
+    # 2: a partial object and no record; 3: a record made with other settings
+    client.put_object(Bucket="half-written", Key=key(videos[0]), Body=whole[: len(whole) // 2])
+    client.delete_object(Bucket="half-written", Key=record_key(videos[1]))
+    client.put_object(Bucket="half-written", Key=key(videos[2]), Body=whole[:300])
+    client.delete_object(Bucket="half-written", Key=record_key(videos[2]))
+    other = json.loads(client.get_object(Bucket="half-written", Key=record_key(videos[3]))["Body"].read())
+    other["settings"]["crf"] = 30
+    client.put_object(Bucket="half-written", Key=record_key(videos[3]), Body=json.dumps(other).encode())
+    stamp = client.head_object(Bucket="half-written", Key=key(videos[5]))["LastModified"]
+
+    again = prepare.prepare_dataset(*args, **kwargs)
+    assert (again.num_prepared, again.num_skipped, again.bad) == (4, 20, ())
+    assert client.head_object(Bucket="half-written", Key=key(videos[5]))["LastModified"] == stamp  # not redone
+    for name in videos[:4]:
+        local = storage.local_copy(f"{bucket}/prepared/{name}", tmp_path / "check")
+        assert decode.read_frames(local, list(range(8)), decoder="pyav").shape == (8, 16, 16, 3)
+        redone = json.loads(client.get_object(Bucket="half-written", Key=record_key(name))["Body"].read())
+        assert redone["bytes_out"] == os.path.getsize(local) and redone["settings"]["crf"] == settings.crf
+
+
+@needs_netns
+def test_a_partial_jpeg_folder_on_s3_is_redone_without_stale_frames(s3, tmp_path):
+    from actionlab import storage
+
+    src = _index_dataset(tmp_path / "src", num_videos=2, num_frames=12)
+    bucket = s3.make_bucket("partial-frames")
+    storage.upload_dir(src.parent, f"{bucket}/raw")
+    settings = prepare.EncodeSettings(short_side_px=16, output_format="jpeg")
+    kwargs = dict(use_ray=False, cache_dir=str(tmp_path / "cache"), log=lambda _: None)
+    args = (f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings)
+    prepare.prepare_dataset(*args, **kwargs)
+    client = s3.client()
+    # A node lost while uploading v1's frames: some frames there, one from an older copy, no record.
+    client.delete_object(Bucket="partial-frames", Key=f"prepared/{prepare.DONE_DIR}/videos/v1.mkv.json")
+    for i in range(6, 13):
+        client.delete_object(Bucket="partial-frames", Key=f"prepared/videos/v1.mkv/{i:05d}.jpg")
+    client.put_object(Bucket="partial-frames", Key="prepared/videos/v1.mkv/00099.jpg", Body=b"stale")
+    report = prepare.prepare_dataset(*args, **kwargs)
+    assert (report.num_prepared, report.num_skipped) == (1, 1)
+    frames = _s3_objects(s3, "partial-frames", "prepared/videos/v1.mkv/")
+    assert sorted(frames) == [f"prepared/videos/v1.mkv/{i:05d}.jpg" for i in range(1, 13)]
+    assert list(manifest.read_manifest(report.manifest)["num_frames"]) == [12, 12]
+
+
+@pytest.mark.integration
+@needs_netns
+def test_a_prepare_killed_mid_write_resumes_on_rerun_with_every_video_once(s3, tmp_path):
+    """SIGKILL the command while it writes to S3, wherever that lands (mid-encode, mid-upload, between
+    an output and its record); the rerun redoes exactly the videos without a record and skips the rest."""
+    import signal
+    import time
+
+    synthetic.synthesize(tmp_path / "src", num_classes=4, videos_per_class=12, num_frames=24, size_px=64, seed=0,
+                         num_procs=1)
+    from actionlab import storage
+
+    bucket = s3.make_bucket("killed-prepare")
+    storage.upload_dir(tmp_path / "src", f"{bucket}/raw")
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), **s3.env)
+    command = [sys.executable, "-m", "actionlab", "data", "prepare", f"{bucket}/raw/manifest.parquet",
+               f"{bucket}/prepared", "--short-side", "32", "--no-ray", "--json"]
+    proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    records = f"prepared/{prepare.DONE_DIR}/"
+    try:
+        deadline = time.monotonic() + 120
+        while len(_s3_objects(s3, "killed-prepare", records)) < 10:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = {k[len(records):-len(".json")] for k in _s3_objects(s3, "killed-prepare", records)}
+    assert 10 <= len(done) < 48, f"the kill did not land mid-job: {len(done)} of 48 done"
+    assert not storage.exists(f"{bucket}/prepared/manifest.parquet")  # written only at the end
+    rerun = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    summary = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert (summary["prepared"], summary["skipped_already_done"], summary["bad"]) == (48 - len(done), len(done), 0)
+    out = manifest.read_manifest(f"{bucket}/prepared/manifest.parquet")
+    assert len(out) == 48 and out["video"].is_unique and list(out["num_frames"]) == [24] * 48
+    outputs = {k: v for k, v in _s3_objects(s3, "killed-prepare", "prepared/videos/").items()}
+    assert sorted(outputs) == sorted(f"prepared/{v}" for v in out["video"])  # nothing else, nothing partial
+    for video in out["video"]:
+        local = storage.local_copy(f"{bucket}/prepared/{video}", tmp_path / "check")
+        assert decode.read_frames(local, [0, 23], decoder="pyav").shape == (2, 32, 32, 3)

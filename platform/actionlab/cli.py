@@ -394,6 +394,8 @@ def cmd_data_prepare(args) -> int:
         print(f"prepared {report.num_prepared} videos, {report.num_skipped} already done, {len(report.bad)} bad, "
               f"in {report.seconds:.0f}s; size {report.bytes_in / 1e6:.1f} MB -> {report.bytes_out / 1e6:.1f} MB "
               f"({ratio:.2f}x) for the videos prepared in this run")
+        if report.prepared_on:
+            print("prepared on: " + ", ".join(f"{node} {count}" for node, count in report.prepared_on))
         if report.bad:
             print(f"bad inputs are listed in {storage.redact(storage.join(args.out, prepare.ERRORS_FILE))}")
         print(f"train with:  --set data.manifest={storage.redact(report.manifest)}")

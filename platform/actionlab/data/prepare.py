@@ -7,12 +7,16 @@ defaults) have a keyframe every ~250 frames, so an 8-frame clip decodes most of 
 no B-frames bounds the work per sampled frame; all-intra (`gop=1`) makes every frame independent.
 `tune=fastdecode` drops CABAC and the deblocking filter, which the decoder pays for on every frame.
 
-Every output appears under its final name only when complete, so a rerun (or a Ray task retry)
-skips finished videos and redoes only the rest.
+A video counts as done only through its done record (`DONE_DIR/<output>.json` under the output
+root), written after the output itself is complete, and only while the output still has the size the
+record names and the record's settings are this run's. A task killed mid-write (a lost node, a killed
+driver) leaves at most an output without a record, which a rerun or Ray's retry of the task redoes:
+nothing half-written is ever counted, and finished videos are never encoded twice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -25,6 +29,7 @@ import numpy as np
 from .. import storage
 
 ERRORS_FILE = "prepare_errors.tsv"
+DONE_DIR = ".prepare"  # under the output root: one done record per finished video (`done_record_uri`)
 # Measured by `actionlab bench data` (see README): on prepared files PyAV's seeking reader decodes
 # each wanted frame from its own keyframe (all intra: 2.5x decord's rate); on raw files both are equal.
 PREPARED_DECODER = "pyav"
@@ -221,6 +226,7 @@ class PrepareResult:
     bytes_out: int
     skipped: bool  # already prepared by an earlier run
     error: str  # '' when it worked
+    node: str = ""  # Ray node id of the task that wrote the output ('' outside Ray or when it failed)
 
 
 def _size(path: str) -> int:
@@ -230,72 +236,138 @@ def _size(path: str) -> int:
 
 
 def _remote_size(uri: str) -> int:
+    """Bytes of a remote object, or of every object under a remote folder (0 when there is none)."""
     import pyarrow.fs as pafs
 
     filesystem, path = storage.resolve(uri)
-    info = filesystem.get_file_info(path)
+    info = storage.retrying("look up", uri, lambda: filesystem.get_file_info(path))
     if info.type == pafs.FileType.Directory:
         selector = pafs.FileSelector(path, recursive=True)
-        return sum(i.size or 0 for i in filesystem.get_file_info(selector))
+        return sum(i.size or 0 for i in storage.retrying("list", uri, lambda: filesystem.get_file_info(selector)))
     return info.size or 0
 
 
-def _existing_frames(uri: str, settings: EncodeSettings) -> int:
-    """Frames of a finished copy (0 when there is none)."""
-    from . import decode
+def _output_size(uri: str) -> int:
+    return _remote_size(uri) if storage.is_remote(uri) else _size(uri)
 
-    if not storage.exists(uri):
-        return 0
-    if settings.output_format == "jpeg":
-        if storage.is_remote(uri):
-            import pyarrow.fs as pafs
 
-            filesystem, path = storage.resolve(uri)
-            return len(filesystem.get_file_info(pafs.FileSelector(path)))
-        return decode.count_frame_files(uri)
-    if storage.is_remote(uri):
-        # Our copies are faststart MP4s: their index is at the front, so a resume reads a few kB of each
-        # finished copy instead of downloading it.
-        import av
+def done_record_uri(out_root: str, name: str) -> str:
+    """Where the done record of the output `name` (relative to `out_root`) lives."""
+    return storage.join(out_root, DONE_DIR, f"{name}.json")
 
-        filesystem, path = storage.resolve(uri)
-        with filesystem.open_input_file(path) as handle, av.open(handle) as container:
-            return int(container.streams.video[0].frames)
-    return decode.count_frames(uri)
+
+def _read_record(uri: str) -> dict | None:
+    """A done record, or None when there is none (or it cannot be parsed: then it proves nothing)."""
+    try:
+        record = json.loads(storage.read_bytes(uri))
+    except (FileNotFoundError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _record_holds(record: dict, target: str, settings: EncodeSettings) -> bool:
+    """True when the record describes the output now at `target`, made with `settings`.
+
+    The size check catches an output replaced or cut short after its record was written (a copy by
+    hand, another run with other settings killed mid-way); the settings check makes a rerun with new
+    settings redo the video instead of keeping a copy made another way.
+    """
+    try:
+        return (record.get("settings") == asdict(settings) and int(record["num_frames"]) > 0
+                and int(record["bytes_out"]) == _output_size(target))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _delete(uri: str) -> None:
+    """Deletes a file or a folder (and what it holds) at `uri`; nothing there is fine."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    if not storage.is_remote(uri):
+        path = storage.local_path(uri)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            Path(path).unlink(missing_ok=True)
+        return
+    filesystem, path = storage.resolve(uri)
+    info = storage.retrying("look up", uri, lambda: filesystem.get_file_info(path))
+    if info.type == pafs.FileType.Directory:
+        storage.retrying("delete", uri, lambda: filesystem.delete_dir(path))
+    elif info.type == pafs.FileType.File:
+        storage.retrying("delete", uri, lambda: filesystem.delete_file(path))
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on ('' outside Ray)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # a task has Ray imported; a run without Ray must not start it
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else ""
 
 
 def prepare_row(
-    index: int, row: dict, *, root: str, out_root: str, settings: EncodeSettings, cache_dir: str
+    index: int, row: dict, *, root: str, out_root: str, settings: EncodeSettings, cache_dir: str = "",
+    run_id: str = "",
 ) -> PrepareResult:
-    """Prepares one manifest row into `out_root`; never raises for a bad input (it is reported)."""
+    """Prepares one manifest row into `out_root`; never raises for a bad input (it is reported).
+
+    Idempotent, so Ray may run it again (a retried task, a lost output rebuilt from lineage): a video
+    whose done record holds is returned as it was recorded, counted as skipped only when an earlier
+    run (another `run_id`) did it.
+
+    Args:
+        index: the row's position in the manifest.
+        row: the row's `video` (and `media`).
+        root: source data root.
+        out_root: output root (local or `s3://`).
+        settings: how to re-encode.
+        cache_dir: local cache for remote sources (default: under this node's `ACTIONLAB_HOME`).
+        run_id: the `prepare_dataset` call this row belongs to.
+    """
+    from .. import tracking
     from . import dataset, decode
 
     video = str(row["video"])
     media = row.get("media") or "video"
     name = output_name(video, settings)
     target = storage.join(out_root, name)
+    record_uri = done_record_uri(out_root, name)
     try:
         source = dataset.resolve_media(root, video)
-        done = _existing_frames(target, settings)
-        if done:
-            size = _remote_size(target) if storage.is_remote(target) else _size(target)
-            return PrepareResult(index, name, done, 0, size, True, "")
-        local_src = dataset.fetch_local(source, cache_dir) if media != "frames" else source
+        record = _read_record(record_uri)
+        if record is not None and _record_holds(record, target, settings):
+            earlier = record.get("run") != run_id
+            return PrepareResult(index, name, int(record["num_frames"]), 0 if earlier else int(record["bytes_in"]),
+                                 int(record["bytes_out"]), earlier, "", str(record.get("node", "")))
+        if record is not None:
+            _delete(record_uri)  # the output is about to change: the record must not outlive what it describes
+        local_src = dataset.fetch_local(source, cache_dir or str(tracking.home() / "cache")) \
+            if media != "frames" else source
         if media != "frames":
             decode._check_file(local_src)
         bytes_in = _size(local_src)
         if not storage.is_remote(target):
             count = prepare_video(local_src, target, settings, media=media)
-            return PrepareResult(index, name, count, bytes_in, _size(target), False, "")
-        with tempfile.TemporaryDirectory(prefix="actionlab-prepare-") as tmp:
-            local = os.path.join(tmp, Path(name).name)
-            count = prepare_video(local_src, local, settings, media=media)
-            size = _size(local)
-            if os.path.isdir(local):
-                storage.upload_dir(local, target, num_threads=4)
-            else:
-                storage.write_bytes(target, Path(local).read_bytes())
-        return PrepareResult(index, name, count, bytes_in, size, False, "")
+            size = _size(target)
+        else:
+            with tempfile.TemporaryDirectory(prefix="actionlab-prepare-") as tmp:
+                local = os.path.join(tmp, Path(name).name)
+                count = prepare_video(local_src, local, settings, media=media)
+                size = _size(local)
+                if os.path.isdir(local):
+                    _delete(target)  # frames of an unfinished or older copy must not stay beside the new ones
+                    storage.upload_dir(local, target, num_threads=4)
+                else:
+                    # One PUT (or a multipart upload completed only at the end): never a partial object.
+                    storage.write_bytes(target, Path(local).read_bytes())
+        node = _node_id()
+        done = {"video": name, "num_frames": count, "bytes_in": bytes_in, "bytes_out": size, "node": node,
+                "run": run_id, "settings": asdict(settings)}
+        storage.write_bytes(record_uri, json.dumps(done, indent=1).encode())  # last: only now is it done
+        return PrepareResult(index, name, count, bytes_in, size, False, "", node)
     except (storage.CacheFullError, storage.RetriesExhausted):
         raise  # not the video's fault: stop rather than list every later row as bad
     except dataset.BadSample as err:
@@ -308,13 +380,13 @@ def prepare_row(
 
 
 def _ray_prepare(batch: dict, *, root: str, out_root: str, settings: EncodeSettings, cache_dir: str,
-                 columns: list) -> dict:
+                 run_id: str, columns: list) -> dict:
     """Ray Data `map_batches` function: prepares each row of a batch (one row per task by default)."""
     results = []
     for i in range(len(batch["_index"])):
         row = {c: batch[c][i] for c in columns}
         results.append(prepare_row(int(batch["_index"][i]), row, root=root, out_root=out_root,
-                                   settings=settings, cache_dir=cache_dir))
+                                   settings=settings, cache_dir=cache_dir, run_id=run_id))
     return {field: np.asarray([getattr(r, field) for r in results]) for field in PrepareResult.__dataclass_fields__}
 
 
@@ -329,6 +401,7 @@ class PrepareReport:
     bytes_out: int
     seconds: float
     settings: EncodeSettings
+    prepared_on: tuple = ()  # (node name, videos prepared there in this run), most first; empty without Ray
 
     def summary(self) -> dict:
         return {
@@ -341,6 +414,7 @@ class PrepareReport:
             "bytes_out": self.bytes_out,
             "seconds": round(self.seconds, 1),
             "settings": self.settings.describe(),
+            "prepared_on": dict(self.prepared_on),
         }
 
 
@@ -350,6 +424,32 @@ def _progress(done: int, total: int, started: float) -> str:
     eta = (total - done) / rate if rate > 0 else float("nan")
     eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s" if eta == eta else "?"
     return f"prepared {done}/{total} ({done / max(1, total):.0%}) {rate:.2f} videos/s, ETA {eta_text}"
+
+
+def _node_names() -> dict:
+    """Ray node id -> node name (`ray start --node-name`, by default its IP), dead nodes included."""
+    import ray
+
+    return {n["NodeID"]: n.get("NodeName") or n.get("NodeManagerAddress") or n["NodeID"][:12] for n in ray.nodes()}
+
+
+def _before_compute(*, num_cpus_per_task: float, log) -> None:
+    """What the driver checks and says on the joined Ray cluster before any task starts.
+
+    This is the one place for pre-flight checks of the Ray job: the refusal of node-local `--root`
+    and OUT on a cluster of several nodes (`actionlab.cluster`) is called from here.
+    """
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
+    at_once = sum(int(c // num_cpus_per_task) for c in cpus) if num_cpus_per_task > 0 else 0
+    log(f"Ray cluster: {len(alive)} node(s), {sum(cpus):g} CPUs: up to {at_once} videos at once "
+        f"({num_cpus_per_task:g} CPU each); a lost node's videos are redone on the others")
+    if not at_once:
+        # Not refused: an autoscaling cluster adds nodes for tasks that fit none of today's.
+        log(f"warning: no alive node has {num_cpus_per_task:g} CPUs; the tasks wait until one joins "
+            "(lower --cpus-per-task, or add nodes)")
 
 
 def prepare_dataset(
@@ -366,29 +466,29 @@ def prepare_dataset(
     """Re-encodes every row of a manifest into `out_root` and writes `out_root/manifest.parquet`.
 
     The work is a Ray Data job (a local instance, or the cluster of `RAY_ADDRESS`), one task per
-    video on `num_cpus_per_task` CPUs, so it spreads over every node's CPUs. Rows whose output is
-    already complete are skipped, so a rerun after a crash resumes. The new manifest keeps every
-    column (labels, splits), points `video` at the copies and fills `num_frames`; bad inputs are left
-    out of it and listed in `prepare_errors.tsv` beside it, with the reason. `classes.txt` is copied.
+    video on `num_cpus_per_task` CPUs, so it spreads over every node's CPUs. A task lost with its node
+    is retried on the others (Ray Data retries system failures without limit), and rows whose done
+    record holds are skipped, so a rerun after a crash resumes. The new manifest, written at the end,
+    keeps every column (labels, splits), points `video` at the copies and fills `num_frames`; bad inputs
+    are left out of it and listed in `prepare_errors.tsv` beside it, with the reason. `classes.txt` is
+    copied.
 
     Args:
         manifest_uri: the source manifest (local or `s3://`).
-        out_root: output dataset folder (local or `s3://`).
+        out_root: output dataset folder (local or `s3://`; on a cluster of several nodes, `s3://`).
         settings: how to re-encode.
         root: source data root (default: the manifest's folder).
-        cache_dir: local cache for remote sources (default under `ACTIONLAB_HOME`).
+        cache_dir: local cache for remote sources (default: under each node's `ACTIONLAB_HOME`).
         num_cpus_per_task: CPUs Ray reserves per video.
         use_ray: False runs in this process (tests, one-off small sets).
         log: where progress lines go.
     """
-    import pandas as pd
+    import uuid
 
-    from .. import tracking
     from . import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest_uri).reset_index(drop=True)
     root = root or data_manifest.default_root(manifest_uri)
-    cache_dir = cache_dir or str(tracking.home() / "cache")
     if not storage.is_remote(out_root):
         out_root = str(Path(out_root).expanduser().resolve())
         if not storage.is_remote(root) and Path(out_root) == Path(root).expanduser().resolve():
@@ -397,19 +497,22 @@ def prepare_dataset(
         log("note: --fps resamples the videos, so the manifest's start/end frame ranges no longer apply; they are "
             "dropped and each video is used whole")
     columns = [c for c in ("video", "media") if c in df.columns]
-    started = time.perf_counter()
     total = len(df)
-    log(f"preparing {total} videos from {storage.redact(manifest_uri)} into {storage.redact(out_root)} "
-        f"({settings.describe()})")
     results: list[PrepareResult] = []
     step = max(1, total // 20)
-    kwargs = dict(root=root, out_root=out_root, settings=settings, cache_dir=cache_dir)
+    kwargs = dict(root=root, out_root=out_root, settings=settings, cache_dir=cache_dir, run_id=uuid.uuid4().hex)
+    node_names: dict = {}
     if use_ray:
         import ray
 
         from ..train.launch import init_ray
 
         init_ray()
+        _before_compute(num_cpus_per_task=num_cpus_per_task, log=log)
+    started = time.perf_counter()
+    log(f"preparing {total} videos from {storage.redact(manifest_uri)} into {storage.redact(out_root)} "
+        f"({settings.describe()})")
+    if use_ray:
         media = df["media"].fillna("video").astype(str) if "media" in df.columns else ["video"] * total
         items = [{"_index": i, "video": str(v), "media": m} for i, (v, m) in enumerate(zip(df["video"], media))]
         # One video per task keeps tasks short enough to spread and to retry; outputs are idempotent.
@@ -422,12 +525,16 @@ def prepare_dataset(
                 results.append(PrepareResult(**{k: _plain(batch[k][i]) for k in PrepareResult.__dataclass_fields__}))
             if len(results) % step == 0 or len(results) == total:
                 log(_progress(len(results), total, started))
+        node_names = _node_names()
     else:
         for i, row in enumerate(df[columns].to_dict("records")):
             results.append(prepare_row(i, row, **kwargs))
             if len(results) % step == 0 or len(results) == total:
                 log(_progress(len(results), total, started))
     results.sort(key=lambda r: r.index)
+    if [r.index for r in results] != list(range(total)):  # a lost or doubled result would corrupt the manifest
+        raise RuntimeError(f"the Ray Data job returned {len(results)} results for {total} manifest rows; rerun "
+                           "the command (finished videos are skipped)")
     good = [r for r in results if not r.error]
     bad = tuple((str(df.loc[r.index, "video"]), r.error) for r in results if r.error)
     out = df.loc[[r.index for r in good]].copy()
@@ -453,6 +560,13 @@ def prepare_dataset(
         storage.write_bytes(errors_uri, "".join(f"{v}\t{why}\n" for v, why in bad).encode())
         for video, why in bad:
             log(f"bad input {video}: {why}")
+    else:
+        _delete(errors_uri)  # an earlier run's list: its inputs are prepared now
+    prepared_on: dict = {}
+    for r in good:
+        if not r.skipped and r.node:
+            name = node_names.get(r.node, r.node[:12])
+            prepared_on[name] = prepared_on.get(name, 0) + 1
     return PrepareReport(
         manifest=manifest_out,
         num_videos=total,
@@ -463,6 +577,7 @@ def prepare_dataset(
         bytes_out=sum(r.bytes_out for r in good),
         seconds=time.perf_counter() - started,
         settings=settings,
+        prepared_on=tuple(sorted(prepared_on.items(), key=lambda item: -item[1])),
     )
 
 

@@ -361,6 +361,7 @@ def prepare_dataset(
     cache_dir: str = "",
     num_cpus_per_task: float = 1.0,
     use_ray: bool = True,
+    shared_fs: bool = False,
     log=print,
 ) -> PrepareReport:
     """Re-encodes every row of a manifest into `out_root` and writes `out_root/manifest.parquet`.
@@ -379,6 +380,8 @@ def prepare_dataset(
         cache_dir: local cache for remote sources (default under `ACTIONLAB_HOME`).
         num_cpus_per_task: CPUs Ray reserves per video.
         use_ray: False runs in this process (tests, one-off small sets).
+        shared_fs: local `root` and `out_root` are on a file system every node mounts at the same path;
+            without it a Ray cluster of several nodes refuses them (each node would read and write its own disk).
         log: where progress lines go.
     """
     import pandas as pd
@@ -387,6 +390,7 @@ def prepare_dataset(
     from . import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest_uri).reset_index(drop=True)
+    root_is_default = not root
     root = root or data_manifest.default_root(manifest_uri)
     cache_dir = cache_dir or str(tracking.home() / "cache")
     if not storage.is_remote(out_root):
@@ -407,9 +411,12 @@ def prepare_dataset(
     if use_ray:
         import ray
 
+        from .. import cluster
         from ..train.launch import init_ray
 
         init_ray()
+        cluster.refuse_node_local(cluster.prepare_locations(root=root, out_root=out_root, root_is_default=root_is_default),
+                                  num_nodes=cluster.alive_nodes(), shared_fs=shared_fs, shared_fs_hint="--shared-fs")
         media = df["media"].fillna("video").astype(str) if "media" in df.columns else ["video"] * total
         items = [{"_index": i, "video": str(v), "media": m} for i, (v, m) in enumerate(zip(df["video"], media))]
         # One video per task keeps tasks short enough to spread and to retry; outputs are idempotent.

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__, flops, tracking
+from .. import __version__, cluster, flops, tracking
 from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
@@ -45,6 +45,7 @@ def train_worker(loop_config: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
     checkpoint = ray.train.get_checkpoint()
+    cluster.record_worker_nodes(ctx.run_id, rank=rank)  # every rank: where each one runs; rank 0 tags the run
 
     spec = get_workload(cfg.workload.name)
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames)

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import storage, tracking
+from .. import cluster, storage, tracking
 from ..config import load_recipe, resolve, to_dict
 from .space import SweepSpec, param_space
 
@@ -137,6 +137,8 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     recipe = load_recipe(spec.recipe)
     fixed = dict(spec.overrides)
     base_cfg = resolve(recipe, updates=fixed)
+    init_ray()
+    cluster.check_config(base_cfg, storage_root=storage_root(base_cfg))  # before the parent run and any trial
     experiment = base_cfg.tracking.experiment
     root = storage.join(storage_root(base_cfg), "sweeps")
     name, parent_run_id = _claim_sweep(experiment, spec.name, root)

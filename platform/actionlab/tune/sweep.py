@@ -155,7 +155,6 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
         })
         tracking.log_text(parent_run_id, json.dumps(to_dict(base_cfg), indent=1, default=str), "base_config.json")
 
-    init_ray()
     fit, why = trials_that_fit(base_cfg, ray.cluster_resources())
     if fit < 1:
         raise RuntimeError(f"no trial fits on this cluster: {why}; lower compute.num_workers / cpus_per_worker")

@@ -385,7 +385,8 @@ def cmd_data_prepare(args) -> int:
         preset=args.preset, fast_decode=not args.no_fastdecode, output_format=args.format,
     )
     report = prepare.prepare_dataset(args.manifest, args.out, settings, root=args.root or "",
-                                     num_cpus_per_task=args.cpus_per_task, use_ray=not args.no_ray)
+                                     num_cpus_per_task=args.cpus_per_task, use_ray=not args.no_ray,
+                                     shared_fs=args.shared_fs)
     summary = report.summary()
     if args.json:
         _print(summary, True)
@@ -774,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--codec", default="h264", choices=["h264"], help="output codec")
     sp.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per video")
     sp.add_argument("--no-ray", action="store_true", help="run in this process instead of a Ray Data job")
+    sp.add_argument("--shared-fs", action="store_true",
+                    help="local --root and OUT are on a file system every node mounts at the same path (NFS, FSx); "
+                         "without it a Ray cluster of several nodes refuses them")
     sp.add_argument("--json", action="store_true")
 
     sp = data.add_parser("upload", help="copy a dataset folder to s3://bucket/prefix as it is (rewrites nothing)")

@@ -433,16 +433,16 @@ def _node_names() -> dict:
     return {n["NodeID"]: n.get("NodeName") or n.get("NodeManagerAddress") or n["NodeID"][:12] for n in ray.nodes()}
 
 
-def _before_compute(*, num_cpus_per_task: float, log) -> None:
-    """What the driver checks and says on the joined Ray cluster before any task starts.
+def _before_compute(*, root: str, out_root: str, root_is_default: bool, shared_fs: bool, num_cpus_per_task: float,
+                    log) -> None:
+    """What the driver checks and says on the joined Ray cluster before any task starts: node-local
+    `--root` and OUT are refused on a cluster of several nodes (`actionlab.cluster`), and the capacity."""
+    from .. import cluster
 
-    This is the one place for pre-flight checks of the Ray job: the refusal of node-local `--root`
-    and OUT on a cluster of several nodes (`actionlab.cluster`) is called from here.
-    """
-    import ray
-
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
+    alive = cluster.node_resources()
+    cluster.refuse_node_local(cluster.prepare_locations(root=root, out_root=out_root, root_is_default=root_is_default),
+                              num_nodes=len(alive), shared_fs=shared_fs, shared_fs_hint="--shared-fs")
+    cpus = [float(n.get("CPU", 0)) for n in alive]
     at_once = sum(int(c // num_cpus_per_task) for c in cpus) if num_cpus_per_task > 0 else 0
     log(f"Ray cluster: {len(alive)} node(s), {sum(cpus):g} CPUs: up to {at_once} videos at once "
         f"({num_cpus_per_task:g} CPU each); a lost node's videos are redone on the others")
@@ -461,6 +461,7 @@ def prepare_dataset(
     cache_dir: str = "",
     num_cpus_per_task: float = 1.0,
     use_ray: bool = True,
+    shared_fs: bool = False,
     log=print,
 ) -> PrepareReport:
     """Re-encodes every row of a manifest into `out_root` and writes `out_root/manifest.parquet`.
@@ -481,6 +482,8 @@ def prepare_dataset(
         cache_dir: local cache for remote sources (default: under each node's `ACTIONLAB_HOME`).
         num_cpus_per_task: CPUs Ray reserves per video.
         use_ray: False runs in this process (tests, one-off small sets).
+        shared_fs: local `root` and `out_root` are on a file system every node mounts at the same path;
+            without it a Ray cluster of several nodes refuses them (each node would read and write its own disk).
         log: where progress lines go.
     """
     import uuid
@@ -488,6 +491,7 @@ def prepare_dataset(
     from . import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest_uri).reset_index(drop=True)
+    root_is_default = not root
     root = root or data_manifest.default_root(manifest_uri)
     if not storage.is_remote(out_root):
         out_root = str(Path(out_root).expanduser().resolve())
@@ -503,16 +507,17 @@ def prepare_dataset(
     kwargs = dict(root=root, out_root=out_root, settings=settings, cache_dir=cache_dir, run_id=uuid.uuid4().hex)
     node_names: dict = {}
     if use_ray:
-        import ray
-
         from ..train.launch import init_ray
 
         init_ray()
-        _before_compute(num_cpus_per_task=num_cpus_per_task, log=log)
+        _before_compute(root=root, out_root=out_root, root_is_default=root_is_default, shared_fs=shared_fs,
+                        num_cpus_per_task=num_cpus_per_task, log=log)
     started = time.perf_counter()
     log(f"preparing {total} videos from {storage.redact(manifest_uri)} into {storage.redact(out_root)} "
         f"({settings.describe()})")
     if use_ray:
+        import ray
+
         media = df["media"].fillna("video").astype(str) if "media" in df.columns else ["video"] * total
         items = [{"_index": i, "video": str(v), "media": m} for i, (v, m) in enumerate(zip(df["video"], media))]
         # One video per task keeps tasks short enough to spread and to retry; outputs are idempotent.

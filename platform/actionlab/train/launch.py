@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .. import storage, tracking
+from .. import cluster, storage, tracking
 from ..config import Config, dump_yaml, flat_params, to_dict
 from ..data import manifest as data_manifest
 from .context import RunContext
@@ -195,6 +195,8 @@ def train(
     check_buildable(spec, cfg)
     data = resolve_data(cfg)
     root = storage_root(cfg)
+    init_ray()
+    cluster.check_config(cfg, storage_root=root)  # before the MLflow run and any worker
     base_name = cfg.tracking.run_name or default_run_name(cfg, data.dataset)
     run_name, run_id = claim_run(cfg, base_name, root)
     lock = RunLock(storage.join(root, run_name), run_name)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__, flops, tracking
+from .. import __version__, cluster, flops, tracking
 from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
@@ -45,7 +45,7 @@ def train_worker(loop_config: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
     checkpoint = ray.train.get_checkpoint()
-    _record_worker_nodes(ctx.run_id, rank, world)
+    cluster.record_worker_nodes(ctx.run_id, rank=rank)  # every rank: where each one runs; rank 0 tags the run
 
     spec = get_workload(cfg.workload.name)
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames)
@@ -127,21 +127,6 @@ def _measure(cfg: Config, fmt, model: nn.Module, tracker: tracking.MetricBuffer)
     tracker.add({"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
     _log(0, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
     return compute.gmacs
-
-
-def _record_worker_nodes(run_id: str, rank: int, world: int) -> None:
-    """Every rank gives its Ray node id; rank 0 adds them to the run's worker-nodes tag (where a run,
-    or a sweep's trial, trained)."""
-    import ray
-    import torch.distributed as dist
-
-    nodes = [ray.get_runtime_context().get_node_id()]
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        gathered = [None] * world
-        dist.all_gather_object(gathered, nodes[0])
-        nodes = gathered
-    if rank == 0 and not tracking.add_worker_nodes(run_id, nodes):
-        _log(rank, f"MLflow unreachable: run not tagged with its worker nodes {nodes}")
 
 
 def _step_log(rank: int, world: int, epoch: int, epochs: int):

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import storage, tracking
+from .. import cluster, storage, tracking
 from ..config import load_recipe, resolve, to_dict
 from .space import SweepSpec, num_trials, param_space
 
@@ -92,13 +92,6 @@ def trials_that_fit(cfg, nodes) -> tuple[int, str]:
     return fit, why
 
 
-def alive_nodes() -> list[dict]:
-    """The resources of each alive node of the connected Ray cluster."""
-    import ray
-
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-
-
 def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     """Ids of points (id, gmacs, score) that no other point beats on both cost and score."""
     front = []
@@ -163,6 +156,8 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     recipe = load_recipe(spec.recipe)
     fixed = dict(spec.overrides)
     base_cfg = resolve(recipe, updates=fixed)
+    init_ray()
+    cluster.check_config(base_cfg, storage_root=storage_root(base_cfg))  # before the parent run and any trial
     experiment = base_cfg.tracking.experiment
     root = storage.join(storage_root(base_cfg), "sweeps")
     name, parent_run_id = _claim_sweep(experiment, spec.name, root)
@@ -179,8 +174,7 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
         })
         tracking.log_text(parent_run_id, json.dumps(to_dict(base_cfg), indent=1, default=str), "base_config.json")
 
-    init_ray()
-    fit, why = trials_that_fit(base_cfg, alive_nodes())
+    fit, why = trials_that_fit(base_cfg, cluster.node_resources())
     if fit < 1:
         raise RuntimeError(f"no trial fits on this cluster: {why}; lower compute.num_workers / cpus_per_worker")
     concurrency = min(fit, spec.max_concurrent_trials) if spec.max_concurrent_trials else fit

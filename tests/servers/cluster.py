@@ -144,9 +144,11 @@ class Cluster:
         return self.head.dashboard_url
 
     def add_node(self, *, num_cpus: float = 1, resources: dict | None = None, labels: dict | None = None,
-                 name: str = "", env: dict | None = None, wait: bool = True) -> Node:
+                 name: str = "", env: dict | None = None, wait: bool = True, start_attempts: int = 3) -> Node:
         """Starts `ray start --address` in a new mount namespace with an empty tmpfs over `local_dir` and
-        over its own Ray temp dir; `wait` waits until the cluster lists it alive."""
+        over its own Ray temp dir; `wait` waits until the cluster lists it alive, starting the node again
+        (up to `start_attempts` in all) when `ray start` gave up on its raylet: it allows it a hard-coded
+        30 s to register with the GCS, which a loaded 2-core machine can exceed."""
         name = name or next(n for n in (f"node{i}" for i in self._names) if n not in self._used)
         self._used.add(name)
         marker = f"{self.root.name}-{name}-{time.monotonic_ns()}"
@@ -167,7 +169,14 @@ class Cluster:
                     resources=dict(resources or {}), labels=dict(labels or {}))
         self.nodes.append(node)
         if wait:
-            self.wait_for_nodes()
+            try:
+                self.wait_for_nodes()
+            except RuntimeError:
+                if start_attempts <= 1 or "timed out during startup" not in node.process.log():
+                    raise
+                self.remove_node(node)
+                return self.add_node(num_cpus=num_cpus, resources=resources, labels=labels, name=name, env=env,
+                                     wait=wait, start_attempts=start_attempts - 1)
         return node
 
     def remove_node(self, node: Node, *, allow_graceful: bool = False) -> None:
@@ -263,6 +272,6 @@ def ray_cluster(ray_cluster_session, monkeypatch):
         if node.name != "node2" or not node.alive():
             cluster.remove_node(node)
     if not any(n.name == "node2" for n in cluster.nodes):
-        cluster.add_node(num_cpus=1, name="node2", wait=False)
+        cluster.add_node(num_cpus=1, name="node2")
     cluster.wait_for_nodes()
     cluster.head.wait_idle()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 
 # Ray Train's worker-group start-up timeout (`ray.train.v2._internal.constants`), propagated by Ray
 # from the driver to the controller: how long one placement of the group may wait for resources.
@@ -43,11 +43,18 @@ def _fmt(resources: dict) -> str:
     return "{" + ", ".join(f"{k}: {v:g}" for k, v in resources.items()) + "}"
 
 
-class CapacityWatch(ControllerCallback):
+# How long an elastic restart waits for the cluster to declare dead the nodes whose workers died, so
+# that the group is sized without them (Ray's GCS takes ~15-30 s with its default health checks).
+SETTLE_S = 30.0
+
+
+class CapacityWatch(ControllerCallback, WorkerGroupCallback):
     """Fails the run when no worker group has run for `timeout_s`, naming the missing resources.
 
     Ray copies it into the Train controller, which calls `after_controller_state_update` on every
     iteration of its loop; a `CapacityError` raised there is not retried by Ray's failure policy.
+    The controller's worker group calls the same object's worker-group hooks, which note the nodes of
+    workers that died: an elastic restart first lets the cluster declare those nodes dead.
     """
 
     def __init__(self, *, min_workers: int, num_workers: int, resources_per_worker: dict, timeout_s: float):
@@ -58,11 +65,24 @@ class CapacityWatch(ControllerCallback):
         self._nodes: dict[str, str] = {}
         self._waiting_since: float | None = None
         self._requester_id = ""
+        self._rank_nodes: dict[int, str] = {}
+        self._lost_workers_nodes: set[str] = set()
 
     def after_controller_start(self, train_run_context) -> None:
         self._nodes = _alive_nodes()
         self._waiting_since = time.monotonic()
         self._requester_id = f"train-{train_run_context.run_id}"  # how Ray's scaling policy names its request
+
+    def after_worker_group_start(self, worker_group) -> None:
+        self._rank_nodes = {w.distributed_context.world_rank: w.metadata.node_id for w in worker_group.get_workers()}
+
+    def after_worker_group_poll_status(self, worker_group_status) -> None:
+        from ray.exceptions import RayActorError
+
+        for rank, error in worker_group_status.errors.items():
+            cause = getattr(error, "health_check_failure", error)
+            if isinstance(cause, RayActorError) and rank in self._rank_nodes:  # the process died, not the code
+                self._lost_workers_nodes.add(self._rank_nodes[rank])
 
     def after_controller_state_update(self, previous_state, current_state) -> None:
         name = type(current_state).__name__
@@ -72,11 +92,23 @@ class CapacityWatch(ControllerCallback):
         if self._waiting_since is None:
             self._waiting_since = time.monotonic()
             if self.min_workers < self.num_workers:
+                self._settle()
                 self._refresh_reservation()
             return
         waited = time.monotonic() - self._waiting_since
         if waited >= self.timeout_s:
             raise CapacityError(self.message(waited))
+
+    def _settle(self) -> None:
+        """Waits (at most SETTLE_S) until the nodes of workers whose processes died are dead or gone.
+
+        A worker killed with its node is seen dead at once by the controller, seconds before Ray's GCS
+        declares the node dead; a group sized meanwhile counts the lost node and waits for it.
+        """
+        suspects, self._lost_workers_nodes = self._lost_workers_nodes, set()
+        deadline = time.monotonic() + SETTLE_S
+        while suspects & _alive_nodes().keys() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def _refresh_reservation(self) -> None:
         """Has Ray's autoscaling coordinator look at the cluster now.

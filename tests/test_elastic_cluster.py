@@ -142,8 +142,8 @@ def test_a_lost_node_is_survived_and_the_run_scales_back(ray_cluster, s3_server,
     for key in ("train/loss", "val/top1", "train/world_size", "train/lr"):
         steps = [m.step for m in c.get_metric_history(out["run_id"], key)]
         assert steps == list(range(1, epochs + 1)), (key, steps)  # one value per epoch: redone ones not again
-    world = [int(m.value) for m in sorted(c.get_metric_history(out["run_id"], "train/world_size"), key=lambda m: m.step)]
-    accum = [int(m.value) for m in sorted(c.get_metric_history(out["run_id"], "train/accum_steps"), key=lambda m: m.step)]
+    world, accum = ([int(m.value) for m in sorted(c.get_metric_history(out["run_id"], key), key=lambda m: m.step)]
+                    for key in ("train/world_size", "train/accum_steps"))
     print(f"world size per epoch: {world}; accumulation steps: {accum}")
     assert world[0] == 2 and 1 in world and 2 in world[world.index(1):], world  # 2 -> 1 -> 2
     assert all(a == 2 // w for w, a in zip(world, accum))  # global batch 2 x 2 clips on either size

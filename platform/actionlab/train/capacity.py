@@ -139,11 +139,13 @@ class CapacityWatch(ControllerCallback, WorkerGroupCallback):
         fits = min((int(free.get(k, 0.0) // v) for k, v in self.resources_per_worker.items() if v > 0), default=0)
         have = ", ".join(f"{free.get(k, 0.0):g} {k} free of {total.get(k, 0.0):g}"
                          for k in self.resources_per_worker)
-        after = f" after node{'s' if len(lost) > 1 else ''} {', '.join(lost)} {'were' if len(lost) > 1 else 'was'} lost" \
-            if lost else ""
-        size = ("compute.num_workers" if self.min_workers == self.num_workers else "compute.min_workers")
-        fix = (f"set compute.min_workers={fits} to go on with fewer workers, or add nodes" if 1 <= fits < self.min_workers
-               else "add nodes or free resources")
+        after = ""
+        if lost:
+            after = f" after node {lost[0]} was lost" if len(lost) == 1 else f" after nodes {', '.join(lost)} were lost"
+        size = "compute.num_workers" if self.min_workers == self.num_workers else "compute.min_workers"
+        fix = "Add nodes or free resources"
+        if 1 <= fits < self.min_workers:
+            fix = f"Set compute.min_workers={fits} to go on with fewer workers, or add nodes"
         return (f"the run needs {self.min_workers} workers x {_fmt(self.resources_per_worker)} ({size}="
                 f"{self.min_workers}); the cluster has {have}{after}; waited {waited:.0f} s "
-                f"(compute.resize_timeout_s={self.timeout_s:g}). {fix[0].upper() + fix[1:]}")
+                f"(compute.resize_timeout_s={self.timeout_s:g}). {fix}")

@@ -108,11 +108,37 @@ class ComputeConfig:
     compile: bool = False  # torch.compile the training step
     fused_optimizer: bool = True  # one fused kernel per optimiser step (GPU only)
     max_failures: int = 2  # worker-group restarts before the run fails
-    # Elastic training: the run starts once min_workers fit, resumes on the workers that fit after a
-    # node is lost, and scales back to num_workers when capacity returns. None: num_workers (fixed size).
+    # Elastic training: the run starts once min_workers fit, resumes from its last checkpoint on the
+    # workers that fit after a node is lost, and scales back to num_workers when capacity returns.
+    # None: num_workers (fixed size). On W < num_workers workers each optimiser step accumulates
+    # gradients over ceil(num_workers / W) micro-batches of data.batch_size, so the global batch per
+    # step stays batch_size x num_workers and optim.lr and the LR schedule (counted in optimiser steps
+    # of the full-size run) mean what the recipe says; when W does not divide num_workers the global
+    # batch is the next larger multiple and lr is scaled linearly to it (logged).
     min_workers: int | None = None
-    # A fixed-size run that lost capacity waits this long for it to return, then fails naming what is missing.
+    # A run with fewer than min_workers placeable (fixed size: num_workers) waits this long for the
+    # capacity to return, then fails naming what is missing.
     resize_timeout_s: float = 300.0
+    # An elastic run below num_workers checks this often whether more workers fit (a scale-up
+    # restarts from the last checkpoint).
+    resize_check_s: float = 60.0
+
+    def __post_init__(self):
+        if self.num_workers < 1:
+            raise ConfigError(f"compute.num_workers must be at least 1, got {self.num_workers}")
+        if self.min_workers is not None and not 1 <= self.min_workers <= self.num_workers:
+            raise ConfigError(
+                f"compute.min_workers must be between 1 and compute.num_workers={self.num_workers}, got "
+                f"{self.min_workers}; leave it unset for a fixed size"
+            )
+        for name in ("resize_timeout_s", "resize_check_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"compute.{name} must be positive, got {getattr(self, name)}")
+
+    @property
+    def workers_range(self) -> tuple[int, int]:
+        """(min, max) Train workers: min_workers (default num_workers) .. num_workers."""
+        return (self.num_workers if self.min_workers is None else self.min_workers), self.num_workers
 
 
 @dataclass(frozen=True)

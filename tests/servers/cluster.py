@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -286,6 +284,6 @@ def ray_cluster(ray_cluster_session, monkeypatch):
         if node.name != "node2" or not node.alive():
             cluster.remove_node(node)
     if not any(n.name == "node2" for n in cluster.nodes):
-        cluster.add_node(num_cpus=1, name="node2", wait=False)
+        cluster.add_node(num_cpus=1, name="node2")
     cluster.wait_for_nodes()
     cluster.head.wait_idle()

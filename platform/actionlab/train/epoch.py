@@ -8,6 +8,7 @@ directly.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -57,13 +58,17 @@ def build_optimizer(cfg: Config, method, *, fused: bool = False) -> torch.optim.
                            **extra)
 
 
-def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
-    """Per-step LR multiplier: linear warmup, then cosine / step / constant."""
+def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int, *, lr_scale: float = 1.0):
+    """Per-step LR multiplier: linear warmup, then cosine / step / constant, times `lr_scale`.
+
+    `steps_per_epoch` counts optimiser steps of the full-size run (`train.elastic`), whatever the world
+    size now, so the step count a checkpoint carries means the same fraction of training after a resize.
+    """
     total = max(1, cfg.schedule.epochs * steps_per_epoch)
     warmup = cfg.schedule.warmup_epochs * steps_per_epoch
     milestones = [m * steps_per_epoch for m in cfg.schedule.lr_steps]
 
-    def factor(step: int) -> float:
+    def shape(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         if cfg.schedule.lr_schedule == "cosine":
@@ -72,6 +77,9 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
         if cfg.schedule.lr_schedule == "step":
             return 0.1 ** sum(step >= m for m in milestones)
         return 1.0
+
+    def factor(step: int) -> float:
+        return shape(step) * lr_scale
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -108,13 +116,14 @@ def train_one_epoch(
     channels_last: bool = False,
     on_bad=None,
     log=None,
+    accum_steps: int = 1,
 ) -> EpochStats:
     """One epoch of plain PyTorch training: the same code under Ray Train and in `bench train --vs-plain`.
 
     Args:
         step_module: `TrainStep` (possibly DDP-wrapped): `(clips, labels) -> {"loss", ...}`.
         loader: yields `collate_clips` batches (uint8 clips; bad samples listed, not raised).
-        optimizer, scheduler: stepped once per batch.
+        optimizer, scheduler: stepped once per optimiser step (every `accum_steps` batches).
         device: where the clips go; normalisation happens there.
         mean, std: (1, 1, C, 1, 1) normalisation tensors on `device`.
         grad_clip: max gradient norm (0 disables).
@@ -123,6 +132,9 @@ def train_one_epoch(
         channels_last: clips in channels-last memory order (faster convolutions on GPUs).
         on_bad: called with each batch's list of bad (video_id, reason) as it arrives, or None.
         log: `log(step, num_steps, stats_so_far)` about four times an epoch, or None.
+        accum_steps: batches per optimiser step. Their gradients add up, each loss divided by the number
+            of batches in its group, so a step sees their mean: an elastic run on fewer workers keeps the
+            recipe's global batch (`train.elastic`). DDP syncs gradients on a group's last batch only.
     """
     step_module.train()
     num_steps = len(loader)
@@ -134,11 +146,26 @@ def train_one_epoch(
     def so_far(now: float) -> EpochStats:
         return EpochStats(float(loss_sum) / max(1, seen), seen, bad, extras, data_time, step_time, now - start)
 
+    pending = 0  # batches whose gradients wait for the optimiser step
+
+    def optimiser_step() -> None:
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(step_module.parameters(), grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if on_step_end is not None:
+            on_step_end()
+
     for i, batch in enumerate(loader):
+        group_start = i - i % accum_steps
+        group_end = min(num_steps, group_start + accum_steps)
         bad.extend(batch["bad"])
         if batch["bad"] and on_bad is not None:
             on_bad(batch["bad"])
         if len(batch["label"]) == 0:
+            if i + 1 == group_end and pending:
+                optimiser_step()
+                pending = 0
             tick = time.perf_counter()
             continue
         clips = batch["clip"].to(device, non_blocking=True)
@@ -148,17 +175,19 @@ def train_one_epoch(
         x = normalise(clips, mean, std)  # (B, T, C, H, W) float
         if channels_last:
             x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)  # (B, T, C, H, W)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out = step_module(x, labels)
-        loss = out["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(step_module.parameters(), grad_clip)
-        optimizer.step()
-        scheduler.step()
-        if on_step_end is not None:
-            on_step_end()
+        if pending == 0:
+            optimizer.zero_grad(set_to_none=True)
+        last = i + 1 == group_end
+        no_sync = getattr(step_module, "no_sync", None)  # DDP: no gradient all-reduce before the group's end
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = step_module(x, labels)
+            loss = out["loss"]
+            (loss / (group_end - group_start) if group_end - group_start > 1 else loss).backward()
+        pending += 1
+        if last:
+            optimiser_step()
+            pending = 0
         b = labels.shape[0]
         loss_sum += loss.detach().double() * b
         seen += b

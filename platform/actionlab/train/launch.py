@@ -114,13 +114,16 @@ def claim_run(cfg: Config, base_name: str, root: str) -> tuple[str, str | None]:
 
 
 def _check_resources(cfg: Config, use_gpu: bool) -> None:
+    """Refuses a run whose smallest worker group (compute.min_workers, default num_workers) cannot fit."""
     import ray
 
     have = ray.cluster_resources()
-    need_cpu = cfg.compute.num_workers * cfg.compute.cpus_per_worker
+    workers, _ = cfg.compute.workers_range
+    setting = "compute.min_workers" if cfg.compute.min_workers is not None else "compute.num_workers"
+    need_cpu = workers * cfg.compute.cpus_per_worker
     if need_cpu > have.get("CPU", 0):
         raise RuntimeError(
-            f"compute.num_workers={cfg.compute.num_workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
+            f"{setting}={workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
             f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
         )
     if cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
@@ -129,10 +132,10 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
             f"the cluster's {have.get('CPU', 0):g} CPUs and none is left to decode; add CPU nodes, lower "
             "compute.cpus_per_worker, or use data.engine=loader"
         )
-    if use_gpu and cfg.compute.num_workers > have.get("GPU", 0):
+    if use_gpu and workers > have.get("GPU", 0):
         raise RuntimeError(
-            f"compute.num_workers={cfg.compute.num_workers} with GPUs needs {cfg.compute.num_workers} GPUs but the "
-            f"cluster has {have.get('GPU', 0):g}; set compute.num_workers or compute.use_gpu=false"
+            f"{setting}={workers} with GPUs needs {workers} GPUs but the "
+            f"cluster has {have.get('GPU', 0):g}; set {setting} or compute.use_gpu=false"
         )
 
 
@@ -217,6 +220,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from . import capacity, elastic
     from .lifeline import Lifeline
     from .system_metrics import SystemMetrics
     from .loop import train_worker
@@ -249,12 +253,24 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     if use_gpu:
         resources["GPU"] = 1
     storage_path, storage_filesystem = storage.ray_storage(root)
+    min_workers, num_workers = cfg.compute.workers_range
+    if min_workers < num_workers:
+        print(f"elastic workers: {min_workers}..{num_workers}; on fewer than {num_workers} each optimiser step "
+              f"accumulates gradients so the global batch stays {cfg.data.batch_size * num_workers} "
+              f"(data.batch_size x compute.num_workers)", flush=True)
+    # Read by Ray Train's controller (propagated from this process): how long one placement of the
+    # worker group may wait; CapacityWatch bounds the whole wait and names what is missing.
+    start_timeout = capacity.start_timeout_s(min_workers, num_workers, cfg.compute.resize_timeout_s)
+    os.environ[capacity.START_TIMEOUT_ENV] = f"{start_timeout:g}"
+    watch = capacity.CapacityWatch(min_workers=min_workers, num_workers=num_workers, resources_per_worker=resources,
+                                   timeout_s=cfg.compute.resize_timeout_s)
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"config": to_dict(cfg),
                            "ctx": replace(data, run_id=run_id, run_name=run_name).to_dict()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.compute.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            use_gpu=use_gpu, resources_per_worker=resources,
+            **elastic.scaling_kwargs(min_workers, num_workers, cfg.compute.resize_check_s),
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
@@ -266,14 +282,17 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env()},
             # The controller and workers die with this process; workers sample system metrics.
-            callbacks=[Lifeline(), SystemMetrics(run_id, tracking.tracking_uri()), *callbacks],
+            callbacks=[Lifeline(), watch, SystemMetrics(run_id, tracking.tracking_uri()), *callbacks],
         ),
     )
     try:
         result = trainer.fit()
     except BaseException as err:
+        shown = capacity.unwrap(err)  # a capacity error says it all; Ray's wrapper adds nothing
         tracking.end_run(run_id, "FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
-        tracking.set_tags(run_id, {"actionlab.error": storage.redact_text(str(err))[:4000]})
+        tracking.set_tags(run_id, {"actionlab.error": storage.redact_text(str(shown))[:4000]})
+        if shown is not err:
+            raise shown from None
         raise
     metrics = dict(result.return_value or result.metrics or {})
     if result.checkpoint is not None:

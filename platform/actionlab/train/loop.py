@@ -25,7 +25,7 @@ from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
 from ..model_meta import ModelMeta, Preprocessing
-from . import resume
+from . import elastic, resume
 from .bad_samples import BadSampleLog
 from .context import RunContext
 from .epoch import EpochStats, TrainStep, build_optimizer, build_scheduler, train_one_epoch, validate
@@ -65,7 +65,11 @@ def train_worker(loop_config: dict) -> dict:
     train_loader, train_sampler = _loader(cfg, train_set, train=True, rank=rank, world=world)
     val_loader, _ = _loader(cfg, val_set, train=False, rank=rank, world=world)
     optimizer = build_optimizer(cfg, method, fused=cfg.compute.fused_optimizer and device.type == "cuda")
-    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    # On fewer workers than the recipe's (elastic), gradient accumulation keeps its global batch and the
+    # schedule counts the full-size run's optimiser steps.
+    plan = elastic.WorldPlan(world=world, num_workers=cfg.compute.num_workers)
+    full_steps = elastic.batches_per_rank(len(train_set), cfg.data.batch_size, cfg.compute.num_workers)
+    scheduler = build_scheduler(cfg, optimizer, full_steps, lr_scale=plan.lr_scale)
     mean_t, std_t = stats_tensors(fmt.mean, fmt.std, device)
     epochs = cfg.schedule.epochs
 
@@ -74,8 +78,10 @@ def train_worker(loop_config: dict) -> dict:
         with checkpoint.as_directory() as ckpt_dir:
             progress = resume.restore(Path(ckpt_dir), model=model, optimizer=optimizer, scheduler=scheduler)
         tracker.restore(progress.tracking)
+        elastic.sync_lr(scheduler)  # the restored lr was computed for the world size that saved it
         # Named: a sweep's trials print into one driver's output.
         _log(rank, f"run '{ctx.run_name}': resumed from checkpoint at epoch {progress.epochs_done}/{epochs}")
+    _log(rank, f"world size {plan.describe(cfg.data.batch_size)}")
     if rank == 0:
         _flush(tracker, rank)
     bad_log = BadSampleLog(rank, already=progress.bad_examples)
@@ -93,7 +99,7 @@ def train_worker(loop_config: dict) -> dict:
             step_module, train_loader, optimizer, scheduler, device=device, mean=mean_t, std=std_t,
             grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
             on_step_end=method.on_step_end, channels_last=cfg.compute.channels_last, on_bad=bad_log.met,
-            log=_step_log(rank, world, epoch, epochs),
+            log=_step_log(rank, world, epoch, epochs), accum_steps=plan.accum_steps,
         )
         val_start = time.perf_counter()
         scored = validate(method, val_loader, device=device, mean=fmt.mean, std=fmt.std,
@@ -101,6 +107,7 @@ def train_worker(loop_config: dict) -> dict:
         val_seconds = time.perf_counter() - val_start
         progress = _epoch_end(cfg, epoch, stats, scored, val_seconds, progress, method=method, optimizer=optimizer,
                               bad_log=bad_log, device=device, gmacs=gmacs)
+        progress.metrics.update(plan.metrics())
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
             if rank == 0:
@@ -221,7 +228,7 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         from ..data.ray_ingest import RayClipLoader
 
         loader = RayClipLoader(dataset, sampler, batch_size=cfg.data.batch_size,
-                               drop_last=train and len(dataset) >= cfg.data.batch_size * world * 2)
+                               drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world))
         return loader, sampler
     loader = data_dataset.make_loader(
         dataset,
@@ -230,7 +237,7 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         num_workers=cfg.data.num_loader_workers,
         timeout_s=cfg.data.loader_timeout_s,
         sampler=sampler,
-        drop_last=train and len(dataset) >= cfg.data.batch_size * world * 2,
+        drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
     )
     return loader, sampler
 

@@ -123,7 +123,17 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
             f"compute.num_workers={cfg.compute.num_workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
             f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
         )
-    if cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
+    if cfg.data.engine == "ray" and cfg.data.decode_nodes == "labelled":
+        from ..data.ray_ingest import DECODE_LABEL_KEY, DECODE_LABEL_VALUE, decode_node_table
+
+        # A warning, not a refusal: an autoscaler (KubeRay's decode group at 0 replicas) starts labelled
+        # nodes only once the decode tasks ask for them.
+        if not any(n["decode_label"] and n["cpus"] >= 1 for n in decode_node_table()):
+            label = f"{DECODE_LABEL_KEY}={DECODE_LABEL_VALUE}"
+            print(f"data.decode_nodes=labelled: no node with CPUs has the label {label} yet, so decoding waits "
+                  f"until one joins; start one with `ray start --address HEAD:6379 --labels {label}`, or use "
+                  "data.decode_nodes=auto", flush=True)
+    elif cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
         raise RuntimeError(
             f"data.engine=ray decodes in Ray tasks beside the Train workers, but the workers take {need_cpu:g} of "
             f"the cluster's {have.get('CPU', 0):g} CPUs and none is left to decode; add CPU nodes, lower "

@@ -18,7 +18,13 @@ import pytest
 from servers.process import REPO, needs_netns
 
 from actionlab.config import Config, resolve
-from actionlab.data.ray_ingest import DECODE_LABEL_KEY, DECODE_LABEL_VALUE, NODE_ID_LABEL, decode_label_selector
+from actionlab.data.ray_ingest import (
+    DECODE_LABEL_KEY,
+    DECODE_LABEL_VALUE,
+    NODE_ID_LABEL,
+    decode_label_selector,
+    train_label_selector,
+)
 
 
 def _node(node_id: str, cpus: float, alive: bool = True) -> dict:
@@ -42,6 +48,11 @@ def test_labelled_selects_the_decode_label_and_any_selects_nothing():
     assert decode_label_selector("any", ["gpu1"], nodes, num_cpus=1) is None
 
 
+def test_train_workers_keep_off_declared_decode_nodes_unless_any():
+    assert train_label_selector("auto") == train_label_selector("labelled") == {DECODE_LABEL_KEY: "!decode"}
+    assert train_label_selector("any") is None
+
+
 def test_the_selectors_are_valid_ray_label_selectors():
     from ray._private.label_utils import validate_label_selector
 
@@ -50,6 +61,7 @@ def test_the_selectors_are_valid_ray_label_selectors():
         selector = decode_label_selector(mode, node_ids, [_node(i, 1) for i in node_ids] + [_node("c" * 56, 1)],
                                          num_cpus=1)
         assert selector and validate_label_selector(selector) is None, selector
+    assert validate_label_selector(train_label_selector("auto")) is None
 
 
 def test_decode_nodes_is_a_config_choice():
@@ -87,22 +99,40 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
 
     actionlab("data", "upload", str(manifest.parent), f"{bucket}/motion")
     epochs, rows = 4, []
-    for extra in (0, 1, 2):
-        if extra:
-            cluster.add_node(num_cpus=1, labels={DECODE_LABEL_KEY: DECODE_LABEL_VALUE})
+
+    def feed(mode: str) -> dict:
         done = actionlab("bench", "train", "smoke", "--feed-only", "--json", "--set=data.engine=ray",
-                         f"--set=data.manifest={bucket}/motion/manifest.parquet", "--set=data.batch_size=4",
-                         "--set=compute.num_workers=1", "--set=compute.cpus_per_worker=1",
-                         f"--set=schedule.epochs={epochs}", "--set=clip.size_px=32", "--set=clip.resize_px=36")
+                         f"--set=data.decode_nodes={mode}", f"--set=data.manifest={bucket}/motion/manifest.parquet",
+                         "--set=data.batch_size=4", "--set=compute.num_workers=1", "--set=compute.cpus_per_worker=1",
+                         f"--set=schedule.epochs={epochs}", "--set=clip.size_px=32", "--set=clip.resize_px=36",
+                         "--set=workload.params.backbone=resnet10t")  # a small step
         out = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"\ndecode_nodes={mode}: {json.dumps(out)}", flush=True)
+        assert sum(out["clips_per_node"].values()) == 48 * epochs, out  # every clip of every epoch, once
+        assert len(out["clips_per_s"]) == epochs and out["step_clips_per_s"] > 0
+        return out
+
+    # Both decode nodes first (nodes join a quieter cluster more surely), then one removed, then none.
+    # A raylet on a loaded machine can take longer than Ray's 30 s to register.
+    added = [cluster.add_node(num_cpus=1, labels={DECODE_LABEL_KEY: DECODE_LABEL_VALUE},
+                              env={"RAY_raylet_start_wait_time_s": "180"}) for _ in range(2)]
+    for extra in (2, 1, 0):
+        while len(added) > extra:
+            node = added.pop()
+            cluster.remove_node(node)
+            cluster.wait_for_dead(node)
+        out = feed("auto")
         decoded, train_nodes = out["clips_per_node"], out["train_nodes"]
         decode_nodes = sorted(n["name"] for n in out["nodes"] if n["decode_label"])
-        assert len(train_nodes) == 1 and len(decode_nodes) == extra, out
-        assert sum(decoded.values()) == 48 * epochs, out  # every clip of every epoch, each decoded once
+        assert decode_nodes == sorted(n.name for n in added) and len(train_nodes) == 1, out
+        assert train_nodes[0] in ("head", "node2"), f"a Train worker on a decode node: {out}"
         assert train_nodes[0] not in decoded, f"clips decoded on the Train worker's node: {out}"
         assert set(decode_nodes) <= set(decoded), f"a decode node decoded nothing: {out}"
-        assert len(out["clips_per_s"]) == epochs and out["step_clips_per_s"] > 0
-        rows.append((extra, out))
+        rows.insert(0, (extra, out))
+        if extra == 2:
+            # Only the labelled nodes, although the base node without a Train worker has a free CPU too.
+            labelled = feed("labelled")
+            assert sorted(labelled["clips_per_node"]) == decode_nodes, labelled
 
     print("\nclips/s fed to one Train worker (data.engine=ray, 1 CPU per node, shared 2-core machine):")
     print(f"  {'decode nodes':>12s} {'decode CPUs':>11s} {'steady clips/s':>14s} {'step clips/s':>12s}  clips decoded per node")

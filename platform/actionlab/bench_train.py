@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .config import Config
-from .data.ray_ingest import decode_node_table
+from .data.ray_ingest import decode_node_table, train_label_selector
 
 
 @dataclass(frozen=True)
@@ -223,7 +223,8 @@ def feed_run(cfg: Config) -> FeedBench:
             feed_worker,
             train_loop_config={"config": to_dict(cfg), "ctx": data.to_dict()},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.compute.num_workers, use_gpu=use_gpu,
-                                                   resources_per_worker=resources),
+                                                   resources_per_worker=resources,
+                                                   label_selector=train_label_selector(cfg.data.decode_nodes)),
             run_config=ray.train.RunConfig(name=f"bench-feed-{uuid.uuid4().hex[:8]}", storage_path=scratch,
                                            worker_runtime_env={"env_vars": launch.worker_env()}),
         )

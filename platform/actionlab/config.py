@@ -61,7 +61,8 @@ class DataConfig:
     # Where data.engine=ray decodes. auto: on nodes that hold no Train worker of the run when the
     # cluster has such nodes with CPUs (CPU-only decode nodes, labelled or not), else on any node;
     # labelled: only on nodes started with the label actionlab/role=decode (an autoscaler adds them
-    # on demand); any: on any node's CPUs, the Train workers' nodes included.
+    # on demand); any: on any node's CPUs, the Train workers' nodes included. Except with any, Train
+    # workers are never placed on nodes labelled actionlab/role=decode.
     decode_nodes: Literal["auto", "labelled", "any"] = "auto"
 
 

@@ -38,20 +38,17 @@ NODE_ID_LABEL = "ray.io/node-id"  # Ray's own label on every node
 
 
 def train_node_ids() -> list[str]:
-    """The nodes holding this run's Train workers: each rank's node, gathered over the process group.
-
-    A collective when the group has several ranks: every rank calls it, in the same place. Outside a
-    process group (one rank, or a plain driver) it is this process's node.
+    """The nodes holding this run's Train workers: those of the placement group that Ray Train put the
+    worker group in (read from its table, so no rank waits on another); outside one, this process's node.
     """
     import ray
-    import torch.distributed as dist
+    from ray.util import get_current_placement_group, placement_group_table
 
-    node = ray.get_runtime_context().get_node_id()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [node]
-    nodes: list = [None] * dist.get_world_size()
-    dist.all_gather_object(nodes, node)
-    return sorted(set(nodes))
+    nodes = {ray.get_runtime_context().get_node_id()}
+    group = get_current_placement_group()
+    if group is not None:
+        nodes.update(placement_group_table(group).get("bundles_to_node_id", {}).values())
+    return sorted(nodes)
 
 
 def decode_label_selector(mode: str, train_nodes: list[str], nodes: list[dict], *, num_cpus: float) -> dict | None:
@@ -75,6 +72,12 @@ def decode_label_selector(mode: str, train_nodes: list[str], nodes: list[dict], 
     if not others:
         return None
     return {NODE_ID_LABEL: f"!in({','.join(sorted(train_nodes))})"}
+
+
+def train_label_selector(mode: str) -> dict | None:
+    """The Train workers' `ScalingConfig(label_selector=...)`: off the nodes declared for decoding (a CPU
+    Train worker could otherwise take a decode node's CPUs); none for `data.decode_nodes=any`."""
+    return None if mode == "any" else {DECODE_LABEL_KEY: f"!{DECODE_LABEL_VALUE}"}
 
 
 def decode_node_table() -> list[dict]:
@@ -138,8 +141,7 @@ class RayClipLoader:
         drop_last: drop the last incomplete batch.
         num_cpus_per_task: CPUs Ray reserves per decoding task.
         prefetch_batches: batches decoded ahead of the training step (bounds memory).
-        decode_nodes: where the tasks run, `data.decode_nodes` (see `decode_label_selector`); `auto`
-            gathers the Train workers' nodes here, a collective that every rank reaches alike.
+        decode_nodes: where the tasks run, `data.decode_nodes` (see `decode_label_selector`).
 
     `clips_per_node` counts the clips decoded on each node (by node id) since the loader was made.
     """

@@ -227,6 +227,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
 
     from .lifeline import Lifeline
     from .system_metrics import SystemMetrics
+    from ..data.ray_ingest import train_label_selector
     from .loop import train_worker
 
     resumed = run_id is not None
@@ -262,7 +263,8 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
         train_loop_config={"config": to_dict(cfg),
                            "ctx": replace(data, run_id=run_id, run_name=run_name).to_dict()},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.compute.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=cfg.compute.num_workers, use_gpu=use_gpu, resources_per_worker=resources,
+            label_selector=train_label_selector(cfg.data.decode_nodes),
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

@@ -113,9 +113,7 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
         return out
 
     # Both decode nodes first (nodes join a quieter cluster more surely), then one removed, then none.
-    # A raylet on a loaded machine can take longer than Ray's 30 s to register.
-    added = [cluster.add_node(num_cpus=1, labels={DECODE_LABEL_KEY: DECODE_LABEL_VALUE},
-                              env={"RAY_raylet_start_wait_time_s": "180"}) for _ in range(2)]
+    added = [cluster.add_node(num_cpus=1, labels={DECODE_LABEL_KEY: DECODE_LABEL_VALUE}) for _ in range(2)]
     for extra in (2, 1, 0):
         while len(added) > extra:
             node = added.pop()

@@ -159,8 +159,9 @@ class Cluster:
         mounts = " && ".join(f"mount -t tmpfs -o size=2g tmpfs {shlex.quote(str(p))}"
                              for p in (self.local_dir, temp_dir))
         script = f"{mounts} && exec {shlex.join(argv)}"
-        node_env = {**self.env, **(env or {}), NODE_ENV: marker, **HEALTH_CHECK_ENV,
-                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        # On a loaded machine a raylet can take longer than Ray's 30 s to find itself registered in the GCS.
+        node_env = {**self.env, "RAY_raylet_start_wait_time_s": "180", **(env or {}), NODE_ENV: marker,
+                    **HEALTH_CHECK_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         process = start_process(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                 env=node_env, log_path=self.root / f"{name}.log")
         node = Node(name=name, process=process, marker=marker, temp_dir=temp_dir, num_cpus=num_cpus,

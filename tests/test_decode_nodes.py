@@ -71,6 +71,30 @@ def test_decode_nodes_is_a_config_choice():
         resolve({}, ["data.decode_nodes=gpu"])
 
 
+def test_preflight_counts_decode_nodes_cpus_for_decoding_only(monkeypatch, capsys):
+    """Train workers cannot use a labelled decode node's CPUs: the pre-flight check says so before
+    compute instead of leaving the run waiting for a place; `labelled` without such a node warns."""
+    import ray
+
+    from actionlab.data import ray_ingest
+    from actionlab.train import launch
+
+    table = [{"node_id": "h", "name": "head", "cpus": 1.0, "decode_label": False},
+             {"node_id": "d", "name": "node3", "cpus": 2.0, "decode_label": True}]
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 3.0})
+    monkeypatch.setattr(ray_ingest, "decode_node_table", lambda: table)
+    two_workers = ["compute.num_workers=2", "compute.cpus_per_worker=1", "data.engine=ray"]
+    with pytest.raises(RuntimeError, match=r"has 1 \(and 2 on nodes labelled actionlab/role=decode"):
+        launch._check_resources(resolve({}, two_workers), use_gpu=False)
+    launch._check_resources(resolve({}, [*two_workers, "data.decode_nodes=any"]), use_gpu=False)
+    launch._check_resources(resolve({}, ["compute.cpus_per_worker=1", "data.engine=ray"]), use_gpu=False)
+    assert capsys.readouterr().out == ""
+    table[1]["decode_label"] = False
+    launch._check_resources(resolve({}, ["compute.cpus_per_worker=1", "data.engine=ray",
+                                         "data.decode_nodes=labelled"]), use_gpu=False)
+    assert "no node with CPUs has the label actionlab/role=decode" in capsys.readouterr().out
+
+
 def test_bench_train_takes_one_mode():
     from actionlab.cli import main
 

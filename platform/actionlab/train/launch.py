@@ -116,20 +116,25 @@ def claim_run(cfg: Config, base_name: str, root: str) -> tuple[str, str | None]:
 def _check_resources(cfg: Config, use_gpu: bool) -> None:
     import ray
 
+    from ..data.ray_ingest import DECODE_LABEL_KEY, DECODE_LABEL_VALUE, decode_node_table
+
     have = ray.cluster_resources()
     need_cpu = cfg.compute.num_workers * cfg.compute.cpus_per_worker
-    if need_cpu > have.get("CPU", 0):
+    label = f"{DECODE_LABEL_KEY}={DECODE_LABEL_VALUE}"
+    # Train workers never go to declared decode nodes (`train_label_selector`): their CPUs do not count.
+    decode_cpu = 0 if cfg.data.decode_nodes == "any" else sum(n["cpus"] for n in decode_node_table()
+                                                                if n["decode_label"])
+    train_cpu = have.get("CPU", 0) - decode_cpu
+    if need_cpu > train_cpu:
+        beside = f" (and {decode_cpu:g} on nodes labelled {label}, which hold no Train worker)" if decode_cpu else ""
         raise RuntimeError(
             f"compute.num_workers={cfg.compute.num_workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
-            f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
+            f"needs {need_cpu:g} CPUs but the Ray cluster has {train_cpu:g}{beside}; lower one of them"
         )
     if cfg.data.engine == "ray" and cfg.data.decode_nodes == "labelled":
-        from ..data.ray_ingest import DECODE_LABEL_KEY, DECODE_LABEL_VALUE, decode_node_table
-
         # A warning, not a refusal: an autoscaler (KubeRay's decode group at 0 replicas) starts labelled
         # nodes only once the decode tasks ask for them.
         if not any(n["decode_label"] and n["cpus"] >= 1 for n in decode_node_table()):
-            label = f"{DECODE_LABEL_KEY}={DECODE_LABEL_VALUE}"
             print(f"data.decode_nodes=labelled: no node with CPUs has the label {label} yet, so decoding waits "
                   f"until one joins; start one with `ray start --address HEAD:6379 --labels {label}`, or use "
                   "data.decode_nodes=auto", flush=True)

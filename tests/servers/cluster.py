@@ -50,6 +50,8 @@ _PORTS_PER_NODE = 200
 # Nodes on one machine are declared dead within seconds of their raylet dying, not Ray's default ~30 s.
 HEALTH_CHECK_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
                     "RAY_health_check_timeout_ms": "2000"}
+# On a loaded machine a raylet (the head's too) can take longer than Ray's 30 s to see itself registered.
+START_WAIT_ENV = {"RAY_raylet_start_wait_time_s": "180"}
 
 
 def _worker_ports() -> list[str]:
@@ -159,9 +161,8 @@ class Cluster:
         mounts = " && ".join(f"mount -t tmpfs -o size=2g tmpfs {shlex.quote(str(p))}"
                              for p in (self.local_dir, temp_dir))
         script = f"{mounts} && exec {shlex.join(argv)}"
-        # On a loaded machine a raylet can take longer than Ray's 30 s to find itself registered in the GCS.
-        node_env = {**self.env, "RAY_raylet_start_wait_time_s": "180", **(env or {}), NODE_ENV: marker,
-                    **HEALTH_CHECK_ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+        node_env = {**self.env, **(env or {}), NODE_ENV: marker, **HEALTH_CHECK_ENV,
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
         process = start_process(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                 env=node_env, log_path=self.root / f"{name}.log")
         node = Node(name=name, process=process, marker=marker, temp_dir=temp_dir, num_cpus=num_cpus,
@@ -224,7 +225,7 @@ def start_cluster(*, env: dict, root: Path, head_cpus: float = 1, head_resources
     node-local folder (make ACTIONLAB_HOME and local datasets there)."""
     local_dir = root / "local"
     local_dir.mkdir(parents=True, exist_ok=True)
-    env = {**env, **HEALTH_CHECK_ENV}
+    env = {**env, **HEALTH_CHECK_ENV, **START_WAIT_ENV}
     head = start_ray_head(env=env, log_dir=root, num_cpus=head_cpus,
                           extra=[*_worker_ports(), *_placement_args(0, head_resources, head_labels, "head")[2:]])
     return Cluster(head=head, env=env, root=root, local_dir=local_dir)

@@ -173,6 +173,9 @@ def feed_worker(loop_config: dict) -> dict:
             seen += len(batch["label"])
         rates.append(seen / max(1e-9, time.perf_counter() - start))
 
+    if batch is None or not len(batch["label"]):
+        raise ValueError("bench train --feed-only: the last training batch is empty; set schedule.epochs >= 1 and "
+                         "check the manifest's train split")
     # The step's own rate: forward, backward and optimiser on a batch already in memory (no data wait).
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)

@@ -228,7 +228,11 @@ def start_cluster(*, env: dict, root: Path, head_cpus: float = 1, head_resources
     env = {**env, **HEALTH_CHECK_ENV, **START_WAIT_ENV}
     head = start_ray_head(env=env, log_dir=root, num_cpus=head_cpus,
                           extra=[*_worker_ports(), *_placement_args(0, head_resources, head_labels, "head")[2:]])
-    return Cluster(head=head, env=env, root=root, local_dir=local_dir)
+    cluster = Cluster(head=head, env=env, root=root, local_dir=local_dir)
+    # The head's dashboard answers before its raylet is in the GCS's node table on a loaded machine;
+    # a node joining then fails ("No node info found for head node in GCS").
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def cluster_env(root: Path, **extra: str) -> dict:

@@ -2,9 +2,10 @@
 `bench train --feed-only` measures what that feeds one Train worker.
 
 The placement rule is checked on its own (fast tier), then on the multi-node test cluster: one Train
-worker fed by Ray Data tasks with 0, 1 and 2 extra 1-CPU decode nodes (videos on S3, cached per node),
-where every clip must have been decoded off the Train worker's node and on every decode node. The
-clips/s are printed, never asserted (a shared 2-core machine times nothing reliably).
+worker fed by Ray Data tasks with 2, 1 and 0 extra 1-CPU labelled decode nodes (videos on S3, cached
+per node), where every clip must have been decoded off the Train worker's node and on every decode
+node, and with `decode_nodes=labelled` on the decode nodes only. The clips/s are printed, never
+asserted (a shared 2-core machine times nothing reliably).
 """
 
 from __future__ import annotations

@@ -483,7 +483,8 @@ def _bench_feed(cfg, *, as_json: bool) -> int:
           f"{cfg.data.engine} ({where}), no training step; steady = median of epochs 2..N")
     print(f"  fed clips/s by epoch: {' '.join(f'{r:.1f}' for r in feed.clips_per_s)}; steady "
           f"{feed.steady_clips_per_s:.1f}")
-    print(f"  training step alone on such a batch: {feed.step_clips_per_s:.1f} clips/s (feeding faster than this gains nothing)")
+    print(f"  training step alone on such a batch: {feed.step_clips_per_s:.1f} clips/s "
+          "(feeding faster than this gains nothing)")
     print(f"  Train worker node(s): {', '.join(feed.train_nodes)}")
     if feed.clips_per_node:
         labelled = {n["name"] for n in feed.nodes if n["decode_label"]}

@@ -158,7 +158,8 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
             assert sorted(labelled["clips_per_node"]) == decode_nodes, labelled
 
     print("\nclips/s fed to one Train worker (data.engine=ray, 1 CPU per node, shared 2-core machine):")
-    print(f"  {'decode nodes':>12s} {'decode CPUs':>11s} {'steady clips/s':>14s} {'step clips/s':>12s}  clips decoded per node")
+    print(f"  {'decode nodes':>12s} {'decode CPUs':>11s} {'steady clips/s':>14s} {'step clips/s':>12s}  "
+          "clips decoded per node")
     for extra, out in rows:
         cpus = sum(n["cpus"] for n in out["nodes"] if n["name"] not in out["train_nodes"])
         per_node = ", ".join(f"{k} {v}" for k, v in out["clips_per_node"].items())

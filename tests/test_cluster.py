@@ -23,7 +23,7 @@ def where(path):
     time.sleep(0.5)
     return ray.get_runtime_context().get_node_id(), os.path.exists(path)
 
-@ray.remote(num_cpus=0, resources={"decode": 1}, label_selector={"actionlab/role": "decode"})
+@ray.remote(num_cpus=0, resources={"decode": 1}, label_selector={"actionlab.io/role": "decode"})
 def decode_node():
     return ray.get_runtime_context().get_node_id()
 
@@ -37,7 +37,7 @@ def test_nodes_have_disks_of_their_own_and_die_by_raylet_pid(ray_cluster):
     assert cluster.alive_node_names() == ["head", "node2"]
     marker = cluster.local_dir / "written-on-the-head.txt"
     marker.write_text("only the head's disk has this")
-    decode = cluster.add_node(num_cpus=1, resources={"decode": 1}, labels={"actionlab/role": "decode"})
+    decode = cluster.add_node(num_cpus=1, resources={"decode": 1}, labels={"actionlab.io/role": "decode"})
     assert cluster.alive_node_names() == ["head", "node2", decode.name]
 
     out = subprocess.run([sys.executable, "-c", PROBE % str(marker)], env=dict(cluster.env, RAY_ADDRESS=cluster.address),

@@ -21,12 +21,13 @@ except ImportError:  # Python 3.10: pytest depends on tomli there
     import tomli as tomllib
 
 from actionlab import jobs, storage
+from actionlab.data.ray_ingest import DECODE_LABEL_KEY, DECODE_LABEL_VALUE
 
 REPO = Path(__file__).resolve().parents[1]
 RAYJOB_FILE = REPO / "platform" / "kuberay" / "rayjob.yaml"
 SCHEMA_FILE = REPO / "tests" / "fixtures" / "kuberay" / "rayjob.v1.openapi.json"
 SCHEMA_SHA256 = "2a61fe9d5dea232b81e05c74ec8fee6bd2e4a8989f721593831b4d6ebc4c6bd4"
-DECODE_LABEL = ("actionlab.io/role", "decode")  # the Ray node label that data.engine=ray sends decode tasks to
+DECODE_LABEL = (DECODE_LABEL_KEY, DECODE_LABEL_VALUE)  # the Ray node label that data.engine=ray sends decode tasks to
 GPU = "nvidia.com/gpu"
 
 

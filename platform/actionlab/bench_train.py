@@ -1,4 +1,5 @@
-"""`actionlab bench train RECIPE --vs-plain`: actionlab's Ray Train path beside a plain PyTorch loop.
+"""`actionlab bench train RECIPE --vs-plain`: actionlab's Ray Train path beside a plain PyTorch loop;
+`--feed-only`: the clips/s the input pipeline feeds a Ray Train worker, beside its step rate.
 
 Both run the same epoch function (`train.epoch.train_one_epoch`) on the same model, data, optimiser,
 batch, seed and intra-op threads, with a validation pass each epoch; the plain loop reads through a
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .config import Config
+from .data.ray_ingest import decode_node_table, train_label_selector
 
 
 @dataclass(frozen=True)
@@ -122,3 +124,115 @@ def bench_train(cfg: Config, *, log=print) -> tuple[TrainBenchSide, TrainBenchSi
     log("actionlab train on Ray Train: the same configuration")
     ray_side = ray_run(cfg)
     return plain, ray_side
+
+
+@dataclass(frozen=True)
+class FeedBench:
+    """What the input pipeline fed one Train worker (rank 0), with no training step in between."""
+
+    clips_per_s: list  # per epoch: clips arriving in the worker / the epoch's seconds
+    step_clips_per_s: float  # the training step alone on one of those batches: the rate it could consume
+    clips_per_node: dict  # node name -> clips decoded there (data.engine=ray; empty for loader)
+    train_nodes: list  # names of the nodes holding the Train workers
+    nodes: list  # the cluster's alive nodes: {"node_id", "name", "cpus", "decode_label"}
+    wall_s: float
+
+    @property
+    def steady_clips_per_s(self) -> float:
+        rates = self.clips_per_s[1:] or self.clips_per_s
+        return statistics.median(rates)
+
+
+def feed_worker(loop_config: dict) -> dict:
+    """Ray Train worker of `feed_run`: the run's datasets and loader exactly as `train.loop` builds them,
+    iterated for `schedule.epochs` epochs; then the step rate on the last batch."""
+    import ray
+    import ray.train
+    import ray.train.torch
+    from workloads import get_workload
+    from workloads.layers import as_method
+
+    from .config import from_dict
+    from .train import epoch as core
+    from .train import loop
+    from .train.context import RunContext
+    from .train.evaluate import stats_tensors
+
+    cfg = from_dict(loop_config["config"])
+    ctx = RunContext.from_dict(loop_config["ctx"])
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    spec = get_workload(cfg.workload.name)
+    train_set, _ = loop.make_datasets(cfg, spec, ctx)
+    loader, sampler = loop._loader(cfg, train_set, train=True, rank=rank, world=world)
+    rates, batch = [], None
+    for epoch in range(cfg.schedule.epochs):
+        sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        start, seen = time.perf_counter(), 0
+        for batch in loader:
+            seen += len(batch["label"])
+        rates.append(seen / max(1e-9, time.perf_counter() - start))
+
+    if batch is None or not len(batch["label"]):
+        raise ValueError("bench train --feed-only: the last training batch is empty; set schedule.epochs >= 1 and "
+                         "check the manifest's train split")
+    # The step's own rate: forward, backward and optimiser on a batch already in memory (no data wait).
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames).to(device)
+    method = as_method(model)
+    step_module = core.TrainStep(method, label_smoothing=cfg.optim.label_smoothing)
+    optimizer = core.build_optimizer(cfg, method)
+    fmt = spec.input_for(cfg.workload.params)
+    mean, std = stats_tensors(fmt.mean, fmt.std, device)
+    steps = []
+    for repeats in (1, 8):  # the first call warms up (allocations, first-touch)
+        scheduler = core.build_scheduler(cfg, optimizer, repeats)
+        stats = core.train_one_epoch(step_module, [batch] * repeats, optimizer, scheduler, device=device, mean=mean,
+                                     std=std, use_amp=cfg.compute.amp and device.type == "cuda")
+        steps.append(stats.seen / max(1e-9, stats.step_time_s))
+    names = {n["node_id"]: n["name"] for n in decode_node_table()}
+    per_node = getattr(loader, "clips_per_node", {})
+    return {"clips_per_s": rates, "step_clips_per_s": steps[-1],
+            "clips_per_node": {names.get(k, k): v for k, v in sorted(per_node.items())},
+            "train_nodes": [names.get(k, k) for k in getattr(loader, "train_nodes", [])] or
+                           [names.get(ray.get_runtime_context().get_node_id(), "?")]}
+
+
+def feed_run(cfg: Config) -> FeedBench:
+    """Clips/s fed to each Ray Train worker by `data.engine` (a DataLoader, or Ray Data tasks placed by
+    `data.decode_nodes`), measured in a Train worker that does no training step, on the cluster at
+    `RAY_ADDRESS` (or a local instance); with the step rate, the most that feeding faster can give."""
+    import shutil
+    import tempfile
+
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from .config import to_dict
+    from .train import launch
+
+    start = time.perf_counter()
+    launch.init_ray()
+    data = launch.resolve_data(cfg)
+    use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    launch._check_resources(cfg, use_gpu)
+    resources = {"CPU": cfg.compute.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    # Nothing is checkpointed: the storage only holds the controller's run state, on this machine.
+    scratch = tempfile.mkdtemp(prefix="actionlab-bench-feed-")
+    try:
+        trainer = TorchTrainer(
+            feed_worker,
+            train_loop_config={"config": to_dict(cfg), "ctx": data.to_dict()},
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.compute.num_workers, use_gpu=use_gpu,
+                                                   resources_per_worker=resources,
+                                                   label_selector=train_label_selector(cfg.data.decode_nodes)),
+            run_config=ray.train.RunConfig(name=f"bench-feed-{uuid.uuid4().hex[:8]}", storage_path=scratch,
+                                           worker_runtime_env={"env_vars": launch.worker_env()}),
+        )
+        out = trainer.fit().return_value
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return FeedBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
+                     decode_node_table(), time.perf_counter() - start)

@@ -444,9 +444,12 @@ def cmd_bench_train(args) -> int:
     from .bench_train import bench_train
     from .config import load_recipe, resolve
 
-    if not args.vs_plain:
-        raise ValueError("bench train compares against a plain PyTorch loop: pass --vs-plain")
+    if args.vs_plain == args.feed_only:
+        raise ValueError("bench train needs one of --vs-plain (beside a plain PyTorch loop) or --feed-only "
+                         "(the clips/s fed to each Train worker, no training step)")
     cfg = resolve(load_recipe(args.recipe), args.set)
+    if args.feed_only:
+        return _bench_feed(cfg, as_json=args.json)
     plain, ray_side = bench_train(cfg)
     ratio = plain.steady_clips_per_s / max(1e-9, ray_side.steady_clips_per_s)
     if args.json:
@@ -467,6 +470,31 @@ def cmd_bench_train(args) -> int:
               f"everything else {other:6.1f} s")
     print("  (everything else: building the model and data, and on Ray the Train controller and worker start-up, "
           "the per-epoch checkpoints and MLflow writes)")
+    return 0
+
+
+def _bench_feed(cfg, *, as_json: bool) -> int:
+    from .bench_train import feed_run
+
+    feed = feed_run(cfg)
+    if as_json:
+        _print({**feed.__dict__, "steady_clips_per_s": feed.steady_clips_per_s}, True)
+        return 0
+    where = f"decode_nodes={cfg.data.decode_nodes}" if cfg.data.engine == "ray" else \
+        f"{cfg.data.num_loader_workers} loader workers"
+    print(f"{cfg.workload.name}: clips/s fed to each of {cfg.compute.num_workers} Train worker(s) by data.engine="
+          f"{cfg.data.engine} ({where}), no training step; steady = median of epochs 2..N")
+    print(f"  fed clips/s by epoch: {' '.join(f'{r:.1f}' for r in feed.clips_per_s)}; steady "
+          f"{feed.steady_clips_per_s:.1f}")
+    print(f"  training step alone on such a batch: {feed.step_clips_per_s:.1f} clips/s "
+          "(feeding faster than this gains nothing)")
+    print(f"  Train worker node(s): {', '.join(feed.train_nodes)}")
+    if feed.clips_per_node:
+        labelled = {n["name"] for n in feed.nodes if n["decode_label"]}
+        print("  clips decoded per node: " + ", ".join(
+            f"{name}{' (decode label)' if name in labelled else ''} {count}"
+            for name, count in feed.clips_per_node.items()))
+    print(f"  cluster: {len(feed.nodes)} nodes, {sum(n['cpus'] for n in feed.nodes):g} CPUs; wall {feed.wall_s:.1f} s")
     return 0
 
 
@@ -712,10 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what one GPU consumes, for the cores-per-GPU column")
     sp.add_argument("--json", action="store_true")
 
-    sp = bench_sub.add_parser("train", help="actionlab's Ray Train path beside a plain PyTorch loop, same everything")
+    sp = bench_sub.add_parser("train", help="actionlab's Ray Train path beside a plain PyTorch loop, same "
+                              "everything; or what the input pipeline feeds a Train worker")
     sp.set_defaults(fn=cmd_bench_train)
     sp.add_argument("recipe", help="recipe YAML path/URI or shipped recipe name")
-    sp.add_argument("--vs-plain", action="store_true", help="compare with a plain PyTorch loop (required)")
+    sp.add_argument("--vs-plain", action="store_true", help="compare with a plain PyTorch loop")
+    sp.add_argument("--feed-only", action="store_true",
+                    help="clips/s the input pipeline feeds each Ray Train worker (no training step), the step's "
+                         "own rate, and where data.engine=ray decoded; see data.decode_nodes")
     sp.add_argument("--json", action="store_true")
     sets(sp)
 

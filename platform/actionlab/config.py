@@ -58,6 +58,12 @@ class DataConfig:
     # loader: a DataLoader in each Train worker (decodes on the worker's node);
     # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
     engine: Literal["loader", "ray"] = "loader"
+    # Where data.engine=ray decodes. auto: on nodes that hold no Train worker of the run when the
+    # cluster has such nodes with CPUs (CPU-only decode nodes, labelled or not), else on any node;
+    # labelled: only on nodes started with the label actionlab.io/role=decode (an autoscaler adds them
+    # on demand); any: on any node's CPUs, the Train workers' nodes included. Except with any, Train
+    # workers are never placed on nodes labelled actionlab.io/role=decode.
+    decode_nodes: Literal["auto", "labelled", "any"] = "auto"
 
 
 @dataclass(frozen=True)

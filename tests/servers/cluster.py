@@ -12,7 +12,7 @@ node is lost the way a machine is: its raylet is SIGKILLed by PID, then everythi
 (found by a marker variable every process of the node inherits).
 
     cluster = start_cluster(env=env, root=tmp_path, head_cpus=1)
-    node = cluster.add_node(num_cpus=1, resources={"decode": 1}, labels={"actionlab/role": "decode"})
+    node = cluster.add_node(num_cpus=1, resources={"decode": 1}, labels={"actionlab.io/role": "decode"})
     cluster.wait_for_nodes()
     ... RAY_ADDRESS=cluster.address ...
     cluster.remove_node(node)           # SIGKILL (allow_graceful=True: `ray stop`-like SIGTERM)
@@ -49,6 +49,8 @@ _PORTS_PER_NODE = 200
 STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when a raylet misses its fixed 30 s to register
 HEALTH_CHECK_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
                     "RAY_health_check_timeout_ms": "2000"}
+# A worker's wait for its raylet (Ray's C++ config; `ray start`'s own 30 s wait is fixed, see add_node).
+START_WAIT_ENV = {"RAY_raylet_start_wait_time_s": "180"}
 
 
 def _worker_ports() -> list[str]:
@@ -238,7 +240,7 @@ def start_cluster(*, env: dict, root: Path, head_cpus: float = 1, head_resources
     node-local folder (make ACTIONLAB_HOME and local datasets there)."""
     local_dir = root / "local"
     local_dir.mkdir(parents=True, exist_ok=True)
-    env = {**env, **HEALTH_CHECK_ENV}
+    env = {**env, **HEALTH_CHECK_ENV, **START_WAIT_ENV}
     for attempt in range(3):  # as for nodes: a head that missed Ray's fixed 30 s to register is started again
         try:
             head = start_ray_head(env=env, log_dir=root / f"head{attempt}", num_cpus=head_cpus,
@@ -247,7 +249,11 @@ def start_cluster(*, env: dict, root: Path, head_cpus: float = 1, head_resources
         except RuntimeError as err:
             if attempt == 2 or STARTUP_TIMEOUT not in str(err):
                 raise
-    return Cluster(head=head, env=env, root=root, local_dir=local_dir)
+    cluster = Cluster(head=head, env=env, root=root, local_dir=local_dir)
+    # The head's dashboard answers before its raylet is in the GCS's node table on a loaded machine;
+    # a node joining then fails ("No node info found for head node in GCS").
+    cluster.wait_for_nodes()
+    return cluster
 
 
 def cluster_env(root: Path, **extra: str) -> dict:

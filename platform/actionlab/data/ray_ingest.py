@@ -1,4 +1,4 @@
-"""`data.engine: ray`: clips decoded by Ray Data tasks on any node's CPUs, streamed into a Train worker.
+"""`data.engine: ray`: clips decoded by Ray Data tasks on other nodes' CPUs, streamed into a Train worker.
 
 A `RayClipLoader` stands where the worker's DataLoader stood: the same sampler picks the epoch's
 indices, each training batch becomes one Ray Data task that decodes and augments it (uint8, the
@@ -12,11 +12,18 @@ way to tell its tasks which epoch they serve; the clips' random views would then
 of (seed, epoch, index), and a resumed run would not see the clips the interrupted one would have.
 Building the epoch's plan in the worker keeps both, and a restarted worker rebuilds it from its
 checkpoint's epoch.
+
+Where the tasks run (`data.decode_nodes`, see `decode_label_selector`): by default on the nodes that
+hold no Train worker of the run, when the cluster has such nodes with CPUs, so CPU-only decode nodes
+take the decoding and the GPU nodes' CPUs stay with the training step; a node is declared a decode
+node with the label `actionlab.io/role=decode` (`ray start --labels actionlab.io/role=decode`, or a KubeRay
+worker group's `rayStartParams`), which `decode_nodes=labelled` requires.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 import torch
@@ -24,6 +31,63 @@ import torch
 from .dataset import VideoClipDataset
 
 _DATASETS: dict[str, VideoClipDataset] = {}  # per Ray worker process: datasets fetched once, by object id
+
+# The node label that declares a decode node; `decode_nodes=labelled` selects on it.
+DECODE_LABEL_KEY, DECODE_LABEL_VALUE = "actionlab.io/role", "decode"
+NODE_ID_LABEL = "ray.io/node-id"  # Ray's own label on every node
+
+
+def train_node_ids() -> list[str]:
+    """The nodes holding this run's Train workers: those of the placement group that Ray Train put the
+    worker group in (read from its table, so no rank waits on another); outside one, this process's node.
+    """
+    import ray
+    from ray.util import get_current_placement_group, placement_group_table
+
+    nodes = {ray.get_runtime_context().get_node_id()}
+    group = get_current_placement_group()
+    if group is not None:
+        nodes.update(placement_group_table(group).get("bundles_to_node_id", {}).values())
+    return sorted(nodes)
+
+
+def decode_label_selector(mode: str, train_nodes: list[str], nodes: list[dict], *, num_cpus: float) -> dict | None:
+    """The `label_selector` of the decode tasks for `data.decode_nodes=mode` (None: any node), given the
+    nodes holding Train workers and the cluster's node table (`ray.nodes()`).
+
+    `auto` keeps the tasks off the Train workers' nodes with Ray's own `ray.io/node-id` label and an
+    `!in(...)` selector (Ray Data pins its local reads the same way), but only when another alive node
+    has the CPUs for one task; otherwise (one node, or Train workers on every node) any node, as
+    before. No declaration is needed, so the rule holds on any cluster, labelled or not; node affinity
+    could not say it (it names one node, not "any but these"). The selector is hard: a soft one would
+    spill decoding onto the Train nodes exactly when the decode nodes are busy. It is decided each
+    epoch from the live node table, so decode nodes that join or leave between epochs are seen.
+    """
+    if mode == "any":
+        return None
+    if mode == "labelled":
+        return {DECODE_LABEL_KEY: DECODE_LABEL_VALUE}
+    others = [n for n in nodes if n.get("Alive") and n["NodeID"] not in train_nodes
+              and n.get("Resources", {}).get("CPU", 0) >= num_cpus]
+    if not others:
+        return None
+    return {NODE_ID_LABEL: f"!in({','.join(sorted(train_nodes))})"}
+
+
+def train_label_selector(mode: str) -> dict | None:
+    """The Train workers' `ScalingConfig(label_selector=...)`: off the nodes declared for decoding (a CPU
+    Train worker could otherwise take a decode node's CPUs); none for `data.decode_nodes=any`."""
+    return None if mode == "any" else {DECODE_LABEL_KEY: f"!{DECODE_LABEL_VALUE}"}
+
+
+def decode_node_table() -> list[dict]:
+    """Alive nodes as {"node_id", "name", "cpus", "decode_label"}: what a placement report names."""
+    import ray
+
+    return [{"node_id": n["NodeID"], "name": n.get("NodeName") or n.get("NodeManagerHostname", ""),
+             "cpus": n.get("Resources", {}).get("CPU", 0),
+             "decode_label": (n.get("Labels") or {}).get(DECODE_LABEL_KEY) == DECODE_LABEL_VALUE}
+            for n in ray.nodes() if n.get("Alive")]
 
 
 def _decode_batch(batch: dict, *, dataset_ref: list, epoch: int) -> dict:
@@ -48,6 +112,7 @@ def _decode_batch(batch: dict, *, dataset_ref: list, epoch: int) -> dict:
         "label": np.asarray([item.get("label", -1) for item in items], dtype=np.int64),
         "video_id": np.asarray([item["video_id"] for item in items], dtype=object),
         "error": np.asarray([item.get("error", "") for item in items], dtype=object),
+        "node": np.asarray([ray.get_runtime_context().get_node_id()] * len(items), dtype=object),
     }
 
 
@@ -76,10 +141,13 @@ class RayClipLoader:
         drop_last: drop the last incomplete batch.
         num_cpus_per_task: CPUs Ray reserves per decoding task.
         prefetch_batches: batches decoded ahead of the training step (bounds memory).
+        decode_nodes: where the tasks run, `data.decode_nodes` (see `decode_label_selector`).
+
+    `clips_per_node` counts the clips decoded on each node (by node id) since the loader was made.
     """
 
     def __init__(self, dataset: VideoClipDataset, sampler, *, batch_size: int, drop_last: bool,
-                 num_cpus_per_task: float = 1.0, prefetch_batches: int = 4):
+                 num_cpus_per_task: float = 1.0, prefetch_batches: int = 4, decode_nodes: str = "auto"):
         import ray
 
         self.dataset = dataset
@@ -88,6 +156,9 @@ class RayClipLoader:
         self.drop_last = drop_last
         self.num_cpus_per_task = num_cpus_per_task
         self.prefetch_batches = prefetch_batches
+        self.decode_nodes = decode_nodes
+        self.train_nodes = train_node_ids() if decode_nodes == "auto" else []
+        self.clips_per_node: Counter = Counter()
         self._ref = ray.put(dataset)
 
     def __len__(self) -> int:
@@ -111,9 +182,12 @@ class RayClipLoader:
         plan = plan.map_batches(
             _decode_batch, fn_kwargs={"dataset_ref": [self._ref], "epoch": self.dataset.epoch}, batch_size=1,
             num_cpus=self.num_cpus_per_task, batch_format="numpy",
+            label_selector=decode_label_selector(self.decode_nodes, self.train_nodes, ray.nodes(),
+                                                 num_cpus=self.num_cpus_per_task),
         )
         # Every task returns exactly its batch's rows (bad ones flagged), so fixed-size batches in order
         # are the sampler's batches, whatever blocks Ray Data cut them into.
         for block in plan.iter_batches(batch_size=self.batch_size, batch_format="numpy",
                                        prefetch_batches=self.prefetch_batches):
+            self.clips_per_node.update(str(n) for n in block["node"])
             yield _as_batch(block)

@@ -117,16 +117,31 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
     """Refuses a run whose smallest worker group (compute.min_workers, default num_workers) cannot fit."""
     import ray
 
+    from ..data.ray_ingest import DECODE_LABEL_KEY, DECODE_LABEL_VALUE, decode_node_table
+
     have = ray.cluster_resources()
     workers, _ = cfg.compute.workers_range
     setting = "compute.min_workers" if cfg.compute.min_workers is not None else "compute.num_workers"
     need_cpu = workers * cfg.compute.cpus_per_worker
-    if need_cpu > have.get("CPU", 0):
+    label = f"{DECODE_LABEL_KEY}={DECODE_LABEL_VALUE}"
+    # Train workers never go to declared decode nodes (`train_label_selector`): their CPUs do not count.
+    decode_cpu = 0 if cfg.data.decode_nodes == "any" else sum(n["cpus"] for n in decode_node_table()
+                                                                if n["decode_label"])
+    train_cpu = have.get("CPU", 0) - decode_cpu
+    if need_cpu > train_cpu:
+        beside = f" (and {decode_cpu:g} on nodes labelled {label}, which hold no Train worker)" if decode_cpu else ""
         raise RuntimeError(
             f"{setting}={workers} x compute.cpus_per_worker={cfg.compute.cpus_per_worker} "
-            f"needs {need_cpu:g} CPUs but the Ray cluster has {have.get('CPU', 0):g}; lower one of them"
+            f"needs {need_cpu:g} CPUs but the Ray cluster has {train_cpu:g}{beside}; lower one of them"
         )
-    if cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
+    if cfg.data.engine == "ray" and cfg.data.decode_nodes == "labelled":
+        # A warning, not a refusal: an autoscaler (KubeRay's decode group at 0 replicas) starts labelled
+        # nodes only once the decode tasks ask for them.
+        if not any(n["decode_label"] and n["cpus"] >= 1 for n in decode_node_table()):
+            print(f"data.decode_nodes=labelled: no node with CPUs has the label {label} yet, so decoding waits "
+                  f"until one joins; start one with `ray start --address HEAD:6379 --labels {label}`, or use "
+                  "data.decode_nodes=auto", flush=True)
+    elif cfg.data.engine == "ray" and need_cpu + 1 > have.get("CPU", 0):
         raise RuntimeError(
             f"data.engine=ray decodes in Ray tasks beside the Train workers, but the workers take {need_cpu:g} of "
             f"the cluster's {have.get('CPU', 0):g} CPUs and none is left to decode; add CPU nodes, lower "
@@ -223,6 +238,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     from . import capacity, elastic
     from .lifeline import Lifeline
     from .system_metrics import SystemMetrics
+    from ..data.ray_ingest import train_label_selector
     from .loop import train_worker
 
     resumed = run_id is not None
@@ -271,6 +287,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
         scaling_config=ray.train.ScalingConfig(
             use_gpu=use_gpu, resources_per_worker=resources,
             **elastic.scaling_kwargs(min_workers, num_workers, cfg.compute.resize_check_s),
+            label_selector=train_label_selector(cfg.data.decode_nodes),
         ),
         run_config=ray.train.RunConfig(
             name=run_name,

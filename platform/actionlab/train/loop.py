@@ -228,7 +228,8 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         from ..data.ray_ingest import RayClipLoader
 
         loader = RayClipLoader(dataset, sampler, batch_size=cfg.data.batch_size,
-                               drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world))
+                               drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
+                               decode_nodes=cfg.data.decode_nodes)
         return loader, sampler
     loader = data_dataset.make_loader(
         dataset,

@@ -11,6 +11,7 @@ asserted (a shared 2-core machine times nothing reliably).
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -123,7 +124,10 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
         return done
 
     actionlab("data", "upload", str(manifest.parent), f"{bucket}/motion")
-    epochs, rows = 4, []
+    # The suite checks placement with 2 decode nodes; ACTIONLAB_DECODE_SCALING=1 also measures 1 and 0 (the
+    # scaling table: about 8 minutes on a 2-core machine).
+    scaling = os.environ.get("ACTIONLAB_DECODE_SCALING") == "1"
+    epochs, rows = (4 if scaling else 2), []
 
     def feed(mode: str) -> dict:
         done = actionlab("bench", "train", "smoke", "--feed-only", "--json", "--set=data.engine=ray",
@@ -139,7 +143,7 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
 
     # Both decode nodes first (nodes join a quieter cluster more surely), then one removed, then none.
     added = [cluster.add_node(num_cpus=1, labels={DECODE_LABEL_KEY: DECODE_LABEL_VALUE}) for _ in range(2)]
-    for extra in (2, 1, 0):
+    for extra in ((2, 1, 0) if scaling else (2,)):
         while len(added) > extra:
             node = added.pop()
             cluster.remove_node(node)

@@ -34,7 +34,7 @@ fi
 status=0
 for tier in "not integration" "integration"; do
   start=$SECONDS
-  run_pytest -m "$tier"
+  run_pytest -m "$tier" --durations=20
   rc=$?
   echo "tier -m \"$tier\": exit $rc, $((SECONDS - start)) s wall" >&2
   [ "$rc" = 0 ] || status=$rc

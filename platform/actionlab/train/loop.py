@@ -78,8 +78,9 @@ def train_worker(loop_config: dict) -> dict:
         tracker.restore(progress.tracking)
         inside = ""
         if progress.position:
-            inside = (f" step {progress.position['step']}/{len(train_loader)} (inside epoch {progress.epochs_done + 1}: "
-                      f"its first {progress.position['step']} batches are skipped, not decoded)")
+            done = progress.position["step"]
+            inside = (f" step {done}/{len(train_loader)} (inside epoch {progress.epochs_done + 1}: its first {done} "
+                      "batches are skipped, not decoded)")
         _log(rank, f"resumed from checkpoint at epoch {progress.epochs_done}/{epochs}{inside}")
     resumed_rng = torch.get_rng_state() if progress.position else None  # as restored: the next step's
     if rank == 0:

@@ -152,7 +152,8 @@ def carried_stats(progress: Progress, rank: int, world: int) -> EpochStats | Non
     return EpochStats(
         loss=sum(float(p["loss_sum"]) for p in parts) / max(1, seen), seen=seen,
         bad=[(str(v), str(w)) for p in parts for v, w in p["bad"]], extras_sum=extras,
-        data_time_s=max(float(p["data_time_s"]) for p in parts), step_time_s=max(float(p["step_time_s"]) for p in parts),
+        data_time_s=max(float(p["data_time_s"]) for p in parts),
+        step_time_s=max(float(p["step_time_s"]) for p in parts),
         seconds=max(float(p["seconds"]) for p in parts), steps=int(progress.position["step"]),
     )
 

@@ -375,6 +375,10 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(synt
     # The rerun trains the rest of epoch 2 only: its first progress line is the step after the checkpoint.
     assert re.search(rf"epoch 2/2 step {step + 1}/8 ", rerun.stdout), rerun.stdout[-4000:]
     assert not re.search(r"epoch 1/2 step \d+/8 \(\d+%\)", rerun.stdout)  # no progress line of epoch 1
+    # Steps the killed run also printed before it died show the same running loss of the epoch.
+    line = re.compile(r"epoch 2/2 step (\d+)/8 \(\d+%\) loss (\S+)")
+    before, after = dict(line.findall(first_log)), dict(line.findall(rerun.stdout))
+    assert all(before[k] == after[k] for k in before.keys() & after.keys()), (before, after)
     out = json.loads(rerun.stdout.strip().splitlines()[-1])
     assert out["resumed"] and out["epoch"] == 2
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from actionlab import storage
 from actionlab.data import decode, sampling, transforms
@@ -397,3 +397,54 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
     )
+
+
+class ResumableSampler(DistributedSampler):
+    """A `DistributedSampler` that can begin an epoch part-way, by skipping indices (nothing is decoded).
+
+    `set_epoch(epoch, start=S)`: S is how many samples of the epoch's order all ranks together have
+    consumed (batches x batch size x ranks, `position_after`). With the same number of ranks, each rank
+    gets exactly `DistributedSampler`'s order less its first S / ranks indices, so a resumed epoch sees
+    the batches the uninterrupted one saw. With another number of ranks (an elastic restart) the samples
+    left are dealt out again, each once, padded to equal lengths as `DistributedSampler` pads.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = int(start)
+
+    def position_after(self, batches: int, batch_size: int) -> int:
+        """The `start` at which an epoch resumes after this rank (and every other) took `batches` more."""
+        return self.start + batches * batch_size * self.num_replicas
+
+    def _remaining(self) -> list[int]:
+        """The epoch's global order from `start` on, padded to a multiple of the ranks (uneven ones dropped
+        with `drop_last`); rank r takes every num_replicas-th item from r."""
+        if self.shuffle:  # the order DistributedSampler draws: a permutation seeded by seed + epoch
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=g).tolist()
+        else:
+            order = list(range(len(self.dataset)))
+        if self.drop_last:
+            rest = order[: self.total_size][self.start :]
+            return rest[: len(rest) - len(rest) % self.num_replicas]
+        rest = order[self.start :]
+        padding = -len(rest) % self.num_replicas
+        # DistributedSampler pads with the order's first items; with `start` a multiple of the ranks the
+        # padding is the same number of the same items as the uninterrupted epoch's
+        return rest + (order * math.ceil(padding / max(1, len(order))))[:padding]
+
+    def __iter__(self):
+        if not self.start:
+            return super().__iter__()
+        return iter(self._remaining()[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        if not self.start:
+            return self.num_samples
+        return len(self._remaining()) // self.num_replicas

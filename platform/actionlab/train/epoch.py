@@ -86,7 +86,7 @@ def build_scheduler(cfg: Config, optimizer, steps_per_epoch: int, *, lr_scale: f
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one pass over the training loader did (this rank only)."""
+    """What one pass over the training loader did (this rank only), or the part of it done so far."""
 
     loss: float  # mean over the clips seen
     seen: int  # clips trained on
@@ -95,6 +95,7 @@ class EpochStats:
     data_time_s: float  # waiting for batches
     step_time_s: float  # forward + backward + optimiser
     seconds: float  # the whole epoch
+    steps: int = 0  # batches of the epoch's order consumed (all-bad ones included)
 
     @property
     def clips_per_s(self) -> float:
@@ -117,6 +118,12 @@ def train_one_epoch(
     on_bad=None,
     log=None,
     accum_steps: int = 1,
+    log_every_s: float = 30.0,
+    start_step: int = 0,
+    carried: EpochStats | None = None,
+    rng_state: torch.Tensor | None = None,
+    after_step=None,
+    clock=time.perf_counter,
 ) -> EpochStats:
     """One epoch of plain PyTorch training: the same code under Ray Train and in `bench train --vs-plain`.
 
@@ -131,20 +138,40 @@ def train_one_epoch(
         on_step_end: the method's `on_step_end` hook (e.g. an EMA update), or None.
         channels_last: clips in channels-last memory order (faster convolutions on GPUs).
         on_bad: called with each batch's list of bad (video_id, reason) as it arrives, or None.
-        log: `log(step, num_steps, stats_so_far)` about four times an epoch, or None.
         accum_steps: batches per optimiser step. Their gradients add up, each loss divided by the number
             of batches in its group, so a step sees their mean: an elastic run on fewer workers keeps the
             recipe's global batch (`train.elastic`). DDP syncs gradients on a group's last batch only.
+        log: `log(step, num_steps, stats_so_far)`, or None: after the first step, then whenever
+            `log_every_s` has passed since the last line, at each quarter of the epoch and at its end.
+        log_every_s: seconds between progress lines (at the most).
+        start_step: batches of this epoch trained before (a resume inside the epoch); the loader's
+            sampler already skips them, so the epoch has `start_step + len(loader)` steps.
+        carried: the statistics of those batches (from the checkpoint); the returned ones are the
+            whole epoch's.
+        rng_state: torch's RNG state after those batches (from the checkpoint), set once the loader has
+            given its first batch: what a loader draws at an epoch's start (a DataLoader its workers'
+            seed) was drawn before the checkpoint, so the next step draws what the uninterrupted one drew.
+        after_step: `after_step(step, num_steps, so_far)` after every optimiser step (never inside an
+            accumulation group, whose gradients a checkpoint would lose), or None; `so_far()` returns the
+            statistics up to here (it waits for the device: call it only when they are needed, e.g. for a
+            checkpoint).
+        clock: seconds, for the timings and the log interval (a test's fake clock).
     """
     step_module.train()
-    num_steps = len(loader)
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # summed on the device: no sync per step
-    seen, bad, extras = 0, [], {}
-    data_time = step_time = 0.0
-    start = tick = time.perf_counter()
+    num_steps = start_step + len(loader)
+    carried = carried or EpochStats(0.0, 0, [], {}, 0.0, 0.0, 0.0)
+    # summed on the device: no sync per step
+    loss_sum = torch.tensor(carried.loss * carried.seen, device=device, dtype=torch.float64)
+    seen, bad, extras = carried.seen, list(carried.bad), dict(carried.extras_sum)
+    data_time, step_time = carried.data_time_s, carried.step_time_s
+    tick = last_line = clock()
+    start = tick - carried.seconds
+    quarter = max(1, num_steps // 4)
 
-    def so_far(now: float) -> EpochStats:
-        return EpochStats(float(loss_sum) / max(1, seen), seen, bad, extras, data_time, step_time, now - start)
+    def so_far(now: float | None = None) -> EpochStats:
+        now = clock() if now is None else now
+        return EpochStats(float(loss_sum) / max(1, seen), seen, list(bad), dict(extras), data_time, step_time,
+                          now - start, step)
 
     pending = 0  # batches whose gradients wait for the optimiser step
 
@@ -156,49 +183,82 @@ def train_one_epoch(
         if on_step_end is not None:
             on_step_end()
 
+    step = start_step
     for i, batch in enumerate(loader):
-        group_start = i - i % accum_steps
-        group_end = min(num_steps, group_start + accum_steps)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+            rng_state = None
+        step += 1
+        group_start = i - i % accum_steps  # groups count from this pass's first batch (a resume starts one)
+        group_size = min(len(loader), group_start + accum_steps) - group_start
+        last = i + 1 == group_start + group_size
         bad.extend(batch["bad"])
         if batch["bad"] and on_bad is not None:
             on_bad(batch["bad"])
-        if len(batch["label"]) == 0:
-            if i + 1 == group_end and pending:
-                optimiser_step()
-                pending = 0
-            tick = time.perf_counter()
-            continue
-        clips = batch["clip"].to(device, non_blocking=True)
-        labels = batch["label"].to(device, non_blocking=True)
-        t_data = time.perf_counter()
-        data_time += t_data - tick
-        x = normalise(clips, mean, std)  # (B, T, C, H, W) float
-        if channels_last:
-            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)  # (B, T, C, H, W)
-        if pending == 0:
-            optimizer.zero_grad(set_to_none=True)
-        last = i + 1 == group_end
-        no_sync = getattr(step_module, "no_sync", None)  # DDP: no gradient all-reduce before the group's end
-        with contextlib.nullcontext() if last or no_sync is None else no_sync():
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = step_module(x, labels)
-            loss = out["loss"]
-            (loss / (group_end - group_start) if group_end - group_start > 1 else loss).backward()
-        pending += 1
-        if last:
+        if len(batch["label"]) > 0:
+            clips = batch["clip"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            t_data = clock()
+            data_time += t_data - tick
+            x = normalise(clips, mean, std)  # (B, T, C, H, W) float
+            if channels_last:
+                x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(x.shape)  # (B, T, C, H, W)
+            if pending == 0:
+                optimizer.zero_grad(set_to_none=True)
+            no_sync = getattr(step_module, "no_sync", None)  # DDP: no gradient all-reduce before the group's end
+            with contextlib.nullcontext() if last or no_sync is None else no_sync():
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = step_module(x, labels)
+                loss = out["loss"]
+                (loss / group_size if group_size > 1 else loss).backward()
+            pending += 1
+            b = labels.shape[0]
+            loss_sum += loss.detach().double() * b
+            seen += b
+            for key, value in out.items():
+                if key not in ("loss", "logits") and torch.is_tensor(value) and value.numel() == 1:
+                    extras[key] = extras.get(key, 0.0) + float(value) * b
+        if last and pending:
             optimiser_step()
+        if last:
             pending = 0
-        b = labels.shape[0]
-        loss_sum += loss.detach().double() * b
-        seen += b
-        for key, value in out.items():
-            if key not in ("loss", "logits") and torch.is_tensor(value) and value.numel() == 1:
-                extras[key] = extras.get(key, 0.0) + float(value) * b
-        tick = time.perf_counter()
-        step_time += tick - t_data
-        if log is not None and ((i + 1) % max(1, num_steps // 4) == 0 or i + 1 == num_steps):
-            log(i + 1, num_steps, so_far(tick))
-    return so_far(time.perf_counter())
+        tick = clock()
+        if len(batch["label"]) > 0:
+            step_time += tick - t_data
+        if log is not None and (step == start_step + 1 or tick - last_line >= log_every_s
+                                or step % quarter == 0 or step == num_steps):
+            log(step, num_steps, so_far(tick))
+            last_line = tick
+        if after_step is not None and last:
+            after_step(step, num_steps, so_far)
+            tick = clock()  # a checkpoint written here is not time spent waiting for data
+    return so_far()
+
+
+def progress_line(stats: EpochStats, *, step: int, num_steps: int, epoch: int, epochs: int, world: int = 1,
+                  later_s: float = 0.0) -> str:
+    """A progress line: where in the run, loss, clips/s over all ranks, data vs compute time, and ETAs.
+
+    Args:
+        stats: the epoch so far on this rank (every rank trains as many clips at the same pace).
+        step, num_steps: batches done and in the epoch.
+        epoch, epochs: 0-based epoch and the run's epoch count.
+        world: ranks (clips/s is this rank's times the ranks).
+        later_s: what else each later epoch costs besides its training steps (e.g. the last validation).
+    """
+    per_step = stats.seconds / max(1, stats.steps or step)
+    epoch_left = (num_steps - step) * per_step
+    run_left = epoch_left + (epochs - epoch - 1) * (num_steps * per_step + later_s)
+    busy = max(1e-9, stats.data_time_s + stats.step_time_s)
+    return (f"epoch {epoch + 1}/{epochs} step {step}/{num_steps} ({step / max(1, num_steps):.0%}) "
+            f"loss {stats.loss:.4f} {stats.clips_per_s * world:.1f} clips/s (data {stats.data_time_s:.1f}s "
+            f"{stats.data_time_s / busy:.0%}, compute {stats.step_time_s:.1f}s) "
+            f"ETA epoch {_hms(epoch_left)}, run {_hms(run_left)}")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(max(0.0, seconds)))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def validate(method, loader, *, device: torch.device, mean, std, num_classes: int,

@@ -3,8 +3,10 @@
 It reads like Ray Train's checkpointing example: get the checkpoint, restore from it, then per epoch
 train (`epoch.train_one_epoch`), validate (`epoch.validate`) and report, with a checkpoint written by
 rank 0 (`resume.save`), so that a worker-group restart or a rerun of the same run name resumes after
-the last reported epoch. Rank 0 owns side effects (MLflow, printing, artifacts); every rank calls
-`ray.train.report` once per epoch.
+the last reported checkpoint. Inside an epoch, checkpoints come every `schedule.checkpoint_every_steps`
+steps or `schedule.checkpoint_every_minutes` minutes (`resume.CheckpointSchedule` makes every rank take
+them at the same step), and a resume from one skips the batches already trained on. Rank 0 owns side
+effects (MLflow, printing, artifacts); every rank calls `ray.train.report` at every checkpoint.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ..model_meta import ModelMeta, Preprocessing
 from . import elastic, resume
 from .bad_samples import BadSampleLog
 from .context import RunContext
-from .epoch import EpochStats, TrainStep, build_optimizer, build_scheduler, train_one_epoch, validate
+from .epoch import EpochStats, TrainStep, build_optimizer, build_scheduler, progress_line, train_one_epoch, validate
 from .evaluate import EvalResult, confusion_figure, stats_tensors
 
 
@@ -76,12 +78,19 @@ def train_worker(loop_config: dict) -> dict:
     progress = resume.Progress()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            progress = resume.restore(Path(ckpt_dir), model=model, optimizer=optimizer, scheduler=scheduler)
+            progress = resume.restore(Path(ckpt_dir), model=model, optimizer=optimizer, scheduler=scheduler,
+                                      rank=rank, world=world)
         tracker.restore(progress.tracking)
         elastic.sync_lr(scheduler)  # the restored lr was computed for the world size that saved it
+        inside = ""
+        if progress.position:
+            done = progress.position["step"]
+            inside = (f" step {done}/{len(train_loader)} (inside epoch {progress.epochs_done + 1}: its first {done} "
+                      "batches are skipped, not decoded)")
         # Named: a sweep's trials print into one driver's output.
-        _log(rank, f"run '{ctx.run_name}': resumed from checkpoint at epoch {progress.epochs_done}/{epochs}")
+        _log(rank, f"run '{ctx.run_name}': resumed from checkpoint at epoch {progress.epochs_done}/{epochs}{inside}")
     _log(rank, f"world size {plan.describe(cfg.data.batch_size)}")
+    resumed_rng = torch.get_rng_state() if progress.position else None  # as restored: the next step's
     if rank == 0:
         _flush(tracker, rank)
     bad_log = BadSampleLog(rank, already=progress.bad_examples)
@@ -90,16 +99,31 @@ def train_worker(loop_config: dict) -> dict:
         # again (no checkpoint), or a Tune trial restored onto this run would end with no result at all.
         ray.train.report(progress.metrics)
 
+    schedule = resume.CheckpointSchedule(every_steps=cfg.schedule.checkpoint_every_steps,
+                                         every_minutes=cfg.schedule.checkpoint_every_minutes, device=device)
+    saver = _Saver(rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler)
     result = None
     for epoch in range(progress.epochs_done, epochs):
         method.on_epoch_start(epoch, epochs)
-        train_sampler.set_epoch(epoch)
+        position = progress.position or {}  # set only for the epoch a checkpoint inside it resumes
+        train_sampler.set_epoch(epoch, start=position.get("samples", 0))
         train_set.set_epoch(epoch)
+        start_step = position.get("step", 0)
+        before = progress
+
+        def after_step(step: int, num_steps: int, so_far, epoch=epoch, start_step=start_step, before=before) -> None:
+            if step < num_steps and schedule.due(step):  # the epoch's last step gets the epoch's checkpoint
+                _checkpoint_inside(saver, before, epoch, step, so_far(), sampler=train_sampler,
+                                   batches=step - start_step, batch_size=cfg.data.batch_size, world=world)
+                schedule.saved()
+
         stats = train_one_epoch(
             step_module, train_loader, optimizer, scheduler, device=device, mean=mean_t, std=std_t,
             grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
             on_step_end=method.on_step_end, channels_last=cfg.compute.channels_last, on_bad=bad_log.met,
-            log=_step_log(rank, world, epoch, epochs), accum_steps=plan.accum_steps,
+            log=_step_log(rank, world, epoch, epochs, later_s=progress.metrics.get("val/seconds", 0.0)),
+            accum_steps=plan.accum_steps, start_step=start_step, carried=resume.carried_stats(progress, rank, world),
+            rng_state=resumed_rng if position else None, after_step=after_step,
         )
         val_start = time.perf_counter()
         scored = validate(method, val_loader, device=device, mean=fmt.mean, std=fmt.std,
@@ -108,18 +132,14 @@ def train_worker(loop_config: dict) -> dict:
         progress = _epoch_end(cfg, epoch, stats, scored, val_seconds, progress, method=method, optimizer=optimizer,
                               bad_log=bad_log, device=device, gmacs=gmacs)
         progress.metrics.update(plan.metrics())
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                # Written before the report (a scheduler may stop the trial as soon as it sees it);
-                # the checkpoint carries whatever MLflow has not confirmed, so neither a restart nor an
-                # outage loses it (steps already written are skipped when an epoch is redone).
-                tracker.add({k: v for k, v in progress.metrics.items() if k != "epoch"}, step=epoch + 1)
-                _flush(tracker, rank)
-                progress.tracking = tracker.state()
-                resume.save(Path(tmp), progress, model=model, optimizer=optimizer, scheduler=scheduler)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(progress.metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{epoch + 1:04d}")
+        if rank == 0:
+            # Written before the report (a scheduler may stop the trial as soon as it sees it); the
+            # checkpoint carries whatever MLflow has not confirmed, so neither a restart nor an outage
+            # loses it (steps already written are skipped when an epoch is redone).
+            tracker.add({k: v for k, v in progress.metrics.items() if k != "epoch"}, step=epoch + 1)
+            _flush(tracker, rank)
+        saver.report(progress, progress.metrics)
+        schedule.saved()
         result = next(iter(scored.values()))  # the primary variant
 
     if rank == 0:
@@ -136,13 +156,54 @@ def _measure(cfg: Config, fmt, model: nn.Module, tracker: tracking.MetricBuffer)
     return compute.gmacs
 
 
-def _step_log(rank: int, world: int, epoch: int, epochs: int):
-    """`train_one_epoch`'s `log`: progress lines on rank 0, throughput over all ranks."""
+def _step_log(rank: int, world: int, epoch: int, epochs: int, *, later_s: float = 0.0):
+    """`train_one_epoch`'s `log`: progress lines on rank 0, throughput over all ranks, ETAs (each later
+    epoch counted as this one's steps plus `later_s`, the last validation's seconds)."""
     def log(i: int, n: int, st: EpochStats) -> None:
-        _log(rank, f"epoch {epoch + 1}/{epochs} step {i}/{n} loss {st.loss:.4f} {st.clips_per_s * world:.1f} clips/s "
-                   f"(data {st.data_time_s:.1f}s, compute {st.step_time_s:.1f}s)")
+        _log(rank, progress_line(st, step=i, num_steps=n, epoch=epoch, epochs=epochs, world=world, later_s=later_s))
 
     return log
+
+
+class _Saver:
+    """Writes and reports checkpoints: rank 0 writes `state.pt` (with every rank's RNG, gathered), every
+    rank calls `ray.train.report` with it."""
+
+    def __init__(self, rank: int, tracker: tracking.MetricBuffer, *, model, optimizer, scheduler):
+        self.rank, self.tracker = rank, tracker
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+
+    def report(self, progress: resume.Progress, metrics: dict) -> float:
+        """Every rank: checkpoints `progress` (named by `resume.checkpoint_name`); returns rank 0's
+        seconds spent writing it."""
+        import ray.train
+
+        rngs = _all_gather(resume.rng_state())
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if self.rank == 0:
+                progress.tracking = self.tracker.state()
+                resume.save(Path(tmp), progress, model=self.model, optimizer=self.optimizer,
+                            scheduler=self.scheduler, rng_by_rank=rngs)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+            written = time.perf_counter() - started
+            ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=resume.checkpoint_name(progress))
+        return written
+
+
+def _checkpoint_inside(saver: _Saver, before: resume.Progress, epoch: int, step: int, stats: EpochStats, *,
+                       sampler, batches: int, batch_size: int, world: int) -> None:
+    """Every rank, at the same step inside epoch `epoch`: a checkpoint with the sampler position (the
+    next batch's) and every rank's statistics of the epoch so far. Reported with the last epoch's
+    metrics plus `resume.MID_EPOCH_KEY` (a Tune sweep does not count it as a result)."""
+    started = time.perf_counter()
+    mid = resume.inside_epoch(before, epoch=epoch, step=step, samples=sampler.position_after(batches, batch_size),
+                              world=world, stats_by_rank=_all_gather(resume.stats_state(stats)),
+                              bad_examples=_gather_distinct(before.bad_examples + stats.bad))
+    written = saver.report(mid, {**before.metrics, "epoch": epoch, resume.MID_EPOCH_KEY: step})
+    _log(saver.rank, f"checkpoint {resume.checkpoint_name(mid)} (epoch {epoch + 1} step {step}): state written in "
+                     f"{written:.2f}s, reported in {time.perf_counter() - started:.2f}s")
 
 
 def _epoch_end(cfg: Config, epoch: int, stats: EpochStats, scored: dict[str, EvalResult], val_seconds: float,
@@ -221,7 +282,7 @@ def make_datasets(cfg: Config, spec, ctx: RunContext):
 
 
 def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
-    sampler = torch.utils.data.DistributedSampler(
+    sampler = data_dataset.ResumableSampler(
         dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.seed, drop_last=False
     )
     if cfg.data.engine == "ray":
@@ -271,15 +332,20 @@ def _flush(tracker: tracking.MetricBuffer, rank: int) -> None:
                    f"{len(tracker.pending)} metric steps kept to write later")
 
 
-def _gather_distinct(pairs: list) -> list:
-    """Every rank's (video, reason) pairs, each video once, in the order first met (rank by rank)."""
+def _all_gather(value) -> list:
+    """Every rank's `value`, in rank order (`[value]` without a process group)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, pairs)
-        pairs = [pair for part in parts for pair in part]
-    return list(dict(pairs).items())
+        dist.all_gather_object(parts, value)
+        return parts
+    return [value]
+
+
+def _gather_distinct(pairs: list) -> list:
+    """Every rank's (video, reason) pairs, each video once, in the order first met (rank by rank)."""
+    return list(dict(pair for part in _all_gather(pairs) for pair in part).items())
 
 
 def _all_reduce_sums(device, values: list) -> list:

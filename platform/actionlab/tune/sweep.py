@@ -50,13 +50,22 @@ def _trial(config: dict, *, recipe: dict, fixed: dict, sweep_name: str, parent_r
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..train.launch import train
+    from ..train.resume import MID_EPOCH_KEY
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(recipe, fixed, config, f"{sweep_name}-{trial_id}")
+    class EpochReports(TuneReportCallback):
+        """Tune's results are the epochs' reports (ASHA counts them as iterations); a checkpoint taken
+        inside an epoch stays Train's."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if MID_EPOCH_KEY not in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
     train(
         cfg,
         parent_run_id=parent_run_id,
-        callbacks=(TuneReportCallback(),),
+        callbacks=(EpochReports(),),
         extra_tags={"actionlab.trial_id": trial_id, "actionlab.sweep": sweep_name},
     )
 

@@ -4,14 +4,13 @@ the run uses workers on both nodes and records everything in the one MLflow stor
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from servers.process import actionlab, last_json
 
 pytestmark = pytest.mark.integration
 
@@ -22,21 +21,10 @@ TWO_WORKERS = ["--set", "compute.num_workers=2", "--set", "compute.cpus_per_work
 TRAIN_ACTORS = ("TrainController", "RayTrainWorker")
 
 
-def _actionlab(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "actionlab", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"{' '.join(proc.args[3:])} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
 
 
-def _last_json(stdout: str):
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith(("{", "[")):
-            return json.loads(line)
-    raise AssertionError(stdout[-3000:])
 
 
 def _node_local_dataset(cluster, synth_dataset: Path, name: str) -> Path:
@@ -71,7 +59,7 @@ def test_node_local_defaults_are_refused_before_compute(ray_cluster, synth_datas
     actors_before = _train_actors(cluster)
 
     start = time.monotonic()
-    proc = _actionlab(env, *args, timeout=300)
+    proc = actionlab(env, *args, timeout=300, check=False)
     seconds = time.monotonic() - start
     print(f"{command} refused in {seconds:.1f}s")
 
@@ -113,14 +101,14 @@ def test_s3_data_checkpoints_and_an_mlflow_server_train_on_two_nodes_into_one_st
     bucket = s3_server.make_bucket("cluster-train")
     env = dict(cluster.env, RAY_ADDRESS=cluster.address, ACTIONLAB_HOME=str(home),
                MLFLOW_TRACKING_URI=mlflow_server.url, **s3_server.env)
-    _ok(_actionlab(env, "data", "upload", str(synth_dataset.parent), f"{bucket}/motion"))
+    actionlab(env, "data", "upload", str(synth_dataset.parent), f"{bucket}/motion")
 
     start = time.monotonic()
-    train = _ok(_actionlab(env, "train", "smoke", "--set", f"data.manifest={bucket}/motion/manifest.parquet",
-                           "--set", f"storage.uri={bucket}/runs", "--set", "tracking.experiment=two-nodes",
-                           *TWO_WORKERS, *FAST, "--register", "two-nodes-motion", "--json"))
+    train = actionlab(env, "train", "smoke", "--set", f"data.manifest={bucket}/motion/manifest.parquet",
+                      "--set", f"storage.uri={bucket}/runs", "--set", "tracking.experiment=two-nodes",
+                      *TWO_WORKERS, *FAST, "--register", "two-nodes-motion", "--json")
     print(f"2-node training took {time.monotonic() - start:.1f}s")
-    out = _last_json(train.stdout)
+    out = last_json(train.stdout)
     assert out["epoch"] == 2
 
     # The workers ran on two different nodes: the head and node2, as the run's tag (written by rank 0
@@ -158,6 +146,6 @@ def test_s3_data_checkpoints_and_an_mlflow_server_train_on_two_nodes_into_one_st
     video = f"{bucket}/motion/" + sorted(o["Key"] for o in s3_server.client().list_objects_v2(
         Bucket="cluster-train", Prefix="motion/videos/")["Contents"])[0].removeprefix("motion/")
     version = out["registered"]["version"]
-    preds = _last_json(_ok(_actionlab(env, "predict", "--model", f"models:/two-nodes-motion/{version}", video,
-                                      "--json", timeout=300)).stdout)
+    preds = last_json(actionlab(env, "predict", "--model", f"models:/two-nodes-motion/{version}", video,
+                                "--json", timeout=300).stdout)
     assert preds[0]["video"] == video and len(preds[0]["top"]) >= 1

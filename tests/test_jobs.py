@@ -4,7 +4,6 @@ runs landing in a real MLflow server and checkpoints in S3 (moto)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ import pytest
 
 from actionlab import jobs, storage
 
-from servers.process import REPO, base_env, needs_netns
+from servers.process import REPO, base_env, last_json, needs_netns
 from servers.ray_head import start_ray_head
 from servers.s3 import SECRET_KEY
 
@@ -82,12 +81,6 @@ def _ray_job_submit(cluster, *entrypoint, timeout=900):
     return subprocess.run(argv, cwd=REPO, env=_client_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def _last_json(text: str) -> dict:
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
-    raise AssertionError(f"no JSON line in:\n{text[-4000:]}")
 
 
 @needs_netns
@@ -110,7 +103,7 @@ def test_ray_job_submit_trains_into_the_mlflow_server(cluster, mlflow_server, sy
                            "--set", "tracking.experiment=jobs-cli", *FAST, "--json")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-4000:]
     assert "succeeded" in proc.stdout + proc.stderr
-    out = _last_json(proc.stdout)
+    out = last_json(proc.stdout)
     run = mlflow_server.client().get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["clip.num_frames"] == "4"
     assert [m.step for m in mlflow_server.client().get_metric_history(out["run_id"], "val/top1")] == [1, 2]
@@ -133,7 +126,7 @@ def test_actionlab_submit_follows_a_job_from_s3_to_s3(cluster, mlflow_server, s3
     assert proc.returncode == 0, text[-8000:]
     assert "job id: actionlab-train-" in proc.stdout and "SUCCEEDED" in proc.stdout
     assert "env forwarded: AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI" in proc.stdout
-    out = _last_json(proc.stdout)
+    out = last_json(proc.stdout)
     assert mlflow_server.client().get_run(out["run_id"]).info.status == "FINISHED"
     assert storage.exists(f"{ckpt}/{out['run_name']}/epoch_0001/state.pt")
     assert SECRET_KEY not in text

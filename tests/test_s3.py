@@ -19,7 +19,7 @@ import pytest
 from actionlab import storage
 from actionlab.data import decode
 
-from servers.process import base_env, needs_netns
+from servers.process import actionlab, base_env, last_json, needs_netns
 from servers.s3 import SECRET_KEY
 
 FAST = ["--set", "schedule.epochs=2", "--set", "clip.num_frames=4", "--set", "clip.size_px=32",
@@ -182,18 +182,8 @@ def test_video_cache_never_keeps_bytes_under_another_versions_etag(s3, tmp_path,
 # --- the whole path from and to S3 -------------------------------------------------------------------
 
 
-def _actionlab(env, *args, timeout=900):
-    proc = subprocess.run([sys.executable, "-m", "actionlab", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"actionlab {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-    return proc
 
 
-def _last_json(stdout: str):
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith(("{", "[")):
-            return json.loads(line)
-    raise AssertionError(stdout[-3000:])
 
 
 @needs_netns
@@ -206,18 +196,18 @@ def test_train_from_s3_checkpoint_to_s3_register_and_predict(s3_server, mlflow_s
                    MLFLOW_TRACKING_URI=mlflow_server.url, **s3_server.env)
     outputs = []
 
-    upload = _actionlab(env, "data", "upload", str(synth_dataset.parent), f"{data_bucket}/motion")
+    upload = actionlab(env, "data", "upload", str(synth_dataset.parent), f"{data_bucket}/motion")
     outputs.append(upload)
     assert "uploaded" in upload.stdout and "s3://datasets/motion/manifest.parquet" in upload.stdout
     recipe = (Path(__file__).resolve().parents[1] / "workloads" / "recipes" / "smoke.yaml").read_bytes()
     s3_server.client().put_object(Bucket="datasets", Key="recipes/smoke.yaml", Body=recipe)
 
-    train = _actionlab(env, "train", f"{data_bucket}/recipes/smoke.yaml",
+    train = actionlab(env, "train", f"{data_bucket}/recipes/smoke.yaml",
                        "--set", f"data.manifest={data_bucket}/motion/manifest.parquet",
                        "--set", f"storage.uri={ckpt_bucket}/runs", "--set", "tracking.experiment=s3-e2e",
                        *FAST, "--register", "motion-s3", "--json")
     outputs.append(train)
-    out = _last_json(train.stdout)
+    out = last_json(train.stdout)
     assert out["epoch"] == 2 and out["checkpoints"] == f"s3://checkpoints/runs/{out['run_name']}"
     keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket="checkpoints")["Contents"]}
     assert f"runs/{out['run_name']}/epoch_0002/state.pt" in keys
@@ -233,10 +223,10 @@ def test_train_from_s3_checkpoint_to_s3_register_and_predict(s3_server, mlflow_s
 
     video_key = sorted(k for k in (o["Key"] for o in s3_server.client().list_objects_v2(
         Bucket="datasets", Prefix="motion/videos/")["Contents"]))[0]
-    predict = _actionlab(env, "predict", "--model", "models:/motion-s3@champion", f"s3://datasets/{video_key}",
+    predict = actionlab(env, "predict", "--model", "models:/motion-s3@champion", f"s3://datasets/{video_key}",
                          "--json", timeout=300)
     outputs.append(predict)
-    preds = _last_json(predict.stdout)
+    preds = last_json(predict.stdout)
     assert preds[0]["video"] == f"s3://datasets/{video_key}" and len(preds[0]["top"]) >= 1
 
     leaked = [t for t in [json.dumps(run.data.params), json.dumps(run.data.tags), json.dumps(dict(mv.tags))]
@@ -414,7 +404,7 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
     assert [why for why, _ in proxy.outages[:2]] == ["/outage-data/motion/videos/",
                                                      "/outage-ckpt/runs/s3-outage/epoch_0002/"], proxy.outages
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    out = _last_json(proc.stdout)
+    out = last_json(proc.stdout)
     assert out["epoch"] == 4 and out["checkpoints"] == "s3://outage-ckpt/runs/s3-outage"
     assert re.search(r"s3://outage-data/motion/videos/\S+ failed \(attempt 1/\d+\), retrying", output), output[-6000:]
     assert re.search(r"(create|write) s3://outage-ckpt/runs/s3-outage/epoch_0002\S* failed \(attempt 1/\d+\), retrying",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers.process import MARKER_ENV, kill_driver
+from servers.process import MARKER_ENV, actionlab, kill_driver, last_json
 
 pytestmark = [
     pytest.mark.integration,
@@ -48,20 +48,8 @@ def env(tmp_path):
     yield e
 
 
-def actionlab(env, *args, timeout=600, check=True):
-    proc = subprocess.run([sys.executable, "-m", "actionlab", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"actionlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-6000:]}")
-    return proc
 
 
-def last_json(stdout: str) -> dict:
-    for line in reversed(stdout.strip().splitlines()):
-        if line.startswith("{"):
-            return json.loads(line)
-    raise AssertionError(f"no JSON line in output:\n{stdout[-3000:]}")
 
 
 def tracking_uri(env) -> str:

@@ -6,6 +6,7 @@ left behind. Servers are started only inside the private network + PID namespace
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -153,3 +154,23 @@ def artifacts_dir() -> Path:
     path = Path(os.environ.get("ACTIONLAB_TEST_ARTIFACTS") or REPO / "build" / "test-artifacts")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def actionlab(env: dict, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Runs `python -m actionlab ARGS` as a user would; `check` fails the test (with the output's tail)
+    when it exits non-zero."""
+    proc = subprocess.run([sys.executable, "-m", "actionlab", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"actionlab {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-6000:]}")
+    return proc
+
+
+def last_json(stdout: str):
+    """The last line of a command's output that is a JSON object or list (`--json` prints one)."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(("{", "[")):
+            return json.loads(line)
+    raise AssertionError(f"no JSON line in output:\n{stdout[-3000:]}")

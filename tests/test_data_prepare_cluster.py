@@ -91,12 +91,15 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
         proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=err)
     try:
         # Kill the node while it runs a task and the job is well short of done: the task dies with it,
-        # and so do the results the node holds in its object store.
+        # and so do the results the node holds in its object store. A node that has finished a video is
+        # at work on its next one (the rest wait in Ray Data's queue); the done records say so at once,
+        # where the State API lags by seconds, longer than a whole job on a quiet machine.
         first_done = None
         while True:
             records = _records(s3, bucket, "prepared", seen)
             first_done = first_done or (time.monotonic() if records else None)
-            if len(records) >= total // 5 and _prepare_tasks(cluster, node_id=node_ids[doomed.name], state="RUNNING"):
+            doomed_done = sum(r["node"] == node_ids[doomed.name] for r in records.values())
+            if len(records) >= total // 5 and doomed_done:
                 break
             assert proc.poll() is None, f"prepare ended before the kill:\n{out_log.read_text()[-4000:]}"
             assert time.monotonic() - started < 240, f"no progress on {doomed.name}:\n{out_log.read_text()[-4000:]}"
@@ -113,18 +116,17 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
     output = out_log.read_text()
     assert rc == 0, output[-3000:] + err_log.read_text()[-6000:]
 
-    # The task running on the lost node was retried on another node and finished there.
+    # The task running on the lost node was retried on another node and finished there. (The State API
+    # may never hear of the lost attempt itself: a SIGKILLed worker's task events die with it; the retry,
+    # a later attempt of the same task on a node that lived, is what it does list.)
     node_of = {v: k for k, v in node_ids.items()}
     attempts = [(a.task_id, a.attempt_number, a.state, node_of.get(a.node_id, a.node_id), a.error_type)
                 for a in _prepare_tasks(cluster)]
-    cut_short = [a for a in attempts if a[3] == doomed.name and a[2] != "FINISHED"]
-    assert cut_short, f"the kill hit no running task: {[a for a in attempts if a[3] == doomed.name]}"
-    for task_id, number, *_ in cut_short:
-        assert any(a[0] == task_id and a[1] > number and a[2] == "FINISHED" and a[3] != doomed.name
-                   for a in attempts), [a for a in attempts if a[0] == task_id]
-    redone_after_s = max((t.end_time_ms / 1000 - killed_wall for c in cut_short
-                          for t in _prepare_tasks(cluster, detail=True, task_id=c[0])
-                          if t.state == "FINISHED" and t.end_time_ms), default=float("nan"))
+    retried = [a for a in attempts if a[1] > 0 and a[2] == "FINISHED" and a[3] != doomed.name]
+    assert retried, f"no task was retried after {doomed.name} was lost: {attempts}"
+    redone_after_s = max((t.end_time_ms / 1000 - killed_wall for r in retried
+                          for t in _prepare_tasks(cluster, detail=True, task_id=r[0])
+                          if t.state == "FINISHED" and t.attempt_number > 0 and t.end_time_ms), default=float("nan"))
 
     # The job finished in one go: every video prepared in this run, none counted as done by mistake.
     summary = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith('{"manifest"')))
@@ -165,7 +167,7 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
     after = (total - done_at_kill) / max(1e-6, finished - killed_at)
     print(f"\nprepare on 3 nodes: {total} videos; first done {first_done - started:.1f}s after the start (Ray "
           f"workers starting); {doomed.name} SIGKILLed at {killed_at - started:.1f}s with {done_at_kill}/{total} done "
-          f"and {len(cut_short)} task(s) running there; its video redone on another node {redone_after_s:.1f}s after "
+          f"and {len(retried)} task(s) retried elsewhere; its video redone on another node {redone_after_s:.1f}s after "
           f"the kill; finished {finished - killed_at:.1f}s after the kill, {finished - started:.1f}s in all; "
           f"{before:.2f} videos/s on 3 nodes before the kill, {after:.2f} on 2 after; prepared on "
           f"{summary['prepared_on']}")

@@ -48,10 +48,6 @@ def env(tmp_path):
     yield e
 
 
-
-
-
-
 def tracking_uri(env) -> str:
     return f"sqlite:///{Path(env['ACTIONLAB_HOME']).resolve() / 'mlflow.db'}"
 

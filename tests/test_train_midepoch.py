@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -342,11 +343,13 @@ def _registered_checkpoint(run_dir: Path) -> str:
 
 @needs_netns
 @pytest.mark.integration
-def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(synth_dataset, tmp_path, ray_address):
+def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(synth_dataset, tmp_path):
     import mlflow
 
-    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_ADDRESS=ray_address)
-    env.pop("MLFLOW_TRACKING_URI", None)
+    # Each command starts a local Ray instance of its own, as in test_train_integration's kill test: a
+    # driver killed on the session's shared head leaves its job's actors and placement group there for
+    # longer than the next test may wait. RAY_TMPDIR is short: unix socket paths must stay < 108 bytes.
+    env = base_env(ACTIONLAB_HOME=str(tmp_path / "home"), RAY_TMPDIR=tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     args = [sys.executable, "-m", "actionlab", "train", "smoke", "--set", f"data.manifest={synth_dataset}",
             "--set", "schedule.epochs=2", "--set", "clip.num_frames=4", "--set", "clip.size_px=32",
             "--set", "clip.resize_px=32", "--set", "data.batch_size=2",

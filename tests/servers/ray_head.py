@@ -44,13 +44,15 @@ class RayHead:
     def busy(self) -> list[str]:
         """What holds or waits for resources on the cluster (State API over the dashboard), one line each:
         live actors that need any, and placement groups not removed. Ray's own detached bookkeeping actors
-        (Train's state actor, Ray Data's stats actor, ...) need none and stay between jobs."""
+        (Train's state actor, Ray Data's stats actor, ...) need none and stay between jobs; a `node:...`
+        resource only pins an actor to a node (Train's PlacementGroupCleaner asks 0.001 of the head's) and
+        takes no capacity from the next test."""
         from ray.util.state import list_actors, list_placement_groups
 
         actors = list_actors(address=self.dashboard_url, filters=[("state", "!=", "DEAD")], detail=True, limit=1000)
         groups = list_placement_groups(address=self.dashboard_url, filters=[("state", "!=", "REMOVED")], limit=1000)
         return ([f"actor {a.class_name} ({a.state}, job {a.job_id}, needs {a.required_resources})" for a in actors
-                 if any(v > 0 for v in (a.required_resources or {}).values())]
+                 if any(v > 0 for k, v in (a.required_resources or {}).items() if not k.startswith("node:"))]
                 + [f"placement group {g.name or g.placement_group_id} ({g.state}, job {g.creator_job_id})"
                    for g in groups])
 

@@ -114,8 +114,8 @@ def test_killed_driver_takes_its_actors_along_and_a_second_launch_is_refused(syn
     import signal
     import tempfile
 
-    from servers.process import MARKER_ENV, NETNS, kill_driver
-    from test_train_integration import _registered_checkpoint, last_json, mlflow_client
+    from servers.process import MARKER_ENV, NETNS, kill_driver, last_json, registered_checkpoint
+    from test_train_integration import mlflow_client
 
     if not NETNS:
         pytest.skip("starts Ray: run through scripts/test.sh (as root) so Ray is confined to a private network namespace")
@@ -140,7 +140,7 @@ def test_killed_driver_takes_its_actors_along_and_a_second_launch_is_refused(syn
         assert f"run 'locked' is being trained right now by pid {driver.pid} on host" in second.stderr
         assert driver.poll() is None  # the first one trains on
 
-        while "epoch_0001" not in _registered_checkpoint(run_dir):
+        while "epoch_0001" not in registered_checkpoint(run_dir):
             assert driver.poll() is None, log_path.read_text()[-4000:]
             assert time.time() < deadline, "no first checkpoint within 600 s"
             time.sleep(0.5)

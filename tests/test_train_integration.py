@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from servers.process import MARKER_ENV, actionlab, kill_driver, last_json
+from servers.process import MARKER_ENV, actionlab, kill_driver, last_json, registered_checkpoint
 
 pytestmark = [
     pytest.mark.integration,
@@ -148,15 +148,6 @@ def _train_worker_pids() -> list[int]:
     return pids
 
 
-def _registered_checkpoint(run_dir: Path) -> str:
-    """The checkpoint Ray Train's controller resumes from (its snapshot in storage), or ''."""
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    return ((snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")) or ""
-
-
 def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset, tmp_path):
     """SIGKILL a Ray Train worker mid-run (Ray restarts the group from the last checkpoint), then
     SIGKILL the driver, and rerun the same command: it resumes the same MLflow run to the end, and the
@@ -174,7 +165,7 @@ def test_worker_killed_and_driver_killed_both_resume(env, synth_dataset, tmp_pat
         deadline = time.time() + 600
         # The folder appears when the worker has written it; the restart only resumes from it once the
         # controller has registered it (its snapshot names it), so kill after that.
-        while "epoch_0001" not in _registered_checkpoint(storage):
+        while "epoch_0001" not in registered_checkpoint(storage):
             assert driver.poll() is None, log_path.read_text()[-4000:]
             assert time.time() < deadline, "no first checkpoint within 600 s"
             time.sleep(0.5)

@@ -26,7 +26,7 @@ from actionlab.data.dataset import ResumableSampler
 from actionlab.train import epoch, launch, loop, resume
 from actionlab.train.evaluate import stats_tensors
 
-from servers.process import MARKER_ENV, base_env, kill_driver, needs_netns
+from servers.process import MARKER_ENV, base_env, kill_driver, needs_netns, registered_checkpoint
 from workloads import get_workload
 from workloads.layers import as_method
 
@@ -333,14 +333,6 @@ def test_progress_comes_every_interval_with_clips_per_second_and_an_eta():
 # --- a Ray Train run whose driver is killed inside an epoch -----------------------------------------
 
 
-def _registered_checkpoint(run_dir: Path) -> str:
-    try:
-        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
-    except (OSError, ValueError):
-        return ""
-    return ((snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")) or ""
-
-
 @needs_netns
 @pytest.mark.integration
 def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(synth_dataset, tmp_path):
@@ -364,13 +356,13 @@ def test_a_run_killed_inside_an_epoch_resumes_from_its_mid_epoch_checkpoint(synt
         deadline = time.monotonic() + 600
         # Kill as soon as the controller has registered a checkpoint inside epoch 2 (a rerun resumes
         # from the registered one).
-        while not _registered_checkpoint(storage).startswith("epoch_0001_step_"):
+        while not registered_checkpoint(storage).startswith("epoch_0001_step_"):
             assert driver.poll() is None, log_path.read_text()[-4000:]
             assert time.monotonic() < deadline, f"no checkpoint inside epoch 2 in 600 s\n{log_path.read_text()[-4000:]}"
             time.sleep(0.05)
     finally:
         kill_driver(driver, "midepoch-driver")
-    latest = _registered_checkpoint(storage)
+    latest = registered_checkpoint(storage)
     first_log = log_path.read_text()
     step = int(latest.rsplit("_", 1)[1]) if "_step_" in latest else None
     assert step is not None, f"the epoch ended before the driver was killed ({latest}): {first_log[-3000:]}"

@@ -174,3 +174,12 @@ def last_json(stdout: str):
         if line.startswith(("{", "[")):
             return json.loads(line)
     raise AssertionError(f"no JSON line in output:\n{stdout[-3000:]}")
+
+
+def registered_checkpoint(run_dir: Path) -> str:
+    """The checkpoint Ray Train's controller resumes from (its snapshot in the run's storage), or ''."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    return ((snapshot.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")) or ""

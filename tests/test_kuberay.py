@@ -168,32 +168,31 @@ def test_the_rayjob_is_valid_under_the_crd(crd):
     assert _errors(crd, job) == []
 
 
+def _parent(job, path):
+    """The mapping that holds `path`'s last key, and that key."""
+    *parents, last = path
+    for key in parents:
+        job = job[key]
+    return job, last
+
+
 def _drop(path):
     def edit(job):
-        *parents, last = path
-        node = job
-        for key in parents:
-            node = node[key]
+        node, last = _parent(job, path)
         del node[last]
     return edit
 
 
 def _rename(path, new):
     def edit(job):
-        *parents, last = path
-        node = job
-        for key in parents:
-            node = node[key]
+        node, last = _parent(job, path)
         node[new] = node.pop(last)
     return edit
 
 
 def _set(path, value):
     def edit(job):
-        *parents, last = path
-        node = job
-        for key in parents:
-            node = node[key]
+        node, last = _parent(job, path)
         node[last] = value
     return edit
 

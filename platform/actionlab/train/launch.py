@@ -125,8 +125,8 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
     need_cpu = workers * cfg.compute.cpus_per_worker
     label = f"{DECODE_LABEL_KEY}={DECODE_LABEL_VALUE}"
     # Train workers never go to declared decode nodes (`train_label_selector`): their CPUs do not count.
-    decode_cpu = 0 if cfg.data.decode_nodes == "any" else sum(n["cpus"] for n in decode_node_table()
-                                                                if n["decode_label"])
+    labelled = [n for n in decode_node_table() if n["decode_label"]]
+    decode_cpu = 0 if cfg.data.decode_nodes == "any" else sum(n["cpus"] for n in labelled)
     train_cpu = have.get("CPU", 0) - decode_cpu
     if need_cpu > train_cpu:
         beside = f" (and {decode_cpu:g} on nodes labelled {label}, which hold no Train worker)" if decode_cpu else ""
@@ -137,7 +137,7 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
     if cfg.data.engine == "ray" and cfg.data.decode_nodes == "labelled":
         # A warning, not a refusal: an autoscaler (KubeRay's decode group at 0 replicas) starts labelled
         # nodes only once the decode tasks ask for them.
-        if not any(n["decode_label"] and n["cpus"] >= 1 for n in decode_node_table()):
+        if not any(n["cpus"] >= 1 for n in labelled):
             print(f"data.decode_nodes=labelled: no node with CPUs has the label {label} yet, so decoding waits "
                   f"until one joins; start one with `ray start --address HEAD:6379 --labels {label}`, or use "
                   "data.decode_nodes=auto", flush=True)

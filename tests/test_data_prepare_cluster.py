@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from servers.process import REPO
@@ -51,6 +52,13 @@ def _prepare_tasks(cluster, *, detail: bool = False, **equal: str) -> list:
     return [t for t in tasks if "_ray_prepare" in t.name]
 
 
+def _cached_videos(cache: Path) -> int:
+    """Videos a node has fetched (or is fetching) into its read-through cache: one per task it started."""
+    if not cache.is_dir():
+        return 0
+    return len({f.name.lstrip(".").split(".")[0] for f in cache.glob("*/*")})
+
+
 def _decoded_frames(data: bytes) -> int:
     """Frames a decoder gets out of the file: every frame decoded, not the container's claim."""
     import io
@@ -91,15 +99,19 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
         proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=err)
     try:
         # Kill the node while it runs a task and the job is well short of done: the task dies with it,
-        # and so do the results the node holds in its object store. A node that has finished a video is
-        # at work on its next one (the rest wait in Ray Data's queue); the done records say so at once,
-        # where the State API lags by seconds, longer than a whole job on a quiet machine.
+        # and so do the results the node holds in its object store. A task's first step is to fetch its
+        # video into the node's own cache, its last to write the done record, so a node whose cache holds
+        # more videos than it has done records for is inside a task. Both show at once, where the State
+        # API lags by seconds, longer than a whole job on a quiet machine. (Between two of its tasks a
+        # node runs none: a kill there would cost nothing and prove nothing.)
+        doomed_cache = doomed.sees(cluster.local_dir / "home" / "cache")
         first_done = None
         while True:
+            started_on_doomed = _cached_videos(doomed_cache)
             records = _records(s3, bucket, "prepared", seen)
             first_done = first_done or (time.monotonic() if records else None)
             doomed_done = sum(r["node"] == node_ids[doomed.name] for r in records.values())
-            if len(records) >= total // 5 and doomed_done:
+            if len(records) >= total // 5 and doomed_done and started_on_doomed > doomed_done:
                 break
             assert proc.poll() is None, f"prepare ended before the kill:\n{out_log.read_text()[-4000:]}"
             assert time.monotonic() - started < 240, f"no progress on {doomed.name}:\n{out_log.read_text()[-4000:]}"

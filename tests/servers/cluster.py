@@ -101,6 +101,11 @@ class Node:
     def alive(self) -> bool:
         return self.process.proc.poll() is None and self.raylet_pid() is not None
 
+    def sees(self, path: Path) -> Path:
+        """`path` as this node's processes see it (its own tmpfs over the node-local folder), through
+        `/proc/PID/root` of its `ray start`, which runs in the node's mount namespace."""
+        return Path(f"/proc/{self.process.proc.pid}/root") / Path(path).relative_to("/")
+
     def kill(self) -> None:
         """Loses the node as a machine is lost: SIGKILL its raylet, then every process it started."""
         raylet = self.raylet_pid()

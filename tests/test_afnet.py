@@ -162,6 +162,31 @@ def test_schedules_scale_with_the_run():
     assert all(a > b for a, b in zip(taus[:10], taus[1:10]))
 
 
+def test_temperature_after_a_resume_is_the_uninterrupted_runs():
+    """A run resumed 5 optimiser steps into epoch 3 of 8 (10 steps each) anneals as one that never
+    stopped: the counters come from the loop, not from the object that was lost with the worker."""
+    straight, resumed = _build(rt=0.4), _build(rt=0.4)
+    for epoch in range(3):
+        straight.on_epoch_start(epoch, 8, steps_per_epoch=10)
+        for _ in range(10):
+            straight.on_step_end()
+    straight.on_epoch_start(3, 8, steps_per_epoch=10)
+    for _ in range(5):
+        straight.on_step_end()
+    resumed.on_epoch_start(3, 8, steps_per_epoch=10, start_step=5)  # a fresh object, as on a new worker
+    assert resumed.temperature == straight.temperature
+    for _ in range(5):
+        straight.on_step_end()
+        resumed.on_step_end()
+        assert resumed.temperature == straight.temperature
+    # and the anneal moves inside every epoch, the first included
+    first = _build(rt=0.4)
+    first.on_epoch_start(0, 8, steps_per_epoch=10)
+    before = first.temperature
+    first.on_step_end()
+    assert first.temperature < before
+
+
 def test_eval_gating_modes():
     model = _build()
     _random_gates(model, seed=2)

@@ -150,3 +150,18 @@ def test_training_skips_counts_and_lists_bad_samples(tmp_path, synth_dataset, ra
     assert any(name in output for name in bad_names)
     (failed,) = c.search_runs([exp.experiment_id], filter_string="tags.`actionlab.run_name` = 'strict'")
     assert failed.info.status == "FAILED" and "max_bad_fraction" in failed.data.tags["actionlab.error"]
+
+    # Rerun under the same name with a tolerance that admits the bad rows: the FAILED run is resumed and
+    # finishes, and its error tag (the earlier attempt's) goes.
+    rerun = train("--set", "data.max_bad_fraction=0.5", "--set", "tracking.run_name=strict")
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
+    assert "resuming interrupted run 'strict'" in rerun.stdout
+    resumed = c.get_run(failed.info.run_id)
+    assert resumed.info.status == "FINISHED" and "actionlab.error" not in resumed.data.tags, resumed.data.tags
+
+    # More workers than the cluster has CPUs: refused before any MLflow run exists.
+    big = train("--set", "compute.num_workers=64", "--set", "tracking.run_name=too-big")
+    assert big.returncode == 2, big.stdout[-3000:] + big.stderr[-3000:]
+    assert "compute.num_workers=64 x compute.cpus_per_worker=" in big.stderr and "CPUs but the Ray cluster has" \
+        in big.stderr, big.stderr[-3000:]
+    assert not c.search_runs([exp.experiment_id], filter_string="tags.`actionlab.run_name` = 'too-big'")

@@ -111,7 +111,7 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
             records = _records(s3, bucket, "prepared", seen)
             first_done = first_done or (time.monotonic() if records else None)
             doomed_done = sum(r["node"] == node_ids[doomed.name] for r in records.values())
-            if len(records) >= total // 5 and doomed_done and started_on_doomed > doomed_done:
+            if len(records) >= 3 and started_on_doomed > doomed_done:
                 break
             assert proc.poll() is None, f"prepare ended before the kill:\n{out_log.read_text()[-4000:]}"
             assert time.monotonic() - started < 240, f"no progress on {doomed.name}:\n{out_log.read_text()[-4000:]}"

@@ -633,10 +633,11 @@ class AFNet(Method):
         else:
             self.temperature = self.t0 * (self.t1 / self.t0) ** (progress / t_end)
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
-        if self._steps_in_epoch:
-            self._steps_per_epoch = self._steps_in_epoch
-        self._epoch, self._num_epochs, self._steps_in_epoch = epoch, num_epochs, 0
+    def on_epoch_start(self, epoch: int, num_epochs: int, *, steps_per_epoch: int = 0, start_step: int = 0) -> None:
+        # The step counters come from the loop, never from this object's past: a run resumed from a
+        # checkpoint (inside an epoch or at its end) anneals exactly as one that never stopped.
+        self._epoch, self._num_epochs = epoch, num_epochs
+        self._steps_per_epoch, self._steps_in_epoch = steps_per_epoch, start_step
         self.rt_target = self.rt_target_at(epoch, num_epochs)
         self._update_temperature()
         self._reset_eval_stats()

@@ -331,7 +331,7 @@ class SVMix(Method):
 
     # -- schedules and updates -----------------------------------------------------------------------
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: int, *, steps_per_epoch: int = 0, start_step: int = 0) -> None:
         if self.block_lr_schedule == "cosine":
             self.block_lr_factor = 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, num_epochs)))
         elif self.block_lr_schedule == "step":

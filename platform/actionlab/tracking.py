@@ -25,6 +25,7 @@ MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
 ALIAS_HISTORY_TAG = "actionlab.alias_history"
 CHECKPOINT_URI_TAG = "actionlab.checkpoint"  # the Ray checkpoint (local dir or s3://...) the weights came from
+ERROR_TAG = "actionlab.error"  # why a run failed, as the driver saw it; cleared when a rerun resumes it
 OUTAGE_TAG = "actionlab.tracking_outage"  # what happened when the tracking server was unreachable
 WORKER_NODES_TAG = "actionlab.worker_nodes"  # Ray node ids the run's Train workers ran on, comma-separated
 WAIT_ENV = "ACTIONLAB_MLFLOW_WAIT_S"  # how long the end of a run waits for an unreachable server (default 600)
@@ -121,6 +122,16 @@ def log_metrics(run_id: str, metrics: dict, *, step: int) -> None:
 def set_tags(run_id: str, tags: dict) -> None:
     for key, value in tags.items():
         client().set_tag(run_id, key, str(value))
+
+
+def delete_tag(run_id: str, key: str) -> None:
+    """Removes a run's tag; a tag that is not there is fine."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().delete_tag(run_id, key)
+    except MlflowException:
+        pass  # no such tag
 
 
 def log_text(run_id: str, text: str, artifact_file: str) -> None:

@@ -29,9 +29,11 @@ class Method(nn.Module):
         """
         return {"logits": self(clips)}  # (B, K)
 
-    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+    def on_epoch_start(self, epoch: int, num_epochs: int, *, steps_per_epoch: int = 0, start_step: int = 0) -> None:
         """Before each training epoch (0-based `epoch`), also after a resume: schedules that live in
-        the method (temperatures, targets) are recomputed from the epoch here."""
+        the method (temperatures, targets) are recomputed here from the epoch and, for schedules that
+        move every step, from the epoch's optimiser steps (`steps_per_epoch`, 0 when unknown) and the
+        step it starts at (`start_step`: > 0 when a checkpoint inside the epoch resumes it)."""
 
     def on_step_end(self) -> None:
         """After each optimiser step (e.g. an EMA update, a second optimiser)."""

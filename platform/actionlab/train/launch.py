@@ -214,7 +214,12 @@ def train(
     data = resolve_data(cfg)
     root = storage_root(cfg)
     init_ray()
-    cluster.check_config(cfg, storage_root=root)  # before the MLflow run and any worker
+    import ray
+
+    # Refusals come before the MLflow run and any worker: a refused run leaves nothing behind.
+    cluster.check_config(cfg, storage_root=root)
+    use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
+    _check_resources(cfg, use_gpu)
     base_name = cfg.tracking.run_name or default_run_name(cfg, data.dataset)
     run_name, run_id = claim_run(cfg, base_name, root)
     lock = RunLock(storage.join(root, run_name), run_name)
@@ -223,14 +228,14 @@ def train(
         print(f"run '{run_name}': its previous driver (pid {stale.get('pid')} on {stale.get('host')}, since "
               f"{stale.get('since')}) is gone; taking over its lock", flush=True)
     try:
-        return _train_claimed(cfg, spec, data, root, run_name, run_id, register_name=register_name,
+        return _train_claimed(cfg, spec, data, root, run_name, run_id, use_gpu=use_gpu, register_name=register_name,
                               parent_run_id=parent_run_id, callbacks=callbacks, extra_tags=extra_tags)
     finally:
         lock.release()
 
 
 def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str, run_id: str | None, *,
-                   register_name: str, parent_run_id: str, callbacks: tuple, extra_tags: dict | None) -> TrainOutcome:
+                   use_gpu: bool, register_name: str, parent_run_id: str, callbacks: tuple, extra_tags: dict | None) -> TrainOutcome:
     """`train` once the run name is claimed and locked: MLflow run, Ray Train, registration."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -244,6 +249,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     resumed = run_id is not None
     if resumed:
         tracking.client().update_run(run_id, status="RUNNING")
+        tracking.delete_tag(run_id, tracking.ERROR_TAG)  # the failure it records is the past attempt's, not this one's
         print(f"resuming interrupted run '{run_name}' (MLflow run {run_id})", flush=True)
     else:
         run_id = tracking.start_run(
@@ -260,11 +266,6 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     print(f"run '{run_name}': MLflow run {run_id}; checkpoints under {storage.redact(storage.join(root, run_name))}",
           flush=True)
 
-    init_ray()
-    import ray
-
-    use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    _check_resources(cfg, use_gpu)
     resources = {"CPU": cfg.compute.cpus_per_worker}
     if use_gpu:
         resources["GPU"] = 1
@@ -307,7 +308,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     except BaseException as err:
         shown = capacity.unwrap(err)  # a capacity error says it all; Ray's wrapper adds nothing
         tracking.end_run(run_id, "FAILED" if not isinstance(err, KeyboardInterrupt) else "KILLED")
-        tracking.set_tags(run_id, {"actionlab.error": storage.redact_text(str(shown))[:4000]})
+        tracking.set_tags(run_id, {tracking.ERROR_TAG: storage.redact_text(str(shown))[:4000]})
         if shown is not err:
             raise shown from None
         raise

@@ -12,6 +12,7 @@ effects (MLflow, printing, artifacts); every rank calls `ray.train.report` at ev
 from __future__ import annotations
 
 import json
+import math
 import sys
 import tempfile
 import time
@@ -104,11 +105,12 @@ def train_worker(loop_config: dict) -> dict:
     saver = _Saver(rank, tracker, model=model, optimizer=optimizer, scheduler=scheduler)
     result = None
     for epoch in range(progress.epochs_done, epochs):
-        method.on_epoch_start(epoch, epochs)
         position = progress.position or {}  # set only for the epoch a checkpoint inside it resumes
         train_sampler.set_epoch(epoch, start=position.get("samples", 0))
         train_set.set_epoch(epoch)
-        start_step = position.get("step", 0)
+        start_step = position.get("step", 0)  # batches; a checkpoint inside the epoch is at an optimiser step
+        method.on_epoch_start(epoch, epochs, start_step=start_step // plan.accum_steps,
+                              steps_per_epoch=math.ceil((start_step + len(train_loader)) / plan.accum_steps))
         before = progress
 
         def after_step(step: int, num_steps: int, so_far, epoch=epoch, start_step=start_step, before=before) -> None:

@@ -311,12 +311,12 @@ def _close_children(experiment: str, parent_run_id: str, table: list) -> None:
         row["run_id"] = run.info.run_id
         if row["status"] == "error" and run.info.status == "RUNNING":
             c.set_terminated(run.info.run_id, status="FAILED")
-            c.set_tag(run.info.run_id, "actionlab.error", row.get("error", "the Tune trial failed"))
+            c.set_tag(run.info.run_id, tracking.ERROR_TAG, row.get("error", "the Tune trial failed"))
         if row["status"] == "early-stopped":
             c.set_tag(run.info.run_id, "actionlab.early_stopped", f"after epoch {row['epochs']}")
             # Tune's stop either kills the trial outright (the run stays RUNNING) or interrupts train(),
             # which ends the run FAILED with the interruption as its error: both are a scheduler's stop.
             if run.info.status in ("RUNNING", "FAILED"):
                 c.set_terminated(run.info.run_id, status="KILLED")
-                if "actionlab.error" in run.data.tags:
-                    c.delete_tag(run.info.run_id, "actionlab.error")
+                if tracking.ERROR_TAG in run.data.tags:
+                    c.delete_tag(run.info.run_id, tracking.ERROR_TAG)

@@ -51,8 +51,8 @@ def main() -> None:
                   "model": "slowfast/models/video_model_builder.py: MViT(cfg), configs/Kinetics/MVITv2_S_16x4.yaml "
                            f"with DATA.NUM_FRAMES {NUM_FRAMES}, DATA.TRAIN/TEST_CROP_SIZE {SIZE_PX}, "
                            f"MODEL.NUM_CLASSES {NUM_CLASSES}"},
-        checkpoint={"file": "checkpoint_epoch_00200.pyth", "wrapper": {"model_state": common.golden.STATE, "epoch": 200},
-                    "prefix": ""},
+        checkpoint={"file": "checkpoint_epoch_00200.pyth", "prefix": "",
+                    "wrapper": {"model_state": common.golden.STATE, "epoch": 200}},
         imports={"workload": "mvitv2", "num_classes": NUM_CLASSES, "num_frames": NUM_FRAMES,
                  "params": {"img_size_px": SIZE_PX}, "size_px": SIZE_PX},
         inputs={"input": common.clip((2, NUM_FRAMES, 3, SIZE_PX, SIZE_PX))},

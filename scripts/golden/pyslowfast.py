@@ -93,7 +93,8 @@ def _unused(module: str) -> types.ModuleType:
             raise AttributeError(name)
 
         def refuse(*args, **kwargs):
-            raise RuntimeError(f"{module}.{name} is shimmed by scripts/golden/pyslowfast.py; the forward must not use it")
+            raise RuntimeError(f"{module}.{name} is stubbed by scripts/golden/pyslowfast.py; "
+                               "the forward must not use it")
 
         return type(name, (), {"__init__": refuse})
 

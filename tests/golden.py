@@ -119,11 +119,32 @@ def _logits(model, tensors: dict) -> dict:
     return {"logits": model(tensors["input"])}
 
 
-ADAPTERS = {"logits": _logits}
+def _svmix_selection(module, tensors: dict) -> dict:
+    """SV-Mix's selection module in both modes on fixed features, lambda and partners (no sampling):
+    the partner's weight on the feature grid and the clip it mixes."""
+    from workloads.svmix import mask_to_clip, mix_clips
+
+    clips, perm, lam = tensors["input"], tensors["perm"], float(tensors["lam"])
+    out = {}
+    for mode in ("spatial", "temporal"):
+        m_b = module(tensors["feats"], lam, perm, spatial=mode == "spatial")  # (B, T', h, w)
+        out[f"m_b_{mode}"] = m_b
+        out[f"mixed_{mode}"] = mix_clips(clips, mask_to_clip(m_b, clips.shape), perm)  # (B, T, C, H, W)
+    return out
+
+
+ADAPTERS = {"logits": _logits, "svmix_selection": _svmix_selection}
+
+
+def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
+    from workloads.svmix import selection_module_from_official
+
+    return selection_module_from_official(torch.load(checkpoint, map_location="cpu", weights_only=True))
+
 
 # A fixture whose official code has no checkpoint that `weights import` reads (a module inside a
 # method, such as SV-Mix's mixer) names its loader here: fn(golden, checkpoint_path) -> model.
-LOADERS: dict = {}
+LOADERS: dict = {"svmix": _svmix_loader}
 
 
 def run_ours(model, golden: Golden) -> dict:

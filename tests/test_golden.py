@@ -45,6 +45,10 @@ def test_imported_official_checkpoint_computes_the_official_outputs(method, tmp_
 @pytest.mark.parametrize("method", METHODS)
 def test_two_tensors_exchanged_change_the_outputs(method, tmp_path):
     g = golden.load(method)
+    if not g.spec["swap"]:  # nothing to confuse: every float tensor has a shape of its own (SV-Mix's module)
+        shapes = [tuple(shape) for _, shape, dtype, _ in g.spec["state"] if dtype.startswith(("float", "bfloat"))]
+        assert len(set(shapes)) == len(shapes), f"{method}: same-shaped tensors exist, name two of them in swap"
+        return
     a, b = g.spec["swap"]
     shapes = {key: shape for key, shape, _, _ in g.spec["state"]}
     assert shapes[a] == shapes[b], f"{method}: swap pair {a}, {b} differ in shape"

@@ -12,6 +12,7 @@ from workloads.svmix import (
     SelectionModule,
     mask_to_clip,
     saliency_ratio,
+    selection_module_from_official,
     smooth_one_hot,
 )
 
@@ -54,6 +55,17 @@ def test_selection_starts_near_plain_mixup():
     module = SelectionModule(8, query_dim=4)
     m_b = module(torch.zeros(2, 8, 1, 2, 2), 0.9, torch.tensor([1, 0]), spatial=True)
     assert torch.allclose(m_b, torch.sigmoid(torch.tensor(-1.6)).expand_as(m_b), atol=1e-6)
+
+
+def test_official_selection_module_from_the_trainer_checkpoint():
+    """The official trainer keeps MB_st under `mix_bloc_s` (DDP-unwrapped; a wrapped save has `module.`)."""
+    source = SelectionModule(8, query_dim=4)
+    state = {f"module.{k}": v for k, v in source.state_dict().items()}
+    loaded = selection_module_from_official({"mix_bloc_s": state, "iteration": 10})
+    assert loaded.query.out_features == 4 and loaded.query.in_features == 8 + 1
+    assert all(torch.equal(a, b) for a, b in zip(source.parameters(), loaded.parameters()))
+    with pytest.raises(ValueError, match="under 'mix_bloc_s'"):
+        selection_module_from_official({"model": {"conv1.weight": torch.zeros(1)}})
 
 
 def test_saliency_ratio_and_targets_are_convex():

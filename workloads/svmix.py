@@ -121,6 +121,27 @@ class SelectionModule(nn.Module):
         return m_b.view(b, tf, 1, 1).expand(b, tf, h, w)
 
 
+def selection_module_from_official(checkpoint: dict) -> SelectionModule:
+    """The official `MB_st` as a SelectionModule: from its trainer's checkpoint (`PtCheckpointer` saves the
+    module as `mix_bloc_s`, beside `model` and `model_ofl`) or from the module's own state dict.
+
+    The official names and layout are ours (one `query` projection for queries and keys, a scalar
+    `value`, the lambda channel last), so converting is picking the state and dropping DDP's `module.`.
+    """
+    state = checkpoint.get("mix_bloc_s", checkpoint)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = ["query.bias", "query.weight", "value.bias", "value.weight"]
+    if sorted(state) != expected:
+        raise ValueError(
+            f"svmix: the official selection module (MB_st) holds {expected}, got {sorted(state)[:8]}; pass the "
+            "SV-Mix trainer's checkpoint (it keeps the module under 'mix_bloc_s') or MB_st's own state dict"
+        )
+    query_dim, channels = state["query.weight"].shape[0], state["query.weight"].shape[1] - 1
+    module = SelectionModule(channels, query_dim=query_dim)
+    module.load_state_dict(state)
+    return module
+
+
 def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
     off = smoothing / num_classes
     out = torch.full((labels.shape[0], num_classes), off, device=labels.device)
@@ -136,6 +157,11 @@ def mask_to_clip(grid: torch.Tensor, clip_shape: torch.Size) -> torch.Tensor:
     t, _, hh, ww = clip_shape[1:]
     up = F.interpolate(grid[:, None], size=(t, hh, ww), mode="nearest")  # (B, 1, T, H, W)
     return up.transpose(1, 2)  # (B, T, 1, H, W)
+
+
+def mix_clips(clips: torch.Tensor, w_b: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """m_A x + m_B x[perm], frame-aligned: clips (B, T, C, H, W), the partner's weight w_b (B, T, 1, H, W)."""
+    return clips + w_b.to(clips.dtype) * (clips[perm] - clips)
 
 
 def saliency_ratio(feats: torch.Tensor, share_a: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -296,8 +322,7 @@ class SVMix(Method):
             else:
                 m_b = torch.full(feats[:, 0].shape, 1.0 - lam, device=feats.device)
             lam_sal = saliency_ratio(feats, 1.0 - m_b, perm)  # (B,)
-            w_b = mask_to_clip(m_b, clips.shape).to(clips.dtype)  # (B, T, 1, H, W)
-            mixed = clips + w_b * (clips[perm] - clips)  # m_A x + m_B x[perm], frame-aligned
+            mixed = mix_clips(clips, mask_to_clip(m_b, clips.shape), perm)
         logits = self.online(mixed)
         loss_task = soft_target_ce(logits, self._targets(labels, perm, lam_sal))
 
@@ -309,7 +334,7 @@ class SVMix(Method):
         with torch.enable_grad():
             m_bp = torch.func.functional_call(self.selector, leaves, (feats, lam_p, perm_p), {"spatial": spatial})
             w_bp = mask_to_clip(m_bp, clips.shape)  # (B, T, 1, H, W)
-            mixed_p = clips.detach() + w_bp.to(clips.dtype) * (clips[perm_p] - clips).detach()
+            mixed_p = mix_clips(clips.detach(), w_bp, perm_p)
             loss_policy = soft_target_ce(self.ema(mixed_p), self._targets(labels, perm_p, lam_p))
             share_a = 1.0 - w_bp.float().mean()
             loss_ratio = self.ratio_weight * F.relu((share_a - lam_p).abs() - self.ratio_margin)

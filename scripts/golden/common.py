@@ -45,7 +45,7 @@ def clip(shape: tuple, seed: int = 0) -> torch.Tensor:
 
 def write_golden(method: str, *, model: torch.nn.Module, official: dict, checkpoint: dict, imports: dict,
                  inputs: dict, official_forward, swap: tuple, forward: str = "logits", stored: tuple = (),
-                 notes: str = "") -> Path:
+                 load: str = "import", notes: str = "") -> Path:
     """Loads the rule's weights into the official `model`, runs `official_forward(model, inputs)` (a dict of
     outputs), and writes `tests/fixtures/golden/<method>/`.
 
@@ -54,6 +54,7 @@ def write_golden(method: str, *, model: torch.nn.Module, official: dict, checkpo
     imports: the `weights import` arguments: workload, num_classes, num_frames, params (, size_px)
     inputs: tensors the adapter reads; "input" is the clip in actionlab's layout
     stored: state keys kept as they are (integer buffers always are)
+    load: "import" (`weights import`), or the name of a loader in `golden.LOADERS`
     """
     from safetensors.torch import save_file
 
@@ -72,7 +73,7 @@ def write_golden(method: str, *, model: torch.nn.Module, official: dict, checkpo
     folder = golden.GOLDEN / method
     folder.mkdir(parents=True, exist_ok=True)
     spec = {"method": method, "official": official, "checkpoint": checkpoint, "import": imports, "forward": forward,
-            "swap": list(swap), "notes": notes, "state": entries}
+            "load": load, "swap": list(swap), "notes": notes, "state": entries}
     (folder / "golden.json").write_text(json.dumps(spec, indent=1) + "\n")
     tensors = {**{k: v.contiguous() for k, v in inputs.items()}, **kept,
                **{f"output.{k}": v.detach().float().contiguous() for k, v in outputs.items()}}

@@ -119,7 +119,25 @@ def _logits(model, tensors: dict) -> dict:
     return {"logits": model(tensors["input"])}
 
 
-ADAPTERS = {"logits": _logits}
+def _logits_with_official_flow(model, tensors: dict) -> dict:
+    """HSAR's official forward computes Farneback flow with OpenCV; ours computes Lucas-Kanade (a
+    documented deviation). The fixture keeps the official flow, fed here in place of ours, so the
+    comparison covers the network and its weights, not the flow algorithm."""
+    flow = tensors["flow"]
+
+    def official(module, args, ours):
+        if ours.shape != flow.shape:
+            raise AssertionError(f"motion input {tuple(ours.shape)} where the official flow is {tuple(flow.shape)}")
+        return flow.to(ours)
+
+    handle = model.motion.register_forward_hook(official)
+    try:
+        return {"logits": model(tensors["input"])}
+    finally:
+        handle.remove()
+
+
+ADAPTERS = {"logits": _logits, "hsar_official_flow": _logits_with_official_flow}
 
 # A fixture whose official code has no checkpoint that `weights import` reads (a module inside a
 # method, such as SV-Mix's mixer) names its loader here: fn(golden, checkpoint_path) -> model.

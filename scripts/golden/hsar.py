@@ -7,9 +7,9 @@
 
 Reduced model, same blocks: HSAR-Base's layout (`configs/recognition/HS/k400/HSAR_Base_K400.py`: Apool,
 Fpool cls, 6 TMT and 6 fusion layers, 16 and 12 heads, mlp 1024, skip_mo 4, the 768-channel 16-px stem)
-at dim 64 (fusion heads of 64 // 12 = 5: the inner width 60 != dim, as 2040 != 2048 in Base), 16 frames
-(`stride`) of 32 px, TMT frames of 32 px, 5 classes. The spatial ViT-B/16 keeps its 12 blocks; HSencoder
-builds it at 224 px, so the script rebuilds it with the same call at `img_size=[32]` (its position table
+at dim 64 (fusion heads of 64 // 12 = 5: the inner width 60 != dim, as 2040 != 2048 in Base), 12 frames
+(`stride`) of 48 px, TMT frames of 32 px (a real, antialiased downsampling), 5 classes. The spatial ViT-B/16 keeps its 12 blocks; HSencoder
+builds it at 224 px, so the script rebuilds it with the same call at `img_size=[48]` (its position table
 then has the shape ours builds, and the official forward does not interpolate it).
 
 The official forward computes Farneback optical flow with OpenCV on the CPU; ours computes Lucas-Kanade
@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from common import commit_of, parse_args, write_golden
 from torch import nn
 
-NUM_FRAMES, SIZE_PX, NUM_CLASSES, DIM, SKIP_MO = 16, 32, 5, 64, 4
-MODEL = dict(frame_size=SIZE_PX, stride=NUM_FRAMES, dim=DIM, depth=6, num_heads=16, mlp_dim=1024, dropout=0.1,
+NUM_FRAMES, SIZE_PX, FRAME_PX, NUM_CLASSES, DIM, SKIP_MO = 12, 48, 32, 5, 64, 4
+MODEL = dict(frame_size=FRAME_PX, stride=NUM_FRAMES, dim=DIM, depth=6, num_heads=16, mlp_dim=1024, dropout=0.1,
              emb_dropout=0.1, drop_path=0.1, fusion_layer=6, fusion_head=12, Apool="cls", Fpool="cls",
              freeze_spa=True, skip_mo=SKIP_MO)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -141,13 +141,15 @@ def main() -> None:
     def official_forward(m, inputs):
         with _cuda_is_identity():
             embedding, _ = m.backbone(pixels.permute(0, 2, 1, 3, 4))  # (B, C, T, H, W) 0..255, as mmaction feeds it
+        if not torch.equal(flows[-1], inputs["flow"]):
+            raise SystemExit("hsar: the official flow changed between two forwards of the same clip")
         return {"logits": m.cls_head(embedding)}
 
     with torch.no_grad():  # records the flow the official forward computes for this clip
         with _cuda_is_identity():
             model.backbone(pixels.permute(0, 2, 1, 3, 4))
-    stored = [k for k in model.state_dict() if k.endswith(("position_enc.pos_table", "temporal_enc.ln_post.weight",
-                                                             "temporal_enc.ln_post.bias"))]
+    stored = ("backbone.temporal_enc.position_enc.pos_table", "backbone.temporal_enc.ln_post.weight",
+              "backbone.temporal_enc.ln_post.bias")
     write_golden(
         "hsar",
         model=model,
@@ -157,7 +159,7 @@ def main() -> None:
         checkpoint={"file": "epoch_18.pth", "wrapper": {"meta": {"epoch": 18, "iter": 0}, "state_dict": "<STATE>"},
                     "prefix": ""},
         imports={"workload": "hsar", "num_classes": NUM_CLASSES, "num_frames": NUM_FRAMES, "size_px": SIZE_PX,
-                 "params": {"spatial_img_size_px": SIZE_PX, "dim": DIM, "frame_size_px": SIZE_PX, "skip_mo": SKIP_MO,
+                 "params": {"spatial_img_size_px": SIZE_PX, "dim": DIM, "frame_size_px": FRAME_PX, "skip_mo": SKIP_MO,
                             "motion": "flow", "depth": 6, "num_heads": 16, "mlp_dim": 1024, "fusion_depth": 6,
                             "fusion_heads": 12}},
         inputs={"input": clip.contiguous(), "flow": flows[0].float().contiguous()},
@@ -165,7 +167,7 @@ def main() -> None:
         # The MLP's first layer of the first TMT block and of the first fusion block: both (1024, dim).
         swap=("backbone.temporal_enc.transformer.layers.0.1.fn.net.0.weight", "backbone.fusion.layers.0.1.fn.net.0.weight"),
         forward="hsar_official_flow",
-        stored=tuple(stored),
+        stored=stored,
         notes="flow: the official OpenCV Farneback flow of the TMT frames (B, N, 2, h, w), fed to ours in place of "
               "its Lucas-Kanade flow; pos_table and ln_post kept as built (fixed table; never trained officially)",
     )

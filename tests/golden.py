@@ -139,8 +139,6 @@ def _logits_with_official_flow(model, tensors: dict) -> dict:
 
 ADAPTERS = {"logits": _logits, "hsar_official_flow": _logits_with_official_flow}
 
-# A fixture whose official code has no checkpoint that `weights import` reads (a module inside a
-# method, such as SV-Mix's mixer) names its loader here: fn(golden, checkpoint_path) -> model.
 def _import_with_text_embeddings(golden: Golden, checkpoint: Path):
     """SLLM's checkpoint holds the image side only: Text4Vis computes the class text embeddings with the
     CLIP text tower at start-up and passes them to the forward. `weights import` takes them as
@@ -160,6 +158,8 @@ def _import_with_text_embeddings(golden: Golden, checkpoint: Path):
     return tracking.load_model(str(out)).model
 
 
+# A fixture whose official code has no checkpoint that `weights import` reads (a module inside a
+# method, such as SV-Mix's mixer) names its loader here: fn(golden, checkpoint_path) -> model.
 LOADERS: dict = {"sllm_text_embeddings": _import_with_text_embeddings}
 
 

@@ -139,6 +139,7 @@ def _logits_with_official_flow(model, tensors: dict) -> dict:
 
 ADAPTERS = {"logits": _logits, "hsar_official_flow": _logits_with_official_flow}
 
+
 def _import_with_text_embeddings(golden: Golden, checkpoint: Path):
     """SLLM's checkpoint holds the image side only: Text4Vis computes the class text embeddings with the
     CLIP text tower at start-up and passes them to the forward. `weights import` takes them as

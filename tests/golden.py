@@ -133,18 +133,56 @@ def _svmix_selection(module, tensors: dict) -> dict:
     return out
 
 
-ADAPTERS = {"logits": _logits, "svmix_selection": _svmix_selection}
 
 
 def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
     from workloads.svmix import selection_module_from_official
 
     return selection_module_from_official(torch.load(checkpoint, map_location="cpu", weights_only=True))
+def _logits_with_official_flow(model, tensors: dict) -> dict:
+    """HSAR's official forward computes Farneback flow with OpenCV; ours computes Lucas-Kanade (a
+    documented deviation). The fixture keeps the official flow, fed here in place of ours, so the
+    comparison covers the network and its weights, not the flow algorithm."""
+    flow = tensors["flow"]
+
+    def official(module, args, ours):
+        if ours.shape != flow.shape:
+            raise AssertionError(f"motion input {tuple(ours.shape)} where the official flow is {tuple(flow.shape)}")
+        return flow.to(ours)
+
+    handle = model.motion.register_forward_hook(official)
+    try:
+        return {"logits": model(tensors["input"])}
+    finally:
+        handle.remove()
+
+
+ADAPTERS = {"logits": _logits, "svmix_selection": _svmix_selection,
+            "hsar_official_flow": _logits_with_official_flow}
+
+
+def _import_with_text_embeddings(golden: Golden, checkpoint: Path):
+    """SLLM's checkpoint holds the image side only: Text4Vis computes the class text embeddings with the
+    CLIP text tower at start-up and passes them to the forward. `weights import` takes them as
+    `text_embeddings_file`; the fixture keeps them as `text_embeddings`, written here beside the checkpoint."""
+    from safetensors.torch import save_file
+
+    from actionlab import tracking, weights
+
+    folder = Path(checkpoint).parent
+    text = folder / "text_embeddings.safetensors"
+    save_file({"text_embeddings": golden.tensors["text_embeddings"]}, str(text))
+    args = golden.spec["import"]
+    out = weights.import_checkpoint(args["workload"], checkpoint, folder / "model", num_classes=args["num_classes"],
+                                    num_frames=args["num_frames"],
+                                    params={**args.get("params", {}), "text_embeddings_file": str(text)},
+                                    size_px=args.get("size_px", 224), resize_px=args.get("resize_px", 256))
+    return tracking.load_model(str(out)).model
 
 
 # A fixture whose official code has no checkpoint that `weights import` reads (a module inside a
 # method, such as SV-Mix's mixer) names its loader here: fn(golden, checkpoint_path) -> model.
-LOADERS: dict = {"svmix": _svmix_loader}
+LOADERS: dict = {"svmix": _svmix_loader, "sllm_text_embeddings": _import_with_text_embeddings}
 
 
 def run_ours(model, golden: Golden) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from unittest import mock
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,26 @@ def _logits(model, tensors: dict) -> dict:
     return {"logits": model(tensors["input"])}
 
 
-ADAPTERS = {"logits": _logits}
+def _noise_free_gumbel_softmax(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
+    """`F.gumbel_softmax` with the Gumbel noise at zero (same straight-through output)."""
+    soft = (logits / tau).softmax(dim)
+    if not hard:
+        return soft
+    index = soft.max(dim, keepdim=True)[1]
+    return torch.zeros_like(logits).scatter_(dim, index, 1.0) - soft.detach() + soft
+
+
+def _logits_and_masks(model, tensors: dict) -> dict:
+    """AFNet: the logits and every navigation module's keep mask, stacked (blocks, B, T). The official
+    evaluation gate is a hard Gumbel sample whose noise both codes draw at random, each its own way; the
+    fixture has it at zero on both sides (its script shims the official sampler), so the same frames are
+    kept exactly when the two gates compute the same logits."""
+    with mock.patch.object(torch.nn.functional, "gumbel_softmax", _noise_free_gumbel_softmax):
+        logits, masks = model.forward_with_masks(tensors["input"])
+    return {"logits": logits, "masks": torch.stack(masks)}
+
+
+ADAPTERS = {"logits": _logits, "logits_and_masks": _logits_and_masks}
 
 # A fixture whose official code has no checkpoint that `weights import` reads (a module inside a
 # method, such as SV-Mix's mixer) names its loader here: fn(golden, checkpoint_path) -> model.

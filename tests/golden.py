@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import math
 import zlib
-from unittest import mock
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch

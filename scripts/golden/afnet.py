@@ -3,8 +3,8 @@
 `eval_gating=gumbel`; the outputs are the logits and every navigation module's keep mask.
 
 Official code: https://github.com/BeSpontaneous/AFNet-pytorch, commit f20b92e (the clone's HEAD is recorded in
-golden.json). Reduced size: 8 segments, 56 px (the ample branch's maps are then
-upsampled by non-integer factors, 4 -> 7), 5 classes; full depth (AF-ResNet50, AF-MobileNetV3-Large).
+golden.json). Reduced size: 8 segments, 56 px (stage 2's ample maps are then upsampled from 4 to 7), 5 classes;
+full depth (AF-ResNet50, AF-MobileNetV3-Large).
 
 The official evaluation (`main.py` validate) runs `forward_calc_flops(input, args.t1)`: a hard Gumbel gate
 whose noise is random on both sides, drawn differently. Both run here with the noise at zero (the shim below
@@ -31,7 +31,7 @@ import sys
 import torch
 from common import clip, commit_of, parse_args, write_golden
 
-import golden  # noqa: E402 - tests/, put on sys.path by common
+import golden  # tests/golden.py: on sys.path once common is imported
 
 NUM_FRAMES, SIZE_PX, NUM_CLASSES, T1 = 8, 56, 5, 0.01  # T1: opts.py's --t1, the evaluation temperature
 
@@ -83,8 +83,9 @@ def main() -> None:
             forward="logits_and_masks",
             swap=v["swap"],
             stored=stats,
-            notes="8 segments at 56 px, 5 classes; eval mode; BN statistics of a calibration clip (stored); hard Gumbel gate at t1 with zero noise on both sides. "
-                  "masks: (navigation modules, B, T), 1 = the focal branch processed the frame.",
+            notes="8 segments at 56 px, 5 classes; eval mode; BN statistics of a calibration clip (stored); hard "
+                  "Gumbel gate at t1 with zero noise on both sides. masks: (navigation modules, B, T), 1 = the focal "
+                  "branch processed the frame.",
         )
 
 

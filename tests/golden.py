@@ -22,6 +22,7 @@ import math
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -133,12 +134,6 @@ def _svmix_selection(module, tensors: dict) -> dict:
     return out
 
 
-
-
-def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
-    from workloads.svmix import selection_module_from_official
-
-    return selection_module_from_official(torch.load(checkpoint, map_location="cpu", weights_only=True))
 def _logits_with_official_flow(model, tensors: dict) -> dict:
     """HSAR's official forward computes Farneback flow with OpenCV; ours computes Lucas-Kanade (a
     documented deviation). The fixture keeps the official flow, fed here in place of ours, so the
@@ -157,8 +152,33 @@ def _logits_with_official_flow(model, tensors: dict) -> dict:
         handle.remove()
 
 
+def _noise_free_gumbel_softmax(logits, tau=1.0, hard=False, eps=1e-10, dim=-1):
+    """`F.gumbel_softmax` with the Gumbel noise at zero (same straight-through output)."""
+    soft = (logits / tau).softmax(dim)
+    if not hard:
+        return soft
+    index = soft.max(dim, keepdim=True)[1]
+    return torch.zeros_like(logits).scatter_(dim, index, 1.0) - soft.detach() + soft
+
+
+def _logits_and_masks(model, tensors: dict) -> dict:
+    """AFNet: the logits and every navigation module's keep mask, stacked (blocks, B, T). The official
+    evaluation gate is a hard Gumbel sample whose noise both codes draw at random, each its own way; the
+    fixture has it at zero on both sides (its script shims the official sampler), so the same frames are
+    kept exactly when the two gates compute the same logits."""
+    with mock.patch.object(torch.nn.functional, "gumbel_softmax", _noise_free_gumbel_softmax):
+        logits, masks = model.forward_with_masks(tensors["input"])
+    return {"logits": logits, "masks": torch.stack(masks)}
+
+
 ADAPTERS = {"logits": _logits, "svmix_selection": _svmix_selection,
-            "hsar_official_flow": _logits_with_official_flow}
+            "hsar_official_flow": _logits_with_official_flow, "logits_and_masks": _logits_and_masks}
+
+
+def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
+    from workloads.svmix import selection_module_from_official
+
+    return selection_module_from_official(torch.load(checkpoint, map_location="cpu", weights_only=True))
 
 
 def _import_with_text_embeddings(golden: Golden, checkpoint: Path):

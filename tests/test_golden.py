@@ -60,3 +60,12 @@ def test_fixtures_stay_small():
     size = sum(f.stat().st_size for f in golden.GOLDEN.rglob("*") if f.is_file())
     assert size <= 40 * 2**20, f"golden fixtures take {size / 2**20:.1f} MB, over the 40 MB budget"
 
+
+# The methods whose official code exists (issue 21): IBM's five, MIT TSM, AFNet (ResNet and MobileNetV3),
+# SLLM, HSAR, SV-Mix's module, H2CN, MViTv2 (PySlowFast) and UniFormer.
+EXPECTED = {"ibm_tsn", "ibm_tam", "ibm_i3d", "ibm_r2plus1d", "ibm_s3d", "mit_tsm", "afnet_r50", "afnet_mbv3",
+            "sllm", "hsar", "svmix", "h2cn", "mvitv2", "uniformer"}
+
+
+def test_every_method_with_official_code_has_a_golden_fixture():
+    assert set(METHODS) >= EXPECTED, f"no golden fixture for {sorted(EXPECTED - set(METHODS))}"

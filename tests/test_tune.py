@@ -263,7 +263,8 @@ import json, sys
 import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from actionlab.config import load_recipe, resolve
-from actionlab.train.launch import init_ray, train
+from actionlab.cluster import init_ray
+from actionlab.train.launch import train
 
 overrides = json.loads(sys.argv[1])
 

@@ -96,11 +96,11 @@ def plain_run(cfg: Config) -> TrainBenchSide:
 
 def ray_run(cfg: Config) -> TrainBenchSide:
     """`actionlab train` as users run it: Ray Train, a checkpoint and MLflow metrics every epoch."""
-    from . import tracking
+    from . import cluster, tracking
     from .train import launch
 
     start = time.perf_counter()
-    launch.init_ray()
+    cluster.init_ray()
     ray_start = time.perf_counter() - start
     name = f"bench-{uuid.uuid4().hex[:8]}"
     cfg = replace(cfg, tracking=replace(cfg.tracking, run_name=name, experiment="actionlab-bench"))
@@ -210,11 +210,12 @@ def feed_run(cfg: Config) -> FeedBench:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    from . import cluster
     from .config import to_dict
     from .train import launch
 
     start = time.perf_counter()
-    launch.init_ray()
+    cluster.init_ray()
     data = launch.resolve_data(cfg)
     use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     launch._check_resources(cfg, use_gpu)
@@ -229,7 +230,7 @@ def feed_run(cfg: Config) -> FeedBench:
                                                    resources_per_worker=resources,
                                                    label_selector=train_label_selector(cfg.data.decode_nodes)),
             run_config=ray.train.RunConfig(name=f"bench-feed-{uuid.uuid4().hex[:8]}", storage_path=scratch,
-                                           worker_runtime_env={"env_vars": launch.worker_env()}),
+                                           worker_runtime_env={"env_vars": cluster.worker_env()}),
         )
         out = trainer.fit().return_value
     finally:

@@ -15,6 +15,8 @@ Workers record where they ran (`record_worker_nodes`), so a run shows which node
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -170,7 +172,7 @@ def node_resources() -> list[dict]:
     import ray
 
     if not ray.is_initialized():
-        raise RuntimeError("node_resources() needs Ray: call actionlab.train.launch.init_ray() first")
+        raise RuntimeError("node_resources() needs Ray: call actionlab.cluster.init_ray() first")
     return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
@@ -197,3 +199,46 @@ def record_worker_nodes(run_id: str, *, rank: int) -> list[str]:
     if rank == 0 and not tracking.add_worker_nodes(run_id, nodes):
         sys.stderr.write(f"actionlab: MLflow unreachable; run {run_id} is not tagged with its worker nodes {nodes}\n")
     return nodes
+
+
+# -- joining Ray: the one place train, tune, data prepare, serve and bench start or join a cluster --
+
+
+def init_ray() -> None:
+    """Joins `RAY_ADDRESS` when set (as under `ray job submit`), else starts a local instance.
+
+    A local instance keeps Ray's dashboard: Train's placement-group cleaner polls the State API it
+    serves (without it, it warns every second and cannot clean up after a killed trial).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or "local"
+    # Under `ray job submit` the job's runtime env is merged with this one, and Ray refuses a variable
+    # set by both (even to the same value): the job's own are already in this process's environment.
+    env_vars = {k: v for k, v in worker_env().items() if k not in _job_env_keys()}
+    level = logging.INFO if os.environ.get("ACTIONLAB_VERBOSE") else logging.WARNING
+    ray.init(address=address, logging_level=level, runtime_env={"env_vars": env_vars})
+
+
+def _job_env_keys() -> set[str]:
+    """Env var names that the enclosing Ray job's runtime env sets (empty outside a job)."""
+    text = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not text:
+        return set()
+    try:
+        return set(((json.loads(text).get("runtime_env") or {}).get("env_vars")) or {})
+    except (ValueError, AttributeError):
+        return set()
+
+
+def worker_env() -> dict:
+    """Environment every Ray worker needs (workers chdir, so the tracking URI must be explicit)."""
+    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
+    for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV,
+                "ACTIONLAB_SYSTEM_METRICS", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
+        if os.environ.get(key):
+            env[key] = os.environ[key]
+    return env

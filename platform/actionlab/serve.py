@@ -155,7 +155,7 @@ def serve_forever(model: str, *, host: str = "127.0.0.1", port: int = 8000, repl
     from ray import serve
 
     from . import tracking
-    from .train.launch import init_ray
+    from .cluster import init_ray
 
     name, alias = parse_model(model)
     version = tracking.client().get_model_version_by_alias(name, alias).version  # fails early, naming the model

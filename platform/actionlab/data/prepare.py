@@ -507,7 +507,7 @@ def prepare_dataset(
     kwargs = dict(root=root, out_root=out_root, settings=settings, cache_dir=cache_dir, run_id=uuid.uuid4().hex)
     node_names: dict = {}
     if use_ray:
-        from ..train.launch import init_ray
+        from ..cluster import init_ray
 
         init_ray()
         _before_compute(root=root, out_root=out_root, root_is_default=root_is_default, shared_fs=shared_fs,

@@ -8,8 +8,6 @@ never overwritten: the new run gets a `-2`, `-3`, ... suffix.
 from __future__ import annotations
 
 
-import json
-import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -154,46 +152,6 @@ def _check_resources(cfg: Config, use_gpu: bool) -> None:
         )
 
 
-def init_ray() -> None:
-    """Joins `RAY_ADDRESS` when set (as under `ray job submit`), else starts a local instance.
-
-    A local instance keeps Ray's dashboard: Train's placement-group cleaner polls the State API it
-    serves (without it, it warns every second and cannot clean up after a killed trial).
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS") or "local"
-    # Under `ray job submit` the job's runtime env is merged with this one, and Ray refuses a variable
-    # set by both (even to the same value): the job's own are already in this process's environment.
-    env_vars = {k: v for k, v in worker_env().items() if k not in _job_env_keys()}
-    level = logging.INFO if os.environ.get("ACTIONLAB_VERBOSE") else logging.WARNING
-    ray.init(address=address, logging_level=level, runtime_env={"env_vars": env_vars})
-
-
-def _job_env_keys() -> set[str]:
-    """Env var names that the enclosing Ray job's runtime env sets (empty outside a job)."""
-    text = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not text:
-        return set()
-    try:
-        return set(((json.loads(text).get("runtime_env") or {}).get("env_vars")) or {})
-    except (ValueError, AttributeError):
-        return set()
-
-
-def worker_env() -> dict:
-    """Environment every Ray worker needs (workers chdir, so the tracking URI must be explicit)."""
-    env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
-    for key in ("HF_HUB_OFFLINE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
-                "ACTIONLAB_DECODER", storage.CACHE_MAX_GB_ENV, storage.MAX_ATTEMPTS_ENV,
-                "ACTIONLAB_SYSTEM_METRICS", "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"):
-        if os.environ.get(key):
-            env[key] = os.environ[key]
-    return env
-
-
 def train(
     cfg: Config,
     *,
@@ -213,7 +171,7 @@ def train(
     check_buildable(spec, cfg)
     data = resolve_data(cfg)
     root = storage_root(cfg)
-    init_ray()
+    cluster.init_ray()
     import ray
 
     # Refusals come before the MLflow run and any worker: a refused run leaves nothing behind.
@@ -298,7 +256,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
                 max_failures=cfg.compute.max_failures, controller_failure_limit=3
             ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": worker_env()},
+            worker_runtime_env={"env_vars": cluster.worker_env()},
             # The controller and workers die with this process; workers sample system metrics.
             callbacks=[Lifeline(), watch, SystemMetrics(run_id, tracking.tracking_uri()), *callbacks],
         ),

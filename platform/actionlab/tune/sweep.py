@@ -160,12 +160,12 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from ..train.launch import init_ray, storage_root
+    from ..train.launch import storage_root
 
     recipe = load_recipe(spec.recipe)
     fixed = dict(spec.overrides)
     base_cfg = resolve(recipe, updates=fixed)
-    init_ray()
+    cluster.init_ray()
     cluster.check_config(base_cfg, storage_root=storage_root(base_cfg))  # before the parent run and any trial
     experiment = base_cfg.tracking.experiment
     root = storage.join(storage_root(base_cfg), "sweeps")

@@ -145,6 +145,7 @@ def recipe_rows(*, measure: bool = False) -> list[dict]:
             "frames": cfg.clip.num_frames, "stride": cfg.clip.stride,
             "views": f"{cfg.eval.num_clips}x{cfg.eval.num_crops}", "paper_views": paper.views,
             "paper_top1": paper.top1, "paper_top5": paper.top5, "paper_gflops": paper.gflops, "note": paper.note,
+            "gflops_note": paper.gflops_note,
             "gmacs": round(recipe_gmacs(cfg), 2) if measure else None,
         })
     return rows

@@ -11,6 +11,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
 
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "chromium is not installed: the MLflow UI test (tests/test_mlflow_server.py) will be skipped;" \
+       "install it with \`apt-get install chromium\` (as root; .ci/run does)" >&2
+fi
+
 run_pytest() {
   local pytest=(.venv/bin/python -m pytest -ra "$@") rc
   if [ "$(id -u)" = 0 ] && unshare -n -p -f --mount-proc true 2>/dev/null; then

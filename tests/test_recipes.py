@@ -105,13 +105,36 @@ def test_list_recipes_prints_the_tables(capsys):
     assert "afnet_tsm_r50_rt04_sthv1_12f" in text and "not runnable" in text
 
 
-def test_recipe_gmacs_measure_the_built_model():
-    from actionlab.flops import recipe_gmacs
+GFLOPS_ROWS = [n for n in TABLE_ROWS if read_recipe(n).paper.gflops is not None]
 
-    mbv3 = read_recipe("afnet_tsm_mobilenetv3_rt04_sthv1_12f")
-    assert recipe_gmacs(resolve(mbv3.values)) == pytest.approx(mbv3.paper.gflops, rel=0.02)  # at the row's RT
-    tsn = read_recipe("afnet_tsn_r50_sthv1_8f")
-    assert recipe_gmacs(resolve(tsn.values)) == pytest.approx(tsn.paper.gflops, rel=0.02)
+
+_MEASURED: dict = {}  # rows that differ only by dataset build the same model: counted once
+
+
+@pytest.mark.parametrize("name", GFLOPS_ROWS)
+def test_paper_gflops_match_the_built_model_or_say_why(name):
+    """Every row's `paper.gflops` within 5% of what its built model counts (meta device), or a `gflops_note`
+    saying why not; a note on a row that matches is stale."""
+    recipe = read_recipe(name)
+    cfg = resolve(recipe.values)
+    key = json.dumps([cfg.workload.name, str(cfg.workload.params), cfg.clip.num_frames, cfg.clip.size_px])
+    if key not in _MEASURED:
+        from actionlab.flops import recipe_gmacs
+
+        _MEASURED[key] = recipe_gmacs(cfg)
+    measured = _MEASURED[key]
+    off = abs(measured / recipe.paper.gflops - 1.0)
+    if off > 0.05:
+        assert recipe.paper.gflops_note, (f"{name}: paper {recipe.paper.gflops} GFLOPs, built model {measured:.2f} "
+                                          f"GMACs ({off:.1%} off): find why and write it as paper.gflops_note")
+    else:
+        assert not recipe.paper.gflops_note, f"{name}: {measured:.2f} GMACs is within 5% of the paper; drop gflops_note"
+
+
+def test_rows_off_by_more_than_5_percent_are_the_known_ones():
+    noted = {n for n in GFLOPS_ROWS if read_recipe(n).paper.gflops_note}
+    assert noted == {"afnet_r50_rt025_sthv1_8f", "afnet_tsm_r101_rt04_sthv1_12f", "afnet_tsm_r101_rt08_sthv1_12f",
+                     "hsar_base_k400", "hsar_base_k600", "hsar_base_sthv2"}
 
 
 def _flops(capsys, *args) -> dict:

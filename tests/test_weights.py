@@ -190,3 +190,39 @@ def test_hsar_checkpoint_with_a_trained_ln_post_is_refused():
     trained = {**identity, "#temporal.ln_post.weight": torch.full((4,), 2.0)}
     with pytest.raises(weights.CheckpointError, match="ln_post has trained"):
         weights.converter("hsar").prepare(trained, None)
+
+
+# The recipe that is each zoo row's table row: both carry the paper's top-1, which must agree.
+ZOO_RECIPES = {
+    "ibm-k400-i3d-r50-f32": "ibm_i3d_r50_k400_32f", "ibm-k400-i3d-r101-f32": "ibm_i3d_r101_k400_32f",
+    "ibm-ssv2-i3d-r50-f32": "ibm_i3d_r50_sthv2_32f", "ibm-ssv2-i3d-r101-f32": "ibm_i3d_r101_sthv2_32f",
+    "ibm-k400-tam-r50-f32": "ibm_tam_r50_k400_32f", "ibm-k400-tam-r101-f32": "ibm_tam_r101_k400_32f",
+    "ibm-ssv2-tam-r50-f32": "ibm_tam_r50_sthv2_32f", "ibm-ssv2-tam-r101-f32": "ibm_tam_r101_sthv2_32f",
+    "afnet-tsm-r50-rt0.4-ssv1": "afnet_tsm_r50_rt04_sthv1_12f", "afnet-tsm-r50-rt0.8-ssv1": "afnet_tsm_r50_rt08_sthv1_12f",
+    "afnet-tsm-r101-rt0.4-ssv1": "afnet_tsm_r101_rt04_sthv1_12f",
+    "afnet-tsm-mbv3-rt0.4-ssv1": "afnet_tsm_mobilenetv3_rt04_sthv1_12f",
+    "afnet-tsm-mbv3-rt0.8-ssv1": "afnet_tsm_mobilenetv3_rt08_sthv1_12f",
+    "afnet-r50-rt0.5-ssv1": "afnet_r50_rt05_sthv1_8f", "afnet-r50-rt0.25-ssv1": "afnet_r50_rt025_sthv1_8f",
+    "hsar-base-k400": "hsar_base_k400", "hsar-base-k600": "hsar_base_k600", "hsar-base-sthv2": "hsar_base_sthv2",
+    "sllm-text4vis-hmdb-f16": "sllm_vitb32_hmdb51_16f",
+    "h2cn-r50-k400-f8": "h2cn_r50_k400_8f", "h2cn-r50-k400-f16": "h2cn_r50_k400_16f",
+}
+ZOO_WITHOUT_RECIPE = {"mvitv2-s-16x4-k400", "uniformer-s-16x4-k400"}  # no table row ships for them
+
+
+def test_zoo_and_recipes_give_the_same_paper_top1():
+    from actionlab.config import read_recipe
+
+    assert {z.name for z in weights.ZOO} == set(ZOO_RECIPES) | ZOO_WITHOUT_RECIPE
+    for z in weights.ZOO:
+        if z.name in ZOO_RECIPES:
+            paper = read_recipe(ZOO_RECIPES[z.name]).paper
+            assert (float(z.paper_top1) if z.paper_top1 else None) == paper.top1, z.name
+            assert paper.dataset and z.num_frames == read_recipe(ZOO_RECIPES[z.name]).values["clip"]["num_frames"]
+
+
+def test_a_checkpoint_is_identified_by_its_release_name_only():
+    mvit = weights.zoo_by_name("mvitv2-s-16x4-k400")
+    assert weights.zoo_entry(f"/downloads/{mvit.file}") == mvit
+    # The only mvitv2 row has this workload, frame count and class count: a fine-tune of one's own does too.
+    assert weights.zoo_entry("/runs/my_mvitv2_k400_finetune.pth") is None

@@ -145,6 +145,7 @@ def recipe_rows(*, measure: bool = False) -> list[dict]:
             "frames": cfg.clip.num_frames, "stride": cfg.clip.stride,
             "views": f"{cfg.eval.num_clips}x{cfg.eval.num_crops}", "paper_views": paper.views,
             "paper_top1": paper.top1, "paper_top5": paper.top5, "paper_gflops": paper.gflops, "note": paper.note,
+            "gflops_note": paper.gflops_note,
             "gmacs": round(recipe_gmacs(cfg), 2) if measure else None,
         })
     return rows
@@ -263,13 +264,12 @@ def cmd_weights_import(args) -> int:
                                     num_frames=args.frames, params=params, class_names=classes, size_px=args.size)
     print(f"wrote {out} ({args.workload}, {args.num_classes} classes, {args.frames} frames)")
     if args.register:
-        entry = (weights.zoo_by_name(args.zoo) if args.zoo
-                 else weights.zoo_entry(args.checkpoint, args.workload, args.frames, args.num_classes))
+        entry = weights.zoo_by_name(args.zoo) if args.zoo else weights.zoo_entry(args.checkpoint)
         info = weights.register_import(out, args.register, workload=args.workload,
                                        dataset=args.dataset or (entry.dataset if entry else ""),
                                        paper_top1=entry.paper_top1 if entry else "")
         print(f"registered {info['name']} v{info['version']} (source=official, paper top-1 "
-              f"{info['tags']['paper_top1'] or 'unknown: not a zoo checkpoint'})")
+              f"{info['tags']['paper_top1'] or 'unknown: not a known release file; name its zoo row with --zoo'})")
     return 0
 
 

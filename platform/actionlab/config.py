@@ -348,6 +348,7 @@ class PaperResult:
     gflops: float | None = None
     views: str = ""  # as the table writes them, e.g. "1x1", "10x3" (clips x crops)
     note: str = ""
+    gflops_note: str = ""  # why the built model's GMACs differ from `gflops` by more than 5% (a test requires it)
 
 
 @dataclass(frozen=True)

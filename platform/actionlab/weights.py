@@ -696,14 +696,14 @@ ZOO = (
 )
 
 
-def zoo_entry(checkpoint: str | Path, workload: str, num_frames: int, num_classes: int) -> ZooEntry | None:
-    """The zoo row of a checkpoint: by release file name, else the only row of this workload/shape."""
+def zoo_entry(checkpoint: str | Path) -> ZooEntry | None:
+    """The zoo row of a checkpoint identified by its release file name, else None.
+
+    Never guessed from workload, frames and classes: a fine-tuned checkpoint of the same shape would be
+    tagged with the paper's top-1. Unnamed releases are identified with `--zoo NAME`.
+    """
     name = Path(checkpoint).name
-    by_file = [z for z in ZOO if z.file and z.file == name]
-    if by_file:
-        return by_file[0]
-    rows = [z for z in ZOO if (z.workload, z.num_frames, z.num_classes) == (workload, num_frames, num_classes)]
-    return rows[0] if len(rows) == 1 else None
+    return next((z for z in ZOO if z.file and z.file == name), None)
 
 
 def zoo_by_name(name: str) -> ZooEntry:

@@ -191,6 +191,7 @@ def synthesize(
     seed: int = 0,
     val_fraction: float = 0.25,
     num_procs: int = 2,
+    reversed_twins: bool = False,
 ) -> Path:
     """Writes the motion dataset: `videos/*.mp4`, `manifest.parquet` and `classes.txt`.
 
@@ -203,6 +204,9 @@ def synthesize(
         seed: frames, labels and splits are a function of the seed (the bytes may differ).
         val_fraction: share of each class put in the `val` split (stratified).
         num_procs: encoder processes (1 encodes in this process).
+        reversed_twins: video i of a pair's second class is video i of its first class played
+            backwards (same seed, same split), so frame order is all that tells the two apart, even
+            on the training set: an order-blind model cannot fit it by remembering appearance.
 
     Returns:
         Path of `manifest.parquet`.
@@ -224,10 +228,11 @@ def synthesize(
         num_val = min(max(num_val, 1 if val_fraction > 0 else 0), videos_per_class - 1)
     rows, jobs = [], []
     for label, class_name in enumerate(CLASS_NAMES[:num_classes]):
-        val_members = set(np.random.default_rng([seed, 7919, label]).permutation(videos_per_class)[:num_val].tolist())
+        draw = label // 2 * 2 if reversed_twins else label  # twins draw as the first class of their pair
+        val_members = set(np.random.default_rng([seed, 7919, draw]).permutation(videos_per_class)[:num_val].tolist())
         for i in range(videos_per_class):
             relative = f"videos/{class_name}_{i:03d}.mp4"
-            jobs.append((str(out / relative), class_name, (seed, label, i), num_frames, size_px))
+            jobs.append((str(out / relative), class_name, (seed, draw, i), num_frames, size_px))
             split = "val" if i in val_members else "train"
             rows.append({"video": relative, "label": label, "split": split, "num_frames": num_frames})
 

@@ -441,7 +441,7 @@ def cmd_bench_data(args) -> int:
 
 
 def cmd_bench_train(args) -> int:
-    from .bench_train import bench_train
+    from .bench_train import bench_train, loader_startup
     from .config import load_recipe, resolve
 
     if args.vs_plain == args.feed_only:
@@ -450,12 +450,14 @@ def cmd_bench_train(args) -> int:
     cfg = resolve(load_recipe(args.recipe), args.set)
     if args.feed_only:
         return _bench_feed(cfg, as_json=args.json)
+    starts = loader_startup(cfg) if cfg.data.num_loader_workers else []  # first: no fork server runs yet
     plain, ray_side = bench_train(cfg)
     ratio = plain.steady_clips_per_s / max(1e-9, ray_side.steady_clips_per_s)
     if args.json:
         _print({"plain": {**plain.__dict__, "steady_clips_per_s": plain.steady_clips_per_s},
                 "ray": {**ray_side.__dict__, "steady_clips_per_s": ray_side.steady_clips_per_s},
-                "plain_over_ray_steady": ratio, "extra_wall_s": ray_side.wall_s - plain.wall_s}, True)
+                "plain_over_ray_steady": ratio, "extra_wall_s": ray_side.wall_s - plain.wall_s,
+                "loader_start": [s.__dict__ for s in starts]}, True)
         return 0
     print(f"{cfg.workload.name}, {cfg.schedule.epochs} epochs; steady = median clips/s of epochs 2..N (training)")
     print(f"  {'':24s} {'steady clips/s':>14s} {'wall s':>8s}  train/loss by epoch")
@@ -470,6 +472,13 @@ def cmd_bench_train(args) -> int:
               f"everything else {other:6.1f} s")
     print("  (everything else: building the model and data, and on Ray the Train controller and worker start-up, "
           "the per-epoch checkpoints and MLflow writes)")
+    if starts:
+        print(f"loader start-up, {cfg.data.num_loader_workers} workers: seconds to each epoch's first batch "
+              "(and to its last)")
+        for s in starts:
+            by_epoch = ", ".join(f"epoch {i + 1} {f:.2f} s ({t:.2f} s)"
+                                 for i, (f, t) in enumerate(zip(s.first_batch_s, s.epoch_s)))
+            print(f"  {s.name:26s} {by_epoch}")
     return 0
 
 

@@ -299,6 +299,7 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         num_workers=cfg.data.num_loader_workers,
         timeout_s=cfg.data.loader_timeout_s,
         sampler=sampler,
+        seed=cfg.seed + rank,
         drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
     )
     return loader, sampler

@@ -701,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "models (each samples with its own recorded frames; per-video scores averaged)")
     sp.add_argument("--data", required=True, help="manifest.parquet path or URI")
     sp.add_argument("--split", default="val")
-    sp.add_argument("--root", help="dataset root (default: the manifest's folder)")
+    sp.add_argument("--root", help="dataset root (default: the one `data index` recorded in the manifest, else its folder)")
     sp.add_argument("--clips", type=int, default=1)
     sp.add_argument("--crops", type=int, default=1, choices=[1, 3])
     sp.add_argument("--fusion", default="logits", choices=["logits", "probs"],
@@ -793,7 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data_index)
     sp.add_argument("annotations")
     sp.add_argument("--format", required=True, choices=["ibm", "tsn", "mmaction"])
-    sp.add_argument("--root", required=True, help="folder or URI the annotation paths are relative to")
+    sp.add_argument("--root", required=True, help="folder or URI the annotation paths are relative to; recorded in the "
+                    "manifest as the default root of every later command")
     sp.add_argument("--classes", required=True, help="class-name list, one per line")
     sp.add_argument("-o", "--output", required=True, help="manifest.parquet to write")
     sp.add_argument("--subset", choices=["mini-kinetics", "mini-ssv2"],
@@ -803,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data_prepare)
     sp.add_argument("manifest", help="source manifest.parquet (path or URI)")
     sp.add_argument("out", help="output dataset folder or s3:// prefix (manifest.parquet, classes.txt, videos)")
-    sp.add_argument("--root", help="source data root (default: the manifest's folder)")
+    sp.add_argument("--root", help="source data root (default: the one `data index` recorded in the manifest, else its folder)")
     sp.add_argument("--short-side", type=int, default=256, help="short side in px (0 keeps the size)")
     keys = sp.add_mutually_exclusive_group()
     keys.add_argument("--gop", type=int, default=1, help="keyframe interval in frames (default 1: all intra)")

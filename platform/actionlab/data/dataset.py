@@ -413,17 +413,19 @@ def make_loader(
         sampler: e.g. a `DistributedSampler`; shuffling is then its job.
         drop_last: drop the last incomplete batch.
         pin_memory: pin batches for faster host-to-GPU copies.
-        seed: seeds the workers' base seed (from a generator of its own: the loader never draws from
-            torch's global RNG, so training draws the same numbers with or without workers).
+        seed: seeds the workers' base seed, from a generator of the loader's own (workers never draw
+            from torch's global RNG).
         start_method: one of `START_METHODS`; `fork` only to measure what the others cost.
     """
     if start_method not in START_METHODS:
         raise ValueError(f"start_method={start_method!r} is not one of {list(START_METHODS)}")
     common = dict(batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                  collate_fn=collate_clips, drop_last=drop_last, pin_memory=pin_memory,
-                  generator=torch.Generator().manual_seed(seed))
+                  collate_fn=collate_clips, drop_last=drop_last, pin_memory=pin_memory)
     if num_workers == 0:
         return DataLoader(dataset, **common)
+    # Persistent workers draw their base seed once, at the first epoch: drawn from the global RNG, a run
+    # resumed at a later epoch would draw it there and train on with other random numbers.
+    common["generator"] = torch.Generator().manual_seed(seed)
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         context.set_forkserver_preload(_PRELOAD)  # no effect once this process's fork server runs

@@ -17,11 +17,11 @@ import math
 import multiprocessing
 import os
 import posixpath
-import re
 import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 import weakref
 from collections.abc import Sequence
@@ -490,22 +490,18 @@ class StackReportingLoader(DataLoader):
         while asked and time.monotonic() < deadline:
             time.sleep(0.1)
             for key, (path, size) in list(asked.items()):
-                text = path.read_text()[size:]
+                text = path.read_bytes()[size:].decode(errors="replace")
                 if text and stacks.get(key) == text:  # written, and no longer growing
                     del asked[key]
                 stacks[key] = text
         stacks = {key: text.rstrip() for key, text in stacks.items() if text.strip()}
-        shown = "\n".join(f"worker {w} (pid {pid}):\n{_indent(stacks.get((w, pid), '(no stack written)'))}"
+        shown = "\n".join(f"worker {w} (pid {pid}):\n{textwrap.indent(stacks.get((w, pid), '(no stack written)'), '    ')}"
                           for w, pid in sorted({*stacks, *asked}))
         return (f"no batch from the DataLoader's {self.num_workers} workers in {self.timeout:g}s "
                 f"(data.loader_timeout_s). What each worker was doing (most recent call first):\n{shown}\n"
                 "A worker stuck reading a file or a store names it in its stack: fix or drop that sample "
                 "(`actionlab data check MANIFEST`) or the storage; if batches are merely slow, raise "
                 "data.loader_timeout_s.")
-
-
-def _indent(text: str) -> str:
-    return re.sub(r"(?m)^", "    ", text)
 
 
 class ResumableSampler(DistributedSampler):

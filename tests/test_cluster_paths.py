@@ -118,7 +118,8 @@ def test_shared_fs_accepts_local_paths_and_the_embedded_store(home, tmp_path):
 
 
 def test_data_prepare_refuses_a_local_source_root_and_output_unless_shared(home):
-    local = cluster.prepare_locations(root="/data/raw", out_root="/data/prepared", root_is_default=True)
+    local = cluster.prepare_locations(root="/data/raw", out_root="/data/prepared",
+                                      root_note="default: the manifest's folder")
     with pytest.raises(cluster.NodeLocalError) as caught:
         cluster.refuse_node_local(local, num_nodes=2, shared_fs=False, shared_fs_hint="--shared-fs")
     text = str(caught.value)
@@ -128,7 +129,7 @@ def test_data_prepare_refuses_a_local_source_root_and_output_unless_shared(home)
     assert "declare it with --shared-fs" in text and "storage.shared_fs" not in text
     cluster.refuse_node_local(local, num_nodes=2, shared_fs=True)
     cluster.refuse_node_local(local, num_nodes=1, shared_fs=False)
-    remote = cluster.prepare_locations(root="s3://raw/k400", out_root="s3://prepared/k400", root_is_default=False)
+    remote = cluster.prepare_locations(root="s3://raw/k400", out_root="s3://prepared/k400")
     cluster.refuse_node_local(remote, num_nodes=4, shared_fs=False)
 
 

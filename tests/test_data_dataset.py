@@ -184,3 +184,72 @@ def test_snippet_frames_only_with_snippet_sampling(synth_dataset):
     df = manifest.read_manifest(synth_dataset)
     with pytest.raises(ValueError, match="only `snippets` sampling"):
         _dataset(df, synth_dataset.parent, snippet_frames=5)
+
+
+class _BlockingDataset(torch.utils.data.Dataset):
+    """Item `block` never comes back: its worker waits on an event nobody sets."""
+
+    def __init__(self, block=1):
+        self.block = block
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        if index == self.block:
+            wait_for_a_file_that_never_arrives()
+        return {"clip": torch.zeros(1, dtype=torch.uint8), "label": 0, "video_id": str(index)}
+
+
+def wait_for_a_file_that_never_arrives():
+    import threading
+
+    threading.Event().wait()
+
+
+def test_loader_timeout_names_what_the_stuck_worker_was_doing(capsys):
+    from actionlab.data.dataset import LoaderTimeout
+
+    loader = make_loader(_BlockingDataset(), batch_size=1, shuffle=False, num_workers=1, timeout_s=3,
+                         drop_last=False)
+    assert loader.multiprocessing_context.get_start_method() == "forkserver" and loader.persistent_workers
+    got = []
+    with pytest.raises(LoaderTimeout) as caught:
+        for batch in loader:
+            got.extend(batch["video_id"])
+    assert got == ["0"]
+    message = str(caught.value)
+    assert "in 3s (data.loader_timeout_s)" in message and "worker 0 (pid " in message
+    assert "wait_for_a_file_that_never_arrives" in message and "__getitem__" in message
+    assert "wait_for_a_file_that_never_arrives" in capsys.readouterr().err  # on the console too
+    loader._iterator._shutdown_workers()
+
+
+def test_persistent_workers_follow_the_epoch(synth_dataset):
+    """Workers started once still draw each epoch's views: the sampler's epoch reaches them through
+    `set_epoch`, and what they draw is what the dataset draws in this process."""
+    df = manifest.select_split(manifest.read_manifest(synth_dataset), "train")
+    ds = _dataset(df, synth_dataset.parent, scales=(1.0, 0.5))
+    loader = make_loader(ds, batch_size=len(df), shuffle=False, num_workers=2, timeout_s=60, drop_last=False)
+    by_epoch = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        (batch,) = list(loader)
+        expected = torch.stack([ds[i]["clip"] for i in range(len(df))])
+        assert torch.equal(batch["clip"], expected), f"epoch {epoch}: workers drew another epoch's views"
+        by_epoch.append(batch["clip"])
+    workers = loader._iterator._workers
+    assert len(workers) == 2 and all(w.is_alive() for w in workers)  # the same workers, started once
+    assert not torch.equal(by_epoch[0], by_epoch[1]) and not torch.equal(by_epoch[1], by_epoch[2])
+
+
+def test_loader_never_forks_and_leaves_the_global_rng_alone():
+    with pytest.raises(ValueError, match="start_method='threads' is not one of"):
+        make_loader(_BlockingDataset(), batch_size=1, shuffle=False, num_workers=1, timeout_s=1, drop_last=False,
+                    start_method="threads")
+    loader = make_loader(_BlockingDataset(block=None), batch_size=2, shuffle=False, num_workers=1, timeout_s=60,
+                         drop_last=False)
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"
+    state = torch.get_rng_state()
+    assert [v for batch in loader for v in batch["video_id"]] == ["0", "1", "2", "3"]
+    assert torch.equal(torch.get_rng_state(), state), "the loader drew its workers' seed from torch's global RNG"

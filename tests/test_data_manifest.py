@@ -139,3 +139,34 @@ def test_forced_media_and_unknown_format(tmp_path, classes):
     assert read_manifest(tmp_path / "m.parquet")["media"].tolist() == ["video"]
     with pytest.raises(ManifestError, match="unknown annotation format 'kinetics'"):
         index_annotations(tmp_path / "l.txt", fmt="kinetics", root=tmp_path, classes_uri=classes, out_uri=tmp_path / "x.parquet")
+
+
+def test_index_records_its_root_and_every_consumer_defaults_to_it(tmp_path, synth_dataset):
+    """A manifest indexed away from its videos: `data index --root` records the root, so `data check`,
+    `data prepare`, training and benchmarks find the videos without it; an explicit root still wins."""
+    from actionlab.config import resolve
+    from actionlab.data import prepare
+    from actionlab.data.check import check_manifest
+    from actionlab.data.manifest import default_root, default_root_note
+    from actionlab.train import launch
+
+    root = synth_dataset.parent
+    rows = read_manifest(synth_dataset).head(3)
+    (tmp_path / "list.txt").write_text("".join(f"{v} {lab}\n" for v, lab in zip(rows["video"], rows["label"])))
+    out = tmp_path / "elsewhere" / "manifest.parquet"
+    out.parent.mkdir()
+    index_annotations(tmp_path / "list.txt", fmt="mmaction", root=root, classes_uri=root / "classes.txt", out_uri=out)
+
+    assert default_root(out) == default_root(out, read_manifest(out)) == str(root.resolve())
+    assert default_root(synth_dataset) == str(root)  # nothing recorded: the manifest's folder
+    assert default_root_note(out) == "default: recorded in the manifest by `data index`"
+    assert default_root_note(synth_dataset) == "default: the manifest's folder"
+    assert check_manifest(out).num_bad == 0
+    assert check_manifest(out, root=tmp_path).num_bad == 3  # explicit root wins
+    assert launch.resolve_data(resolve({}, [f"data.manifest={out}"])).root == str(root.resolve())
+    assert launch.resolve_data(resolve({}, [f"data.manifest={out}", f"data.root={tmp_path}"])).root == str(tmp_path)
+    report = prepare.prepare_dataset(str(out), str(tmp_path / "prepared"), prepare.EncodeSettings(short_side_px=32),
+                                     use_ray=False, log=lambda _: None)
+    assert report.bad == () and report.num_videos == 3
+    prepared = tmp_path / "prepared" / "manifest.parquet"
+    assert default_root(prepared) == str(tmp_path / "prepared")  # its videos lie beside it: no root recorded

@@ -127,6 +127,55 @@ def bench_train(cfg: Config, *, log=print) -> tuple[TrainBenchSide, TrainBenchSi
 
 
 @dataclass(frozen=True)
+class LoaderStart:
+    """How soon one way of starting DataLoader workers gives each epoch its first batch."""
+
+    name: str
+    first_batch_s: list  # per epoch: from asking for the epoch's batches to the first one
+    epoch_s: list  # per epoch: every batch
+
+
+def loader_startup(cfg: Config, *, epochs: int = 2) -> list[LoaderStart]:
+    """The run's training loader started three ways, in this process, `epochs` epochs each: forked
+    anew each epoch (what `make_loader` did before), and started once from a fork server or by spawn.
+
+    The fork server is started by the first loader that needs it and kept for the process's life, as
+    in a Train worker, so its start-up is counted once, in its first epoch."""
+    from torch.utils.data import DataLoader
+    from workloads import get_workload
+
+    from .data import dataset as data_dataset
+    from .train import launch, loop
+
+    data = launch.resolve_data(cfg)
+    train_set, _ = loop.make_datasets(cfg, get_workload(cfg.workload.name), data)
+    workers = cfg.data.num_loader_workers
+    common = dict(batch_size=cfg.data.batch_size, shuffle=False, num_workers=workers, drop_last=False)
+    ways = {
+        "fork, per epoch (before)": lambda: DataLoader(train_set, collate_fn=data_dataset.collate_clips,
+                                                        multiprocessing_context="fork", **common),
+        "forkserver, persistent": lambda: data_dataset.make_loader(train_set, timeout_s=0, **common),
+        "spawn, persistent": lambda: data_dataset.make_loader(train_set, timeout_s=0, start_method="spawn",
+                                                              **common),
+    }
+    out = []
+    for name, build in ways.items():
+        loader = build()
+        firsts, totals = [], []
+        for epoch in range(epochs):
+            train_set.set_epoch(epoch)
+            start = time.perf_counter()
+            first = None
+            for _ in loader:
+                first = first or time.perf_counter() - start
+            firsts.append(first or 0.0)
+            totals.append(time.perf_counter() - start)
+        del loader  # its workers stop
+        out.append(LoaderStart(name, firsts, totals))
+    return out
+
+
+@dataclass(frozen=True)
 class FeedBench:
     """What the input pipeline fed one Train worker (rank 0), with no training step in between."""
 

@@ -441,7 +441,7 @@ def cmd_bench_data(args) -> int:
 
 
 def cmd_bench_train(args) -> int:
-    from .bench_train import bench_train
+    from .bench_train import bench_train, loader_startup
     from .config import load_recipe, resolve
 
     if args.vs_plain == args.feed_only:
@@ -450,12 +450,14 @@ def cmd_bench_train(args) -> int:
     cfg = resolve(load_recipe(args.recipe), args.set)
     if args.feed_only:
         return _bench_feed(cfg, as_json=args.json)
+    starts = loader_startup(cfg) if cfg.data.num_loader_workers else []  # first: no fork server runs yet
     plain, ray_side = bench_train(cfg)
     ratio = plain.steady_clips_per_s / max(1e-9, ray_side.steady_clips_per_s)
     if args.json:
         _print({"plain": {**plain.__dict__, "steady_clips_per_s": plain.steady_clips_per_s},
                 "ray": {**ray_side.__dict__, "steady_clips_per_s": ray_side.steady_clips_per_s},
-                "plain_over_ray_steady": ratio, "extra_wall_s": ray_side.wall_s - plain.wall_s}, True)
+                "plain_over_ray_steady": ratio, "extra_wall_s": ray_side.wall_s - plain.wall_s,
+                "loader_start": [s.__dict__ for s in starts]}, True)
         return 0
     print(f"{cfg.workload.name}, {cfg.schedule.epochs} epochs; steady = median clips/s of epochs 2..N (training)")
     print(f"  {'':24s} {'steady clips/s':>14s} {'wall s':>8s}  train/loss by epoch")
@@ -470,6 +472,13 @@ def cmd_bench_train(args) -> int:
               f"everything else {other:6.1f} s")
     print("  (everything else: building the model and data, and on Ray the Train controller and worker start-up, "
           "the per-epoch checkpoints and MLflow writes)")
+    if starts:
+        print(f"loader start-up, {cfg.data.num_loader_workers} workers: seconds to each epoch's first batch "
+              "(and to its last)")
+        for s in starts:
+            by_epoch = ", ".join(f"epoch {i + 1} {f:.2f} s ({t:.2f} s)"
+                                 for i, (f, t) in enumerate(zip(s.first_batch_s, s.epoch_s)))
+            print(f"  {s.name:26s} {by_epoch}")
     return 0
 
 
@@ -692,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "models (each samples with its own recorded frames; per-video scores averaged)")
     sp.add_argument("--data", required=True, help="manifest.parquet path or URI")
     sp.add_argument("--split", default="val")
-    sp.add_argument("--root", help="dataset root (default: the manifest's folder)")
+    sp.add_argument("--root", help="dataset root (default: the one `data index` recorded in the manifest, else its folder)")
     sp.add_argument("--clips", type=int, default=1)
     sp.add_argument("--crops", type=int, default=1, choices=[1, 3])
     sp.add_argument("--fusion", default="logits", choices=["logits", "probs"],
@@ -784,7 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data_index)
     sp.add_argument("annotations")
     sp.add_argument("--format", required=True, choices=["ibm", "tsn", "mmaction"])
-    sp.add_argument("--root", required=True, help="folder or URI the annotation paths are relative to")
+    sp.add_argument("--root", required=True, help="folder or URI the annotation paths are relative to; recorded in the "
+                    "manifest as the default root of every later command")
     sp.add_argument("--classes", required=True, help="class-name list, one per line")
     sp.add_argument("-o", "--output", required=True, help="manifest.parquet to write")
     sp.add_argument("--subset", choices=["mini-kinetics", "mini-ssv2"],
@@ -794,7 +804,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_data_prepare)
     sp.add_argument("manifest", help="source manifest.parquet (path or URI)")
     sp.add_argument("out", help="output dataset folder or s3:// prefix (manifest.parquet, classes.txt, videos)")
-    sp.add_argument("--root", help="source data root (default: the manifest's folder)")
+    sp.add_argument("--root", help="source data root (default: the one `data index` recorded in the manifest, else its folder)")
     sp.add_argument("--short-side", type=int, default=256, help="short side in px (0 keeps the size)")
     keys = sp.add_mutually_exclusive_group()
     keys.add_argument("--gop", type=int, default=1, help="keyframe interval in frames (default 1: all intra)")

@@ -107,8 +107,7 @@ def config_locations(cfg: Config, *, storage_root: str, tracking_uri: str) -> tu
     if manifest:
         out += [
             Location("data.val_manifest", d.val_manifest or manifest, "data", "" if d.val_manifest else "default: data.manifest"),
-            Location("data.root", d.root or data_manifest.default_root(manifest), "data",
-                     "" if d.root else "default: the manifest's folder"),
+            _root_location(d.root, manifest),
             Location("data.classes", d.classes or data_manifest.default_classes(manifest), "data",
                      "" if d.classes else beside),
         ]
@@ -157,9 +156,21 @@ def check_config(cfg: Config, *, storage_root: str, num_nodes: int | None = None
     refuse_node_local(locations, num_nodes=num_nodes, shared_fs=cfg.storage.shared_fs)
 
 
-def prepare_locations(*, root: str, out_root: str, root_is_default: bool) -> tuple[Location, ...]:
-    """What `data prepare`'s tasks read (the source videos) and write (the prepared copies)."""
-    return (Location("--root", root, "data", "default: the manifest's folder" if root_is_default else ""),
+def _root_location(root: str, manifest: str) -> Location:
+    """`data.root`, or the default one: a local manifest's recorded root is read; a remote manifest is
+    not (this check must not wait on a store), so its folder stands for it."""
+    if root:
+        return Location("data.root", root, "data")
+    if storage.is_remote(manifest):
+        return Location("data.root", storage.parent(manifest), "data", "default: the manifest's folder")
+    return Location("data.root", data_manifest.default_root(manifest), "data",
+                    data_manifest.default_root_note(manifest))
+
+
+def prepare_locations(*, root: str, out_root: str, root_note: str = "") -> tuple[Location, ...]:
+    """What `data prepare`'s tasks read (the source videos) and write (the prepared copies); `root_note`
+    says where a root not given came from (`manifest.default_root_note`)."""
+    return (Location("--root", root, "data", root_note),
             Location("OUT", out_root, "output"))
 
 

@@ -44,7 +44,7 @@ class WorkloadConfig:
 class DataConfig:
     manifest: str = ""
     val_manifest: str = ""
-    root: str = ""  # default: the manifest's folder
+    root: str = ""  # default: the root `data index` recorded in the manifest, else its folder
     classes: str = ""  # default: classes.txt beside the manifest
     name: str = ""  # dataset name for tags; default: the manifest folder's name
     batch_size: int = 8  # per Ray Train worker

@@ -151,7 +151,7 @@ def check_manifest(
 
     Args:
         manifest_uri: the Parquet manifest.
-        root: dataset root; default the manifest's folder.
+        root: dataset root; default the one recorded in the manifest, else its folder.
         num_classes: label bound; default the length of `classes.txt` beside the manifest (when present).
         frames_to_try: frames decoded per row, spread over its range, the last frame included.
         out_bad_list: where to write the bad rows as CSV (video, label, kind, reason).

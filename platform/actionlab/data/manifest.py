@@ -13,7 +13,8 @@ A manifest row names one sample:
 - `media` (str, optional): `video` (default) or `frames`.
 
 The file's schema metadata may carry `actionlab` (JSON): what wrote it and how, e.g.
-`actionlab data prepare` records its encoding and the decoder it measured fastest for it.
+`actionlab data prepare` records its encoding and the decoder it measured fastest for it, and
+`actionlab data index` the dataset root (`root`), the default of every command that reads videos.
 """
 
 from __future__ import annotations
@@ -118,14 +119,38 @@ def read_classes(uri: str | os.PathLike) -> list[str]:
     return names
 
 
-def default_root(manifest_uri: str | os.PathLike) -> str:
-    """The dataset root used when none is configured: the manifest's folder."""
-    return storage.parent(manifest_uri)
+def default_root(manifest_uri: str | os.PathLike, df: pd.DataFrame | None = None) -> str:
+    """The dataset root used when none is given: the one `data index --root` recorded in the manifest,
+    else the manifest's folder.
+
+    Args:
+        manifest_uri: the manifest.
+        df: the manifest already read (`read_manifest`), to spare reading it again.
+    """
+    metadata = df.attrs.get(METADATA_ATTR, {}) if df is not None else _metadata(os.fspath(manifest_uri))
+    return str(metadata.get("root") or storage.parent(manifest_uri))
+
+
+def default_root_note(manifest_uri: str | os.PathLike) -> str:
+    """Where `default_root` finds the root, as messages name it."""
+    if _metadata(os.fspath(manifest_uri)).get("root"):
+        return "default: recorded in the manifest by `data index`"
+    return "default: the manifest's folder"
+
+
+def _metadata(uri: str) -> dict:
+    """The manifest's `actionlab` metadata; {} when it cannot be read (`read_manifest` says why)."""
+    try:
+        schema = pq.read_schema(pa.BufferReader(storage.read_bytes(uri)))
+    except (pa.ArrowInvalid, OSError):
+        return {}
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
 
 
 def default_classes(manifest_uri: str | os.PathLike) -> str:
     """The class list used when none is configured: `classes.txt` beside the manifest."""
-    return storage.join(default_root(manifest_uri), "classes.txt")
+    return storage.join(storage.parent(manifest_uri), "classes.txt")
 
 
 def select_split(df: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -377,7 +402,9 @@ def index_annotations(
         if column in frame.columns:
             frame[column] = frame[column].astype("int64")
     out_text = os.fspath(out_uri)
-    storage.write_bytes(out_text, manifest_bytes(frame))
+    # Recorded, so that every later command finds the videos without being given the root again.
+    recorded = root_text if "://" in root_text else str(Path(root_text).expanduser().resolve())
+    storage.write_bytes(out_text, manifest_bytes(frame, {"root": recorded}))
 
     beside = default_classes(out_text)
     if mapping is not None:

@@ -433,14 +433,14 @@ def _node_names() -> dict:
     return {n["NodeID"]: n.get("NodeName") or n.get("NodeManagerAddress") or n["NodeID"][:12] for n in ray.nodes()}
 
 
-def _before_compute(*, root: str, out_root: str, root_is_default: bool, shared_fs: bool, num_cpus_per_task: float,
+def _before_compute(*, root: str, out_root: str, root_note: str, shared_fs: bool, num_cpus_per_task: float,
                     log) -> None:
     """What the driver checks and says on the joined Ray cluster before any task starts: node-local
     `--root` and OUT are refused on a cluster of several nodes (`actionlab.cluster`), and the capacity."""
     from .. import cluster
 
     alive = cluster.node_resources()
-    cluster.refuse_node_local(cluster.prepare_locations(root=root, out_root=out_root, root_is_default=root_is_default),
+    cluster.refuse_node_local(cluster.prepare_locations(root=root, out_root=out_root, root_note=root_note),
                               num_nodes=len(alive), shared_fs=shared_fs, shared_fs_hint="--shared-fs")
     cpus = [float(n.get("CPU", 0)) for n in alive]
     at_once = sum(int(c // num_cpus_per_task) for c in cpus) if num_cpus_per_task > 0 else 0
@@ -478,7 +478,7 @@ def prepare_dataset(
         manifest_uri: the source manifest (local or `s3://`).
         out_root: output dataset folder (local or `s3://`; on a cluster of several nodes, `s3://`).
         settings: how to re-encode.
-        root: source data root (default: the manifest's folder).
+        root: source data root (default: the one recorded in the manifest, else its folder).
         cache_dir: local cache for remote sources (default: under each node's `ACTIONLAB_HOME`).
         num_cpus_per_task: CPUs Ray reserves per video.
         use_ray: False runs in this process (tests, one-off small sets).
@@ -491,8 +491,8 @@ def prepare_dataset(
     from . import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest_uri).reset_index(drop=True)
-    root_is_default = not root
-    root = root or data_manifest.default_root(manifest_uri)
+    root_note = "" if root else data_manifest.default_root_note(manifest_uri)
+    root = root or data_manifest.default_root(manifest_uri, df)
     if not storage.is_remote(out_root):
         out_root = str(Path(out_root).expanduser().resolve())
         if not storage.is_remote(root) and Path(out_root) == Path(root).expanduser().resolve():
@@ -510,7 +510,7 @@ def prepare_dataset(
         from ..cluster import init_ray
 
         init_ray()
-        _before_compute(root=root, out_root=out_root, root_is_default=root_is_default, shared_fs=shared_fs,
+        _before_compute(root=root, out_root=out_root, root_note=root_note, shared_fs=shared_fs,
                         num_cpus_per_task=num_cpus_per_task, log=log)
     started = time.perf_counter()
     log(f"preparing {total} videos from {storage.redact(manifest_uri)} into {storage.redact(out_root)} "

@@ -120,7 +120,7 @@ def train_worker(loop_config: dict) -> dict:
                 schedule.saved()
 
         stats = train_one_epoch(
-            step_module, train_loader, optimizer, scheduler, device=device, mean=mean_t, std=std_t,
+            step_module, BadDataGuard(cfg, train_loader, len(train_set)), optimizer, scheduler, device=device, mean=mean_t, std=std_t,
             grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
             on_step_end=method.on_step_end, channels_last=cfg.compute.channels_last, on_bad=bad_log.met,
             log=_step_log(rank, world, epoch, epochs, later_s=progress.metrics.get("val/seconds", 0.0)),
@@ -301,6 +301,7 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         num_workers=cfg.data.num_loader_workers,
         timeout_s=cfg.data.loader_timeout_s,
         sampler=sampler,
+        seed=cfg.seed + rank,
         drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
     )
     return loader, sampler
@@ -311,6 +312,28 @@ def _log(rank: int, message: str) -> None:
     if rank == 0:
         sys.stdout.write(message + "\n")
         sys.stdout.flush()
+
+
+class BadDataGuard:
+    """A training loader that stops the run as soon as this rank's bad samples pass
+    `data.max_bad_fraction` of the epoch's samples on all ranks (`total`): the epoch's end would then
+    refuse the run for certain, so a wrong data root fails in its first batches, not after an epoch of
+    nothing, with the message the epoch's end gives."""
+
+    def __init__(self, cfg: Config, loader, total: int):
+        self.cfg, self.loader, self.total = cfg, loader, total
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        seen, bad = 0, []
+        for batch in self.loader:
+            seen += len(batch["label"])
+            bad.extend(batch["bad"])
+            if len(bad) > self.cfg.data.max_bad_fraction * self.total:  # so bad / (seen + bad) is above it too
+                _check_bad_fraction(self.cfg, len(bad), seen + len(bad), list(dict(bad).items()))
+            yield batch
 
 
 def _check_bad_fraction(cfg: Config, bad: int, seen: int, examples: list) -> None:

@@ -55,6 +55,13 @@ class DataConfig:
     cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
     # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
     decoder: Literal["auto", "decord", "pyav"] = "auto"
+    # What videos are cropped in: rgb (frames converted whole by the decoder), or yuv420 (PyAV hands over
+    # YUV 4:2:0 planes, the crop is taken and resized on them and colour is converted per batch, on the
+    # GPU when there is one; decord and frame folders stay RGB)
+    pixels: Literal["rgb", "yuv420"] = "rgb"
+    # Frame folders: pil; pil_draft (libjpeg's DCT-domain downscaling when frames are stored at 2x+ the
+    # resize); torchvision (its libjpeg-turbo decode_jpeg)
+    jpeg_decoder: Literal["pil", "pil_draft", "torchvision"] = "pil"
     # loader: a DataLoader in each Train worker (decodes on the worker's node);
     # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
     engine: Literal["loader", "ray"] = "loader"

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from . import storage, tracking
+from .config import DataConfig
 from .data import transforms
 from .train.evaluate import eval_dataset, normalise, stats_tensors
 
@@ -41,16 +42,18 @@ def _top(loaded: tracking.LoadedModel, views: torch.Tensor, top_k: int) -> list[
 
 
 def predict_videos(
-    loaded: tracking.LoadedModel, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None
+    loaded: tracking.LoadedModel, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None,
+    pixels: str = DataConfig.pixels,
 ) -> list[dict]:
-    """`predict` for a model already loaded: local paths or URIs (s3://...), decoded as in evaluation."""
+    """`predict` for a model already loaded: local paths or URIs (s3://...), decoded as in evaluation
+    (`pixels` as `data.pixels`)."""
     meta = loaded.meta
     cache_dir = cache_dir or str(tracking.home() / "cache")
     out = []
     for video in videos:
         local = storage.local_copy(video, cache_dir) if storage.is_remote(video) else str(Path(video).resolve())
         row = pd.DataFrame({"video": [Path(local).name], "label": [0]})
-        item = eval_dataset(meta, row, str(Path(local).parent))[0]
+        item = eval_dataset(meta, row, str(Path(local).parent), pixels=pixels)[0]
         if "error" in item:
             out.append({"video": video, "error": item["error"]})
             continue

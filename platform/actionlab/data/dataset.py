@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from actionlab import storage
-from actionlab.data import decode, sampling, transforms
+from actionlab.data import decode, profile, sampling, transforms, yuv
 
 SAMPLINGS = ("segments", "clip", "snippets")
 
@@ -150,7 +150,8 @@ class VideoClipDataset(Dataset):
     """Clips from manifest rows, for training (random views) or testing (fixed multi-view).
 
     Items: train `{"clip": uint8 (T, C, H, W), "label": int, "video_id": str}`; test the same with
-    `clip` uint8 (V, T, C, H, W), V = num_clips * num_crops, clip-major and crop-minor; a bad row
+    `clip` uint8 (V, T, C, H, W), V = num_clips * num_crops, clip-major and crop-minor (with
+    `pixels="yuv420"`, clips decoded as planes are packed I420: C = 1, H = 3 * size_px / 2); a bad row
     gives `{"error": str, "kind": str, "video_id": str}`. T = num_frames, except for `snippets`
     sampling: T = num_frames (segments) x snippet_frames.
     """
@@ -177,6 +178,8 @@ class VideoClipDataset(Dataset):
         frame_template: str = "{:05d}.jpg",
         decoder: str = "",
         snippet_frames: int = 1,
+        pixels: str = "rgb",
+        jpeg_decoder: str = "pil",
     ):
         """Builds the dataset; nothing is read until an item is asked for.
 
@@ -201,6 +204,9 @@ class VideoClipDataset(Dataset):
             frame_template: file names in frame folders (1-based numbering).
             decoder: `decord`, `pyav`, or '' for the default (`ACTIONLAB_DECODER` overrides it).
             snippet_frames: frames per segment for `snippets` sampling (the workload's `InputFormat`).
+            pixels: `rgb`, or `yuv420`: videos PyAV can hand over as YUV 4:2:0 planes are cropped and
+                resized on the planes and converted to RGB per batch (`train.evaluate.normalise`).
+            jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
         """
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
@@ -212,6 +218,13 @@ class VideoClipDataset(Dataset):
                 f"snippet_frames={snippet_frames} with sampling={sampling!r}: only `snippets` sampling takes "
                 "more than one frame per segment; pass the workload's InputFormat (spec.input_for(params))"
             )
+        if pixels not in decode.PIXELS:
+            raise ValueError(f"pixels={pixels!r} is not one of {list(decode.PIXELS)} (data.pixels)")
+        if pixels == "yuv420" and size_px % 2:
+            raise ValueError(f"size_px={size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an even "
+                             "clip.size_px or data.pixels=rgb")
+        if jpeg_decoder not in decode.JPEG_DECODERS:
+            raise ValueError(f"jpeg_decoder={jpeg_decoder!r} is not one of {list(decode.JPEG_DECODERS)}")
         if flip not in transforms.FLIP_POLICIES:
             raise ValueError(f"flip={flip!r} is not one of {list(transforms.FLIP_POLICIES)}")
         if num_classes < 1 or num_frames < 1 or stride < 1 or num_clips < 1 or num_crops not in (1, 3):
@@ -244,6 +257,8 @@ class VideoClipDataset(Dataset):
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self.frame_template = frame_template
         self.decoder = decoder
+        self.pixels = pixels
+        self.jpeg_decoder = jpeg_decoder
         # Shared memory: persistent DataLoader workers hold a copy of the dataset made when they
         # started, and read the epoch of their draws from here.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -293,8 +308,8 @@ class VideoClipDataset(Dataset):
                 )
         return np.concatenate(picks)  # (clips * T,)
 
-    def _read(self, row: dict, rng: np.random.Generator) -> np.ndarray:
-        """(clips * T, H, W, 3) uint8 frames of a row."""
+    def _read(self, row: dict, rng: np.random.Generator) -> np.ndarray | yuv.Planes:
+        """(clips * T, H, W, 3) uint8 frames of a row, or their planes."""
         uri = resolve_media(self.root, str(row["video"]))
         if row.get("media", "video") == "frames":
             remote = storage.is_remote(uri)
@@ -305,18 +320,20 @@ class VideoClipDataset(Dataset):
                     raise decode.DecodeError(uri, f"frame folder has no {self.frame_template.format(1)}", "missing")
             first, length = frame_range(row, available)
             indices = self._indices(length, rng) + first
+            jpeg = dict(jpeg=self.jpeg_decoder, short_px=self.resize_px)
             if not remote:
-                return decode.read_frame_folder(uri, indices, template=self.frame_template)
+                return decode.read_frame_folder(uri, indices, template=self.frame_template, **jpeg)
             # Remote frame folders: fetch just the sampled JPEGs into the cache, then read them there.
             names = [storage.join(uri, self.frame_template.format(i + 1)) for i in indices.tolist()]
             local = {name: fetch_local(name, self.cache_dir) for name in set(names)}
-            return decode.read_image_files([local[name] for name in names], source=uri)  # (N, H, W, 3)
+            return decode.read_image_files([local[name] for name in names], source=uri, **jpeg)  # (N, H, W, 3)
 
         def choose(available: int) -> np.ndarray:
             first, length = frame_range(row, available)
             return self._indices(length, rng) + first
 
-        frames, _ = decode.read_sampled(fetch_local(uri, self.cache_dir), choose, decoder=self.decoder)
+        frames, _ = decode.read_sampled(fetch_local(uri, self.cache_dir), choose, decoder=self.decoder,
+                                        pixels=self.pixels)
         return frames
 
     def __getitem__(self, index: int) -> dict:
@@ -345,7 +362,10 @@ class VideoClipDataset(Dataset):
                 rng=rng,
             )
             return {"clip": clip, "label": label, "video_id": video_id}  # clip (T, C, H, W)
-        per_clip = frames.reshape(self.num_clips, self.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
+        if isinstance(frames, yuv.Planes):
+            per_clip = frames.clips(self.num_clips)
+        else:
+            per_clip = frames.reshape(self.num_clips, self.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         views = torch.stack(
             [
                 transforms.test_transform(c, size_px=self.size_px, resize_px=self.resize_px, num_crops=self.num_crops)
@@ -356,6 +376,14 @@ class VideoClipDataset(Dataset):
         return {"clip": views, "label": label, "video_id": video_id}
 
 
+def stack_clips(clips: list[torch.Tensor]) -> torch.Tensor:
+    """Stacks items' clips; when packed I420 and RGB items meet (a frame folder or a BT.709 video in a
+    `yuv420` run), the I420 ones are converted to uint8 RGB first, on the CPU."""
+    if len({clip.shape for clip in clips}) > 1:
+        clips = [yuv.to_rgb_uint8(c).contiguous() if yuv.is_i420(c) else c for c in clips]
+    return torch.stack(clips)  # (B, T, C, H, W) or (B, V, T, C, H, W)
+
+
 def collate_clips(items: list[dict]) -> dict:
     """Stacks good items and lists the bad ones.
 
@@ -363,17 +391,20 @@ def collate_clips(items: list[dict]) -> dict:
         `clip` (B, ...) uint8, `label` (B,) int64, `video_id` list of B, `bad` list of
         (video_id, reason). When every item is bad, `clip` and `label` are empty (0,) tensors.
     """
+    tick = profile.clock()
     good = [item for item in items if "error" not in item]
     bad = [(item["video_id"], item["error"]) for item in items if "error" in item]
     if not good:
         empty_clip, empty_label = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return {"clip": empty_clip, "label": empty_label, "video_id": [], "bad": bad}
-    return {
-        "clip": torch.stack([item["clip"] for item in good]),  # (B, T, C, H, W) or (B, V, T, C, H, W)
+    batch = {
+        "clip": stack_clips([item["clip"] for item in good]),  # (B, T, C, H, W) or (B, V, T, C, H, W)
         "label": torch.tensor([item["label"] for item in good], dtype=torch.int64),
         "video_id": [item["video_id"] for item in good],
         "bad": bad,
     }
+    profile.lap("collate", tick)
+    return batch
 
 
 # Loader workers start from a fresh server process, never forked from the caller: a Train worker runs

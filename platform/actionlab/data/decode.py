@@ -8,6 +8,7 @@ backend; by default decord when it imports (no wheels for aarch64/macOS arm64), 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -15,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from actionlab.data import profile, yuv
+
 DECODERS = ("decord", "pyav")
+# What video decoders hand over: RGB frames, or YUV 4:2:0 planes (PyAV only: decord 0.6.0 converts every
+# frame to RGB inside its own filter graph and has no option to skip that).
+PIXELS = ("rgb", "yuv420")
+# JPEG frame decoders: PIL; PIL with DCT-domain downscaling when frames are stored larger than needed
+# (libjpeg's scaled IDCT, `Image.draft`); torchvision's libjpeg-turbo binding (`decode_jpeg`).
+JPEG_DECODERS = ("pil", "pil_draft", "torchvision")
 
 
 class DecodeError(Exception):
@@ -79,6 +88,7 @@ def _as_indices(path: str, indices: Sequence[int] | np.ndarray, num_frames: int)
 def _decord_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarray, int]:
     import decord
 
+    tick = profile.clock()
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except Exception as err:  # decord raises RuntimeError/DECORDError for any unreadable file
@@ -88,8 +98,12 @@ def _decord_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.nda
         if num_frames < 1:
             raise DecodeError(path, "video has no frames", "short")
         wanted = _as_indices(path, choose(num_frames), num_frames)
+        tick = profile.lap("open", tick)
         try:
-            frames = reader.get_batch(wanted).asnumpy()  # (N, H, W, 3)
+            batch = reader.get_batch(wanted)  # seeks, decodes and converts to RGB in one call
+            tick = profile.lap("decode", tick)
+            frames = batch.asnumpy()  # (N, H, W, 3)
+            profile.lap("convert", tick)
         except Exception as err:
             decord_error = _first_line(err)
         else:
@@ -134,12 +148,18 @@ def _pyav_index(container, stream) -> tuple[np.ndarray, np.ndarray]:
     return display, display[key_at]
 
 
-def _pyav_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarray, int]:
+def _pyav_read(
+    path: str, choose: Callable[[int], np.ndarray], pixels: str = "rgb"
+) -> tuple[np.ndarray | yuv.Planes, int]:
     """Exact frames by seeking: each wanted frame is decoded from its own keyframe, or by decoding on
     from the frame before when no keyframe lies between (short-GOP files cost a few frames each;
-    files with sparse keyframes cost about one sequential pass)."""
+    files with sparse keyframes cost about one sequential pass).
+
+    With `pixels="yuv420"` the frames come back as planes, unless the stream is not BT.601
+    limited-range yuv420p (`yuv.av_planes`): then as RGB, converted by swscale as before."""
     import av
 
+    tick = profile.clock()
     try:
         container = av.open(path)
     except Exception as err:  # PyAV raises several av.error types for unreadable files
@@ -157,25 +177,34 @@ def _pyav_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarr
         if num_frames < 1:
             raise DecodeError(path, "video has no frames", "short")
         wanted = _as_indices(path, choose(num_frames), num_frames)
-        picked: dict[int, np.ndarray] = {}
+        picked: dict[int, np.ndarray | tuple] = {}
         decoded = None  # pts of the last frame decoded (the decoder can go on from there)
         frames = None
+        planar = pixels == "yuv420"
+        tick = profile.lap("open", tick)
         try:
             for index in sorted(set(wanted)):
                 target = int(frame_pts[index])
                 if decoded is None or not (int(key_pts[index]) <= decoded < target):
                     container.seek(int(key_pts[index]), stream=stream, backward=True, any_frame=False)
                     frames = container.decode(stream)
+                    tick = profile.lap("seek", tick)
                 for frame in frames:
                     decoded = frame.pts
                     if frame.pts is None or frame.pts >= target:
                         break
                 else:
                     break  # the stream ended early: reported below as missing frames
-                if decoded == target:
-                    picked[index] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
-                else:
+                tick = profile.lap("decode", tick)
+                if decoded != target:
                     break
+                planes = yuv.av_planes(frame) if planar else None
+                if planar and planes is None:
+                    if picked:  # the stream changed format part-way: read the clip again as RGB
+                        return _pyav_read(path, lambda _: np.asarray(wanted), "rgb")
+                    planar = False
+                picked[index] = planes if planar else frame.to_ndarray(format="rgb24")  # planes or (H, W, 3)
+                tick = profile.lap("convert", tick)
         except Exception as err:
             raise DecodeError(
                 path, f"decoding frames failed ({_first_line(err)}); the file is probably truncated or corrupt"
@@ -185,7 +214,13 @@ def _pyav_read(path: str, choose: Callable[[int], np.ndarray]) -> tuple[np.ndarr
     if set(wanted) - picked.keys():
         # Frames whose timestamps do not match their packets' (rare muxers): count them in a single pass.
         return _pyav_read_sequential(path, wanted), num_frames
-    return np.stack([picked[i] for i in wanted]), num_frames  # (N, H, W, 3)
+    if planar:
+        y, u, v = (np.stack([picked[i][p] for i in wanted]) for p in range(3))  # (N, H, W), (N, H/2, W/2) x 2
+        profile.lap("convert", tick)
+        return yuv.Planes(y, u, v), num_frames
+    frames = np.stack([picked[i] for i in wanted])  # (N, H, W, 3)
+    profile.lap("convert", tick)
+    return frames, num_frames
 
 
 def _pyav_read_sequential(path: str, wanted: list[int]) -> np.ndarray:
@@ -229,26 +264,30 @@ def _unreadable(err: Exception) -> str:
 
 
 def read_sampled(
-    path: str | os.PathLike, choose: Callable[[int], np.ndarray], *, decoder: str = ""
-) -> tuple[np.ndarray, int]:
+    path: str | os.PathLike, choose: Callable[[int], np.ndarray], *, decoder: str = "", pixels: str = "rgb"
+) -> tuple[np.ndarray | yuv.Planes, int]:
     """Opens a video once, asks `choose(num_frames)` for indices and decodes only those frames.
 
     Args:
         path: local video file.
         choose: maps the frame count to the 0-based indices to decode (any order, repeats allowed).
         decoder: preferred backend (see `decoder_name`).
+        pixels: `rgb`, or `yuv420` for planes where the decoder can hand them over (PyAV, BT.601
+            limited-range yuv420p streams); RGB frames otherwise.
 
     Returns:
-        (frames (N, H, W, 3) uint8 in the order asked, num_frames).
+        (frames (N, H, W, 3) uint8 or `yuv.Planes` of N frames, in the order asked; num_frames).
 
     Raises:
         DecodeError: missing, empty, unreadable, truncated, or too short for the indices.
     """
     text = os.fspath(path)
     _check_file(text)
+    if pixels not in PIXELS:
+        raise ValueError(f"pixels={pixels!r} is not one of {list(PIXELS)} (data.pixels)")
     if decoder_name(decoder) == "decord":
         return _decord_read(text, choose)
-    return _pyav_read(text, choose)
+    return _pyav_read(text, choose, pixels)
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -309,12 +348,51 @@ def count_frame_files(folder: str | os.PathLike, *, template: str = "{:05d}.jpg"
     return count
 
 
-def read_image_files(paths: Sequence[str], *, source: str | os.PathLike | None = None) -> np.ndarray:
-    """Reads image files (JPEG frames) with PIL; repeated paths are read once.
+def _draft_size(width: int, height: int, short_px: int) -> tuple[int, int]:
+    """The smallest size with short side >= `short_px` at the frame's aspect ratio (PIL's draft request)."""
+    scale = short_px / min(width, height)
+    return math.ceil(round(width * scale, 6)), math.ceil(round(height * scale, 6))
+
+
+def _read_jpeg(name: str, jpeg: str, short_px: int) -> np.ndarray:
+    """One image as (H, W, 3) uint8 RGB, with the profile's open / decode / convert stages."""
+    tick = profile.clock()
+    if jpeg == "torchvision":
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+        data = read_file(name)
+        tick = profile.lap("open", tick)
+        image = decode_jpeg(data, mode=ImageReadMode.RGB)  # (3, H, W)
+        tick = profile.lap("decode", tick)
+        out = image.permute(1, 2, 0).numpy()  # (H, W, 3) view
+        profile.lap("convert", tick)
+        return out
+    from PIL import Image
+
+    with Image.open(name) as image:
+        if jpeg == "pil_draft" and short_px and image.format == "JPEG":
+            # libjpeg scales by 1/2, 1/4 or 1/8 inside the IDCT when that still leaves short_px.
+            image.draft("RGB", _draft_size(*image.size, short_px))
+        tick = profile.lap("open", tick)
+        image.load()
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        tick = profile.lap("decode", tick)
+        out = np.asarray(rgb)  # (H, W, 3)
+    profile.lap("convert", tick)
+    return out
+
+
+def read_image_files(
+    paths: Sequence[str], *, source: str | os.PathLike | None = None, jpeg: str = "pil", short_px: int = 0
+) -> np.ndarray:
+    """Reads image files (JPEG frames); repeated paths are read once.
 
     Args:
         paths: local image files, one per output frame.
         source: what errors name (e.g. the frame folder); each file's own path when omitted.
+        jpeg: `pil`, `pil_draft` or `torchvision` (see `JPEG_DECODERS`).
+        short_px: for `pil_draft`, the short side the frames will be resized to: JPEGs stored at
+            2x, 4x or 8x that are decoded at a reduced scale (the clip's transform resizes anyway).
 
     Returns:
         (N, H, W, 3) uint8 RGB frames in the order of `paths`.
@@ -322,8 +400,10 @@ def read_image_files(paths: Sequence[str], *, source: str | os.PathLike | None =
     Raises:
         DecodeError: missing, empty or unreadable image, or images of different sizes.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
+    if jpeg not in JPEG_DECODERS:
+        raise ValueError(f"jpeg decoder {jpeg!r} is not one of {list(JPEG_DECODERS)} (data.jpeg_decoder)")
     if not paths:
         raise DecodeError(source or "<no files>", "no frames were requested")
     cache: dict[str, np.ndarray] = {}
@@ -337,9 +417,9 @@ def read_image_files(paths: Sequence[str], *, source: str | os.PathLike | None =
         if os.path.getsize(name) == 0:
             raise DecodeError(where, f"frame {Path(name).name} is empty (0 bytes); re-extract the frames", "empty")
         try:
-            with Image.open(name) as image:
-                cache[name] = np.asarray(image.convert("RGB"))  # (H, W, 3)
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            cache[name] = _read_jpeg(name, jpeg, short_px)
+        except (UnidentifiedImageError, OSError, SyntaxError, RuntimeError) as err:
+            # torchvision raises RuntimeError for data that is not a JPEG
             raise DecodeError(where, f"frame {Path(name).name} is not a readable image ({_first_line(err)})") from None
     shapes = sorted({frame.shape for frame in cache.values()})
     if len(shapes) > 1:
@@ -352,14 +432,18 @@ def read_frame_folder(
     indices: Sequence[int] | np.ndarray,
     template: str = "{:05d}.jpg",
     start: int = 1,
+    *,
+    jpeg: str = "pil",
+    short_px: int = 0,
 ) -> np.ndarray:
-    """Reads frames of a JPEG frame folder with PIL.
+    """Reads frames of a JPEG frame folder.
 
     Args:
         folder: local folder of frames.
         indices: 0-based frame indices; index i is the file `template.format(i + start)`.
         template: file-name template.
         start: number of the first file (1 for IBM/TSN/mmaction2 folders).
+        jpeg, short_px: see `read_image_files`.
 
     Returns:
         (N, H, W, 3) uint8 RGB frames in the order of `indices`.
@@ -371,4 +455,4 @@ def read_frame_folder(
     if not os.path.isdir(text):
         raise DecodeError(text, "frame folder does not exist; fix the manifest path or the data root", "missing")
     names = [frame_file(text, i, template=template, start=start) for i in np.asarray(indices).reshape(-1).tolist()]
-    return read_image_files(names, source=text)
+    return read_image_files(names, source=text, jpeg=jpeg, short_px=short_px)

@@ -28,7 +28,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from .dataset import VideoClipDataset
+from .dataset import VideoClipDataset, stack_clips
 
 _DATASETS: dict[str, VideoClipDataset] = {}  # per Ray worker process: datasets fetched once, by object id
 
@@ -102,11 +102,9 @@ def _decode_batch(batch: dict, *, dataset_ref: list, epoch: int) -> dict:
     indices = [int(i) for i in batch["indices"][0]]
     items = [dataset[i] for i in indices]
     good = [item for item in items if "error" not in item]
-    shape = tuple(good[0]["clip"].shape) if good else (0,)
-    clips = np.zeros((len(items), *shape), dtype=np.uint8)  # (B, T, C, H, W) or (B, V, T, C, H, W)
-    for row, item in enumerate(items):
-        if "error" not in item:
-            clips[row] = item["clip"].numpy()
+    stacked = stack_clips([item["clip"] for item in good]).numpy() if good else np.zeros((0, 0), np.uint8)
+    clips = np.zeros((len(items), *stacked.shape[1:]), dtype=np.uint8)  # (B, T, C, H, W) or (B, V, T, C, H, W)
+    clips[[row for row, item in enumerate(items) if "error" not in item]] = stacked
     return {
         "clip": clips,
         "label": np.asarray([item.get("label", -1) for item in items], dtype=np.int64),

@@ -6,6 +6,8 @@ side after resizing it to `resize_px`, width and height at most one scale step a
 centre crop or three crops along the long side (the "full-res 3-crop" protocol).
 
 Everything stays uint8 (T, C, H, W); float conversion and normalisation happen on the device.
+YUV 4:2:0 planes (`yuv.Planes`) take the same boxes and flips, on the planes, and come out packed
+as I420 (T, 1, 3S/2, S); colour is converted per batch (`yuv.to_rgb`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from actionlab.data import profile, yuv
 
 FLIP_POLICIES = ("off", "on", "swap_pairs")
 
@@ -114,8 +118,30 @@ def multiscale_crop_box(
     return top, left, crop_h, crop_w
 
 
+def train_box(
+    height: int, width: int, *, size_px: int, resize_px: int, scales: Sequence[float], rng: np.random.Generator
+) -> tuple[int, int, int, int]:
+    """A training crop as (y0, x0, y1, x1) in the decoded frame: drawn on the frame resized to short
+    side `resize_px`, then mapped back, so that the crop is resized once (crop-then-resize ==
+    resize-then-crop up to sub-pixel rounding, at a fraction of the cost)."""
+    resized_h, resized_w = _short_side_shape(height, width, resize_px)
+    top, left, crop_h, crop_w = multiscale_crop_box(resized_h, resized_w, size_px=size_px, scales=scales, rng=rng)
+    sy, sx = height / resized_h, width / resized_w
+    y0, x0 = int(round(top * sy)), int(round(left * sx))
+    y1, x1 = max(y0 + 1, int(round((top + crop_h) * sy))), max(x0 + 1, int(round((left + crop_w) * sx)))
+    return y0, x0, y1, x1
+
+
+def _draw_flip(label: int, flip: str, flip_pairs: dict[int, int] | None, rng: np.random.Generator) -> tuple[bool, int]:
+    if flip != "off" and rng.random() < 0.5:
+        if flip == "swap_pairs" and flip_pairs:
+            label = flip_pairs.get(int(label), int(label))
+        return True, int(label)
+    return False, int(label)
+
+
 def train_transform(
-    clip: np.ndarray | torch.Tensor,
+    clip: np.ndarray | torch.Tensor | yuv.Planes,
     label: int,
     *,
     size_px: int,
@@ -128,7 +154,7 @@ def train_transform(
     """Multi-scale crop + resize + flip, the same for every frame.
 
     Args:
-        clip: (T, H, W, 3) uint8 frames.
+        clip: (T, H, W, 3) uint8 frames, or their YUV 4:2:0 planes.
         label: the clip's label (changed only by a `swap_pairs` flip).
         size_px: output side.
         resize_px: short side the crop scales refer to.
@@ -138,38 +164,52 @@ def train_transform(
         rng: the item's random generator.
 
     Returns:
-        ((T, C, size_px, size_px) uint8, label).
+        ((T, C, size_px, size_px) uint8, label); planes give packed I420 (T, 1, 3 * size_px / 2, size_px).
     """
     if flip not in FLIP_POLICIES:
         raise ValueError(f"flip={flip!r} is not one of {list(FLIP_POLICIES)}")
+    tick = profile.clock()
+    if isinstance(clip, yuv.Planes):
+        box = train_box(*clip.shape[1:], size_px=size_px, resize_px=resize_px, scales=scales, rng=rng)
+        flipped, label = _draw_flip(label, flip, flip_pairs, rng)
+        out = yuv.crop_resize(clip, box, size_px, flip=flipped)  # (T, 1, 3S/2, S)
+        profile.lap("augment", tick)
+        return out, label
     frames = to_tchw(clip)  # (T, C, H, W)
-    height, width = frames.shape[-2:]
-    resized_h, resized_w = _short_side_shape(height, width, resize_px)
-    top, left, crop_h, crop_w = multiscale_crop_box(resized_h, resized_w, size_px=size_px, scales=scales, rng=rng)
-    # Map the box back to the decoded frame and resize once (crop-then-resize == resize-then-crop
-    # up to sub-pixel rounding, at a fraction of the cost).
-    sy, sx = height / resized_h, width / resized_w
-    y0, x0 = int(round(top * sy)), int(round(left * sx))
-    y1, x1 = max(y0 + 1, int(round((top + crop_h) * sy))), max(x0 + 1, int(round((left + crop_w) * sx)))
+    y0, x0, y1, x1 = train_box(*frames.shape[-2:], size_px=size_px, resize_px=resize_px, scales=scales, rng=rng)
     out = _resize(frames[:, :, y0:y1, x0:x1], size_px, size_px)  # (T, C, size_px, size_px)
-    if flip != "off" and rng.random() < 0.5:
+    flipped, label = _draw_flip(label, flip, flip_pairs, rng)
+    if flipped:
         out = out.flip(-1)
-        if flip == "swap_pairs" and flip_pairs:
-            label = flip_pairs.get(int(label), int(label))
-    return out.contiguous(), int(label)
+    out = out.contiguous()
+    profile.lap("augment", tick)
+    return out, label
 
 
-def test_transform(clip: np.ndarray | torch.Tensor, *, size_px: int, resize_px: int, num_crops: int) -> torch.Tensor:
+def _test_corners(height: int, width: int, size_px: int, num_crops: int) -> list[tuple[int, int]]:
+    """(top, left) of the test crops in a frame of `height` x `width` (already resized)."""
+    centre_top, centre_left = (height - size_px) // 2, (width - size_px) // 2
+    if num_crops == 1:
+        return [(centre_top, centre_left)]
+    if width >= height:
+        return [(centre_top, 0), (centre_top, centre_left), (centre_top, width - size_px)]
+    return [(0, centre_left), (centre_top, centre_left), (height - size_px, centre_left)]
+
+
+def test_transform(
+    clip: np.ndarray | torch.Tensor | yuv.Planes, *, size_px: int, resize_px: int, num_crops: int
+) -> torch.Tensor:
     """Short side to `resize_px`, then 1 centre crop or 3 crops (start, centre, end of the long side).
 
     Args:
-        clip: (T, H, W, 3) uint8 frames.
+        clip: (T, H, W, 3) uint8 frames, or their YUV 4:2:0 planes (each crop box is then mapped back
+            to the decoded frame and resized once).
         size_px: crop side (at most `resize_px`).
         resize_px: short side before cropping.
         num_crops: 1 or 3.
 
     Returns:
-        (num_crops, T, C, size_px, size_px) uint8.
+        (num_crops, T, C, size_px, size_px) uint8; planes give (num_crops, T, 1, 3 * size_px / 2, size_px).
     """
     if num_crops not in (1, 3):
         raise ValueError(f"num_crops={num_crops}: use 1 (centre) or 3 (along the long side)")
@@ -177,14 +217,21 @@ def test_transform(clip: np.ndarray | torch.Tensor, *, size_px: int, resize_px: 
         raise ValueError(
             f"size_px={size_px} is larger than resize_px={resize_px}; test crops must fit the resized frame"
         )
+    tick = profile.clock()
+    if isinstance(clip, yuv.Planes):
+        height, width = clip.shape[1:]
+        resized_h, resized_w = _short_side_shape(height, width, resize_px)
+        sy, sx = height / resized_h, width / resized_w
+        views = []
+        for top, left in _test_corners(resized_h, resized_w, size_px, num_crops):
+            box = (round(top * sy), round(left * sx), round((top + size_px) * sy), round((left + size_px) * sx))
+            views.append(yuv.crop_resize(clip, box, size_px))
+        out = torch.stack(views)  # (num_crops, T, 1, 3S/2, S)
+        profile.lap("augment", tick)
+        return out
     frames = resize_short_side(to_tchw(clip), resize_px)  # (T, C, H, W), short side resize_px
-    height, width = frames.shape[-2:]
-    centre_top, centre_left = (height - size_px) // 2, (width - size_px) // 2
-    if num_crops == 1:
-        boxes = [(centre_top, centre_left)]
-    elif width >= height:
-        boxes = [(centre_top, 0), (centre_top, centre_left), (centre_top, width - size_px)]
-    else:
-        boxes = [(0, centre_left), (centre_top, centre_left), (height - size_px, centre_left)]
-    crops = [frames[:, :, top : top + size_px, left : left + size_px] for top, left in boxes]
-    return torch.stack(crops).contiguous()  # (num_crops, T, C, size_px, size_px)
+    crops = [frames[:, :, top : top + size_px, left : left + size_px]
+             for top, left in _test_corners(*frames.shape[-2:], size_px, num_crops)]
+    out = torch.stack(crops).contiguous()  # (num_crops, T, C, size_px, size_px)
+    profile.lap("augment", tick)
+    return out

@@ -13,6 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import DataConfig
+from ..data import yuv
+
 
 @dataclass
 class EvalResult:
@@ -60,8 +63,12 @@ class EvalResult:
 
 
 def normalise(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (..., C, H, W) -> float normalised, on the clips' device."""
-    return (clips.float().div_(255.0) - mean) / std
+    """uint8 (..., C, H, W) -> float normalised, on the clips' device.
+
+    Packed I420 clips (C = 1, `data.pixels=yuv420`) are converted to RGB here, once per batch, on
+    the batch's device; the workload's mean and std then mean what they mean for RGB clips."""
+    rgb = yuv.to_rgb(clips) if yuv.is_i420(clips) else clips.float()  # (..., 3, H, W) in [0, 255]
+    return (rgb.div_(255.0) - mean) / std
 
 
 def stats_tensors(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,8 +166,10 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     return fig
 
 
-def eval_dataset(meta, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None):
-    """A test-mode dataset with the preprocessing stored beside a registered model (a `ModelMeta`)."""
+def eval_dataset(meta, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None,
+                 pixels: str = DataConfig.pixels):
+    """A test-mode dataset with the preprocessing stored beside a registered model (a `ModelMeta`);
+    `pixels` as `data.pixels` (the same clips either way, within rounding)."""
     from ..data.dataset import VideoClipDataset
     from ..data.manifest import preferred_decoder
 
@@ -183,6 +192,7 @@ def eval_dataset(meta, df, root: str, *, num_clips: int = 1, num_crops: int = 1,
         num_crops=num_crops,
         cache_dir=cache_dir,
         decoder=preferred_decoder(df),
+        pixels=pixels,
     )
 
 

@@ -267,6 +267,8 @@ def make_datasets(cfg: Config, spec, ctx: RunContext):
         flip_pairs=flip_pairs,
         seed=cfg.seed,
         cache_dir=ctx.cache_dir,
+        pixels=cfg.data.pixels,
+        jpeg_decoder=cfg.data.jpeg_decoder,
     )
     train_all = data_manifest.read_manifest(ctx.manifest)
     val_all = data_manifest.read_manifest(ctx.val_manifest)

@@ -1,0 +1,126 @@
+"""`data.pixels=yuv420`: clips cropped on YUV 4:2:0 planes and converted per batch equal today's RGB clips.
+
+Tolerances, on pixels normalised to [0, 1], for two reasons the paths differ:
+1. BT.601 limited-range arithmetic: swscale converts in fixed point and rounds to uint8, the batch
+   kernel in float; both repeat each chroma sample 2x2. Where a crop is not resized (test views of
+   frames whose short side already is resize_px, even boxes) that is all: mean |difference| <= 1.5/255,
+   99% of pixels within 4/255 (measured about 1.1 and 2.4).
+2. Chroma resolution and siting when a crop is resized: the RGB path resizes chroma repeated to full
+   resolution, the YUV path resizes the chroma plane at half resolution and hands over 4:2:0 (the
+   point: 1.5 bytes a pixel), and on odd box edges its chroma is up to one decoded pixel off. On this
+   worst-case video (8-pixel blocks of independent random colours: a chroma edge every 4 chroma
+   samples) that gives mean <= 7/255 and 99% within 64/255 (measured 2.7-5.3 and 24-53 over 12 train
+   crops); camera video has far less chroma detail. A missed flip or a crop 4 pixels off measured mean
+   20-61/255 and p99 118-188/255, so both bounds still catch a misplaced crop.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from actionlab import bench_data
+from actionlab.data import decode, yuv
+from actionlab.data.dataset import VideoClipDataset, collate_clips
+from actionlab.train.evaluate import normalise, stats_tensors
+
+MEAN, STD = stats_tensors((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "cpu")  # [0, 1] pixels
+COMMON = dict(num_classes=2, sampling="segments", num_frames=4, stride=1, size_px=84, resize_px=96,
+              scales=(1.0, 0.875, 0.75, 0.66), flip="swap_pairs", flip_pairs={0: 1, 1: 0}, decoder="pyav")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    """A camera-like 128x96 H.264 file (texture, moving objects, noise) and a JPEG frame folder of it."""
+    root = tmp_path_factory.mktemp("yuv")
+    (root / "v").mkdir()
+    bench_data.make_kinetics_like(root / "v" / "a.mp4", seed=3, width=128, height=96, fps=24, seconds=1,
+                                  keyint=8, bitrate=800_000)
+    frames = decode.read_frames(root / "v" / "a.mp4", range(24), decoder="pyav")  # (24, H, W, 3)
+    (root / "f").mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(root / "f" / f"{i + 1:05d}.jpg", quality=90)
+    df = pd.DataFrame({"video": ["v/a.mp4", "f", "v/a.mp4"], "label": [0, 1, 1],
+                       "media": ["video", "frames", "video"], "num_frames": [24, 24, 24]})
+    return root, df
+
+
+def _pair(media, **kwargs):
+    root, df = media
+    return [VideoClipDataset(df=df, root=str(root), pixels=p, **(COMMON | kwargs)) for p in ("rgb", "yuv420")]
+
+
+RESIZED, NOT_RESIZED = (7, 64), (1.5, 4)  # (mean, 99th percentile) of |difference| x 255
+
+
+def _close(rgb: torch.Tensor, packed: torch.Tensor, tolerance=RESIZED) -> None:
+    assert yuv.is_i420(packed) and not yuv.is_i420(rgb)
+    a, b = normalise(rgb, MEAN, STD), normalise(packed, MEAN, STD)
+    assert a.shape == b.shape
+    diff = (a - b).abs().flatten() * 255
+    assert diff.mean() <= tolerance[0] and diff.quantile(0.99) <= tolerance[1], (diff.mean(), diff.quantile(0.99))
+
+
+def test_train_clips_match_the_rgb_path(media):
+    rgb, planes = _pair(media, train=True)
+    for index in (0, 2):
+        for epoch in range(6):  # several crops, scales and flips
+            rgb.set_epoch(epoch)
+            planes.set_epoch(epoch)
+            a, b = rgb[index], planes[index]
+            assert a["label"] == b["label"]  # the same draws: swap_pairs flips the same clips
+            assert b["clip"].shape == (4, 1, 126, 84)  # I420: 1.5 bytes a pixel
+            _close(a["clip"].unsqueeze(0), b["clip"].unsqueeze(0))
+
+
+def test_multi_view_test_clips_match_the_rgb_path(media):
+    rgb, planes = _pair(media, train=False, num_clips=2, num_crops=3)  # 96 px short side: crops not resized
+    a, b = rgb[0]["clip"], planes[0]["clip"]
+    assert a.shape == (6, 4, 3, 84, 84) and b.shape == (6, 4, 1, 126, 84)
+    _close(a, b, NOT_RESIZED)
+    rgb, planes = _pair(media, train=False, num_crops=3, resize_px=112)  # resized
+    _close(rgb[0]["clip"], planes[0]["clip"])
+
+
+def test_a_swapped_chroma_or_a_missed_flip_would_fail(media):
+    rgb, planes = (ds[0]["clip"] for ds in _pair(media, train=False))
+    swapped = planes.clone()
+    swapped[..., 84:105, :], swapped[..., 105:, :] = planes[..., 105:, :], planes[..., 84:105, :]  # U <-> V
+    for wrong in (swapped, planes.flip(-1)):
+        with pytest.raises(AssertionError):
+            _close(rgb, wrong)
+
+
+def test_frame_folders_and_decord_stay_rgb_and_give_the_same_batch(media):
+    rgb, planes = _pair(media, train=True)
+    torch.testing.assert_close(rgb[1]["clip"], planes[1]["clip"], rtol=0, atol=0)  # a frame folder
+    pytest.importorskip("decord")
+    rgb, planes = _pair(media, train=True, decoder="decord")
+    torch.testing.assert_close(rgb[0]["clip"], planes[0]["clip"], rtol=0, atol=0)
+
+
+def test_a_batch_mixing_planes_and_rgb_becomes_rgb(media):
+    rgb, planes = _pair(media, train=True)
+    batch = collate_clips([planes[0], planes[1]])  # a video (I420) and a frame folder (RGB)
+    assert batch["clip"].shape == (2, 4, 3, 84, 84)
+    diff = (batch["clip"][0].float() - rgb[0]["clip"].float()).abs()
+    assert diff.mean() <= RESIZED[0] and diff.quantile(0.99) <= RESIZED[1]
+
+
+def test_predict_scores_the_same(media):
+    from actionlab.model_meta import ModelMeta, Preprocessing
+    from actionlab.predict import predict_videos
+    from actionlab.tracking import LoadedModel
+
+    root, _ = media
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 84 * 84, 5)).eval()
+    pre = Preprocessing(sampling="segments", num_frames=4, stride=1, size_px=84, resize_px=96,
+                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    loaded = LoadedModel(model, ModelMeta("toy", None, tuple("abcde"), pre), "test")
+    video = str(root / "v" / "a.mp4")
+    a, b = (predict_videos(loaded, [video], top_k=5, pixels=p)[0]["top"] for p in ("rgb", "yuv420"))
+    assert [r["label"] for r in a][:2] == [r["label"] for r in b][:2]
+    assert max(abs(x["prob"] - y["prob"]) for x, y in zip(sorted(a, key=lambda r: r["label"]),
+                                                             sorted(b, key=lambda r: r["label"]))) < 0.02

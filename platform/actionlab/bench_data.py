@@ -3,6 +3,9 @@
 Rates are clips per CPU-second of the measuring process (one thread, a new reader per clip, as a
 loader worker does), so a busy shared machine slows the wall clock but not the figure much. Rows
 are measured in interleaved rounds and the median round is reported; the first row is the baseline.
+A row is what a loader worker does: items, then their batch (collate). Where each clip's time goes
+is profiled per stage (`data.profile`); the batch's colour conversion and normalisation, which
+training runs on the GPU when there is one, is timed apart on this CPU (`normalise`).
 
 Without a manifest the benchmark makes Kinetics-like files itself (340x256, 30 fps, 10 s, x264 at
 ~600 kbit/s with keyframes only at frames 0 and 250, as x264 and YouTube downloads have), prepares
@@ -82,18 +85,34 @@ def make_kinetics_like(path: str | os.PathLike, *, seed: int, width: int = 340, 
 
 
 @dataclass(frozen=True)
+class DataSet:
+    """One row's data and reader: a manifest, its video decoder, the pixel path and the JPEG decoder."""
+
+    name: str
+    manifest: str
+    decoder: str
+    pixels: str = "rgb"
+    jpeg: str = ""  # frame folders: `decode.JPEG_DECODERS`
+
+
+@dataclass(frozen=True)
 class DataBenchRow:
     name: str
     decoder: str
-    clips_per_core_s: float  # clips per CPU-second, median over rounds
+    pixels: str
+    jpeg: str
+    clips_per_core_s: float  # clips per CPU-second (items + collate), median over rounds
     clips_per_s_wall: float
     ms_per_clip: float
     mb_per_video: float
     speedup: float  # vs the first row
-    cores_per_gpu: float
+    cores_per_gpu: float  # with the batch normalised on the GPU
+    stages_ms: dict  # per clip: profile stage -> ms (CPU time of the batch's normalisation included)
+    clips_per_core_s_cpu_normalise: float  # when this CPU also converts and normalises the batches
 
 
-def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int):
+def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pixels: str = "rgb",
+             jpeg: str = ""):
     from .data import dataset as data_dataset
     from .data import manifest as data_manifest
 
@@ -105,21 +124,35 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int):
         train=True, size_px=size_px, resize_px=max(size_px, 256) if size_px > 128 else size_px + size_px // 7,
         scales=(1.0, 0.875, 0.75, 0.66), flip="on", flip_pairs=None,
         cache_dir=str(Path(manifest).parent / ".cache") if "://" in manifest else None,
+        pixels=pixels, jpeg_decoder=jpeg or "pil",
     )
 
 
-def _measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float]:
-    """(CPU seconds, wall seconds) to load `count` clips of `ds` starting at item `offset`."""
+def _measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, float, dict]:
+    """(CPU seconds, wall seconds, CPU seconds of normalising the batch, seconds per profile stage) to
+    load `count` clips of `ds` from item `offset` and collate them into one batch."""
+    from .data import dataset as data_dataset
+    from .data import profile
+    from .train.evaluate import normalise, stats_tensors
+
     previous = os.environ.get("ACTIONLAB_DECODER")
     os.environ["ACTIONLAB_DECODER"] = decoder
+    mean, std = stats_tensors((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "cpu")
     try:
+        profile.start()
         cpu, wall = time.process_time(), time.perf_counter()
-        for k in range(count):
-            item = ds[(offset + k) % len(ds)]
-            if "error" in item:
-                raise RuntimeError(f"benchmark video failed to load: {item['error']}")
-        return time.process_time() - cpu, time.perf_counter() - wall
+        items = [ds[(offset + k) % len(ds)] for k in range(count)]
+        bad = [item["error"] for item in items if "error" in item]
+        if bad:
+            raise RuntimeError(f"benchmark video failed to load: {bad[0]}")
+        batch = data_dataset.collate_clips(items)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        norm, tick = time.process_time(), profile.clock()
+        normalise(batch["clip"], mean, std)
+        profile.lap("normalise", tick)
+        return cpu, wall, time.process_time() - norm, profile.stop()
     finally:
+        profile.stop()
         if previous is None:
             os.environ.pop("ACTIONLAB_DECODER", None)
         else:
@@ -136,7 +169,7 @@ def _mb_per_video(manifest: str) -> float:
 
 
 def bench_data(
-    sets: list[tuple[str, str, str]],
+    sets: list[DataSet],
     *,
     num_frames: int = 8,
     sampling: str = "segments",
@@ -146,41 +179,60 @@ def bench_data(
     gpu_clips_per_s: float = GPU_CLIPS_PER_S,
     log=print,
 ) -> list[DataBenchRow]:
-    """Clips/s per core of each (name, manifest, decoder), interleaved; the first is the baseline."""
+    """Clips/s per core of each data set, interleaved; the first is the baseline."""
     import torch
 
     torch.set_num_threads(1)  # one loader worker = one core
-    datasets = {manifest: _dataset(manifest, num_frames=num_frames, sampling=sampling, size_px=size_px)
-                for _, manifest, _ in sets}
-    for name, manifest, decoder in sets:  # warm the page cache and imports outside the timed rounds
-        _measure(datasets[manifest], decoder, 1, 0)
-    cpu_times: dict[int, list[float]] = {i: [] for i in range(len(sets))}
-    wall_times: dict[int, list[float]] = {i: [] for i in range(len(sets))}
+    datasets = {}
+    for d in sets:
+        key = (d.manifest, d.pixels, d.jpeg)
+        if key not in datasets:
+            datasets[key] = _dataset(d.manifest, num_frames=num_frames, sampling=sampling, size_px=size_px,
+                                     pixels=d.pixels, jpeg=d.jpeg)
+    for d in sets:  # warm the page cache and imports outside the timed rounds
+        _measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, 1, 0)
+    times: dict[int, list] = {i: [] for i in range(len(sets))}
     for r in range(rounds):
-        for i, (name, manifest, decoder) in enumerate(sets):
-            cpu, wall = _measure(datasets[manifest], decoder, clips_per_round, r * clips_per_round)
-            cpu_times[i].append(cpu)
-            wall_times[i].append(wall)
+        for i, d in enumerate(sets):
+            times[i].append(_measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, clips_per_round,
+                                     r * clips_per_round))
         log(f"round {r + 1}/{rounds} done")
     rows = []
-    for i, (name, manifest, decoder) in enumerate(sets):
-        cpu = statistics.median(cpu_times[i])
-        wall = statistics.median(wall_times[i])
+    for i, d in enumerate(sets):
+        cpu = statistics.median(t[0] for t in times[i])
+        wall = statistics.median(t[1] for t in times[i])
+        norm = statistics.median(t[2] for t in times[i])
+        stages = {stage: 1e3 * sum(t[3][stage] for t in times[i]) / (rounds * clips_per_round)
+                  for stage in times[i][0][3]}
         rate = clips_per_round / max(cpu, 1e-9)
         base = rows[0].clips_per_core_s if rows else rate
         rows.append(DataBenchRow(
-            name=name, decoder=decoder, clips_per_core_s=rate, clips_per_s_wall=clips_per_round / max(wall, 1e-9),
-            ms_per_clip=cpu / clips_per_round * 1e3, mb_per_video=_mb_per_video(manifest), speedup=rate / base,
-            cores_per_gpu=gpu_clips_per_s / rate,
+            name=d.name, decoder=d.decoder, pixels=d.pixels, jpeg=d.jpeg, clips_per_core_s=rate,
+            clips_per_s_wall=clips_per_round / max(wall, 1e-9), ms_per_clip=cpu / clips_per_round * 1e3,
+            mb_per_video=_mb_per_video(d.manifest), speedup=rate / base, cores_per_gpu=gpu_clips_per_s / rate,
+            stages_ms=stages, clips_per_core_s_cpu_normalise=clips_per_round / max(cpu + norm, 1e-9),
         ))
     return rows
 
 
-def make_curve_sets(work_dir: str | os.PathLike, *, num_videos: int, decoders: list[str], curve=CURVE,
-                    log=print) -> list[tuple[str, str, str]]:
-    """Writes Kinetics-like raw files and their prepared copies; returns (name, manifest, decoder) rows.
+def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool = False) -> list[DataSet]:
+    """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes; for
+    JPEG frame folders, each JPEG decoder instead."""
+    from .data import decode
 
-    Rows: the raw files with each decoder, then each prepared setting with each decoder.
+    if frames:
+        return [DataSet(name, manifest, decoders[0], jpeg=jpeg) for jpeg in decode.JPEG_DECODERS]
+    out = [DataSet(name, manifest, decoder) for decoder in decoders]
+    if "pyav" in decoders:
+        out.append(DataSet(name, manifest, "pyav", pixels="yuv420"))
+    return out
+
+
+def make_curve_sets(work_dir: str | os.PathLike, *, num_videos: int, decoders: list[str], curve=CURVE,
+                    log=print) -> list[DataSet]:
+    """Writes Kinetics-like raw files and their prepared copies; returns the rows (`reader_sets`).
+
+    Rows: the raw files, then each prepared setting, each with every reader.
     """
     import pandas as pd
 
@@ -199,14 +251,14 @@ def make_curve_sets(work_dir: str | os.PathLike, *, num_videos: int, decoders: l
     raw_manifest = raw / "manifest.parquet"
     raw_manifest.write_bytes(data_manifest.manifest_bytes(pd.DataFrame(rows)))
     log(f"{num_videos} Kinetics-like raw videos in {raw}")
-    sets = [(f"raw ({decoder})", str(raw_manifest), decoder) for decoder in decoders]
+    sets = reader_sets("raw", str(raw_manifest), decoders)
     for i, (name, settings) in enumerate(curve):
         out = work / f"prepared_{i}"
         report = data_prepare.prepare_dataset(str(raw_manifest), str(out), settings, use_ray=False, log=lambda _: None)
         if report.bad:
             raise RuntimeError(f"preparing the benchmark videos failed: {report.bad[:3]}")
         log(f"prepared copy '{name}' ({settings.describe()}) in {report.seconds:.1f}s")
-        sets += [(name, report.manifest, decoder) for decoder in decoders]
+        sets += reader_sets(name, report.manifest, decoders, frames=settings.output_format == "jpeg")
     return sets
 
 

@@ -407,11 +407,15 @@ def cmd_bench_data(args) -> int:
     import tempfile
 
     from . import bench_data
+    from .data import manifest as data_manifest
+    from .data import profile
 
     decoders = [d.strip() for d in args.decoders.split(",") if d.strip()] if args.decoders else \
         bench_data.available_decoders()
     if args.manifest:
-        sets = [(f"{Path(args.manifest).parent.name} ({d})", args.manifest, d) for d in decoders]
+        df = data_manifest.read_manifest(args.manifest)
+        frames = "media" in df.columns and (df["media"] == "frames").all()
+        sets = bench_data.reader_sets(Path(args.manifest).parent.name, args.manifest, decoders, frames=frames)
         work = None
     else:
         work = args.work_dir or tempfile.mkdtemp(prefix="actionlab-bench-data-")
@@ -422,22 +426,37 @@ def cmd_bench_data(args) -> int:
                                  gpu_clips_per_s=args.gpu_clips_per_s)
     fidelity = {}
     if work is not None:
-        raw = sets[0][1]
-        fidelity = {m: bench_data.frame_fidelity(raw, m) for _, m, _ in sets if m != raw}
+        raw = sets[0].manifest
+        fidelity = {d.manifest: bench_data.frame_fidelity(raw, d.manifest) for d in sets if d.manifest != raw}
     if args.json:
-        _print([{**r.__dict__, "psnr_db": fidelity.get(m)} for r, (_, m, _) in zip(rows, sets)], True)
+        _print([{**r.__dict__, "psnr_db": fidelity.get(d.manifest)} for r, d in zip(rows, sets)], True)
         return 0
-    print(f"decode + transform, {args.frames} frames ({args.sampling}) at {args.size}px, one core, a new reader per "
-          f"clip; median of {args.rounds} interleaved rounds of {args.clips} clips; baseline = first row")
-    print(f"  {'data':24s} {'decoder':8s} {'clips/s/core':>12s} {'ms/clip':>8s} {'MB/video':>9s} {'PSNR dB':>8s} "
-          f"{'vs base':>8s} {'cores/GPU':>10s}")
-    for r, (_, m, _) in zip(rows, sets):
-        psnr = f"{fidelity[m]:8.1f}" if m in fidelity else f"{'-':>8s}"
-        print(f"  {r.name:24s} {r.decoder:8s} {r.clips_per_core_s:12.1f} {r.ms_per_clip:8.1f} {r.mb_per_video:9.2f} "
-              f"{psnr} {r.speedup:7.2f}x {r.cores_per_gpu:10.1f}")
+    load = os.getloadavg()[0]
+    print(f"decode + transform + collate, {args.frames} frames ({args.sampling}) at {args.size}px, one core, a new "
+          f"reader per clip; median of {args.rounds} interleaved rounds of {args.clips} clips; baseline = first row; "
+          f"load average {load:.1f} on {os.cpu_count()} cores")
+    print(f"  {'data':22s} {'reader':18s} {'clips/s/core':>12s} {'ms/clip':>8s} {'MB/video':>9s} {'PSNR dB':>8s} "
+          f"{'vs base':>8s} {'cores/GPU':>10s} {'+CPU norm':>10s}")
+    for r, d in zip(rows, sets):
+        psnr = f"{fidelity[d.manifest]:8.1f}" if d.manifest in fidelity else f"{'-':>8s}"
+        print(f"  {r.name:22s} {_reader(r):18s} {r.clips_per_core_s:12.1f} {r.ms_per_clip:8.1f} {r.mb_per_video:9.2f} "
+              f"{psnr} {r.speedup:7.2f}x {r.cores_per_gpu:10.1f} {r.clips_per_core_s_cpu_normalise:10.1f}")
     print(f"cores/GPU = CPU cores needed to feed one GPU consuming {args.gpu_clips_per_s:g} clips/s "
-          f"(an H100 on TSM-R50 8f at ~30% MFU); PSNR is against the raw file's frames")
+          f"({'measured, --gpu-clips-per-s' if args.gpu_clips_per_s != bench_data.GPU_CLIPS_PER_S else 'built-in: an H100 on TSM-R50 8f at ~30% MFU'}), "
+          "the GPU converting and normalising the batches; +CPU norm = clips/s per core when this CPU does that too; "
+          "PSNR is against the raw file's frames")
+    print("per-stage profile, CPU ms per clip (decord's decode includes its RGB conversion; "
+          "normalise = the batch's colour conversion + normalisation on this CPU, outside clips/s/core):")
+    print(f"  {'data':22s} {'reader':18s} " + " ".join(f"{s:>9s}" for s in profile.STAGES) + f" {'other':>9s}")
+    for r in rows:
+        inside = sum(v for k, v in r.stages_ms.items() if k != "normalise")
+        print(f"  {r.name:22s} {_reader(r):18s} " + " ".join(f"{r.stages_ms[s]:9.2f}" for s in profile.STAGES)
+              + f" {max(0.0, r.ms_per_clip - inside):9.2f}")
     return 0
+
+
+def _reader(row) -> str:
+    return f"jpeg {row.jpeg}" if row.jpeg else f"{row.decoder} {row.pixels}"
 
 
 def cmd_bench_train(args) -> int:

@@ -119,18 +119,19 @@ def is_i420(clips: torch.Tensor) -> bool:
 def to_rgb(clips: torch.Tensor) -> torch.Tensor:
     """Packed I420 (..., 1, 3S/2, S) uint8 -> RGB (..., 3, S, S) float in [0, 255], on the clips' device.
 
-    Chroma is applied at its own resolution and repeated 2x2 (as swscale's unscaled converter does),
-    so the arithmetic is one multiply-add per output value.
+    Chroma terms are computed at chroma resolution and broadcast over each 2x2 block of luma (as
+    swscale's unscaled converter repeats them), so the full-size work is one multiply-add and a clamp.
     """
     size = clips.shape[-1]
     half = size // 2
     lead = clips.shape[:-3]
-    luma = clips[..., 0, :size, :].float().sub_(16.0).mul_(_Y_SCALE)  # (..., S, S)
-    uv = clips[..., 0, size:, :].reshape(*lead, 2, half, half).float().sub_(128.0)  # (..., 2, S/2, S/2)
+    uv = clips[..., 0, size:, :].reshape(*lead, 2, half, half).float()  # (..., 2, S/2, S/2)
     weights = torch.tensor(_CHROMA, dtype=uv.dtype, device=uv.device)  # (3, 2)
-    chroma = torch.einsum("ck,...khw->...chw", weights, uv)  # (..., 3, S/2, S/2)
-    chroma = chroma[..., :, None, :, None].expand(*lead, 3, half, 2, half, 2).reshape(*lead, 3, size, size)
-    return chroma.add_(luma.unsqueeze(-3)).clamp_(0.0, 255.0)  # (..., 3, S, S)
+    offset = (-16.0 * _Y_SCALE - 128.0 * weights.sum(1)).view(3, 1, 1)  # the -16 and -128 biases, folded
+    chroma = torch.einsum("ck,...khw->...chw", weights, uv).add_(offset)  # (..., 3, S/2, S/2)
+    luma = clips[..., 0, :size, :].reshape(*lead, 1, half, 2, half, 2).float()  # (..., 1, S/2, 2, S/2, 2)
+    rgb = torch.addcmul(chroma[..., :, None, :, None], luma, torch.tensor(_Y_SCALE, device=uv.device))
+    return rgb.clamp_(0.0, 255.0).view(*lead, 3, size, size)  # (..., 3, S, S)
 
 
 def to_rgb_uint8(clips: torch.Tensor) -> torch.Tensor:

@@ -68,7 +68,7 @@ def normalise(clips: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     Packed I420 clips (C = 1, `data.pixels=yuv420`) are converted to RGB here, once per batch, on
     the batch's device; the workload's mean and std then mean what they mean for RGB clips."""
     rgb = yuv.to_rgb(clips) if yuv.is_i420(clips) else clips.float()  # (..., 3, H, W) in [0, 255]
-    return (rgb.div_(255.0) - mean) / std
+    return rgb.div_(255.0).sub_(mean).div_(std)
 
 
 def stats_tensors(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ def test_bench_data_measures_every_decoder_on_real_files(synth_dataset, capsys):
 
     from actionlab.bench_data import available_decoders
     from actionlab.cli import main
+    from actionlab.data.profile import STAGES
 
     decoders = available_decoders()
     assert main(["bench", "data", str(synth_dataset), "--frames", "4", "--size", "32", "--clips", "2", "--rounds",
@@ -33,13 +34,31 @@ def test_bench_data_measures_every_decoder_on_real_files(synth_dataset, capsys):
     out = capsys.readouterr().out
     assert "round 2/2 done" in out
     rows = json.loads(out[out.index("["):])  # after the progress lines
-    assert [r["decoder"] for r in rows] == decoders
+    readers = [(d, "rgb") for d in decoders] + [("pyav", "yuv420")] * ("pyav" in decoders)
+    assert [(r["decoder"], r["pixels"]) for r in rows] == readers
     videos = list((synth_dataset.parent / "videos").glob("*.mp4"))
     mean_mb = sum(v.stat().st_size for v in videos) / len(videos) / 1e6
     for r in rows:
-        assert r["name"] == f"{synth_dataset.parent.name} ({r['decoder']})" and r["psnr_db"] is None
+        assert r["name"] == synth_dataset.parent.name and r["psnr_db"] is None
+        assert set(r["stages_ms"]) == set(STAGES) and r["stages_ms"]["decode"] > 0 and r["stages_ms"]["augment"] > 0
         assert r["clips_per_core_s"] > 1.0  # 4 frames of a 32 px file: well under a second of CPU each
         assert r["ms_per_clip"] == pytest.approx(1e3 / r["clips_per_core_s"])
         assert r["cores_per_gpu"] == pytest.approx(1500.0 / r["clips_per_core_s"])
         assert r["mb_per_video"] == pytest.approx(mean_mb, rel=0.05)
         assert r["speedup"] == pytest.approx(r["clips_per_core_s"] / rows[0]["clips_per_core_s"])
+
+
+def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset, capsys):
+    """`bench train --data-only` with the loader engine: in this process, no Ray, no model in the loop."""
+    import json
+
+    from actionlab.cli import main
+
+    sets = [f"--set=data.manifest={synth_dataset}", "--set=schedule.epochs=2", "--set=data.num_loader_workers=0",
+            "--set=clip.size_px=32", "--set=clip.resize_px=36", "--set=data.batch_size=4", "--set=data.pixels=yuv420",
+            "--set=workload.params.backbone=resnet10t", "--set=clip.num_frames=2"]
+    assert main(["bench", "train", "smoke", "--data-only", "--json", *sets]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["clips_per_s"]) == 2 and min(out["clips_per_s"]) > 0
+    assert out["bare_clips_per_core_s"] > 0 and out["step_clips_per_s"] > 0
+    assert out["train_nodes"] == ["this process"] and out["pinned"] is False

@@ -1,5 +1,5 @@
 """`data.engine=ray` decodes on the nodes that hold no Train worker (`data.decode_nodes`), and
-`bench train --feed-only` measures what that feeds one Train worker.
+`bench train --data-only` measures what that feeds one Train worker.
 
 The placement rule is checked on its own (fast tier), then on the multi-node test cluster: one Train
 worker fed by Ray Data tasks with 2, 1 and 0 extra 1-CPU labelled decode nodes (videos on S3, cached
@@ -100,8 +100,8 @@ def test_preflight_counts_decode_nodes_cpus_for_decoding_only(monkeypatch, capsy
 def test_bench_train_takes_one_mode():
     from actionlab.cli import main
 
-    assert main(["bench", "train", "smoke"]) == 2  # neither --vs-plain nor --feed-only: a one-line error
-    assert main(["bench", "train", "smoke", "--vs-plain", "--feed-only"]) == 2
+    assert main(["bench", "train", "smoke"]) == 2  # neither --vs-plain nor --data-only: a one-line error
+    assert main(["bench", "train", "smoke", "--vs-plain", "--data-only"]) == 2
 
 
 @needs_netns
@@ -130,7 +130,7 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
     epochs, rows = (4 if scaling else 2), []
 
     def feed(mode: str) -> dict:
-        done = actionlab("bench", "train", "smoke", "--feed-only", "--json", "--set=data.engine=ray",
+        done = actionlab("bench", "train", "smoke", "--data-only", "--json", "--set=data.engine=ray",
                          f"--set=data.decode_nodes={mode}", f"--set=data.manifest={bucket}/motion/manifest.parquet",
                          "--set=data.batch_size=4", "--set=compute.num_workers=1", "--set=compute.cpus_per_worker=1",
                          f"--set=schedule.epochs={epochs}", "--set=clip.size_px=32", "--set=clip.resize_px=36",
@@ -167,5 +167,5 @@ def test_decode_tasks_run_on_decode_nodes_and_feed_one_train_worker(ray_cluster,
     for extra, out in rows:
         cpus = sum(n["cpus"] for n in out["nodes"] if n["name"] not in out["train_nodes"])
         per_node = ", ".join(f"{k} {v}" for k, v in out["clips_per_node"].items())
-        steady = statistics.median(out["clips_per_s"][1:])  # as `bench train --feed-only`: epochs 2..N
+        steady = statistics.median(out["clips_per_s"][1:])  # as `bench train --data-only`: epochs 2..N
         print(f"  {extra:12d} {cpus:11g} {steady:14.1f} {out['step_clips_per_s']:12.1f}  {per_node}")

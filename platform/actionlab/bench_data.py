@@ -128,7 +128,7 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pix
     )
 
 
-def _measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, float, dict]:
+def measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, float, dict]:
     """(CPU seconds, wall seconds, CPU seconds of normalising the batch, seconds per profile stage) to
     load `count` clips of `ds` from item `offset` and collate them into one batch."""
     from .data import dataset as data_dataset
@@ -190,11 +190,11 @@ def bench_data(
             datasets[key] = _dataset(d.manifest, num_frames=num_frames, sampling=sampling, size_px=size_px,
                                      pixels=d.pixels, jpeg=d.jpeg)
     for d in sets:  # warm the page cache and imports outside the timed rounds
-        _measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, 1, 0)
+        measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, 1, 0)
     times: dict[int, list] = {i: [] for i in range(len(sets))}
     for r in range(rounds):
         for i, d in enumerate(sets):
-            times[i].append(_measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, clips_per_round,
+            times[i].append(measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, clips_per_round,
                                      r * clips_per_round))
         log(f"round {r + 1}/{rounds} done")
     rows = []

@@ -1,5 +1,6 @@
 """`actionlab bench train RECIPE --vs-plain`: actionlab's Ray Train path beside a plain PyTorch loop;
-`--feed-only`: the clips/s the input pipeline feeds a Ray Train worker, beside its step rate.
+`--data-only`: the clips/s the whole input pipeline delivers to a Train worker as (pinned) batches,
+no model in between, beside the bare decode rate `bench data` measures on the same files.
 
 Both run the same epoch function (`train.epoch.train_one_epoch`) on the same model, data, optimiser,
 batch, seed and intra-op threads, with a validation pass each epoch; the plain loop reads through a
@@ -176,15 +177,18 @@ def loader_startup(cfg: Config, *, epochs: int = 2) -> list[LoaderStart]:
 
 
 @dataclass(frozen=True)
-class FeedBench:
-    """What the input pipeline fed one Train worker (rank 0), with no training step in between."""
+class DataOnlyBench:
+    """What the input pipeline delivered to one Train worker (rank 0), with no training step in between."""
 
-    clips_per_s: list  # per epoch: clips arriving in the worker / the epoch's seconds
+    clips_per_s: list  # per epoch: clips arriving in the worker as pinned batches / the epoch's seconds
     step_clips_per_s: float  # the training step alone on one of those batches: the rate it could consume
     clips_per_node: dict  # node name -> clips decoded there (data.engine=ray; empty for loader)
     train_nodes: list  # names of the nodes holding the Train workers
     nodes: list  # the cluster's alive nodes: {"node_id", "name", "cpus", "decode_label"}
     wall_s: float
+    bare_clips_per_core_s: float  # `bench data`'s measure of the same dataset: items + collate, one core
+    pinned: bool  # batches were pinned (a GPU was there)
+    load_average: float  # 1-minute load average of this machine when the run ended
 
     @property
     def steady_clips_per_s(self) -> float:
@@ -192,41 +196,56 @@ class FeedBench:
         return statistics.median(rates)
 
 
-def feed_worker(loop_config: dict) -> dict:
-    """Ray Train worker of `feed_run`: the run's datasets and loader exactly as `train.loop` builds them,
-    iterated for `schedule.epochs` epochs; then the step rate on the last batch."""
-    import ray
-    import ray.train
-    import ray.train.torch
+def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
+    """Clips per CPU-second of the run's own training dataset read in this process on one thread,
+    items then their batch: `bench data`'s measure, on the same files with the same settings."""
+    from workloads import get_workload
+
+    from . import bench_data
+    from .data import decode
+    from .train import launch, loop
+
+    train_set, _ = loop.make_datasets(cfg, get_workload(cfg.workload.name), launch.resolve_data(cfg))
+    decoder = decode.decoder_name(train_set.decoder)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bench_data.measure(train_set, decoder, 1, 0)  # imports and page cache
+        cpu_s = bench_data.measure(train_set, decoder, clips, 1)[0]
+    finally:
+        torch.set_num_threads(previous_threads)
+    return clips / max(cpu_s, 1e-9)
+
+
+def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -> dict:
+    """The run's datasets and loader exactly as `train.loop` builds them, iterated for `schedule.epochs`
+    epochs, each batch pinned when the device is a GPU; then the step rate on the last batch."""
     from workloads import get_workload
     from workloads.layers import as_method
 
-    from .config import from_dict
     from .train import epoch as core
     from .train import loop
-    from .train.context import RunContext
     from .train.evaluate import stats_tensors
 
-    cfg = from_dict(loop_config["config"])
-    ctx = RunContext.from_dict(loop_config["ctx"])
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     spec = get_workload(cfg.workload.name)
     train_set, _ = loop.make_datasets(cfg, spec, ctx)
     loader, sampler = loop._loader(cfg, train_set, train=True, rank=rank, world=world)
+    pin = device.type == "cuda"
     rates, batch = [], None
     for epoch in range(cfg.schedule.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         start, seen = time.perf_counter(), 0
         for batch in loader:
+            if pin and len(batch["label"]):
+                batch["clip"] = batch["clip"].pin_memory()  # what the copy to the GPU reads from
             seen += len(batch["label"])
         rates.append(seen / max(1e-9, time.perf_counter() - start))
 
     if batch is None or not len(batch["label"]):
-        raise ValueError("bench train --feed-only: the last training batch is empty; set schedule.epochs >= 1 and "
+        raise ValueError("bench train --data-only: the last training batch is empty; set schedule.epochs >= 1 and "
                          "check the manifest's train split")
     # The step's own rate: forward, backward and optimiser on a batch already in memory (no data wait).
-    device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames).to(device)
     method = as_method(model)
@@ -240,18 +259,56 @@ def feed_worker(loop_config: dict) -> dict:
         stats = core.train_one_epoch(step_module, [batch] * repeats, optimizer, scheduler, device=device, mean=mean,
                                      std=std, use_amp=cfg.compute.amp and device.type == "cuda")
         steps.append(stats.seen / max(1e-9, stats.step_time_s))
+    return {"clips_per_s": rates, "step_clips_per_s": steps[-1], "pinned": pin,
+            "clips_per_node": dict(getattr(loader, "clips_per_node", {})),
+            "train_nodes": list(getattr(loader, "train_nodes", []))}
+
+
+def data_only_worker(loop_config: dict) -> dict:
+    """Ray Train worker of `data_only_run` (data.engine=ray): `_deliver` with node names for the report."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    from .config import from_dict
+    from .train.context import RunContext
+
+    cfg = from_dict(loop_config["config"])
+    ctx = RunContext.from_dict(loop_config["ctx"])
+    context = ray.train.get_context()
+    out = _deliver(cfg, ctx, rank=context.get_world_rank(), world=context.get_world_size(),
+                   device=ray.train.torch.get_device())
     names = {n["node_id"]: n["name"] for n in decode_node_table()}
-    per_node = getattr(loader, "clips_per_node", {})
-    return {"clips_per_s": rates, "step_clips_per_s": steps[-1],
-            "clips_per_node": {names.get(k, k): v for k, v in sorted(per_node.items())},
-            "train_nodes": [names.get(k, k) for k in getattr(loader, "train_nodes", [])] or
-                           [names.get(ray.get_runtime_context().get_node_id(), "?")]}
+    out["clips_per_node"] = {names.get(k, k): v for k, v in sorted(out["clips_per_node"].items())}
+    out["train_nodes"] = [names.get(k, k) for k in out["train_nodes"]] or \
+        [names.get(ray.get_runtime_context().get_node_id(), "?")]
+    return out
 
 
-def feed_run(cfg: Config) -> FeedBench:
-    """Clips/s fed to each Ray Train worker by `data.engine` (a DataLoader, or Ray Data tasks placed by
-    `data.decode_nodes`), measured in a Train worker that does no training step, on the cluster at
-    `RAY_ADDRESS` (or a local instance); with the step rate, the most that feeding faster can give."""
+def data_only_run(cfg: Config) -> DataOnlyBench:
+    """Clips/s delivered to each Train worker by `data.engine`, with no training step, beside the bare decode
+    rate of the same files. data.engine=loader runs the worker's DataLoader in this process (no Ray: the
+    loader is the whole pipeline); data.engine=ray runs Ray Train workers on the cluster at `RAY_ADDRESS`
+    (or a local instance), the Ray Data tasks placed by `data.decode_nodes`."""
+    import os
+
+    from .train import launch
+
+    start = time.perf_counter()
+    bare = bare_decode_rate(cfg)
+    if cfg.data.engine == "loader":
+        use_gpu = torch.cuda.is_available() and cfg.compute.use_gpu is not False
+        out = _deliver(cfg, launch.resolve_data(cfg), rank=0, world=1,
+                       device=torch.device("cuda" if use_gpu else "cpu"))
+        out["train_nodes"], nodes = ["this process"], []
+    else:
+        out = _data_only_ray(cfg)
+        nodes = decode_node_table()
+    return DataOnlyBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
+                         nodes, time.perf_counter() - start, bare, out["pinned"], os.getloadavg()[0])
+
+
+def _data_only_ray(cfg: Config) -> dict:
     import shutil
     import tempfile
 
@@ -263,26 +320,23 @@ def feed_run(cfg: Config) -> FeedBench:
     from .config import to_dict
     from .train import launch
 
-    start = time.perf_counter()
     cluster.init_ray()
     data = launch.resolve_data(cfg)
     use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
     launch._check_resources(cfg, use_gpu)
     resources = {"CPU": cfg.compute.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     # Nothing is checkpointed: the storage only holds the controller's run state, on this machine.
-    scratch = tempfile.mkdtemp(prefix="actionlab-bench-feed-")
+    scratch = tempfile.mkdtemp(prefix="actionlab-bench-data-only-")
     try:
         trainer = TorchTrainer(
-            feed_worker,
+            data_only_worker,
             train_loop_config={"config": to_dict(cfg), "ctx": data.to_dict()},
             scaling_config=ray.train.ScalingConfig(num_workers=cfg.compute.num_workers, use_gpu=use_gpu,
                                                    resources_per_worker=resources,
                                                    label_selector=train_label_selector(cfg.data.decode_nodes)),
-            run_config=ray.train.RunConfig(name=f"bench-feed-{uuid.uuid4().hex[:8]}", storage_path=scratch,
+            run_config=ray.train.RunConfig(name=f"bench-data-only-{uuid.uuid4().hex[:8]}", storage_path=scratch,
                                            worker_runtime_env={"env_vars": cluster.worker_env()}),
         )
-        out = trainer.fit().return_value
+        return trainer.fit().return_value
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return FeedBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
-                     decode_node_table(), time.perf_counter() - start)

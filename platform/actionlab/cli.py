@@ -463,12 +463,12 @@ def cmd_bench_train(args) -> int:
     from .bench_train import bench_train, loader_startup
     from .config import load_recipe, resolve
 
-    if args.vs_plain == args.feed_only:
-        raise ValueError("bench train needs one of --vs-plain (beside a plain PyTorch loop) or --feed-only "
-                         "(the clips/s fed to each Train worker, no training step)")
+    if args.vs_plain == args.data_only:
+        raise ValueError("bench train needs one of --vs-plain (beside a plain PyTorch loop) or --data-only "
+                         "(the clips/s the input pipeline delivers to each Train worker, no model)")
     cfg = resolve(load_recipe(args.recipe), args.set)
-    if args.feed_only:
-        return _bench_feed(cfg, as_json=args.json)
+    if args.data_only:
+        return _bench_data_only(cfg, as_json=args.json)
     starts = loader_startup(cfg) if cfg.data.num_loader_workers else []  # first: no fork server runs yet
     plain, ray_side = bench_train(cfg)
     ratio = plain.steady_clips_per_s / max(1e-9, ray_side.steady_clips_per_s)
@@ -501,28 +501,43 @@ def cmd_bench_train(args) -> int:
     return 0
 
 
-def _bench_feed(cfg, *, as_json: bool) -> int:
-    from .bench_train import feed_run
+def _bench_data_only(cfg, *, as_json: bool) -> int:
+    from .bench_train import data_only_run
 
-    feed = feed_run(cfg)
+    out = data_only_run(cfg)
     if as_json:
-        _print({**feed.__dict__, "steady_clips_per_s": feed.steady_clips_per_s}, True)
+        _print({**out.__dict__, "steady_clips_per_s": out.steady_clips_per_s}, True)
         return 0
+    cores = os.cpu_count() or 1
+    workers = cfg.data.num_loader_workers
     where = f"decode_nodes={cfg.data.decode_nodes}" if cfg.data.engine == "ray" else \
-        f"{cfg.data.num_loader_workers} loader workers"
-    print(f"{cfg.workload.name}: clips/s fed to each of {cfg.compute.num_workers} Train worker(s) by data.engine="
-          f"{cfg.data.engine} ({where}), no training step; steady = median of epochs 2..N")
-    print(f"  fed clips/s by epoch: {' '.join(f'{r:.1f}' for r in feed.clips_per_s)}; steady "
-          f"{feed.steady_clips_per_s:.1f}")
-    print(f"  training step alone on such a batch: {feed.step_clips_per_s:.1f} clips/s "
-          "(feeding faster than this gains nothing)")
-    print(f"  Train worker node(s): {', '.join(feed.train_nodes)}")
-    if feed.clips_per_node:
-        labelled = {n["name"] for n in feed.nodes if n["decode_label"]}
+        f"{workers} loader workers on {cores} cores"
+    print(f"{cfg.workload.name}: clips/s delivered to each of {cfg.compute.num_workers} Train worker(s) by "
+          f"data.engine={cfg.data.engine} ({where}), data.pixels={cfg.data.pixels}, as "
+          f"{'pinned' if out.pinned else 'unpinned (no GPU)'} batches, no model; steady = median of epochs 2..N; "
+          f"load average {out.load_average:.1f}")
+    print(f"  delivered clips/s by epoch: {' '.join(f'{r:.1f}' for r in out.clips_per_s)}; steady "
+          f"{out.steady_clips_per_s:.1f}")
+    if cfg.data.engine == "loader":
+        ideal = out.bare_clips_per_core_s * max(1, min(workers, cores))
+        print(f"  bare decode rate (bench data's measure, same files and settings): {out.bare_clips_per_core_s:.1f} "
+              f"clips/s per core; x {max(1, min(workers, cores))} worker cores = {ideal:.1f}; delivered / that = "
+              f"{out.steady_clips_per_s / max(ideal, 1e-9):.0%} (goal: >= 90% with one loader worker per core"
+              f"{'' if workers == cores else f'; this run has {workers} workers on {cores} cores'})")
+    else:
+        print(f"  bare decode rate (bench data's measure, same files and settings): {out.bare_clips_per_core_s:.1f} "
+              "clips/s per core")
+    print(f"  training step alone on such a batch: {out.step_clips_per_s:.1f} clips/s "
+          "(delivering faster than this gains nothing)")
+    print(f"  Train worker node(s): {', '.join(out.train_nodes)}")
+    if out.clips_per_node:
+        labelled = {n["name"] for n in out.nodes if n["decode_label"]}
         print("  clips decoded per node: " + ", ".join(
             f"{name}{' (decode label)' if name in labelled else ''} {count}"
-            for name, count in feed.clips_per_node.items()))
-    print(f"  cluster: {len(feed.nodes)} nodes, {sum(n['cpus'] for n in feed.nodes):g} CPUs; wall {feed.wall_s:.1f} s")
+            for name, count in out.clips_per_node.items()))
+    if out.nodes:
+        print(f"  cluster: {len(out.nodes)} nodes, {sum(n['cpus'] for n in out.nodes):g} CPUs")
+    print(f"  wall {out.wall_s:.1f} s")
     return 0
 
 
@@ -769,13 +784,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
 
     sp = bench_sub.add_parser("train", help="actionlab's Ray Train path beside a plain PyTorch loop, same "
-                              "everything; or what the input pipeline feeds a Train worker")
+                              "everything; or what the input pipeline delivers to a Train worker")
     sp.set_defaults(fn=cmd_bench_train)
     sp.add_argument("recipe", help="recipe YAML path/URI or shipped recipe name")
     sp.add_argument("--vs-plain", action="store_true", help="compare with a plain PyTorch loop")
-    sp.add_argument("--feed-only", action="store_true",
-                    help="clips/s the input pipeline feeds each Ray Train worker (no training step), the step's "
-                         "own rate, and where data.engine=ray decoded; see data.decode_nodes")
+    sp.add_argument("--data-only", action="store_true",
+                    help="clips/s the whole input pipeline delivers to each Train worker as pinned batches (no "
+                         "model), beside bench data's bare decode rate of the same files; the step's own rate; "
+                         "where data.engine=ray decoded (see data.decode_nodes)")
     sp.add_argument("--json", action="store_true")
     sets(sp)
 

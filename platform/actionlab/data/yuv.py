@@ -119,19 +119,19 @@ def is_i420(clips: torch.Tensor) -> bool:
 def to_rgb(clips: torch.Tensor) -> torch.Tensor:
     """Packed I420 (..., 1, 3S/2, S) uint8 -> RGB (..., 3, S, S) float in [0, 255], on the clips' device.
 
-    Chroma terms are computed at chroma resolution and broadcast over each 2x2 block of luma (as
-    swscale's unscaled converter repeats them), so the full-size work is one multiply-add and a clamp.
+    Chroma terms are computed at chroma resolution (one small matmul) and repeated 2x2, as swscale's
+    unscaled converter repeats chroma samples; then luma is added to all three channels.
     """
     size = clips.shape[-1]
     half = size // 2
     lead = clips.shape[:-3]
-    uv = clips[..., 0, size:, :].reshape(*lead, 2, half, half).float()  # (..., 2, S/2, S/2)
+    uv = clips[..., 0, size:, :].reshape(*lead, 2, half * half).float()  # (..., 2, S/2 * S/2)
     weights = torch.tensor(_CHROMA, dtype=uv.dtype, device=uv.device)  # (3, 2)
-    offset = (-16.0 * _Y_SCALE - 128.0 * weights.sum(1)).view(3, 1, 1)  # the -16 and -128 biases, folded
-    chroma = torch.einsum("ck,...khw->...chw", weights, uv).add_(offset)  # (..., 3, S/2, S/2)
-    luma = clips[..., 0, :size, :].reshape(*lead, 1, half, 2, half, 2).float()  # (..., 1, S/2, 2, S/2, 2)
-    rgb = torch.addcmul(chroma[..., :, None, :, None], luma, torch.tensor(_Y_SCALE, device=uv.device))
-    return rgb.clamp_(0.0, 255.0).view(*lead, 3, size, size)  # (..., 3, S, S)
+    offset = (-16.0 * _Y_SCALE - 128.0 * weights.sum(1)).view(3, 1)  # the -16 and -128 biases, folded
+    chroma = torch.matmul(weights, uv).add_(offset).view(-1, 3, half, half)  # (N, 3, S/2, S/2)
+    rgb = F.interpolate(chroma, scale_factor=2, mode="nearest").view(*lead, 3, size, size)  # (..., 3, S, S)
+    luma = clips[..., 0, :size, :].float().mul_(_Y_SCALE)  # (..., S, S)
+    return rgb.add_(luma.unsqueeze(-3)).clamp_(0.0, 255.0)
 
 
 def to_rgb_uint8(clips: torch.Tensor) -> torch.Tensor:

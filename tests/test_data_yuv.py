@@ -124,3 +124,16 @@ def test_predict_scores_the_same(media):
     assert [r["label"] for r in a][:2] == [r["label"] for r in b][:2]
     assert max(abs(x["prob"] - y["prob"]) for x, y in zip(sorted(a, key=lambda r: r["label"]),
                                                              sorted(b, key=lambda r: r["label"]))) < 0.02
+
+
+def test_auto_pixels_take_yuv_only_with_a_gpu(monkeypatch):
+    from actionlab.config import resolve
+    from actionlab.train.loop import pixels_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pixels_for(resolve({}, [])) == "rgb"
+    assert pixels_for(resolve({}, ["data.pixels=yuv420"])) == "yuv420"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pixels_for(resolve({}, [])) == "yuv420"
+    assert pixels_for(resolve({}, ["compute.use_gpu=false"])) == "rgb"
+    assert pixels_for(resolve({}, ["data.pixels=rgb"])) == "rgb"

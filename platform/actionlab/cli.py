@@ -503,6 +503,7 @@ def cmd_bench_train(args) -> int:
 
 def _bench_data_only(cfg, *, as_json: bool) -> int:
     from .bench_train import data_only_run
+    from .train.loop import pixels_for
 
     out = data_only_run(cfg)
     if as_json:
@@ -513,7 +514,7 @@ def _bench_data_only(cfg, *, as_json: bool) -> int:
     where = f"decode_nodes={cfg.data.decode_nodes}" if cfg.data.engine == "ray" else \
         f"{workers} loader workers on {cores} cores"
     print(f"{cfg.workload.name}: clips/s delivered to each of {cfg.compute.num_workers} Train worker(s) by "
-          f"data.engine={cfg.data.engine} ({where}), data.pixels={cfg.data.pixels}, as "
+          f"data.engine={cfg.data.engine} ({where}), data.pixels={cfg.data.pixels} ({pixels_for(cfg)} here), as "
           f"{'pinned' if out.pinned else 'unpinned (no GPU)'} batches, no model; steady = median of epochs 2..N; "
           f"load average {out.load_average:.1f}")
     print(f"  delivered clips/s by epoch: {' '.join(f'{r:.1f}' for r in out.clips_per_s)}; steady "

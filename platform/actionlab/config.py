@@ -56,9 +56,11 @@ class DataConfig:
     # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
     decoder: Literal["auto", "decord", "pyav"] = "auto"
     # What videos are cropped in: rgb (frames converted whole by the decoder), or yuv420 (PyAV hands over
-    # YUV 4:2:0 planes, the crop is taken and resized on them and colour is converted per batch, on the
-    # GPU when there is one; decord and frame folders stay RGB)
-    pixels: Literal["rgb", "yuv420"] = "rgb"
+    # YUV 4:2:0 planes, the crop is taken and resized on them and colour is converted per batch where
+    # the batch is normalised; decord and frame folders stay RGB). auto: yuv420 when the Train worker
+    # has a GPU (loader workers do less and the GPU converts), else rgb (converting on the CPU costs
+    # the training process more than the loader saves)
+    pixels: Literal["auto", "rgb", "yuv420"] = "auto"
     # Frame folders: pil; pil_draft (libjpeg's DCT-domain downscaling when frames are stored at 2x+ the
     # resize); torchvision (its libjpeg-turbo decode_jpeg)
     jpeg_decoder: Literal["pil", "pil_draft", "torchvision"] = "pil"

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from . import storage, tracking
-from .config import DataConfig
 from .data import transforms
 from .train.evaluate import eval_dataset, normalise, stats_tensors
 
@@ -43,10 +42,10 @@ def _top(loaded: tracking.LoadedModel, views: torch.Tensor, top_k: int) -> list[
 
 def predict_videos(
     loaded: tracking.LoadedModel, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None,
-    pixels: str = DataConfig.pixels,
+    pixels: str = "rgb",
 ) -> list[dict]:
     """`predict` for a model already loaded: local paths or URIs (s3://...), decoded as in evaluation
-    (`pixels` as `data.pixels`)."""
+    (`pixels` `rgb` or `yuv420`, as `data.pixels`)."""
     meta = loaded.meta
     cache_dir = cache_dir or str(tracking.home() / "cache")
     out = []

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import DataConfig
 from ..data import yuv
 
 
@@ -167,9 +166,9 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
 
 
 def eval_dataset(meta, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None,
-                 pixels: str = DataConfig.pixels):
+                 pixels: str = "rgb"):
     """A test-mode dataset with the preprocessing stored beside a registered model (a `ModelMeta`);
-    `pixels` as `data.pixels` (the same clips either way, within rounding)."""
+    `pixels` `rgb` or `yuv420` (the same clips either way, within `tests/test_data_yuv.py`'s tolerance)."""
     from ..data.dataset import VideoClipDataset
     from ..data.manifest import preferred_decoder
 

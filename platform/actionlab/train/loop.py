@@ -267,7 +267,7 @@ def make_datasets(cfg: Config, spec, ctx: RunContext):
         flip_pairs=flip_pairs,
         seed=cfg.seed,
         cache_dir=ctx.cache_dir,
-        pixels=cfg.data.pixels,
+        pixels=pixels_for(cfg),
         jpeg_decoder=cfg.data.jpeg_decoder,
     )
     train_all = data_manifest.read_manifest(ctx.manifest)
@@ -283,6 +283,13 @@ def make_datasets(cfg: Config, spec, ctx: RunContext):
     val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, decoder=decoder(val_all),
                                         **common)
     return train, val
+
+
+def pixels_for(cfg: Config) -> str:
+    """`data.pixels` for this worker: `auto` is yuv420 when it trains on a GPU, else rgb."""
+    if cfg.data.pixels != "auto":
+        return cfg.data.pixels
+    return "yuv420" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "rgb"
 
 
 def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):

@@ -248,6 +248,13 @@ def _epoch_end(cfg: Config, epoch: int, stats: EpochStats, scored: dict[str, Eva
                            tracking=progress.tracking)
 
 
+def pixels_for(cfg: Config) -> str:
+    """`data.pixels` for this worker: `auto` is yuv420 when it trains on a GPU, else rgb."""
+    if cfg.data.pixels != "auto":
+        return cfg.data.pixels
+    return "yuv420" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "rgb"
+
+
 def make_datasets(cfg: Config, spec, ctx: RunContext):
     """Train and val datasets from the manifest(s) resolved by the driver."""
     class_names = ctx.classes
@@ -283,13 +290,6 @@ def make_datasets(cfg: Config, spec, ctx: RunContext):
     val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, decoder=decoder(val_all),
                                         **common)
     return train, val
-
-
-def pixels_for(cfg: Config) -> str:
-    """`data.pixels` for this worker: `auto` is yuv420 when it trains on a GPU, else rgb."""
-    if cfg.data.pixels != "auto":
-        return cfg.data.pixels
-    return "yuv420" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "rgb"
 
 
 def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):

@@ -29,7 +29,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
 else
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   MODEL=(tsm --set backbone=resnet50 --frames 8 --size 224 --num-classes 174 --iters 20); BATCHES=(64 128)
-  DATA=(--videos 12 --clips 12 --rounds 3); GPU_CLIPS=(--clips 48); FEED=(--set schedule.epochs=3 --set data.batch_size=32)
+  DATA=(--videos 12 --clips 12 --rounds 3); GPU_CLIPS=(--clips 48)
+  FEED=(--set schedule.epochs=3 --set data.batch_size=32 --set clip.size_px=224 --set clip.resize_px=256)
 fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
 RATE=""

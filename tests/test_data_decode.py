@@ -114,3 +114,22 @@ def test_frame_folder_errors(tmp_path):
     with pytest.raises(DecodeError, match="does not exist") as info:
         decode.read_frame_folder(tmp_path / "nope", [0])
     assert info.value.kind == "missing"
+
+
+def test_jpeg_decoders_agree_and_draft_decodes_at_a_reduced_scale(tmp_path):
+    """torchvision's libjpeg-turbo and PIL give the same frames; `pil_draft` decodes a frame stored at
+    2x the needed short side at half scale (libjpeg's scaled IDCT), which resizing would give anyway."""
+    rng = np.random.default_rng(0)
+    smooth = np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((16, 16, 1))).astype(np.uint8)  # (128, 192, 3)
+    Image.fromarray(smooth).save(tmp_path / "00001.jpg", quality=95)
+    pil = decode.read_frame_folder(tmp_path, [0])
+    turbo = decode.read_frame_folder(tmp_path, [0], jpeg="torchvision")
+    assert turbo.shape == pil.shape == (1, 128, 192, 3)
+    assert np.abs(turbo.astype(int) - pil.astype(int)).max() <= 2  # the same library; IDCT rounding at most
+    half = decode.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=64)
+    assert half.shape == (1, 64, 96, 3)
+    pooled = pil.reshape(1, 64, 2, 96, 2, 3).mean((2, 4))  # (1, 64, 96, 3): what a 2x area resize gives
+    assert np.abs(half.astype(float) - pooled).mean() < 6  # measured 3.9: block edges of random colours
+    assert decode.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=100).shape == (1, 128, 192, 3)
+    with pytest.raises(ValueError, match="jpeg decoder 'gpu'"):
+        decode.read_frame_folder(tmp_path, [0], jpeg="gpu")

@@ -23,7 +23,8 @@ DECODERS = ("decord", "pyav")
 # frame to RGB inside its own filter graph and has no option to skip that).
 PIXELS = ("rgb", "yuv420")
 # JPEG frame decoders: PIL; PIL with DCT-domain downscaling when frames are stored larger than needed
-# (libjpeg's scaled IDCT, `Image.draft`); torchvision's libjpeg-turbo binding (`decode_jpeg`).
+# (libjpeg's scaled IDCT, `Image.draft`); torchvision's libjpeg-turbo binding (`decode_jpeg`; deprecated
+# since torchvision 0.29 in favour of torchcodec's image decoders, which are not installed here).
 JPEG_DECODERS = ("pil", "pil_draft", "torchvision")
 
 

@@ -133,3 +133,26 @@ def test_jpeg_decoders_agree_and_draft_decodes_at_a_reduced_scale(tmp_path):
     assert decode.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=100).shape == (1, 128, 192, 3)
     with pytest.raises(ValueError, match="jpeg decoder 'gpu'"):
         decode.read_frame_folder(tmp_path, [0], jpeg="gpu")
+
+
+@pytest.mark.parametrize("options,from_index", [
+    ({"g": "1", "crf": "10", "preset": "ultrafast"}, True),  # all intra, as `data prepare` writes
+    ({"g": "7", "bf": "0", "crf": "10", "preset": "ultrafast"}, True),  # GOPs without B-frames
+    ({"g": "7", "bf": "2", "crf": "10", "preset": "ultrafast"}, False),  # reordering: index times are decode times
+])
+def test_frame_index_comes_from_the_container_only_without_reordering(tmp_path, options, from_index, monkeypatch):
+    import av
+    from conftest import index_frames
+
+    from actionlab.data import synthetic
+
+    path = tmp_path / "v.mp4"
+    synthetic.write_mp4(path, index_frames(31), options=options)
+    with av.open(str(path)) as a, av.open(str(path)) as b:
+        fast, demuxed = decode._pyav_index(a, a.streams.video[0]), decode._pyav_index_demuxed(b, b.streams.video[0])
+    assert np.array_equal(fast[0], demuxed[0]) and np.array_equal(fast[1], demuxed[1])
+    if from_index:
+        monkeypatch.setattr(decode, "_pyav_index_demuxed", lambda *a: pytest.fail("demuxed the packets"))
+    monkeypatch.setenv("ACTIONLAB_DECODER", "pyav")
+    wanted = [30, 0, 8, 9, 15, 29]
+    np.testing.assert_allclose(_frame_values(decode.read_frames(path, wanted)), wanted, atol=0.25)

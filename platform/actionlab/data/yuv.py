@@ -1,9 +1,9 @@
 """YUV 4:2:0 clips: the decoder's planes are cropped and resized per clip, colour is converted per batch.
 
 A decoded H.264 frame is YUV 4:2:0 (1.5 bytes a pixel). Converting whole frames to RGB on the CPU
-(swscale) costs more than decoding them, and most of each frame is then cropped away. Here a clip's
-crop box is taken on the planes (aligned to the chroma grid), Y and U/V are resized to the network's
-size, and the clip travels packed as I420, one uint8 (T, 1, 3S/2, S) tensor: the Y plane's S rows,
+(swscale) costs about as much as decoding them, and most of each frame is then cropped away. Here a
+clip's crop box is taken on the planes (Y exactly, U/V on the chroma samples covering it), Y and U/V
+are resized to the network's size, and the clip travels packed as I420, one uint8 (T, 1, 3S/2, S) tensor: the Y plane's S rows,
 then U's and V's S/2 x S/2 samples, S/4 rows each. `to_rgb` converts a whole batch at once, on the
 device the batch is on, inside `train.evaluate.normalise`, which tells I420 (C = 1) from RGB (C = 3).
 
@@ -40,10 +40,6 @@ class Planes:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.y.shape
-
-    def take(self, order: list[int]) -> Planes:
-        """The frames at `order` (repeats allowed)."""
-        return Planes(self.y[order], self.u[order], self.v[order])
 
     def clips(self, num_clips: int) -> list[Planes]:
         """Splits N = num_clips x T frames into clips of T."""

@@ -77,8 +77,11 @@ def test_holder_on_a_dead_ray_node_is_stale_at_once(tmp_path, node, live, monkey
 
 # --- with real kills: a driver SIGKILLed mid-run, a second launch while it lives, a rerun --------------
 
+# Epochs enough that the first driver still trains when the second (its own Ray start, a minute on a busy
+# 2-core box) has been refused: with 4 it had finished before the test could kill it.
+EPOCHS = 6
 FAST = ["--set", "clip.num_frames=4", "--set", "clip.size_px=32", "--set", "clip.resize_px=32",
-        "--set", "data.batch_size=4", "--set", "data.num_loader_workers=0", "--set", "schedule.epochs=4",
+        "--set", "data.batch_size=4", "--set", "data.num_loader_workers=0", "--set", f"schedule.epochs={EPOCHS}",
         "--set", "tracking.run_name=locked", "--json"]
 
 
@@ -165,11 +168,11 @@ def test_killed_driver_takes_its_actors_along_and_a_second_launch_is_refused(syn
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-5000:]
     assert f"its previous driver (pid {driver.pid} on " in rerun.stdout and "taking over its lock" in rerun.stdout
     out = last_json(rerun.stdout)
-    assert out["resumed"] and out["epoch"] == 4
+    assert out["resumed"] and out["epoch"] == EPOCHS
     c = mlflow_client(env)
     (run,) = c.search_runs([c.get_experiment_by_name("actionlab-smoke").experiment_id])
     assert run.info.status == "FINISHED"
     # system metrics sampled by the Train worker (CPU, memory; GPU ones on GPU nodes)
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= run.data.metrics.keys()
-    assert [m.step for m in c.get_metric_history(out["run_id"], "val/top1")] == list(range(1, 5))
+    assert [m.step for m in c.get_metric_history(out["run_id"], "val/top1")] == list(range(1, EPOCHS + 1))
     assert json.loads((run_dir / ".actionlab-lock.json").read_text())["released"]

@@ -120,7 +120,8 @@ def train_worker(loop_config: dict) -> dict:
                 schedule.saved()
 
         stats = train_one_epoch(
-            step_module, BadDataGuard(cfg, train_loader, len(train_set)), optimizer, scheduler, device=device, mean=mean_t, std=std_t,
+            step_module, BadDataGuard(cfg, train_loader, len(train_set)), optimizer, scheduler, device=device,
+            mean=mean_t, std=std_t,
             grad_clip=cfg.optim.grad_clip, use_amp=cfg.compute.amp and device.type == "cuda",
             on_step_end=method.on_step_end, channels_last=cfg.compute.channels_last, on_bad=bad_log.met,
             log=_step_log(rank, world, epoch, epochs, later_s=progress.metrics.get("val/seconds", 0.0)),

@@ -65,7 +65,7 @@ def test_thirty_trainings_in_a_threaded_train_worker_never_hang(synth_dataset, t
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from actionlab import tracking
+    from actionlab import cluster, tracking
     from actionlab.config import load_recipe, resolve, to_dict
     from actionlab.data import manifest
     from actionlab.train import launch
@@ -83,7 +83,7 @@ def test_thirty_trainings_in_a_threaded_train_worker_never_hang(synth_dataset, t
     ])
     # The worker imports `soak_worker` from this file.
     path = os.pathsep.join([str(Path(__file__).parent), *filter(None, [os.environ.get("PYTHONPATH")])])
-    launch.init_ray()
+    cluster.init_ray()
     try:
         ctx = launch.resolve_data(cfg)
         run_id = tracking.start_run("soak", "soak")
@@ -93,7 +93,7 @@ def test_thirty_trainings_in_a_threaded_train_worker_never_hang(synth_dataset, t
             scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
             run_config=ray.train.RunConfig(name="soak", storage_path=str(tmp_path / "runs"),
                                            failure_config=ray.train.FailureConfig(max_failures=0),
-                                           worker_runtime_env={"env_vars": {**launch.worker_env(), "PYTHONPATH": path}},
+                                           worker_runtime_env={"env_vars": {**cluster.worker_env(), "PYTHONPATH": path}},
                                            callbacks=[Lifeline(), SystemMetrics(run_id, tracking.tracking_uri())]),
         )
         started = time.perf_counter()

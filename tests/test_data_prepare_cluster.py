@@ -17,9 +17,9 @@ from actionlab.data import prepare, synthetic
 
 pytestmark = pytest.mark.integration
 
-# 32 videos of 48 frames at 128 px: ~40 s of encoding on three 1-CPU nodes of a busy 2-core box, a task long
-# enough for the kill to land inside one
-NUM_CLASSES, VIDEOS_PER_CLASS, NUM_FRAMES, SIZE = 4, 8, 48, 128
+# 32 videos of 96 frames at 128 px: ~1 s of encoding each on a quiet 2-core box (10 s for the job at 48 frames,
+# tasks too short to be sure of catching one in flight), a task long enough for the kill to land inside one
+NUM_CLASSES, VIDEOS_PER_CLASS, NUM_FRAMES, SIZE = 4, 8, 96, 128
 SHORT_SIDE = 96
 
 
@@ -104,18 +104,21 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
         # more videos than it has done records for is inside a task. Both show at once, where the State
         # API lags by seconds, longer than a whole job on a quiet machine. (Between two of its tasks a
         # node runs none: a kill there would cost nothing and prove nothing.)
+        # The cache is read every 50 ms; the done records (an S3 listing and a read per new record) only when
+        # the cache says a task may be in flight, so the kill lands inside that task, not after it.
         doomed_cache = doomed.sees(cluster.local_dir / "home" / "cache")
-        first_done = None
+        first_done, records, doomed_done = None, {}, 0
         while True:
             started_on_doomed = _cached_videos(doomed_cache)
-            records = _records(s3, bucket, "prepared", seen)
-            first_done = first_done or (time.monotonic() if records else None)
-            doomed_done = sum(r["node"] == node_ids[doomed.name] for r in records.values())
-            if len(records) >= 3 and started_on_doomed > doomed_done:
-                break
+            if started_on_doomed > doomed_done or len(records) < 3:
+                records = _records(s3, bucket, "prepared", seen)
+                first_done = first_done or (time.monotonic() if records else None)
+                doomed_done = sum(r["node"] == node_ids[doomed.name] for r in records.values())
+                if len(records) >= 3 and started_on_doomed > doomed_done:
+                    break
             assert proc.poll() is None, f"prepare ended before the kill:\n{out_log.read_text()[-4000:]}"
             assert time.monotonic() - started < 240, f"no progress on {doomed.name}:\n{out_log.read_text()[-4000:]}"
-            time.sleep(0.2)
+            time.sleep(0.05)
         killed_at, killed_wall, done_at_kill = time.monotonic(), time.time(), len(records)
         assert done_at_kill < total * 0.8, f"the kill came too late to land mid-job: {done_at_kill}/{total} done"
         cluster.remove_node(doomed)  # SIGKILL: raylet, workers, object store

@@ -181,23 +181,28 @@ def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
     return selection_module_from_official(torch.load(checkpoint, map_location="cpu", weights_only=True))
 
 
+def import_and_load(golden: Golden, checkpoint: Path, **params):
+    """`weights import` of `checkpoint` with the fixture's arguments (`params` added), loaded back as a
+    user loads a model (`tracking.load_model`)."""
+    from actionlab import tracking, weights
+
+    args = golden.spec["import"]
+    out = weights.import_checkpoint(args["workload"], checkpoint, Path(checkpoint).parent / "model",
+                                    num_classes=args["num_classes"], num_frames=args["num_frames"],
+                                    params={**args.get("params", {}), **params},
+                                    size_px=args.get("size_px", 224), resize_px=args.get("resize_px", 256))
+    return tracking.load_model(str(out)).model
+
+
 def _import_with_text_embeddings(golden: Golden, checkpoint: Path):
     """SLLM's checkpoint holds the image side only: Text4Vis computes the class text embeddings with the
     CLIP text tower at start-up and passes them to the forward. `weights import` takes them as
     `text_embeddings_file`; the fixture keeps them as `text_embeddings`, written here beside the checkpoint."""
     from safetensors.torch import save_file
 
-    from actionlab import tracking, weights
-
-    folder = Path(checkpoint).parent
-    text = folder / "text_embeddings.safetensors"
+    text = Path(checkpoint).parent / "text_embeddings.safetensors"
     save_file({"text_embeddings": golden.tensors["text_embeddings"]}, str(text))
-    args = golden.spec["import"]
-    out = weights.import_checkpoint(args["workload"], checkpoint, folder / "model", num_classes=args["num_classes"],
-                                    num_frames=args["num_frames"],
-                                    params={**args.get("params", {}), "text_embeddings_file": str(text)},
-                                    size_px=args.get("size_px", 224), resize_px=args.get("resize_px", 256))
-    return tracking.load_model(str(out)).model
+    return import_and_load(golden, checkpoint, text_embeddings_file=str(text))
 
 
 # A fixture whose official code has no checkpoint that `weights import` reads (a module inside a

@@ -11,8 +11,6 @@ from __future__ import annotations
 import golden
 import pytest
 
-from actionlab import tracking, weights
-
 METHODS = golden.methods()
 
 
@@ -21,11 +19,7 @@ def _imported(g: golden.Golden, tmp_path, *, swap: bool = False):
     checkpoint = g.write_checkpoint(tmp_path, swap=swap)
     if g.spec.get("load", "import") != "import":  # a module with no checkpoint format of its own (SV-Mix)
         return golden.LOADERS[g.spec["load"]](g, checkpoint)
-    args = g.spec["import"]
-    out = weights.import_checkpoint(args["workload"], checkpoint, tmp_path / "model", num_classes=args["num_classes"],
-                                    num_frames=args["num_frames"], params=args.get("params", {}),
-                                    size_px=args.get("size_px", 224), resize_px=args.get("resize_px", 256))
-    return tracking.load_model(str(out)).model
+    return golden.import_and_load(g, checkpoint)
 
 
 def _errors(g: golden.Golden, model) -> dict:

@@ -10,7 +10,7 @@
 # 2. `bench data`: decode + transform clips/s per CPU core on this node's CPUs for raw Kinetics-like
 #    files, their `data prepare` copies and JPEG frame folders, RGB and YUV 4:2:0 paths, per-stage
 #    profile; cores per GPU at the training rate measured in 1 (`--gpu-clips-per-s`).
-# 3. `actionlab.bench_gpu`: NVDEC (torchcodec's CUDA decoder) on the raw and prepared files, nvJPEG
+# 3. `actionlab.bench.gpu`: NVDEC (torchcodec's CUDA decoder) on the raw and prepared files, nvJPEG
 #    (torchvision decode_jpeg on cuda) on the frame folders, each beside its CPU decoder, with the CPU
 #    cores each kept busy; a pinned batch copied and normalised on the GPU, I420 vs RGB.
 # 4. `bench train smoke --data-only`: the loader with one worker per core delivering pinned batches,
@@ -54,7 +54,7 @@ PYEOF
 echo "== data: decode clips/s per core on this node's CPUs ($CORES cores); GPU rate ${RATE:-1500 (built-in)}"
 "$A" bench data "${DATA[@]}" --work-dir "$WORK/data" ${RATE:+--gpu-clips-per-s "$RATE"}
 echo "== GPU decoding (NVDEC, nvJPEG) and the batch's colour conversion on the GPU"
-$PY -m actionlab.bench_gpu "$WORK/data" "${GPU_CLIPS[@]}"
+$PY -m actionlab.bench.gpu "$WORK/data" "${GPU_CLIPS[@]}"
 echo "== loader delivering pinned batches, one worker per core: rgb, then yuv420 (prepared files)"
 for pixels in rgb yuv420; do
   "$A" bench train smoke --data-only --set "data.manifest=$WORK/data/prepared_0/manifest.parquet" \

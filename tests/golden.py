@@ -184,7 +184,8 @@ def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
 def import_and_load(golden: Golden, checkpoint: Path, **params):
     """`weights import` of `checkpoint` with the fixture's arguments (`params` added), loaded back as a
     user loads a model (`tracking.load_model`)."""
-    from actionlab import tracking, weights
+    from actionlab import tracking
+    from actionlab.models import weights
 
     args = golden.spec["import"]
     out = weights.import_checkpoint(args["workload"], checkpoint, Path(checkpoint).parent / "model",

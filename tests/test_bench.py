@@ -2,7 +2,7 @@
 
 import pytest
 
-from actionlab.bench import bench, parse_sweep
+from actionlab.bench.model import bench, parse_sweep
 
 
 def test_parse_sweep_types_values_and_rejects_bad_syntax():
@@ -24,7 +24,7 @@ def test_bench_rows_share_a_baseline_and_count_compute():
 def test_bench_data_measures_every_decoder_on_real_files(synth_dataset, capsys):
     import json
 
-    from actionlab.bench_data import available_decoders
+    from actionlab.bench.data import available_decoders
     from actionlab.cli import main
     from actionlab.data.profile import STAGES
 

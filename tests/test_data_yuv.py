@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from actionlab import bench_data
+from actionlab.bench import data as bench_data
 from actionlab.data import decode, yuv
 from actionlab.data.dataset import VideoClipDataset, collate_clips
 from actionlab.train.evaluate import normalise, stats_tensors
@@ -109,8 +109,8 @@ def test_a_batch_mixing_planes_and_rgb_becomes_rgb(media):
 
 
 def test_predict_scores_the_same(media):
-    from actionlab.model_meta import ModelMeta, Preprocessing
-    from actionlab.predict import predict_videos
+    from actionlab.models.meta import ModelMeta, Preprocessing
+    from actionlab.models.predict import predict_videos
     from actionlab.tracking import LoadedModel
 
     root, _ = media

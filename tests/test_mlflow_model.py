@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from actionlab import predict as predict_mod
+from actionlab.models import predict as predict_mod
 from actionlab import tracking
 
 from servers.process import REPO, base_env, free_port, http_ok, needs_netns, start_process
@@ -25,7 +25,7 @@ NAME = "r3d-tiny"
 def _checkpoint(out: Path) -> Path:
     from workloads import get_workload
 
-    from actionlab.model_meta import ModelMeta, Preprocessing
+    from actionlab.models.meta import ModelMeta, Preprocessing
 
     spec = get_workload("r3d")
     params = spec.resolve_params(spec.tiny)
@@ -61,7 +61,7 @@ def test_version_is_an_mlflow_model_from_code(registered):
                                                     tracking_uri=f"sqlite:///{registered['home'] / 'mlflow.db'}"))
     mlmodel = yaml.safe_load((root / "MLmodel").read_text())
     pyfunc = mlmodel["flavors"]["python_function"]
-    assert pyfunc["model_code_path"].endswith("pyfunc_model.py") and "python_model.pkl" not in {p.name for p in root.rglob("*")}
+    assert pyfunc["model_code_path"].endswith("pyfunc.py") and "python_model.pkl" not in {p.name for p in root.rglob("*")}
     assert not [p for p in root.rglob("*") if p.suffix in (".pkl", ".pt", ".pth", ".cloudpickle")]
     assert (root / "code" / "actionlab" / "tracking.py").is_file() and (root / "code" / "workloads").is_dir()
     assert (root / "artifacts" / "checkpoint" / "model.safetensors").is_file()

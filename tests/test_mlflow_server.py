@@ -32,7 +32,7 @@ def _register(tmp_path):
     tracking.log_metrics(run_id, {"val/top1": 0.625, "model/gmacs": 0.012}, step=2)
     from workloads import get_workload
 
-    from actionlab.model_meta import ModelMeta, Preprocessing
+    from actionlab.models.meta import ModelMeta, Preprocessing
 
     meta = ModelMeta(workload="tsm", params=get_workload("tsm").params_cls(), classes=("a", "b"),
                      preprocessing=Preprocessing("segments", 4, 1, 32, 32, (0.5,) * 3, (0.5,) * 3))

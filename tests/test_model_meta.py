@@ -12,7 +12,7 @@ import torch
 from actionlab import tracking
 from actionlab.config import load_recipe
 from actionlab.config import flat_params, resolve
-from actionlab.model_meta import ModelMetaError
+from actionlab.models.meta import ModelMetaError
 from actionlab.train.loop import model_meta
 from workloads import get_workload, registry
 
@@ -83,7 +83,7 @@ def test_an_old_checkpoint_with_only_overrides_loads_with_todays_defaults(tmp_pa
     old["params"] = {"backbone": "resnet18", "fold_div": 8}  # what meta.json held before every value was recorded
     del old["actionlab_version"]
     meta_file.write_text(json.dumps(old))
-    with caplog.at_level(logging.WARNING, logger="actionlab.model_meta"):
+    with caplog.at_level(logging.WARNING, logger="actionlab.models.meta"):
         loaded = tracking.load_model(str(out))
     assert torch.equal(_logits(loaded.model), _logits(model))
     assert "records no value for tsm params" in caplog.text and "'shift_place'" in caplog.text

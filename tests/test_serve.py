@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
-from actionlab import predict as predict_mod
+from actionlab.models import predict as predict_mod
 from actionlab import tracking
-from actionlab.serve import load_test, parse_model
+from actionlab.models.serve import load_test, parse_model
 
 from servers.process import base_env, free_port, needs_netns, start_process
 from test_mlflow_model import _checkpoint

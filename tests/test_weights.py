@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from actionlab import tracking, weights
+from actionlab import tracking
+from actionlab.models import weights
 from actionlab.cli import main
 from workloads import get_workload
 

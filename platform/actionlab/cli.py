@@ -67,7 +67,7 @@ def cmd_register(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict
+    from .models.predict import predict
 
     results = predict(args.model, args.videos, top_k=args.top_k)
     if args.json:
@@ -83,7 +83,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .serve import serve_forever
+    from .models.serve import serve_forever
 
     serve_forever(args.model, host=args.host, port=args.port, replicas=args.replicas, num_cpus=args.num_cpus,
                   num_gpus=args.num_gpus, poll_s=args.poll_s, max_batch_size=args.max_batch_size,
@@ -92,7 +92,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_serve_load(args) -> int:
-    from .serve import load_test
+    from .models.serve import load_test
 
     print(json.dumps(load_test(args.url, args.videos, requests=args.requests, concurrency=args.concurrency)))
     return 0
@@ -251,7 +251,7 @@ def cmd_weights_import(args) -> int:
     """Official checkpoint -> model dir (+ registry version); see `actionlab.weights`."""
     from pathlib import Path
 
-    from . import weights
+    from .models import weights
     from .config import parse_override
 
     params: dict = {}
@@ -274,7 +274,7 @@ def cmd_weights_import(args) -> int:
 
 
 def cmd_weights_zoo(args) -> int:
-    from . import weights
+    from .models import weights
 
     for z in weights.ZOO:
         print(f"{z.name:28s} {z.dataset:24s} top-1 {z.paper_top1 or 'n/a':>6s}  {z.command()}")
@@ -307,7 +307,7 @@ def cmd_eval(args) -> int:
 def cmd_bench(args) -> int:
     from workloads import get_workload
 
-    from .bench import bench, parse_sweep
+    from .bench.model import bench, parse_sweep
 
     tiny = dict(get_workload(args.workload).tiny) if args.tiny else {}
     cfg, params = _workload_overrides(args.workload, args.set, params=tiny)
@@ -406,7 +406,7 @@ def cmd_data_prepare(args) -> int:
 def cmd_bench_data(args) -> int:
     import tempfile
 
-    from . import bench_data
+    from .bench import data as bench_data
     from .data import manifest as data_manifest
     from .data import profile
 
@@ -461,7 +461,7 @@ def _reader(row) -> str:
 
 
 def cmd_bench_train(args) -> int:
-    from .bench_train import bench_train, loader_startup
+    from .bench.train import bench_train, loader_startup
     from .config import load_recipe, resolve
 
     if args.vs_plain == args.data_only:
@@ -503,7 +503,7 @@ def cmd_bench_train(args) -> int:
 
 
 def _bench_data_only(cfg, *, as_json: bool) -> int:
-    from .bench_train import data_only_run
+    from .bench.train import data_only_run
     from .train.loop import pixels_for
 
     out = data_only_run(cfg)
@@ -612,7 +612,7 @@ def cmd_quickstart(args) -> int:
     from .config import load_recipe, resolve
     from .data.manifest import read_manifest
     from .data.synthetic import synthesize
-    from .predict import predict
+    from .models.predict import predict
     from .storage import redact
     from .train.launch import train
 

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .model_meta import ModelMeta, ModelMetaError
+from .models.meta import ModelMeta, ModelMetaError
 
 RUN_NAME_TAG = "actionlab.run_name"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -525,7 +525,7 @@ def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path) -> str:
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="actionlab-pyfunc-") as staging:
         # The signature is explicit; an input example would have to be a video file that exists here.
         warnings.filterwarnings("ignore", message=".*(type hints to the `predict`|input example was not provided)")
-        from . import pyfunc_model
+        from .models import pyfunc as pyfunc_model
 
         # MLflow names a directory artifact after its folder: stage it as `checkpoint/`, the place
         # resolve_model_dir reads, with nothing but the two files the loader needs.

@@ -27,7 +27,7 @@ from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
-from ..model_meta import ModelMeta, Preprocessing
+from ..models.meta import ModelMeta, Preprocessing
 from . import elastic, resume
 from .bad_samples import BadSampleLog
 from .context import RunContext

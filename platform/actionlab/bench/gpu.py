@@ -29,8 +29,8 @@ class GpuRow:
 
 def _clips(manifest: str, num_frames: int, count: int, seed: int = 0) -> list[tuple[str, np.ndarray, str]]:
     """(path, frame indices, media) of `count` training clips (TSN segments), cycling over the manifest."""
-    from .data import decode, sampling
-    from .data import manifest as data_manifest
+    from ..data import decode, sampling
+    from ..data import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest)
     root = Path(data_manifest.default_root(manifest))
@@ -82,7 +82,7 @@ def nvjpeg_rows(manifest: str, label: str, *, num_frames: int = 8, count: int = 
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-    from .data import decode
+    from ..data import decode
 
     clips = _clips(manifest, num_frames, count)
     rows = []
@@ -102,7 +102,7 @@ def convert_rows(*, batch_size: int = 64, num_frames: int = 8, size_px: int = 22
     converted on the GPU) beside RGB (3 bytes)."""
     import torch
 
-    from .train.evaluate import normalise, stats_tensors
+    from ..train.evaluate import normalise, stats_tensors
 
     mean, std = stats_tensors((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "cuda")
     shapes = {"I420": (1, size_px * 3 // 2, size_px), "RGB": (3, size_px, size_px)}
@@ -120,7 +120,7 @@ def convert_rows(*, batch_size: int = 64, num_frames: int = 8, size_px: int = 22
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m actionlab.bench_gpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m actionlab.bench.gpu", description=__doc__.splitlines()[0])
     parser.add_argument("work_dir", help="a `bench data --work-dir` folder: raw/, prepared_0/ (default prepared) "
                         "and the JPEG copy")
     parser.add_argument("--clips", type=int, default=48)

@@ -22,7 +22,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-logger = logging.getLogger("actionlab.serve")
+logger = logging.getLogger("actionlab.models.serve")
 
 
 def parse_model(ref: str) -> tuple[str, str]:
@@ -40,8 +40,8 @@ def score_videos(loaded, videos: list[str], *, top_k: int, device: str, cache_di
     import torch
     import torch.nn.functional as F
 
-    from . import storage
-    from .train.evaluate import eval_dataset, normalise, stats_tensors
+    from .. import storage
+    from ..train.evaluate import eval_dataset, normalise, stats_tensors
 
     meta = loaded.meta
     out: list[dict] = [{} for _ in videos]
@@ -82,7 +82,7 @@ def build_app(name: str, alias: str, *, replicas: int = 1, num_cpus: float = 1.0
     from starlette.requests import Request
     from starlette.responses import JSONResponse
 
-    from . import tracking
+    from .. import tracking
 
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
 
@@ -154,8 +154,8 @@ def serve_forever(model: str, *, host: str = "127.0.0.1", port: int = 8000, repl
     import ray
     from ray import serve
 
-    from . import tracking
-    from .cluster import init_ray
+    from .. import tracking
+    from ..cluster import init_ray
 
     name, alias = parse_model(model)
     version = tracking.client().get_model_version_by_alias(name, alias).version  # fails early, naming the model

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .config import Config
-from .data.ray_ingest import decode_node_table, train_label_selector
+from ..config import Config
+from ..data.ray_ingest import decode_node_table, train_label_selector
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ def plain_run(cfg: Config) -> TrainBenchSide:
     from workloads import get_workload
     from workloads.layers import as_method
 
-    from . import flops
-    from .train import epoch as core
-    from .train import launch, loop
-    from .train.evaluate import stats_tensors
+    from .. import flops
+    from ..train import epoch as core
+    from ..train import launch, loop
+    from ..train.evaluate import stats_tensors
 
     start = time.perf_counter()
     cfg = replace(cfg, data=replace(cfg.data, engine="loader"))  # plain PyTorch: a DataLoader, no Ray
@@ -97,8 +97,8 @@ def plain_run(cfg: Config) -> TrainBenchSide:
 
 def ray_run(cfg: Config) -> TrainBenchSide:
     """`actionlab train` as users run it: Ray Train, a checkpoint and MLflow metrics every epoch."""
-    from . import cluster, tracking
-    from .train import launch
+    from .. import cluster, tracking
+    from ..train import launch
 
     start = time.perf_counter()
     cluster.init_ray()
@@ -145,8 +145,8 @@ def loader_startup(cfg: Config, *, epochs: int = 2) -> list[LoaderStart]:
     from torch.utils.data import DataLoader
     from workloads import get_workload
 
-    from .data import dataset as data_dataset
-    from .train import launch, loop
+    from ..data import dataset as data_dataset
+    from ..train import launch, loop
 
     data = launch.resolve_data(cfg)
     train_set, _ = loop.make_datasets(cfg, get_workload(cfg.workload.name), data)
@@ -201,9 +201,9 @@ def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
     items then their batch: `bench data`'s measure, on the same files with the same settings."""
     from workloads import get_workload
 
-    from . import bench_data
-    from .data import decode
-    from .train import launch, loop
+    from . import data as bench_data
+    from ..data import decode
+    from ..train import launch, loop
 
     train_set, _ = loop.make_datasets(cfg, get_workload(cfg.workload.name), launch.resolve_data(cfg))
     decoder = decode.decoder_name(train_set.decoder)
@@ -223,9 +223,9 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
     from workloads import get_workload
     from workloads.layers import as_method
 
-    from .train import epoch as core
-    from .train import loop
-    from .train.evaluate import stats_tensors
+    from ..train import epoch as core
+    from ..train import loop
+    from ..train.evaluate import stats_tensors
 
     spec = get_workload(cfg.workload.name)
     train_set, _ = loop.make_datasets(cfg, spec, ctx)
@@ -270,8 +270,8 @@ def data_only_worker(loop_config: dict) -> dict:
     import ray.train
     import ray.train.torch
 
-    from .config import from_dict
-    from .train.context import RunContext
+    from ..config import from_dict
+    from ..train.context import RunContext
 
     cfg = from_dict(loop_config["config"])
     ctx = RunContext.from_dict(loop_config["ctx"])
@@ -292,7 +292,7 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
     (or a local instance), the Ray Data tasks placed by `data.decode_nodes`."""
     import os
 
-    from .train import launch
+    from ..train import launch
 
     start = time.perf_counter()
     bare = bare_decode_rate(cfg)
@@ -316,9 +316,9 @@ def _data_only_ray(cfg: Config) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from . import cluster
-    from .config import to_dict
-    from .train import launch
+    from .. import cluster
+    from ..config import to_dict
+    from ..train import launch
 
     cluster.init_ray()
     data = launch.resolve_data(cfg)

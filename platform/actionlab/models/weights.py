@@ -31,9 +31,9 @@ from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
 from workloads.afnet import OFFICIAL_MBV3_RULES as AFNET_MBV3_RULES
 from workloads.registry import without_weights
 
-from . import __version__, tracking
-from .config import flatten
-from .model_meta import ModelMeta, Preprocessing
+from .. import __version__, tracking
+from ..config import flatten
+from .meta import ModelMeta, Preprocessing
 
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
 

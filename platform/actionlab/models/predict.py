@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from . import storage, tracking
-from .data import transforms
-from .train.evaluate import eval_dataset, normalise, stats_tensors
+from .. import storage, tracking
+from ..data import transforms
+from ..train.evaluate import eval_dataset, normalise, stats_tensors
 
 
 def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None) -> list[dict]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import flops
+from .. import flops
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class ActionlabVideoModel(mlflow.pyfunc.PythonModel):
         import pandas as pd
         import torch
 
-        from actionlab import predict as predict_mod
+        from actionlab.models import predict as predict_mod
 
         top_k = int((params or {}).get("top_k") or 5)
         if isinstance(model_input, (np.ndarray, torch.Tensor)) and model_input.ndim == 5:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import prepare as data_prepare
+from ..data import prepare as data_prepare
 
 KINETICS_LIKE = dict(width=340, height=256, fps=30, seconds=10, keyint=250, bitrate=600_000)
 # Consumption of one H100 training TSM-R50 8f 224 px at ~30% MFU (see issue 11): the yardstick
@@ -113,8 +113,8 @@ class DataBenchRow:
 
 def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pixels: str = "rgb",
              jpeg: str = ""):
-    from .data import dataset as data_dataset
-    from .data import manifest as data_manifest
+    from ..data import dataset as data_dataset
+    from ..data import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest)
     root = data_manifest.default_root(manifest)
@@ -131,9 +131,9 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pix
 def measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, float, dict]:
     """(CPU seconds, wall seconds, CPU seconds of normalising the batch, seconds per profile stage) to
     load `count` clips of `ds` from item `offset` and collate them into one batch."""
-    from .data import dataset as data_dataset
-    from .data import profile
-    from .train.evaluate import normalise, stats_tensors
+    from ..data import dataset as data_dataset
+    from ..data import profile
+    from ..train.evaluate import normalise, stats_tensors
 
     previous = os.environ.get("ACTIONLAB_DECODER")
     os.environ["ACTIONLAB_DECODER"] = decoder
@@ -160,7 +160,7 @@ def measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, fl
 
 
 def _mb_per_video(manifest: str) -> float:
-    from .data import manifest as data_manifest
+    from ..data import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest)
     root = Path(data_manifest.default_root(manifest))
@@ -218,7 +218,7 @@ def bench_data(
 def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool = False) -> list[DataSet]:
     """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes; for
     JPEG frame folders, each JPEG decoder instead."""
-    from .data import decode
+    from ..data import decode
 
     if frames:
         return [DataSet(name, manifest, decoders[0], jpeg=jpeg) for jpeg in decode.JPEG_DECODERS]
@@ -236,7 +236,7 @@ def make_curve_sets(work_dir: str | os.PathLike, *, num_videos: int, decoders: l
     """
     import pandas as pd
 
-    from .data import manifest as data_manifest
+    from ..data import manifest as data_manifest
 
     work = Path(work_dir)
     raw = work / "raw"
@@ -267,8 +267,8 @@ def frame_fidelity(raw_manifest: str, prepared_manifest: str, *, frames: int = 8
     import torch
     import torch.nn.functional as F
 
-    from .data import decode
-    from .data import manifest as data_manifest
+    from ..data import decode
+    from ..data import manifest as data_manifest
 
     raw_df, prep_df = data_manifest.read_manifest(raw_manifest), data_manifest.read_manifest(prepared_manifest)
     raw_root, prep_root = Path(data_manifest.default_root(raw_manifest)), Path(data_manifest.default_root(prepared_manifest))
@@ -292,7 +292,7 @@ def frame_fidelity(raw_manifest: str, prepared_manifest: str, *, frames: int = 8
 
 
 def available_decoders() -> list[str]:
-    from .data import decode
+    from ..data import decode
 
     out = []
     for name in decode.DECODERS:

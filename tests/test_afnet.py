@@ -225,7 +225,7 @@ def test_param_groups_cover_every_trainable_parameter_once():
 
 # Parameter counts of the official `ops/models.py` TSN(AF_resnet50 / AF_resnet101, 174 classes), built from
 # the official repository (BeSpontaneous/AFNet-pytorch f20b92e) with random weights; ours loads their
-# weights strictly and gives identical logits (see platform/actionlab/models/weights.py).
+# weights strictly and gives identical logits (`checkpoint_filter_fn` in workloads/afnet.py).
 OFFICIAL_PARAMS = {((3, 4, 6, 3), 8): 23_204_726, ((4, 8, 18, 3), 12): 34_201_330}
 # The official `forward_calc_flops` at exactly RT of the frames kept in every block (AF-ResNet50, 224 px):
 # 12 frames with TSM, 8 without. The paper's 27.9 / 31.7 (12f, RT 0.4 / 0.8) and 18.3 / 19.5 (8f,

@@ -38,6 +38,7 @@ from timm.layers import make_divisible
 from torch import nn
 
 from .layers import Method, read_state_dict, temporal_shift
+from .layers.checkpoint import CheckpointFilter
 from .layers.pretrained import weights_file
 from .registry import register_workload
 
@@ -860,6 +861,25 @@ def from_official_names(state: dict) -> dict:
         raise ValueError(f"afnet: {len(unknown)} keys are not official AF-ResNet names (nor AF-MobileNetV3's): "
                          f"{unknown[:6]}")
     return out
+
+
+# The official video checkpoints (`ops/models.py`'s TSN around the AF backbone as `base_model`; main.py
+# saves {'state_dict': DDP state}): the backbone rules above, under `base_model.`.
+checkpoint_filter_fn = CheckpointFilter(
+    paper="AFNet (NeurIPS 2022)",
+    rules=(
+        *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in OFFICIAL_BACKBONE_RULES),
+        *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in OFFICIAL_MBV3_RULES),
+        (r"base_model\.fc\.3\.(.+)", r"fc.\1"),  # AF-MobileNetV3: its fc.0 is the 960 -> 1280 head Linear
+        (r"new_fc\.(.+)", r"fc.\1"),
+        (r"base_model\.fc\.(.+)", r"fc.\1"),  # dropout 0: the backbone's own fc is the classifier
+    ),
+    hints=((r"navigation\.\d+\.temporal", "frames (--frames)"), (r"^fc\.", "classes (--num-classes)"),
+           (r"^backbone\.", "width / alpha / patch_groups (--set)")),
+    key_hints=((r"^backbone\.(layer[015]|head_)", "backbone (--set backbone=mobilenetv3 for AF-MobileNetV3)"),
+               (r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)"),),
+    signature=(r"\.list_gen\.\d+\.conv_gs\.", r"\.list_gen[23]\.\d+\.conv_gs\."),
+)
 
 
 # AF-MobileNetV3 has one layout, CPU-test sized as it is at 32 px: 4.3 M params, 0.03 GMACs per 4-frame clip.

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.checkpoint import CheckpointFilter
 from .layers.pretrained import weights_file
 from .layers.temporal_shift import temporal_shift
 from .registry import register_workload
@@ -314,3 +315,22 @@ def build_h2cn(p: H2CNParams, *, num_classes: int, num_frames: int) -> nn.Module
     if weights_file(p.pretrained, owner="h2cn"):
         load_pretrained(model, p.pretrained)
     return model
+
+
+# ty-97/H2CN's checkpoints: a TSN-style VideoNet around `build_h2cn` (`base_model.*`, `new_fc`); its
+# unused `conv1_temp` only seeded the motion stem.
+checkpoint_filter_fn = CheckpointFilter(
+    paper="H2CN (ACM MM 2022)",
+    rules=(
+        (r"base_model\.conv1_temp\.(weight|bias)", None),
+        (r"base_model\.layer(\d)_bak\.(\d+)\.mtdin\.(.+)", r"layer\1.\2.chgc.\3"),
+        (r"base_model\.layer(\d)_bak\.(.+)", r"layer\1.\2"),
+        (r"base_model\.(fhgc\d)\.0\.spaAgg\.weight", r"\1.0.spatial.weight"),
+        (r"base_model\.(fhgc\d)\.0\.convt\.weight", r"\1.0.temporal.weight"),
+        (r"base_model\.((?:fhgc\d|conv_fhgc|conv1|bn1)\..+)", r"\1"),
+        (r"new_fc\.(weight|bias)", r"fc.\1"),
+    ),
+    hints=((r"^fc\.", "classes (--num-classes)"), (r"\.chgc\.", "reduction (--set)")),
+    key_hints=((r"^layer\d\.\d+\.", "depths (--set depths=...)"),),
+    signature=(r"\.mtdin\.convt\.", r"base_model\.fhgc1\."),
+)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .layers.checkpoint import CheckpointError, CheckpointFilter, block_rules
 from .layers.method import Method
 from .layers.vit import create_vit, freeze
 from .registry import IMAGENET_MEAN, IMAGENET_STD, register_workload
@@ -491,3 +492,55 @@ def fusion_gmacs(model: HSAR, num_tokens: int) -> float:
         model.fusion(torch.zeros(1, num_tokens, *norm.normalized_shape, device=norm.weight.device, dtype=norm.weight.dtype))
     return counter.get_total_flops() / 2e9
 
+
+# The official checkpoints (`HVG808/HSAR_repo`, an mmaction2 0.x overlay: {"meta", "state_dict":
+# {"backbone.*", "cls_head.*"}}); its transformers are vit-pytorch's (`layers.N.0` attention, `.1` MLP).
+_OFFICIAL_BLOCK = (
+    (r"0\.norm\.(weight|bias)", "norm1.{}"),
+    (r"0\.fn\.to_qkv\.weight", "qkv.weight"),
+    (r"0\.fn\.to_out\.0\.(weight|bias)", "proj.0.{}"),
+    (r"1\.norm\.(weight|bias)", "norm2.{}"),
+    (r"1\.fn\.net\.(0|3)\.(weight|bias)", "mlp.{}.{}"),
+)
+
+
+def _drop_identity_ln_post(state: dict, model: nn.Module) -> dict:
+    """The TMT's `ln_post` only feeds the key-frame predictor through a detached tensor, so it never
+    trains: ours has no affine there. A checkpoint whose ln_post is not the identity cannot be represented."""
+    out = dict(state)
+    w, b = out.pop("#temporal.ln_post.weight", None), out.pop("#temporal.ln_post.bias", None)
+    if (w is not None and w.device.type != "meta" and not torch.all(w == 1)) or (
+            b is not None and b.device.type != "meta" and not torch.all(b == 0)):
+        raise CheckpointError(
+            "HSAR checkpoint: backbone.temporal_enc.ln_post has trained (non-identity) weights; the official "
+            "training never updates them (detached input), so this checkpoint was not trained by the official code"
+        )
+    return out
+
+
+checkpoint_filter_fn = CheckpointFilter(
+    paper="HSAR (ACM ICMR 2023)",
+    rules=(
+        (r"backbone\.temporal_enc\.cls_token", r"temporal.cls_token"),
+        (r"backbone\.temporal_enc\.pre_conv\.(\d)\.(weight|bias)", r"temporal.stem.\1.\2"),
+        (r"backbone\.temporal_enc\.proj\.weight", None),  # built but unused: pre_conv is the stem
+        (r"backbone\.temporal_enc\.position_enc\.pos_table", None),  # the fixed sinusoid table (recomputed)
+        (r"backbone\.temporal_enc\.ln_pre\.(weight|bias)", r"temporal.norm_pre.\1"),
+        (r"backbone\.temporal_enc\.ln_post\.(weight|bias)", r"#temporal.ln_post.\1"),
+        (r"backbone\.temporal_enc\.to_embedding\.1\.(weight|bias)", r"temporal.to_token.\1"),
+        *block_rules(r"backbone\.temporal_enc\.transformer\.layers", "temporal.blocks", _OFFICIAL_BLOCK),
+        (r"backbone\.spatial_enc\.(.+)", r"spatial.\1"),
+        (r"backbone\.pred_key\.(\d)\.(weight|bias)", r"key_predictor.\1.\2"),
+        (r"backbone\.a_to_v\.0\.(weight|bias)", r"spatial_to_dim.\1"),
+        (r"backbone\.fusion_cls", None),  # built but unused by the official forward
+        (r"backbone\.fu_pre\.(weight|bias)", r"fusion.norm_pre.\1"),
+        (r"backbone\.fu_post\.(weight|bias)", r"fusion.norm_post.\1"),
+        *block_rules(r"backbone\.fusion\.layers", "fusion.blocks", _OFFICIAL_BLOCK),
+        (r"cls_head\.fc_cls\.(0|2)\.(weight|bias)", r"head.fc.\1.\2"),
+    ),
+    hints=((r"^head\.fc\.2", "classes (--num-classes)"), (r"key_predictor\.3", "frames (--frames)"),
+           (r"^(temporal|fusion)\.", "dim / depth / frame_size_px / skip_mo (--set; Large: dim=3072)"),
+           (r"^spatial\.", "spatial_backbone (ViT-B/16 iBOT)")),
+    prepare=_drop_identity_ln_post,
+    signature=(r"temporal_enc\.transformer\.layers", r"backbone\.fu_pre\."),
+)

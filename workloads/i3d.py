@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .layers.head3d import build_video_net3d
+from .layers.ibm_checkpoints import ibm_3d_filter
 from .layers.inception3d import InceptionV1_3d
 from .layers.resnet3d import ResNet3d
 from .registry import register_workload
@@ -51,3 +52,7 @@ def build_i3d(p: I3DParams, *, num_classes: int, num_frames: int):
         pretrained=p.pretrained,
         inflate_scale=p.inflate_scale,
     )
+
+
+# The official checkpoints (`actionlab weights import i3d ...`): IBM's names, see ibm_3d_filter.
+checkpoint_filter_fn = ibm_3d_filter("I3D (IBM action-recognition-pytorch)")

@@ -18,6 +18,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.checkpoint import NESTED_KEYS, CheckpointFilter
 from .layers.pretrained import weights_file
 from .registry import register_workload
 
@@ -379,3 +380,15 @@ def build_mvitv2(p: MViTv2Params, *, num_classes: int, num_frames: int) -> nn.Mo
     if weights_file(p.pretrained, owner="mvitv2"):
         load_official(model, p.pretrained)
     return model
+
+
+# PySlowFast's checkpoints (`{"model_state": ...}`): our parameter names are theirs.
+checkpoint_filter_fn = CheckpointFilter(
+    paper="MViTv2 (CVPR 2022; PySlowFast)",
+    rules=((r"((?:patch_embed|blocks|norm|head)\..+|cls_token)", r"\1"),),
+    hints=((r"\.rel_pos_t$", "frames (--frames)"), (r"\.rel_pos_[hw]$", "img_size_px (--set)"),
+           (r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm|cls)", "embed_dim (--set)")),
+    key_hints=((r"^blocks\.\d+\.", "depth / stage_starts (--set)"),),
+    signature=(r"blocks\.\d+\.attn\.pool_q\.", r"blocks\.\d+\.attn\.rel_pos_t"),
+    nested=("model_state", *NESTED_KEYS),
+)

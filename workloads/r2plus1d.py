@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .layers.head3d import build_video_net3d
+from .layers.ibm_checkpoints import ibm_3d_filter
 from .layers.resnet3d import ResNet3d
 from .registry import register_workload
 
@@ -45,3 +46,7 @@ def build_r2plus1d(p: R2Plus1DParams, *, num_classes: int, num_frames: int):
         pretrained=p.pretrained,
         inflate_scale=p.inflate_scale,
     )
+
+
+# The official checkpoints (`actionlab weights import r2plus1d ...`): IBM's names, see ibm_3d_filter.
+checkpoint_filter_fn = ibm_3d_filter("R(2+1)D (IBM s3d_resnet)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .layers.head3d import build_video_net3d
+from .layers.ibm_checkpoints import ibm_3d_filter
 from .layers.resnet3d import ResNet3d
 from .registry import register_workload
 
@@ -41,3 +42,7 @@ def build_r3d(p: R3DParams, *, num_classes: int, num_frames: int):
         pretrained=p.pretrained,
         inflate_scale=p.inflate_scale,
     )
+
+
+# The official checkpoints (`actionlab weights import r3d ...`): IBM's names, see ibm_3d_filter.
+checkpoint_filter_fn = ibm_3d_filter("ResNet3D (IBM i3d_resnet)")

@@ -22,6 +22,10 @@ on every model, adapting a plain `nn.Module` once with `as_method`.
 
 Initial weights: every method that takes them has one string param, `pretrained` ("" none, "timm", or
 a file; `workloads.layers.pretrained`). `build(..., weights=False)` clears it (`without_weights`).
+
+Official checkpoints: a method whose authors released checkpoints defines `checkpoint_filter_fn`
+(official state dict, model) -> our state dict in its own module, as timm does;
+`spec.checkpoint_filter_fn` finds it by that name (`workloads.layers.checkpoint`).
 """
 
 from __future__ import annotations
@@ -147,6 +151,13 @@ class WorkloadSpec:
         if not weights:
             params = without_weights(params)
         return self.builder(params, num_classes=num_classes, num_frames=num_frames)
+
+    @property
+    def checkpoint_filter_fn(self) -> Callable[[dict, nn.Module], dict] | None:
+        """The method's official-checkpoint converter, `checkpoint_filter_fn(state_dict, model)` in its
+        module (timm's convention: beside the model; `workloads.layers.checkpoint`), or None when the
+        method releases no checkpoint to import."""
+        return getattr(sys.modules[self.builder.__module__], "checkpoint_filter_fn", None)
 
 
 def nested_workload_fields(params_cls: type) -> list[tuple[str, str]]:

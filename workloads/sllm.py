@@ -34,6 +34,7 @@ from timm.layers import QuickGELU
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .layers.checkpoint import CheckpointError, CheckpointFilter, block_rules
 from .layers.method import Method
 from .layers.vit import create_vit, freeze
 from .registry import register_workload
@@ -447,3 +448,68 @@ def forward_clips_per_s(
     finally:
         model.train(was_training)
     return clip_shape[0] * iters / elapsed
+
+
+# The official checkpoints (`{"model_state_dict": VideoCLIP's state}` in CLIP names): CLIP-style residual
+# attention blocks (the image encoder, Text4Vis' header, FFRes) -> timm `Block`.
+_CLIP_BLOCK = (
+    (r"ln_1\.(weight|bias)", r"norm1.{}"),
+    (r"ln_2\.(weight|bias)", r"norm2.{}"),
+    (r"attn\.in_proj_(weight|bias)", r"attn.qkv.{}"),
+    (r"attn\.out_proj\.(weight|bias)", r"attn.proj.{}"),
+    (r"mlp\.c_fc\.(weight|bias)", r"mlp.fc1.{}"),
+    (r"mlp\.c_proj\.(weight|bias)", r"mlp.fc2.{}"),
+)
+
+
+def _clip_to_timm(state: dict, model: nn.Module) -> dict:
+    """CLIP visual layout -> timm's (class token, position table, transposed projection); FFRes keeps the
+    first rows of the official 77-row position table (only 2 are ever used); the class text embeddings
+    come from `text_embeddings_file` (the checkpoint holds the image side only)."""
+    own = model.state_dict()
+    out = dict(state)
+    if "encoder.cls_token" in out:
+        out["encoder.cls_token"] = out["encoder.cls_token"].reshape(1, 1, -1)
+    if "encoder.pos_embed" in out and out["encoder.pos_embed"].dim() == 2:
+        out["encoder.pos_embed"] = out["encoder.pos_embed"].unsqueeze(0)
+    if "encoder.head.weight" in out:
+        out["encoder.head.weight"] = out["encoder.head.weight"].t()
+        out["encoder.head.bias"] = torch.zeros(out["encoder.head.weight"].shape[0])
+    table = out.get("restorer.pos_embed")
+    if table is not None and "restorer.pos_embed" in own and table.shape[0] > own["restorer.pos_embed"].shape[0]:
+        out["restorer.pos_embed"] = table[: own["restorer.pos_embed"].shape[0]]
+    if "classifier.text_embeddings" in own:
+        out["classifier.text_embeddings"] = own["classifier.text_embeddings"]
+    elif "classifier.logit_scale" in out:
+        raise CheckpointError(
+            "SLLM checkpoints classify by cosine similarity to the CLIP text embeddings of the class names, "
+            "which the checkpoint does not hold (Text4Vis computes them at start-up with the CLIP text tower): "
+            "pass --set text_embeddings_file=FILE with the (classes, 512) embeddings of your class list"
+        )
+    return out
+
+
+checkpoint_filter_fn = CheckpointFilter(
+    paper="SLLM (ACM MM 2023)",
+    rules=(
+        (r"visual\.conv1\.weight", r"encoder.patch_embed.proj.weight"),
+        (r"visual\.class_embedding", r"encoder.cls_token"),
+        (r"visual\.positional_embedding", r"encoder.pos_embed"),
+        (r"visual\.ln_pre\.(weight|bias)", r"encoder.norm_pre.\1"),
+        (r"visual\.ln_post\.(weight|bias)", r"encoder.norm.\1"),
+        (r"visual\.proj", r"encoder.head.weight"),
+        *block_rules(r"visual\.transformer\.resblocks", "encoder.blocks", _CLIP_BLOCK),
+        (r"fusion_model\.frame_position_embeddings\.weight", r"header.pos_embed"),
+        *block_rules(r"fusion_model\.transformer\.resblocks", "header.blocks", _CLIP_BLOCK),
+        (r"restore_frame_position_embeddings\.weight", r"restorer.pos_embed"),
+        *block_rules(r"restore_model\.resblocks", "restorer.blocks", _CLIP_BLOCK),
+        (r"logit_scale", r"classifier.logit_scale"),
+    ),
+    hints=((r"^encoder\.pos_embed", "img_size_px / backbone patch size (--set)"),
+           (r"^encoder\.", "backbone (ViT-B/16 vs B/32: --set backbone=...)"),
+           (r"^restorer\.", "drop_rate / restore (--set)"),
+           (r"^header\.blocks", "header_depth (--set)"),
+           (r"^classifier\.", "classes (--num-classes, text_embeddings_file)")),
+    prepare=_clip_to_timm,
+    signature=(r"restore_model\.resblocks\.", r"fusion_model\.frame_position_embeddings"),
+)

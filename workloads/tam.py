@@ -9,11 +9,15 @@ temporal pooling). IBM's default also max-pools time by 2 after layer1, layer2 a
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .layers import SegmentClassifier, create_backbone_2d, ibm_stage_frames, insert_ibm_temporal_pools
+from .layers.checkpoint import CheckpointFilter
+from .layers.ibm_checkpoints import RESNET_CLASSIFIER_RULES, RESNET_HINTS
 from .layers.pretrained import TIMM
 from .layers.tam import TAM_BLENDS, TAM_INITS, insert_tam
 from .registry import register_workload
@@ -70,3 +74,42 @@ def build_tam(p: TAMParams, *, num_classes: int, num_frames: int) -> nn.Module:
     if not p.without_t_stride:
         insert_ibm_temporal_pools(backbone, num_frames=num_frames)
     return SegmentClassifier(backbone, num_classes=num_classes, num_frames=num_frames, dropout=p.dropout)
+
+
+# IBM action-recognition-pytorch's TAM checkpoints: k separate per-offset 1x1 convs per block
+# (`tam.prev_se`, `curr_se`, `next_se`, or `tam.blending_layers.j`), which `_fuse_tam_convs` makes our one
+# grouped conv; each is first renamed to `...conv1.tam.conv.weight#j` (j: its offset index).
+_TAM_PARTS = {"prev_se": 0, "curr_se": 1, "next_se": 2}
+
+
+def _fuse_tam_convs(state: dict, model: nn.Module) -> dict:
+    """IBM's k per-offset convs -> our one grouped conv whose output channel c*k + j is channel c's
+    response for offset j - k//2."""
+    out, parts = {}, {}
+    for key, value in state.items():
+        m = re.fullmatch(r"(.+\.conv1\.tam\.conv\.weight)#(\d+)", key)
+        if m:
+            parts.setdefault(m.group(1), {})[int(m.group(2))] = value
+        else:
+            out[key] = value
+    for key, by_offset in parts.items():
+        k = len(by_offset)
+        ws = [by_offset[j] for j in range(k)]  # each (C, C_in per group, 1, 1)
+        out[key] = torch.stack(ws, 1).flatten(0, 1)  # (C, k, C_in/g, 1, 1) -> (C*k, C_in/g, 1, 1)
+    return out
+
+
+checkpoint_filter_fn = CheckpointFilter(
+    paper="TAM (IBM action-recognition-pytorch, CVPR 2021)",
+    rules=(
+        *RESNET_CLASSIFIER_RULES,
+        *((rf"(layer\d\.\d+)\.tam\.{name}\.fc1\.weight", rf"backbone.\1.conv1.tam.conv.weight#{j}")
+          for name, j in _TAM_PARTS.items()),
+        (r"(layer\d\.\d+)\.tam\.blending_layers\.(\d+)\.fc1\.weight", r"backbone.\1.conv1.tam.conv.weight#\2"),
+        (r"(layer\d\.\d+)\.conv1\.weight", r"backbone.\1.conv1.net.weight"),
+        (r"((?:conv1|bn1|layer\d)\..+)", r"backbone.\1"),
+    ),
+    hints=RESNET_HINTS,
+    prepare=_fuse_tam_convs,
+    signature=(r"\.tam\.(prev_se|blending_layers)",),
+)

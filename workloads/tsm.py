@@ -18,6 +18,8 @@ from .layers import (
     insert_temporal_shift,
     pooled_frames,
 )
+from .layers.checkpoint import CheckpointFilter
+from .layers.ibm_checkpoints import RESNET_CLASSIFIER_RULES, RESNET_HINTS
 from .registry import register_workload
 
 
@@ -52,3 +54,16 @@ def build_tsm(params: TSMParams, *, num_classes: int, num_frames: int) -> nn.Mod
     if params.temporal_pool:
         insert_temporal_pool(backbone, num_frames=num_frames)
     return SegmentClassifier(backbone, num_classes=num_classes, num_frames=num_frames, dropout=params.dropout)
+
+
+# MIT TSM's checkpoints (`ops/models.py`: the ResNet as `base_model`, the shift wrapping each block's conv1).
+checkpoint_filter_fn = CheckpointFilter(
+    paper="TSM (ICCV 2019)",
+    rules=(
+        *RESNET_CLASSIFIER_RULES,
+        (r"base_model\.layer2\.net\.(.+)", r"backbone.layer2.\1"),  # --temporal_pool
+        (r"base_model\.((?:conv1|bn1|layer\d)\..+)", r"backbone.\1"),  # blockres: conv1.net.*; block: N.net.*
+    ),
+    hints=RESNET_HINTS,
+    signature=(r"layer\d\.\d+\.(conv1\.)?net\.",),
+)

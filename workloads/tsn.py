@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .layers import SegmentClassifier, create_backbone_2d, insert_ibm_temporal_pools, insert_temporal_pool
+from .layers.checkpoint import CheckpointFilter
+from .layers.ibm_checkpoints import RESNET_CLASSIFIER_RULES, RESNET_HINTS
 from .registry import register_workload
 
 
@@ -44,3 +46,16 @@ def build_tsn(params: TSNParams, *, num_classes: int, num_frames: int) -> nn.Mod
     if not params.without_t_stride:
         insert_ibm_temporal_pools(backbone, num_frames=num_frames)
     return SegmentClassifier(backbone, num_classes=num_classes, num_frames=num_frames, dropout=params.dropout)
+
+
+# The official checkpoints of IBM action-recognition-pytorch (bare torchvision ResNet) and MIT TSM's
+# TSN (`base_model.*`, its --temporal_pool wrapping layer2 as `layer2.net`).
+checkpoint_filter_fn = CheckpointFilter(
+    paper="TSN (ECCV 2016; IBM action-recognition-pytorch / MIT TSM repo)",
+    rules=(
+        *RESNET_CLASSIFIER_RULES,
+        (r"(?:base_model\.)?layer2\.net\.(.+)", r"backbone.layer2.\1"),
+        (r"(?:base_model\.)?((?:conv1|bn1|layer\d)\..+)", r"backbone.\1"),
+    ),
+    hints=RESNET_HINTS,
+)

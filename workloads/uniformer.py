@@ -19,6 +19,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from .layers.backbones import load_exact, read_state_dict
+from .layers.checkpoint import NESTED_KEYS, CheckpointFilter
 from .layers.pretrained import weights_file
 from .registry import register_workload
 
@@ -269,3 +270,14 @@ def build_uniformer(p: UniFormerParams, *, num_classes: int, num_frames: int) ->
     if weights_file(p.pretrained, owner="uniformer"):
         load_official(model, p.pretrained)
     return model
+
+
+# The official video checkpoints (`{"model_state": ...}` or the bare state): our parameter names are theirs.
+checkpoint_filter_fn = CheckpointFilter(
+    paper="UniFormer (ICLR 2022)",
+    rules=((r"((?:patch_embed\d|blocks\d|norm|head)\..+)", r"\1"),),
+    hints=((r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm)", "embed_dims / head_dim (--set)")),
+    key_hints=((r"^blocks\d\.\d+\.", "depths (--set depths=...)"),),
+    signature=(r"blocks1\.\d+\.conv1\.", r"patch_embed4\.proj\."),
+    nested=("model_state", *NESTED_KEYS),
+)

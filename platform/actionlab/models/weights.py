@@ -1,13 +1,13 @@
-"""Official checkpoints -> actionlab model directories (`actionlab weights import`).
+"""Official checkpoints -> actionlab model directories (`actionlab weights import`), and the zoo of them.
 
 Each method's released checkpoints are state dicts in its official repository's own layout: DataParallel
-`module.` prefixes, nested under `state_dict` / `model_state_dict` / `fusion_model_state_dict`, with the
-official module names. A `Converter` renames those keys onto the workload's own (ordered regex rules,
-every key must match exactly one rule or be listed as having no counterpart), applies the few
-structural changes (TAM's three 1x1 convs -> one grouped conv), and checks every shape against the
-workload built with the user's `--num-classes`, `--frames` and params. The result is written exactly as
-training writes a checkpoint (`model.safetensors` + `meta.json`), so `predict`, `eval`, `register` and
-`workload.init_from` accept it.
+`module.` prefixes, nested under `state_dict` / `model_state_dict` / `model_state`, with the official
+module names. Reading the file and unwrapping it is done here; renaming the keys onto the workload's
+own is the method's `checkpoint_filter_fn`, kept beside the method (`workloads.layers.checkpoint`:
+ordered regex rules, a few structural changes such as TAM's three 1x1 convs -> one grouped conv, and a
+check of every shape against the workload built with the user's `--num-classes`, `--frames` and
+params). The result is written exactly as training writes a checkpoint (`model.safetensors` +
+`meta.json`), so `predict`, `eval`, `register` and `workload.init_from` accept it.
 
 Loading never executes code: `torch.load(weights_only=True)` (plain tensors, dicts, numbers and
 strings; no allow-list is needed for any released format this module reads).
@@ -21,68 +21,41 @@ import re
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from workloads.afnet import OFFICIAL_BACKBONE_RULES as AFNET_BACKBONE_RULES
-from workloads.afnet import OFFICIAL_MBV3_RULES as AFNET_MBV3_RULES
+from workloads import get_workload, list_workloads
+from workloads.layers.checkpoint import NESTED_KEYS, BuildMismatch, CheckpointError, CheckpointFilter, UnmappedKeys
 from workloads.registry import without_weights
 
 from .. import __version__, tracking
 from ..config import flatten
 from .meta import ModelMeta, Preprocessing
 
-NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module")
+__all__ = ["CheckpointError", "ZOO", "ZooEntry", "convert", "converter", "import_checkpoint",
+           "import_checkpoint_model", "official_state", "read_checkpoint", "register_import", "zoo_by_name",
+           "zoo_entry"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be imported; the message names the file and the fix."""
+def converter(workload: str) -> CheckpointFilter:
+    """The checkpoint filter of `workload` (its module's `checkpoint_filter_fn`).
 
-
-@dataclass(frozen=True)
-class Converter:
-    """How one method's official state dict maps onto its workload.
-
-    rules: (official-key regex, our-key template) in order; the first rule whose regex matches the
-        whole key renames it (`re.fullmatch(...).expand(template)`); template None drops the key
-        (a buffer or tensor with no counterpart, e.g. CLIP's text tower when only the classifier is kept).
-    hints: (our-key regex, workload param) pairs: a shape that differs on a matching key most likely
-        means that param differs between the checkpoint and the build (frames, classes, widths).
-    key_hints: the same for keys one side lacks (depth: blocks that exist on one side only).
-    prepare: a whole-dict step after renaming (e.g. fusing TAM's convs), given (state, our model).
-    signature: regexes of official keys only this method's checkpoints have (to name another
-        method's checkpoint as such).
+    Raises:
+        CheckpointError: the workload has none (its authors released no checkpoint to import).
     """
-
-    workload: str
-    paper: str
-    rules: tuple
-    hints: tuple = ()
-    key_hints: tuple = ()
-    prepare: Callable | None = None
-    signature: tuple = ()
-    nested: tuple = NESTED_KEYS
-    zoo: tuple = ()  # released checkpoints: (file, dataset, frames, params, paper top-1, note)
-    extra_meta: dict = field(default_factory=dict)
-
-
-_CONVERTERS: dict[str, Converter] = {}
-
-
-def register_converter(conv: Converter) -> Converter:
-    _CONVERTERS[conv.workload] = conv
-    return conv
-
-
-def converter(workload: str) -> Converter:
-    if workload not in _CONVERTERS:
+    importable = _importable()
+    if workload not in importable:
         raise CheckpointError(
-            f"no importer for workload '{workload}'; official checkpoints can be imported for: {sorted(_CONVERTERS)}"
+            f"no importer for workload '{workload}'; official checkpoints can be imported for: {sorted(importable)}"
         )
-    return _CONVERTERS[workload]
+    return importable[workload]
+
+
+def _importable() -> dict[str, CheckpointFilter]:
+    filters = {name: get_workload(name).checkpoint_filter_fn for name in list_workloads()}
+    return {name: fn for name, fn in filters.items() if fn is not None}
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -158,92 +131,38 @@ def _all_tensors(d: dict) -> bool:
 # -- mapping --------------------------------------------------------------------------------------
 
 
-def rename(conv: Converter, state: dict[str, torch.Tensor], *, path: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Official keys -> ours by `conv.rules`; every key must match a rule."""
-    rules = [(re.compile(pattern), template) for pattern, template in conv.rules]
-    out, unmapped = {}, []
-    for key, value in state.items():
-        for regex, template in rules:
-            m = regex.fullmatch(key)
-            if m:
-                if template is not None:
-                    out[_expand(m, template)] = value
-                break
-        else:
-            unmapped.append(key)
-    if unmapped:
-        other = _guess_method(state, exclude=conv.workload)
-        if other or len(unmapped) > len(state) // 2:
+def convert(workload: str, state: dict, model, *, path: str = "checkpoint", build: str = "") -> dict:
+    """An official state dict -> a state dict that `model` loads strictly (`workload`'s checkpoint filter),
+    with errors that name the file, the build and, for another method's checkpoint, that method."""
+    filter_fn = converter(workload)
+    try:
+        return filter_fn(state, model)
+    except UnmappedKeys as err:
+        other = _guess_method(state, exclude=workload)
+        if other or len(err.unmapped) > err.num_keys // 2:
             what = f"a checkpoint of '{other}'" if other else "not a checkpoint of this method"
             raise CheckpointError(
-                f"{path}: {what} ({len(unmapped)} of {len(state)} keys are not {conv.paper} names, e.g. "
-                f"{unmapped[:4]}); import it with the workload it was trained with"
+                f"{path}: {what} ({err}); import it with the workload it was trained with"
                 + (f": actionlab weights import {other} ..." if other else "")
-            )
+            ) from None
         raise CheckpointError(
-            f"{path}: {len(unmapped)} keys have no counterpart in workload '{conv.workload}': {unmapped[:6]}; "
+            f"{path}: {len(err.unmapped)} keys have no counterpart in workload '{workload}': {err.unmapped[:6]}; "
             "the checkpoint was trained with a different architecture option (see --set)"
-        )
-    return out
-
-
-def _expand(m: re.Match, template: str) -> str:
-    """`m.expand(template)`, then `{sN}` -> N - 1 (official 1-based stage numbers -> our 0-based indices)."""
-    return re.sub(r"\{s(\d+)\}", lambda s: str(int(s.group(1)) - 1), m.expand(template))
+        ) from None
+    except BuildMismatch as err:
+        raise CheckpointError(f"{path} does not fit workload '{workload}' built as {build or workload}: {err}") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
 
 
 def _guess_method(state: dict, *, exclude: str) -> str:
-    for name, conv in _CONVERTERS.items():
-        if name != exclude and conv.signature and any(re.search(s, k) for s in conv.signature for k in state):
-            return name
-    return ""
-
-
-def check_against(conv: Converter, ours: dict, model_state: dict, *, path: str, build: str) -> None:
-    """Same keys, same shapes as the built model, else one error naming both sides and the param."""
-    missing = sorted(set(model_state) - set(ours))
-    extra = sorted(set(ours) - set(model_state))
-    shapes = [(k, tuple(ours[k].shape), tuple(model_state[k].shape)) for k in sorted(set(ours) & set(model_state))
-              if ours[k].shape != model_state[k].shape]
-    if not (missing or extra or shapes):
-        return
-    params = []
-    for keys, hints in (([k for k, _, _ in shapes], conv.hints), (missing + extra, conv.key_hints or conv.hints)):
-        for key in keys:
-            for pattern, param in hints:  # the first matching hint of each key
-                if re.search(pattern, key):
-                    if param not in params:
-                        params.append(param)
-                    break
-    parts = []
-    if shapes:
-        parts.append("shapes differ (checkpoint vs build): " + "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:4]))
-    if missing:
-        parts.append(f"the build has {len(missing)} tensors the checkpoint lacks, e.g. {missing[:4]}")
-    if extra:
-        parts.append(f"the checkpoint has {len(extra)} tensors the build lacks, e.g. {extra[:4]}")
-    hint = (f"; the checkpoint was probably trained with a different {' / '.join(params)}: set it to the "
-            "checkpoint's value") if params else "; check the workload params (--set) against the release"
-    raise CheckpointError(f"{path} does not fit workload '{conv.workload}' built as {build}: " + "; ".join(parts) + hint)
-
-
-def convert(workload: str, state: dict, model, *, path: str = "checkpoint", build: str = "") -> dict:
-    """An official state dict -> a state dict that `model` loads strictly."""
-    conv = converter(workload)
-    ours = rename(conv, state, path=path)
-    if conv.prepare is not None:
-        ours = conv.prepare(ours, model)
-    model_state = model.state_dict()
-    check_against(conv, ours, model_state, path=path, build=build or workload)
-    return {k: ours[k].to(model_state[k].dtype) for k in model_state}
+    return next((name for name, fn in _importable().items() if name != exclude and fn.recognises(state)), "")
 
 
 def import_checkpoint_model(
     workload: str, checkpoint: str | Path, *, num_classes: int, num_frames: int, params: dict | None = None
 ):
     """Builds `workload` and loads the official checkpoint into it (strict). Returns the model."""
-    from workloads import get_workload
-
     spec = get_workload(workload)
     conv = converter(workload)
     params = dict(params or {})
@@ -273,8 +192,6 @@ def import_checkpoint(
     Nothing is written to `out_dir` unless the whole import succeeds (it is built in a temporary
     folder beside it and moved into place).
     """
-    from workloads import get_workload
-
     spec = get_workload(workload)
     if class_names is not None and len(class_names) != num_classes:
         raise CheckpointError(f"--classes lists {len(class_names)} names but --num-classes is {num_classes}; make them agree")
@@ -330,295 +247,6 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
         c.set_model_version_tag(name, info["version"], key, value)
     c.update_model_version(name, info["version"], description=f"Official {conv.paper} checkpoint, imported by actionlab")
     return {"name": name, "version": info["version"], "run_id": run_id, "tags": tags}
-
-
-# -- the methods ----------------------------------------------------------------------------------
-
-# AFNet (`ops/backbone/AF_ResNet.py` inside `ops/models.py`'s TSN; main.py saves {'state_dict': DDP state}).
-register_converter(Converter(
-    workload="afnet",
-    paper="AFNet (NeurIPS 2022)",
-    rules=(
-        *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in AFNET_BACKBONE_RULES),
-        *((rf"base_model\.{pattern}", f"backbone.{template}") for pattern, template in AFNET_MBV3_RULES),
-        (r"base_model\.fc\.3\.(.+)", r"fc.\1"),  # AF-MobileNetV3: its fc.0 is the 960 -> 1280 head Linear
-        (r"new_fc\.(.+)", r"fc.\1"),
-        (r"base_model\.fc\.(.+)", r"fc.\1"),  # dropout 0: the backbone's own fc is the classifier
-    ),
-    hints=((r"navigation\.\d+\.temporal", "frames (--frames)"), (r"^fc\.", "classes (--num-classes)"),
-           (r"^backbone\.", "width / alpha / patch_groups (--set)")),
-    key_hints=((r"^backbone\.(layer[015]|head_)", "backbone (--set backbone=mobilenetv3 for AF-MobileNetV3)"),
-               (r"(stages\.\d+\.(ample|focal|navigation)\.\d+|layer4\.\d+)\.", "depth (--set layers=...)"),),
-    signature=(r"\.list_gen\.\d+\.conv_gs\.", r"\.list_gen[23]\.\d+\.conv_gs\."),
-))
-
-
-# CLIP-style residual attention blocks (OpenAI CLIP, Text4Vis' header, SLLM's FFRes) -> timm `Block`.
-_CLIP_BLOCK = (
-    (r"ln_1\.(weight|bias)", r"norm1.{}"),
-    (r"ln_2\.(weight|bias)", r"norm2.{}"),
-    (r"attn\.in_proj_(weight|bias)", r"attn.qkv.{}"),
-    (r"attn\.out_proj\.(weight|bias)", r"attn.proj.{}"),
-    (r"mlp\.c_fc\.(weight|bias)", r"mlp.fc1.{}"),
-    (r"mlp\.c_proj\.(weight|bias)", r"mlp.fc2.{}"),
-)
-
-
-def _clip_block_rules(official: str, ours: str) -> tuple:
-    """Rules for `<official>.resblocks.N.*` -> `<ours>.blocks.N.*` (official is a regex prefix)."""
-    return tuple(
-        (rf"{official}\.resblocks\.(\d+)\.{part}", rf"{ours}.blocks.\1." + target.format(r"\2"))
-        for part, target in _CLIP_BLOCK
-    )
-
-
-def _prepare_sllm(state: dict, model) -> dict:
-    """CLIP visual layout -> timm's (class token, position table, transposed projection); FFRes keeps the
-    first rows of the official 77-row position table (only 2 are ever used); the class text embeddings
-    come from `text_embeddings_file` (the checkpoint holds the image side only)."""
-    own = model.state_dict()
-    out = dict(state)
-    if "encoder.cls_token" in out:
-        out["encoder.cls_token"] = out["encoder.cls_token"].reshape(1, 1, -1)
-    if "encoder.pos_embed" in out and out["encoder.pos_embed"].dim() == 2:
-        out["encoder.pos_embed"] = out["encoder.pos_embed"].unsqueeze(0)
-    if "encoder.head.weight" in out:
-        out["encoder.head.weight"] = out["encoder.head.weight"].t()
-        out["encoder.head.bias"] = torch.zeros(out["encoder.head.weight"].shape[0])
-    table = out.get("restorer.pos_embed")
-    if table is not None and "restorer.pos_embed" in own and table.shape[0] > own["restorer.pos_embed"].shape[0]:
-        out["restorer.pos_embed"] = table[: own["restorer.pos_embed"].shape[0]]
-    if "classifier.text_embeddings" in own:
-        out["classifier.text_embeddings"] = own["classifier.text_embeddings"]
-    elif "classifier.logit_scale" in out:
-        raise CheckpointError(
-            "SLLM checkpoints classify by cosine similarity to the CLIP text embeddings of the class names, "
-            "which the checkpoint does not hold (Text4Vis computes them at start-up with the CLIP text tower): "
-            "pass --set text_embeddings_file=FILE with the (classes, 512) embeddings of your class list"
-        )
-    return out
-
-
-register_converter(Converter(
-    workload="sllm",
-    paper="SLLM (ACM MM 2023)",
-    rules=(
-        (r"visual\.conv1\.weight", r"encoder.patch_embed.proj.weight"),
-        (r"visual\.class_embedding", r"encoder.cls_token"),
-        (r"visual\.positional_embedding", r"encoder.pos_embed"),
-        (r"visual\.ln_pre\.(weight|bias)", r"encoder.norm_pre.\1"),
-        (r"visual\.ln_post\.(weight|bias)", r"encoder.norm.\1"),
-        (r"visual\.proj", r"encoder.head.weight"),
-        *_clip_block_rules(r"visual\.transformer", "encoder"),
-        (r"fusion_model\.frame_position_embeddings\.weight", r"header.pos_embed"),
-        *_clip_block_rules(r"fusion_model\.transformer", "header"),
-        (r"restore_frame_position_embeddings\.weight", r"restorer.pos_embed"),
-        *_clip_block_rules(r"restore_model", "restorer"),
-        (r"logit_scale", r"classifier.logit_scale"),
-    ),
-    hints=((r"^encoder\.pos_embed", "img_size_px / backbone patch size (--set)"),
-           (r"^encoder\.", "backbone (ViT-B/16 vs B/32: --set backbone=...)"),
-           (r"^restorer\.", "drop_rate / restore (--set)"),
-           (r"^header\.blocks", "header_depth (--set)"),
-           (r"^classifier\.", "classes (--num-classes, text_embeddings_file)")),
-    prepare=_prepare_sllm,
-    signature=(r"restore_model\.resblocks\.", r"fusion_model\.frame_position_embeddings"),
-))
-
-
-# 2D ResNets in torchvision names (IBM's `models/twod_models/resnet.py` and MIT TSM's `ops/models.py`
-# both build torchvision ResNets; timm's ResNet has the same names). IBM saves the bare network
-# (`fc` = classifier); MIT wraps it as `base_model` with the classifier in `new_fc` (or `base_model.fc`
-# with dropout 0), and its temporal pool wraps layer2 (`base_model.layer2.net.*`).
-_RESNET_CLASSIFIER = (
-    (r"new_fc\.(weight|bias)", r"fc.\1"),
-    (r"(?:base_model\.)?fc\.(weight|bias)", r"fc.\1"),
-)
-_RESNET_HINTS = ((r"^fc\.", "classes (--num-classes)"), (r"tam\.", "TAM options (blend_frames, depthwise)"),
-                 (r"layer\d\.\d+\.", "depth / backbone (--set)"))
-
-
-def _resnet_rules(conv1: str = r"conv1") -> tuple:
-    """Backbone keys of either repo -> `backbone.*`; block conv1 renamed to `conv1` + suffix."""
-    return (
-        *_RESNET_CLASSIFIER,
-        (r"(?:base_model\.)?layer2\.net\.(\d+)\.conv1\.(.+)", rf"backbone.layer2.\1.{conv1}.\2"),
-        (r"(?:base_model\.)?layer2\.net\.(.+)", r"backbone.layer2.\1"),
-        (r"(?:base_model\.)?(layer\d\.\d+)\.conv1\.weight", rf"backbone.\1.{conv1}.weight"),
-        (r"(?:base_model\.)?((?:conv1|bn1|layer\d)\..+)", r"backbone.\1"),
-    )
-
-
-register_converter(Converter(
-    workload="tsn",
-    paper="TSN (ECCV 2016; IBM action-recognition-pytorch / MIT TSM repo)",
-    rules=_resnet_rules(),
-    hints=_RESNET_HINTS,
-    signature=(),
-))
-
-register_converter(Converter(
-    workload="tsm",
-    paper="TSM (ICCV 2019)",
-    rules=(
-        *_RESNET_CLASSIFIER,
-        (r"base_model\.layer2\.net\.(.+)", r"backbone.layer2.\1"),  # --temporal_pool
-        (r"base_model\.((?:conv1|bn1|layer\d)\..+)", r"backbone.\1"),  # blockres: conv1.net.*; block: N.net.*
-    ),
-    hints=_RESNET_HINTS,
-    signature=(r"layer\d\.\d+\.(conv1\.)?net\.",),
-))
-
-_TAM_PARTS = {"prev_se": 0, "curr_se": 1, "next_se": 2}
-
-
-def _prepare_tam(state: dict, model) -> dict:
-    """IBM's k separate per-offset 1x1 convs (`prev_se`, `curr_se`, `next_se`, or `blending_layers.j`)
-    -> our one grouped conv whose output channel c*k + j is channel c's response for offset j - k//2."""
-    out, parts = {}, {}
-    for key, value in state.items():
-        m = re.fullmatch(r"(.+\.conv1\.tam\.conv\.weight)#(\d+)", key)
-        if m:
-            parts.setdefault(m.group(1), {})[int(m.group(2))] = value
-        else:
-            out[key] = value
-    for key, by_offset in parts.items():
-        k = len(by_offset)
-        ws = [by_offset[j] for j in range(k)]  # each (C, C_in per group, 1, 1)
-        out[key] = torch.stack(ws, 1).flatten(0, 1)  # (C, k, C_in/g, 1, 1) -> (C*k, C_in/g, 1, 1)
-    return out
-
-
-register_converter(Converter(
-    workload="tam",
-    paper="TAM (IBM action-recognition-pytorch, CVPR 2021)",
-    rules=(
-        *_RESNET_CLASSIFIER,
-        *((rf"(layer\d\.\d+)\.tam\.{name}\.fc1\.weight", rf"backbone.\1.conv1.tam.conv.weight#{j}")
-          for name, j in _TAM_PARTS.items()),
-        (r"(layer\d\.\d+)\.tam\.blending_layers\.(\d+)\.fc1\.weight", r"backbone.\1.conv1.tam.conv.weight#\2"),
-        (r"(layer\d\.\d+)\.conv1\.weight", r"backbone.\1.conv1.net.weight"),
-        (r"((?:conv1|bn1|layer\d)\..+)", r"backbone.\1"),
-    ),
-    hints=_RESNET_HINTS,
-    prepare=_prepare_tam,
-    signature=(r"\.tam\.(prev_se|blending_layers)",),
-))
-
-
-# IBM's 3D networks (`models/threed_models/{i3d_resnet,s3d_resnet,i3d,s3d}.py`): bare module names,
-# the classifier in `fc`; ours put the trunk under `backbone.` and the classifier in `head.fc`.
-for _name, _paper in (("i3d", "I3D (IBM action-recognition-pytorch)"), ("r3d", "ResNet3D (IBM i3d_resnet)"),
-                      ("s3d", "S3D (IBM action-recognition-pytorch)"), ("r2plus1d", "R(2+1)D (IBM s3d_resnet)")):
-    register_converter(Converter(
-        workload=_name,
-        paper=_paper,
-        rules=((r"fc\.(weight|bias)", r"head.fc.\1"), (r"(.+)", r"backbone.\1")),
-        hints=((r"^head\.fc", "classes (--num-classes)"), (r"layer\d\.\d+\.|inception", "depth / backbone (--set)"),
-               (r"conv\d?\.?weight|conv_t|conv_s", "inflation: i3d vs s3d / r2plus1d (another method's checkpoint)")),
-    ))
-
-
-# HSAR (`HVG808/HSAR_repo`, an mmaction2 0.x overlay: {"meta", "state_dict": {"backbone.*", "cls_head.*"}}).
-_HSAR_BLOCK = (
-    (r"0\.norm\.(weight|bias)", "norm1.{}"),
-    (r"0\.fn\.to_qkv\.weight", "qkv.weight"),
-    (r"0\.fn\.to_out\.0\.(weight|bias)", "proj.0.{}"),
-    (r"1\.norm\.(weight|bias)", "norm2.{}"),
-    (r"1\.fn\.net\.(0|3)\.(weight|bias)", "mlp.{}.{}"),
-)
-
-
-def _hsar_block_rules(official: str, ours: str) -> tuple:
-    rules = []
-    for part, target in _HSAR_BLOCK:
-        groups = [rf"\{i}" for i in range(2, 2 + target.count("{}"))]
-        rules.append((rf"{official}\.layers\.(\d+)\.{part}", rf"{ours}.blocks.\1." + target.format(*groups)))
-    return tuple(rules)
-
-
-def _prepare_hsar(state: dict, model) -> dict:
-    """The TMT's `ln_post` only feeds the key-frame predictor through a detached tensor, so it never
-    trains: ours has no affine there. A checkpoint whose ln_post is not the identity cannot be represented."""
-    out = dict(state)
-    w, b = out.pop("#temporal.ln_post.weight", None), out.pop("#temporal.ln_post.bias", None)
-    if (w is not None and w.device.type != "meta" and not torch.all(w == 1)) or (
-            b is not None and b.device.type != "meta" and not torch.all(b == 0)):
-        raise CheckpointError(
-            "HSAR checkpoint: backbone.temporal_enc.ln_post has trained (non-identity) weights; the official "
-            "training never updates them (detached input), so this checkpoint was not trained by the official code"
-        )
-    return out
-
-
-register_converter(Converter(
-    workload="hsar",
-    paper="HSAR (ACM ICMR 2023)",
-    rules=(
-        (r"backbone\.temporal_enc\.cls_token", r"temporal.cls_token"),
-        (r"backbone\.temporal_enc\.pre_conv\.(\d)\.(weight|bias)", r"temporal.stem.\1.\2"),
-        (r"backbone\.temporal_enc\.proj\.weight", None),  # built but unused: pre_conv is the stem
-        (r"backbone\.temporal_enc\.position_enc\.pos_table", None),  # the fixed sinusoid table (recomputed)
-        (r"backbone\.temporal_enc\.ln_pre\.(weight|bias)", r"temporal.norm_pre.\1"),
-        (r"backbone\.temporal_enc\.ln_post\.(weight|bias)", r"#temporal.ln_post.\1"),
-        (r"backbone\.temporal_enc\.to_embedding\.1\.(weight|bias)", r"temporal.to_token.\1"),
-        *_hsar_block_rules(r"backbone\.temporal_enc\.transformer", "temporal"),
-        (r"backbone\.spatial_enc\.(.+)", r"spatial.\1"),
-        (r"backbone\.pred_key\.(\d)\.(weight|bias)", r"key_predictor.\1.\2"),
-        (r"backbone\.a_to_v\.0\.(weight|bias)", r"spatial_to_dim.\1"),
-        (r"backbone\.fusion_cls", None),  # built but unused by the official forward
-        (r"backbone\.fu_pre\.(weight|bias)", r"fusion.norm_pre.\1"),
-        (r"backbone\.fu_post\.(weight|bias)", r"fusion.norm_post.\1"),
-        *_hsar_block_rules(r"backbone\.fusion", "fusion"),
-        (r"cls_head\.fc_cls\.(0|2)\.(weight|bias)", r"head.fc.\1.\2"),
-    ),
-    hints=((r"^head\.fc\.2", "classes (--num-classes)"), (r"key_predictor\.3", "frames (--frames)"),
-           (r"^(temporal|fusion)\.", "dim / depth / frame_size_px / skip_mo (--set; Large: dim=3072)"),
-           (r"^spatial\.", "spatial_backbone (ViT-B/16 iBOT)")),
-    prepare=_prepare_hsar,
-    signature=(r"temporal_enc\.transformer\.layers", r"backbone\.fu_pre\."),
-))
-
-
-# PySlowFast's MViT and the official UniFormer: our parameter names are theirs (one rule each).
-register_converter(Converter(
-    workload="mvitv2",
-    paper="MViTv2 (CVPR 2022; PySlowFast)",
-    rules=((r"((?:patch_embed|blocks|norm|head)\..+|cls_token)", r"\1"),),
-    hints=((r"\.rel_pos_t$", "frames (--frames)"), (r"\.rel_pos_[hw]$", "img_size_px (--set)"),
-           (r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm|cls)", "embed_dim (--set)")),
-    key_hints=((r"^blocks\.\d+\.", "depth / stage_starts (--set)"),),
-    signature=(r"blocks\.\d+\.attn\.pool_q\.", r"blocks\.\d+\.attn\.rel_pos_t"),
-    nested=("model_state", *NESTED_KEYS),
-))
-
-register_converter(Converter(
-    workload="uniformer",
-    paper="UniFormer (ICLR 2022)",
-    rules=((r"((?:patch_embed\d|blocks\d|norm|head)\..+)", r"\1"),),
-    hints=((r"^head\.", "classes (--num-classes)"), (r"^(blocks|patch_embed|norm)", "embed_dims / head_dim (--set)")),
-    key_hints=((r"^blocks\d\.\d+\.", "depths (--set depths=...)"),),
-    signature=(r"blocks1\.\d+\.conv1\.", r"patch_embed4\.proj\."),
-    nested=("model_state", *NESTED_KEYS),
-))
-
-# ty-97/H2CN: a VideoNet around `build_h2cn` (its unused `conv1_temp` only seeded the motion stem).
-register_converter(Converter(
-    workload="h2cn",
-    paper="H2CN (ACM MM 2022)",
-    rules=(
-        (r"base_model\.conv1_temp\.(weight|bias)", None),
-        (r"base_model\.layer(\d)_bak\.(\d+)\.mtdin\.(.+)", r"layer\1.\2.chgc.\3"),
-        (r"base_model\.layer(\d)_bak\.(.+)", r"layer\1.\2"),
-        (r"base_model\.(fhgc\d)\.0\.spaAgg\.weight", r"\1.0.spatial.weight"),
-        (r"base_model\.(fhgc\d)\.0\.convt\.weight", r"\1.0.temporal.weight"),
-        (r"base_model\.((?:fhgc\d|conv_fhgc|conv1|bn1)\..+)", r"\1"),
-        (r"new_fc\.(weight|bias)", r"fc.\1"),
-    ),
-    hints=((r"^fc\.", "classes (--num-classes)"), (r"\.chgc\.", "reduction (--set)")),
-    key_hints=((r"^layer\d\.\d+\.", "depths (--set depths=...)"),),
-    signature=(r"\.mtdin\.convt\.", r"base_model\.fhgc1\."),
-))
 
 
 # -- the zoo: released checkpoints and the paper numbers they should reproduce (the seeds' tables) --

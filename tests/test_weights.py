@@ -227,3 +227,16 @@ def test_a_checkpoint_is_identified_by_its_release_name_only():
     assert weights.zoo_entry(f"/downloads/{mvit.file}") == mvit
     # The only mvitv2 row has this workload, frame count and class count: a fine-tune of one's own does too.
     assert weights.zoo_entry("/runs/my_mvitv2_k400_finetune.pth") is None
+
+
+def test_each_method_with_released_checkpoints_has_its_filter_beside_it():
+    """`weights import` finds a method's converter through the registry (`checkpoint_filter_fn` in the
+    method's module), never by branching on its name; a method with no release says which have one."""
+    from workloads import list_workloads, tam
+
+    importable = {name for name in list_workloads() if get_workload(name).checkpoint_filter_fn is not None}
+    assert importable == {"afnet", "h2cn", "hsar", "i3d", "mvitv2", "r2plus1d", "r3d", "s3d", "sllm", "tam", "tsm",
+                          "tsn", "uniformer"}
+    assert weights.converter("tam") is tam.checkpoint_filter_fn
+    with pytest.raises(weights.CheckpointError, match=r"no importer for workload 'svmix'.*'afnet'"):
+        weights.converter("svmix")

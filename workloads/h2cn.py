@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.backbones import load_exact, read_state_dict
-from .layers.checkpoint import CheckpointFilter
+from .layers.backbones import read_state_dict
+from .layers.checkpoint import CheckpointError, CheckpointFilter
 from .layers.pretrained import weights_file
 from .layers.temporal_shift import temporal_shift
 from .registry import register_workload
@@ -237,30 +237,6 @@ class H2CN(nn.Module):
         return logits.view(b, self.num_segments, -1).mean(1)  # (B, K): average consensus
 
 
-# Official checkpoint names -> ours (after `module.` / `base_model.` are removed).
-_RENAMES = (
-    (r"^layer(\d)_bak\.", r"layer\1."),
-    (r"\.mtdin\.", ".chgc."),
-    (r"^(fhgc\d\.0)\.spaAgg\.", r"\1.spatial."),
-    (r"^(fhgc\d\.0)\.convt\.", r"\1.temporal."),
-    (r"^new_fc\.", "fc."),
-)
-
-
-def convert_official(state: dict) -> dict:
-    """An official H2CN VideoNet state dict in our names; its unused `conv1_temp` (a second
-    ResNet's conv1, kept only to seed the motion stem) is dropped."""
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("module.").removeprefix("base_model.")
-        if key.startswith("conv1_temp."):
-            continue
-        for pattern, repl in _RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
-
-
 def load_pretrained(model: H2CN, path: str | Path) -> None:
     """Loads an official H2CN checkpoint, or ImageNet ResNet-50 weights (torchvision layout) into the trunk.
 
@@ -271,10 +247,11 @@ def load_pretrained(model: H2CN, path: str | Path) -> None:
     """
     state = read_state_dict(path, nested_keys=("state_dict", "model"), prefixes=())
     if any(k.removeprefix("module.").startswith(("base_model.", "new_fc.")) for k in state):
-        load_exact(
-            model, convert_official(state), what=f"weights file {str(path)!r} vs H2CN",
-            fix="Use an official H2CN ResNet-50 checkpoint with the same segment count and classes.",
-        )
+        try:  # an official H2CN checkpoint: its names are mapped by the one filter `weights import` uses
+            state = checkpoint_filter_fn({k.removeprefix("module."): v for k, v in state.items()}, model)
+        except CheckpointError as err:
+            raise CheckpointError(f"weights file {str(path)!r} vs H2CN: {err}") from None
+        model.load_state_dict(state)
         return
     own = model.state_dict()
     trunk = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -27,17 +27,13 @@ from pathlib import Path
 import torch
 
 from workloads import get_workload, list_workloads
+# CheckpointError is the error of every import step, the converters' included (`weights.CheckpointError`).
 from workloads.layers.checkpoint import NESTED_KEYS, BuildMismatch, CheckpointError, CheckpointFilter, UnmappedKeys
 from workloads.registry import without_weights
 
 from .. import __version__, tracking
 from ..config import flatten
 from .meta import ModelMeta, Preprocessing
-
-__all__ = ["CheckpointError", "ZOO", "ZooEntry", "convert", "converter", "import_checkpoint",
-           "import_checkpoint_model", "official_state", "read_checkpoint", "register_import", "zoo_by_name",
-           "zoo_entry"]
-
 
 def converter(workload: str) -> CheckpointFilter:
     """The checkpoint filter of `workload` (its module's `checkpoint_filter_fn`).

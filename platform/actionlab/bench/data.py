@@ -91,8 +91,14 @@ class DataSet:
     name: str
     manifest: str
     decoder: str
-    pixels: str = "rgb"
+    pixels: str = "rgb"  # or CODEC_ALONE
     jpeg: str = ""  # frame folders: `decode.JPEG_DECODERS`
+
+
+# A row's `pixels` for PyAV alone, written here apart from the project's reader: open each video,
+# seek to each wanted frame and decode it, keep nothing. What the codec allows; a reader's row
+# divided by this one is the share of the codec's speed it keeps.
+CODEC_ALONE = "codec alone"
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,42 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pix
         cache_dir=str(Path(manifest).parent / ".cache") if "://" in manifest else None,
         pixels=pixels, jpeg_decoder=jpeg or "pil",
     )
+
+
+def measure_codec(manifest: str, *, num_frames: int, count: int, offset: int) -> tuple[float, float, float, dict]:
+    """`measure`'s figures for PyAV alone on `count` videos of `manifest` from `offset`: `num_frames`
+    frames spread over each video (the centres of equal segments, as TSN's test sampling), each found
+    by seeking to it and decoding on from its keyframe. Stages: open (the file and its header),
+    seek, decode."""
+    import av
+
+    from ..data import manifest as data_manifest
+
+    df = data_manifest.read_manifest(manifest)
+    root = Path(data_manifest.default_root(manifest))
+    stages = dict.fromkeys(("open", "seek", "decode"), 0.0)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for k in range(count):
+        tick = time.thread_time()
+        with av.open(str(root / df["video"].iloc[(offset + k) % len(df)])) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # one core, as a loader worker
+            entries = stream.index_entries
+            wanted = [entries[int((i + 0.5) * len(entries) / num_frames)].timestamp for i in range(num_frames)]
+            now = time.thread_time()
+            stages["open"] += now - tick
+            for target in wanted:
+                tick = now
+                container.seek(target, stream=stream, backward=True, any_frame=False)
+                now = time.thread_time()
+                stages["seek"] += now - tick
+                for frame in container.decode(stream):
+                    if frame.pts is None or frame.pts >= target:
+                        break
+                tick, now = now, time.thread_time()
+                stages["decode"] += now - tick
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return cpu, wall, 0.0, stages
 
 
 def measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, float, dict]:
@@ -182,28 +224,35 @@ def bench_data(
     """Clips/s per core of each data set, interleaved; the first is the baseline."""
     import torch
 
+    from ..data import profile
+
     torch.set_num_threads(1)  # one loader worker = one core
     datasets = {}
     for d in sets:
         key = (d.manifest, d.pixels, d.jpeg)
-        if key not in datasets:
+        if key not in datasets and d.pixels != CODEC_ALONE:
             datasets[key] = _dataset(d.manifest, num_frames=num_frames, sampling=sampling, size_px=size_px,
                                      pixels=d.pixels, jpeg=d.jpeg)
+
+    def run(d: DataSet, count: int, offset: int) -> tuple[float, float, float, dict]:
+        if d.pixels == CODEC_ALONE:
+            return measure_codec(d.manifest, num_frames=num_frames, count=count, offset=offset)
+        return measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, count, offset)
+
     for d in sets:  # warm the page cache and imports outside the timed rounds
-        measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, 1, 0)
+        run(d, 1, 0)
     times: dict[int, list] = {i: [] for i in range(len(sets))}
     for r in range(rounds):
         for i, d in enumerate(sets):
-            times[i].append(measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, clips_per_round,
-                                     r * clips_per_round))
+            times[i].append(run(d, clips_per_round, r * clips_per_round))
         log(f"round {r + 1}/{rounds} done")
     rows = []
     for i, d in enumerate(sets):
         cpu = statistics.median(t[0] for t in times[i])
         wall = statistics.median(t[1] for t in times[i])
         norm = statistics.median(t[2] for t in times[i])
-        stages = {stage: 1e3 * sum(t[3][stage] for t in times[i]) / (rounds * clips_per_round)
-                  for stage in times[i][0][3]}
+        stages = {stage: 1e3 * sum(t[3].get(stage, 0.0) for t in times[i]) / (rounds * clips_per_round)
+                  for stage in profile.STAGES}
         rate = clips_per_round / max(cpu, 1e-9)
         base = rows[0].clips_per_core_s if rows else rate
         rows.append(DataBenchRow(
@@ -215,8 +264,24 @@ def bench_data(
     return rows
 
 
+def codec_shares(rows: list[DataBenchRow]) -> list[str]:
+    """Per data set with a `CODEC_ALONE` row: how much of the codec's speed each reader keeps, and the
+    YUV reader's speed-up over the RGB one (the reader before YUV planes)."""
+    lines = []
+    for codec in (r for r in rows if r.pixels == CODEC_ALONE):
+        same = {(r.decoder, r.pixels): r for r in rows if r.name == codec.name}
+        parts = [f"{r.decoder} {r.pixels} {r.clips_per_core_s / codec.clips_per_core_s:.0%}"
+                 for r in same.values() if r is not codec]
+        line = f"  {codec.name}: share of the codec alone's {codec.clips_per_core_s:.1f} clips/s/core: {', '.join(parts)}"
+        if ("pyav", "rgb") in same and ("pyav", "yuv420") in same:
+            line += f"; pyav yuv420 / pyav rgb = {same['pyav', 'yuv420'].clips_per_core_s / same['pyav', 'rgb'].clips_per_core_s:.2f}x"
+        lines.append(line)
+    return lines
+
+
 def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool = False) -> list[DataSet]:
-    """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes; for
+    """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes and alone
+    (`CODEC_ALONE`); for
     JPEG frame folders, each JPEG decoder instead."""
     from ..data import decode
 
@@ -224,7 +289,7 @@ def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool =
         return [DataSet(name, manifest, decoders[0], jpeg=jpeg) for jpeg in decode.JPEG_DECODERS]
     out = [DataSet(name, manifest, decoder) for decoder in decoders]
     if "pyav" in decoders:
-        out.append(DataSet(name, manifest, "pyav", pixels="yuv420"))
+        out += [DataSet(name, manifest, "pyav", pixels="yuv420"), DataSet(name, manifest, "pyav", pixels=CODEC_ALONE)]
     return out
 
 

@@ -130,6 +130,9 @@ def _pyav_count(container, stream) -> int:
     return sum(1 for packet in container.demux(stream) if packet.size)  # no index: count packets
 
 
+_AVINDEX_KEYFRAME, _AVINDEX_DISCARD_FRAME = 1, 2  # FFmpeg's AVIndexEntry flags
+
+
 def _pyav_index(container, stream) -> tuple[np.ndarray, np.ndarray]:
     """(pts of frame i in display order, pts of the keyframe that frame i decodes from).
 
@@ -140,15 +143,15 @@ def _pyav_index(container, stream) -> tuple[np.ndarray, np.ndarray]:
     decode times, equal to display times only without reordering, hence the guard.
     """
     entries = stream.index_entries
-    if (not stream.codec_context.has_b_frames and len(entries) == (stream.frames or -1)
-            and entries[0].timestamp == (stream.start_time or 0)
-            and not any(entry.is_discard for entry in entries)):
-        display = np.fromiter((entry.timestamp for entry in entries), np.int64, len(entries))  # (N,)
-        is_key = np.fromiter((entry.is_keyframe for entry in entries), bool, len(entries))
-        if not np.all(np.diff(display) > 0):
-            return _pyav_index_demuxed(container, stream)
-    else:
+    if stream.codec_context.has_b_frames or len(entries) != (stream.frames or -1):
         return _pyav_index_demuxed(container, stream)
+    # One pass over the entries (each attribute read is a Python call: three passes cost ~0.6 ms).
+    rows = np.array([(entry.timestamp, entry.flags) for entry in entries], dtype=np.int64)  # (N, 2)
+    display, flags = rows[:, 0], rows[:, 1]
+    if (display[0] != (stream.start_time or 0) or np.any(flags & _AVINDEX_DISCARD_FRAME)
+            or not np.all(np.diff(display) > 0)):
+        return _pyav_index_demuxed(container, stream)
+    is_key = (flags & _AVINDEX_KEYFRAME) != 0
     return display, _keyframe_pts(display, is_key)
 
 

@@ -253,7 +253,12 @@ def pixels_for(cfg: Config) -> str:
     """`data.pixels` for this worker: `auto` is yuv420 when it trains on a GPU, else rgb."""
     if cfg.data.pixels != "auto":
         return cfg.data.pixels
-    return "yuv420" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "rgb"
+    return "yuv420" if _on_gpu(cfg) else "rgb"
+
+
+def _on_gpu(cfg: Config) -> bool:
+    """Whether this worker trains on a GPU (it has one and `compute.use_gpu` does not say no)."""
+    return torch.cuda.is_available() and cfg.compute.use_gpu is not False
 
 
 def make_datasets(cfg: Config, spec, ctx: RunContext):
@@ -313,6 +318,7 @@ def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         sampler=sampler,
         seed=cfg.seed + rank,
         drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
+        pin_memory=_on_gpu(cfg),  # page-locked batches: the copy to the GPU runs asynchronously
     )
     return loader, sampler
 

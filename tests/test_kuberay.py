@@ -313,10 +313,10 @@ def train_config(train_args):
 
 
 def test_the_entrypoint_is_a_train_command_on_a_shipped_recipe(train_args, train_config):
-    from actionlab.cli import cmd_train
+    from actionlab.cli.train import run_train
     from actionlab.config import shipped_recipes
 
-    assert train_args.fn is cmd_train
+    assert train_args.fn is run_train
     assert train_args.recipe in shipped_recipes()
     # Every path a worker reads or writes is on S3: a node-local one would be refused on a cluster.
     assert storage.is_remote(train_config.data.manifest) and train_config.data.manifest.startswith("s3://")
@@ -502,10 +502,10 @@ def test_the_image_installs_pyproject_and_the_package_as_a_non_root_user():
 def test_the_build_context_holds_the_code_and_nothing_local():
     patterns = _dockerignore_patterns()
     env = yaml.safe_load((REPO / "platform" / "runtime_env.yaml").read_text())
-    needed = ["pyproject.toml", _pyproject()["project"]["readme"], "platform/actionlab/cli.py", "workloads/__init__.py",
+    needed = ["pyproject.toml", _pyproject()["project"]["readme"], "platform/actionlab/cli/__init__.py", "workloads/__init__.py",
               "workloads/recipes/tsm_r50_sthv2.yaml", "tune_spaces/__init__.py", *env["py_modules"], ".gitignore"]
     assert [p for p in needed if dockerignored(p, patterns)] == []
-    local = [".venv/bin/python", ".git/HEAD", "build/lib/actionlab/cli.py", "actionlab.egg-info/PKG-INFO",
+    local = [".venv/bin/python", ".git/HEAD", "build/lib/actionlab/cli/__init__.py", "actionlab.egg-info/PKG-INFO",
              "platform/actionlab.egg-info/PKG-INFO", "platform/actionlab/__pycache__/cli.cpython-311.pyc",
              ".pytest_cache/v/cache/nodeids", ".actionlab/mlflow.db", "data/motion/videos/a.mp4",
              "workloads/weights.pt", "mlruns/0/meta.yaml"]

@@ -291,11 +291,20 @@ def from_dict(values: dict) -> Config:
     return _build(Config, values or {}, "")
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge(base: dict, update: dict) -> dict:
+    """`update` laid over `base` key by key, nested mappings merged recursively; neither is changed.
+
+    Args:
+        base: nested mapping of config values (e.g. a recipe's).
+        update: nested mapping whose values win (e.g. `parse_override` output).
+
+    Returns:
+        A new mapping: `base`'s keys with `update`'s values where both have a key.
+    """
     out = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -432,7 +441,7 @@ def read_recipe(ref: str) -> Recipe:
         own_workload = values.get("workload") or {}
         if "name" in own_workload and own_workload["name"] != base_workload.get("name"):
             base_workload.pop("params", None)  # params belong to their workload (as in `resolve`)
-        values = _merge(base, values)
+        values = merge(base, values)
     return Recipe(name=Path(path).stem, values=values, paper=paper)
 
 
@@ -463,14 +472,14 @@ def resolve(recipe: dict | None = None, overrides: list[str] | tuple = (), *, up
     """
     values = to_dict(Config())
     values["workload"]["params"] = {}  # the recipe's workload's defaults fill in when the config is built
-    values = _merge(values, recipe or {})
+    values = merge(values, recipe or {})
     steps = [nest(*parse_dotted(text)) for text in overrides] + [nest(k, v) for k, v in (updates or {}).items()]
     combined: dict = {}
     for update in steps:
-        combined = _merge(combined, update)
+        combined = merge(combined, update)
     _drop_stale_params(values, combined)
     for update in steps:
-        values = _merge(values, update)
+        values = merge(values, update)
     return from_dict(values)
 
 

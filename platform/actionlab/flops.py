@@ -141,3 +141,34 @@ def recipe_gmacs(cfg) -> float:
         if rows:
             return rows[0]["measured_gmacs"]
     return workload_compute(cfg.workload.name, params=params, **shape).gmacs
+
+
+def recipe_rows(*, measure: bool = False) -> list[dict]:
+    """The papers' tables, runnable: one row per shipped recipe with a `paper:` block.
+
+    Args:
+        measure: also count the GMACs of the model each recipe builds (on the module, no weights read;
+            minutes on 2 cores).
+
+    Returns:
+        One mapping per recipe: its name, the paper's source, dataset, views and numbers, the recipe's
+        workload, frames, stride and views, and `gmacs` (None unless `measure`).
+    """
+    from .config import read_recipe, resolve, shipped_recipes
+
+    rows = []
+    for name in shipped_recipes():
+        recipe = read_recipe(name)
+        if recipe.paper is None:
+            continue
+        cfg = resolve(recipe.values)
+        paper = recipe.paper
+        rows.append({
+            "recipe": name, "source": paper.source, "workload": cfg.workload.name, "dataset": paper.dataset,
+            "frames": cfg.clip.num_frames, "stride": cfg.clip.stride,
+            "views": f"{cfg.eval.num_clips}x{cfg.eval.num_crops}", "paper_views": paper.views,
+            "paper_top1": paper.top1, "paper_top5": paper.top5, "paper_gflops": paper.gflops, "note": paper.note,
+            "gflops_note": paper.gflops_note,
+            "gmacs": round(recipe_gmacs(cfg), 2) if measure else None,
+        })
+    return rows

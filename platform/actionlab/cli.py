@@ -59,9 +59,9 @@ def cmd_tune(args) -> int:
 
 
 def cmd_register(args) -> int:
-    from . import tracking
+    from .models import registry
 
-    info = tracking.register(args.run_id, args.name, alias=args.alias)
+    info = registry.register(args.run_id, args.name, alias=args.alias)
     _print(info, args.json)
     return 0
 
@@ -612,6 +612,7 @@ def cmd_quickstart(args) -> int:
     from .config import load_recipe, resolve
     from .data.manifest import read_manifest
     from .data.synthetic import synthesize
+    from .models import registry
     from .models.predict import predict
     from .storage import redact
     from .train.launch import train
@@ -635,7 +636,7 @@ def cmd_quickstart(args) -> int:
           flush=True)
     outcome = train(cfg)
     print(f"[3/4] registering run {outcome.run_id} as '{args.model_name}'", flush=True)
-    registered = tracking.register(outcome.run_id, args.model_name)
+    registered = registry.register(outcome.run_id, args.model_name)
     model_uri = f"models:/{args.model_name}@champion"
     df = read_manifest(str(manifest))
     val = df[df["split"] == "val"].groupby("label").head(1).head(3)

@@ -183,16 +183,15 @@ def _svmix_loader(golden: Golden, checkpoint) -> torch.nn.Module:
 
 def import_and_load(golden: Golden, checkpoint: Path, **params):
     """`weights import` of `checkpoint` with the fixture's arguments (`params` added), loaded back as a
-    user loads a model (`tracking.load_model`)."""
-    from actionlab import tracking
-    from actionlab.models import weights
+    user loads a model (`folder.load_model`)."""
+    from actionlab.models import folder, weights
 
     args = golden.spec["import"]
     out = weights.import_checkpoint(args["workload"], checkpoint, Path(checkpoint).parent / "model",
                                     num_classes=args["num_classes"], num_frames=args["num_frames"],
                                     params={**args.get("params", {}), **params},
                                     size_px=args.get("size_px", 224), resize_px=args.get("resize_px", 256))
-    return tracking.load_model(str(out)).model
+    return folder.load_model(str(out)).model
 
 
 def _import_with_text_embeddings(golden: Golden, checkpoint: Path):

@@ -111,7 +111,7 @@ def test_a_batch_mixing_planes_and_rgb_becomes_rgb(media):
 def test_predict_scores_the_same(media):
     from actionlab.models.meta import ModelMeta, Preprocessing
     from actionlab.models.predict import predict_videos
-    from actionlab.tracking import LoadedModel
+    from actionlab.models.folder import LoadedModel
 
     root, _ = media
     torch.manual_seed(0)

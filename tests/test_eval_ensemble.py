@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from actionlab import cli, tracking
 from actionlab.config import resolve
 from actionlab.data import manifest as data_manifest
+from actionlab.models import folder
 from actionlab.train import launch, loop
 from actionlab.train.evaluate import eval_dataset, evaluate_models, normalise, stats_tensors
 from workloads import get_workload
@@ -37,7 +38,7 @@ def models(synth_dataset, tmp_path_factory):
         classes = launch.resolve_data(cfg).classes
         torch.manual_seed(len(dirs))
         model = spec.build(cfg.workload.params, num_classes=len(classes), num_frames=frames)
-        dirs.append(str(tracking.save_model_dir(out / name, model, loop.model_meta(cfg, spec, classes))))
+        dirs.append(str(folder.save_model_dir(out / name, model, loop.model_meta(cfg, spec, classes))))
     return dirs
 
 
@@ -50,7 +51,7 @@ def home(tmp_path, monkeypatch):
 
 def _scores(model_dir: str, manifest, *, fusion: str) -> dict:
     """{video: (fused scores (K,), label)} computed item by item, outside `evaluate_models`."""
-    loaded = tracking.load_model(model_dir)
+    loaded = folder.load_model(model_dir)
     meta = loaded.meta
     df = data_manifest.select_split(data_manifest.read_manifest(manifest), "val")
     dataset = eval_dataset(meta, df, str(manifest.parent), num_clips=2)
@@ -71,8 +72,8 @@ def _top1(scores: dict) -> float:
 
 @pytest.mark.parametrize("fusion", ["probs"])  # logits: the default, in the tests below
 def test_each_model_and_the_ensemble_are_scored(models, synth_dataset, home, fusion):
-    tsm_meta = json.loads((Path(models[0]) / tracking.META_FILE).read_text())
-    h2cn_meta = json.loads((Path(models[1]) / tracking.META_FILE).read_text())
+    tsm_meta = json.loads((Path(models[0]) / folder.META_FILE).read_text())
+    h2cn_meta = json.loads((Path(models[1]) / folder.META_FILE).read_text())
     assert (tsm_meta["sampling"], tsm_meta.get("snippet_frames")) == ("segments", 1)
     assert (h2cn_meta["sampling"], h2cn_meta["snippet_frames"], h2cn_meta["num_frames"]) == ("snippets", 5, 2)
 
@@ -114,11 +115,11 @@ def test_the_cli_prints_and_logs_every_member_and_the_ensemble(models, synth_dat
 
 def test_models_of_other_classes_or_repeated_videos_are_refused(models, synth_dataset, home, tmp_path):
     other = tmp_path / "other"
-    meta = json.loads((Path(models[0]) / tracking.META_FILE).read_text())
+    meta = json.loads((Path(models[0]) / folder.META_FILE).read_text())
     meta["classes"] = [f"c{i}" for i in range(len(meta["classes"]))]
     other.mkdir()
-    (other / tracking.META_FILE).write_text(json.dumps(meta))
-    (other / tracking.MODEL_FILE).write_bytes((Path(models[0]) / tracking.MODEL_FILE).read_bytes())
+    (other / folder.META_FILE).write_text(json.dumps(meta))
+    (other / folder.MODEL_FILE).write_bytes((Path(models[0]) / folder.MODEL_FILE).read_bytes())
     with pytest.raises(ValueError, match="other classes"):
         evaluate_models([models[0], str(other)], str(synth_dataset), num_loader_workers=0)
     df = pd.read_parquet(synth_dataset)

@@ -16,6 +16,7 @@ import yaml
 
 from actionlab.models import predict as predict_mod
 from actionlab import tracking
+from actionlab.models import folder, registry
 
 from servers.process import REPO, base_env, free_port, http_ok, needs_netns, start_process
 
@@ -33,7 +34,7 @@ def _checkpoint(out: Path) -> Path:
     meta = ModelMeta(workload="r3d", params=params, classes=("left", "right", "up", "down"),
                      preprocessing=Preprocessing(sampling=spec.sampling, num_frames=4, stride=2, size_px=32,
                                                  resize_px=32, mean=tuple(spec.mean), std=tuple(spec.std)))
-    return tracking.save_model_dir(out, model, meta)
+    return folder.save_model_dir(out, model, meta)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,11 @@ def registered(tmp_path_factory):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         run_id = tracking.start_run("pyfunc-test", "r3d-tiny_4x1")
         tracking.log_metrics(run_id, {"val/top1": 0.5}, step=0)
-        tracking.log_artifacts(run_id, _checkpoint(home / "ckpt"), tracking.CHECKPOINT_ARTIFACT)
+        tracking.log_artifacts(run_id, _checkpoint(home / "ckpt"), folder.CHECKPOINT_ARTIFACT)
         tracking.end_run(run_id)
-        info = tracking.register(run_id, NAME)
+        info = registry.register(run_id, NAME)
         mv = tracking.client().get_model_version_by_alias(NAME, "champion")
-        model_dir = tracking.resolve_model_dir(f"models:/{NAME}@champion")
+        model_dir = folder.resolve_model_dir(f"models:/{NAME}@champion")
     return {"home": home, "info": info, "source": mv.source, "run_id": run_id, "model_dir": model_dir}
 
 
@@ -79,7 +80,7 @@ def test_version_is_an_mlflow_model_from_code(registered):
 
 
 def test_uint8_batch_needs_the_model_frames(registered):
-    loaded = tracking.load_model(str(registered["model_dir"]))
+    loaded = folder.load_model(str(registered["model_dir"]))
     batch = np.random.default_rng(0).integers(0, 256, (2, 4, 40, 48, 3), dtype=np.uint8)
     out = predict_mod.predict_clips(loaded, batch, top_k=3)
     assert [len(r["top"]) for r in out] == [3, 3]

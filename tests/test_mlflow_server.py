@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from actionlab import tracking
+from actionlab.models import folder, registry
 
 from servers.chromium import Chromium
 from servers.process import artifacts_dir, needs_netns
@@ -36,10 +37,10 @@ def _register(tmp_path):
 
     meta = ModelMeta(workload="tsm", params=get_workload("tsm").params_cls(), classes=("a", "b"),
                      preprocessing=Preprocessing("segments", 4, 1, 32, 32, (0.5,) * 3, (0.5,) * 3))
-    tracking.save_model_dir(tmp_path / "checkpoint", torch.nn.Linear(4, 2), meta)  # an upload, never loaded
-    tracking.log_artifacts(run_id, tmp_path / "checkpoint", tracking.CHECKPOINT_ARTIFACT)
+    folder.save_model_dir(tmp_path / "checkpoint", torch.nn.Linear(4, 2), meta)  # an upload, never loaded
+    tracking.log_artifacts(run_id, tmp_path / "checkpoint", folder.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)
-    info = tracking.register(run_id, "ui-tsm")
+    info = registry.register(run_id, "ui-tsm")
     assert info["version"] == "1" and info["alias_moved"]
     return {"run_id": run_id, "name": "ui-tsm", "version": "1"}
 

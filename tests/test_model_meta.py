@@ -9,9 +9,9 @@ import logging
 import pytest
 import torch
 
-from actionlab import tracking
 from actionlab.config import load_recipe
 from actionlab.config import flat_params, resolve
+from actionlab.models import folder
 from actionlab.models.meta import ModelMetaError
 from actionlab.train.loop import model_meta
 from workloads import get_workload, registry
@@ -29,7 +29,7 @@ def _save(tmp_path, cfg):
     spec = get_workload(cfg.workload.name)
     torch.manual_seed(0)
     model = spec.build(cfg.workload.params, num_classes=len(CLASSES), num_frames=cfg.clip.num_frames).eval()
-    out = tracking.save_model_dir(tmp_path / "model", model, model_meta(cfg, spec, CLASSES))
+    out = folder.save_model_dir(tmp_path / "model", model, model_meta(cfg, spec, CLASSES))
     return model, out
 
 
@@ -51,7 +51,7 @@ def _change_tsm_defaults(monkeypatch, **defaults):
 def test_meta_json_and_mlflow_params_record_defaults_too(tmp_path):
     cfg = _tsm_sthv2()
     _, out = _save(tmp_path, cfg)
-    recorded = json.loads((out / tracking.META_FILE).read_text())
+    recorded = json.loads((out / folder.META_FILE).read_text())
     assert recorded["params"] == dataclasses.asdict(get_workload("tsm").params_cls(
         backbone="resnet18", pretrained="", dropout=0.5, fold_div=8))
     assert recorded["params"]["shift_place"] == "blockres" and recorded["params"]["temporal_pool"] is False
@@ -64,7 +64,7 @@ def test_a_changed_default_does_not_change_the_saved_model(tmp_path, monkeypatch
     cfg = _tsm_sthv2()
     model, out = _save(tmp_path, cfg)
     _change_tsm_defaults(monkeypatch, **changed)
-    loaded = tracking.load_model(str(out))
+    loaded = folder.load_model(str(out))
     assert (loaded.meta.params.shift_place, loaded.meta.params.temporal_pool) == ("blockres", False)
     assert torch.equal(_logits(loaded.model), _logits(model))
     # what rebuilding from today's defaults gives: another network (other weight names, or other logits)
@@ -78,13 +78,13 @@ def test_a_changed_default_does_not_change_the_saved_model(tmp_path, monkeypatch
 def test_an_old_checkpoint_with_only_overrides_loads_with_todays_defaults(tmp_path, caplog):
     cfg = _tsm_sthv2()
     model, out = _save(tmp_path, cfg)
-    meta_file = out / tracking.META_FILE
+    meta_file = out / folder.META_FILE
     old = json.loads(meta_file.read_text())
     old["params"] = {"backbone": "resnet18", "fold_div": 8}  # what meta.json held before every value was recorded
     del old["actionlab_version"]
     meta_file.write_text(json.dumps(old))
     with caplog.at_level(logging.WARNING, logger="actionlab.models.meta"):
-        loaded = tracking.load_model(str(out))
+        loaded = folder.load_model(str(out))
     assert torch.equal(_logits(loaded.model), _logits(model))
     assert "records no value for tsm params" in caplog.text and "'shift_place'" in caplog.text
     assert "today's defaults" in caplog.text
@@ -92,12 +92,12 @@ def test_an_old_checkpoint_with_only_overrides_loads_with_todays_defaults(tmp_pa
 
 def test_a_recorded_key_this_code_lacks_is_refused_clearly(tmp_path):
     _, out = _save(tmp_path, _tsm_sthv2())
-    meta_file = out / tracking.META_FILE
+    meta_file = out / folder.META_FILE
     values = json.loads(meta_file.read_text())
     values["params"]["shift_mode"] = "bidirectional"  # a key a later (or earlier) version had
     meta_file.write_text(json.dumps(values))
     with pytest.raises(ModelMetaError) as info:
-        tracking.load_model(str(out))
+        folder.load_model(str(out))
     text = str(info.value)
     assert "unknown parameter 'shift_mode' for workload 'tsm'" in text
     assert str(meta_file) in text and "load it with that version" in text and "actionlab 0." in text
@@ -105,18 +105,18 @@ def test_a_recorded_key_this_code_lacks_is_refused_clearly(tmp_path):
 
 def test_a_recorded_value_the_builder_refuses_is_a_clear_error(tmp_path):
     _, out = _save(tmp_path, _tsm_sthv2())
-    meta_file = out / tracking.META_FILE
+    meta_file = out / folder.META_FILE
     values = json.loads(meta_file.read_text())
     values["params"]["shift_place"] = "everywhere"
     meta_file.write_text(json.dumps(values))
     with pytest.raises(ModelMetaError, match=r"cannot build the recorded workload 'tsm' \(tsm: shift_place"):
-        tracking.load_model(str(out))
+        folder.load_model(str(out))
 
 
 def test_a_wrapped_backbone_records_every_value_of_the_whole_network(tmp_path):
     cfg = resolve(load_recipe("svmix_smoke"), ["clip.num_frames=4", "clip.size_px=32"])
     _, out = _save(tmp_path, cfg)
-    recorded = json.loads((out / tracking.META_FILE).read_text())["params"]
+    recorded = json.loads((out / folder.META_FILE).read_text())["params"]
     assert recorded["backbone_workload"] == "tsm"
     assert recorded["backbone_params"] == dataclasses.asdict(get_workload("tsm").resolve_params({"backbone": "resnet18"}))
 
@@ -130,8 +130,8 @@ def test_a_warm_start_reads_the_record_and_names_changed_params(tmp_path):
     report = load_init_weights(model, str(out), cfg.workload.params)
     assert "newly initialised 2 ['fc.bias', 'fc.weight']" in report  # 5 classes, not the checkpoint's 3
     assert "params differ from the checkpoint's: {'fold_div': '8 -> 4'}" in report
-    values = json.loads((out / tracking.META_FILE).read_text())
+    values = json.loads((out / folder.META_FILE).read_text())
     values["params"]["shift_mode"] = "bidirectional"
-    (out / tracking.META_FILE).write_text(json.dumps(values))
+    (out / folder.META_FILE).write_text(json.dumps(values))
     with pytest.raises(ModelMetaError, match="unknown parameter 'shift_mode' for workload 'tsm'"):
         load_init_weights(model, str(out), cfg.workload.params)

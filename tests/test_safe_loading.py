@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from actionlab import tracking
+from actionlab.models import folder
 from actionlab.train.loop import load_init_weights
 from actionlab.train.resume import load_state
 
@@ -80,25 +81,25 @@ def test_resume_state_written_by_the_loop_loads(tmp_path):
 @pytest.mark.parametrize("torch_format", [True, False], ids=["torch_save", "raw_pickle"])
 def test_model_dir_with_a_pickle_as_weights_is_refused(tmp_path, marker, torch_format):
     model_dir = tmp_path / "model"
-    _write_payload(model_dir / tracking.MODEL_FILE, marker, torch_format=torch_format)
-    (model_dir / tracking.META_FILE).write_text(json.dumps(_meta()))
+    _write_payload(model_dir / folder.MODEL_FILE, marker, torch_format=torch_format)
+    (model_dir / folder.META_FILE).write_text(json.dumps(_meta()))
     with pytest.raises(ValueError, match=r"model\.safetensors is not a safetensors file.*never unpickles"):
-        tracking.load_model(str(model_dir))
+        folder.load_model(str(model_dir))
     with pytest.raises(ValueError, match="never unpickles"):
         load_init_weights(torch.nn.Linear(2, 2), str(model_dir))
 
 
 def test_meta_that_is_not_json_is_refused(tmp_path, marker):
     model_dir = tmp_path / "model"
-    _write_payload(model_dir / tracking.META_FILE, marker, torch_format=False)
+    _write_payload(model_dir / folder.META_FILE, marker, torch_format=False)
     with pytest.raises(ValueError, match=r"meta\.json is not JSON"):
-        tracking.load_model(str(model_dir))
+        folder.load_model(str(model_dir))
 
 
 def test_predict_cli_refuses_a_pickled_model(tmp_path, marker, index_video):
     model_dir = tmp_path / "model"
-    _write_payload(model_dir / tracking.MODEL_FILE, marker, torch_format=True)
-    (model_dir / tracking.META_FILE).write_text(json.dumps(_meta()))
+    _write_payload(model_dir / folder.MODEL_FILE, marker, torch_format=True)
+    (model_dir / folder.META_FILE).write_text(json.dumps(_meta()))
     video = index_video("v.mp4", num_frames=8)
     proc = subprocess.run([sys.executable, "-m", "actionlab", "predict", "--model", str(model_dir), str(video)],
                           capture_output=True, text=True, timeout=300,
@@ -120,8 +121,8 @@ UNSAFE = [
 
 def test_no_unsafe_loader_in_the_source():
     found = []
-    for folder in ("platform", "workloads", "tune_spaces"):
-        for path in (REPO / folder).rglob("*.py"):
+    for top in ("platform", "workloads", "tune_spaces"):
+        for path in (REPO / top).rglob("*.py"):
             for number, line in enumerate(path.read_text().splitlines(), start=1):
                 for pattern, what in UNSAFE:
                     if pattern.search(line):

@@ -14,6 +14,7 @@ import pytest
 
 from actionlab.models import predict as predict_mod
 from actionlab import tracking
+from actionlab.models import folder, registry
 from actionlab.models.serve import load_test, parse_model
 
 from servers.process import base_env, free_port, needs_netns, start_process
@@ -33,9 +34,9 @@ def _register(home, top1: float, seed: int) -> str:
     torch.manual_seed(seed)
     run_id = tracking.start_run("serve-test", f"r3d-{seed}")
     tracking.log_metrics(run_id, {"val/top1": top1}, step=0)
-    tracking.log_artifacts(run_id, _checkpoint(home / f"ckpt{seed}"), tracking.CHECKPOINT_ARTIFACT)
+    tracking.log_artifacts(run_id, _checkpoint(home / f"ckpt{seed}"), folder.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)
-    return tracking.register(run_id, "served")["version"]
+    return registry.register(run_id, "served")["version"]
 
 
 def _post(url: str, videos: list[str]) -> dict:

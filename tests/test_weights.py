@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from actionlab import tracking
-from actionlab.models import weights
+from actionlab.models import folder, weights
 from actionlab.cli import main
 from workloads import get_workload
 
@@ -145,7 +145,7 @@ def test_import_cli_writes_a_model_dir_that_loads_with_the_same_logits(tmp_path)
     out = tmp_path / "tam18"
     assert main(["weights", "import", "tam", str(ckpt), "-o", str(out), "--num-classes", "3", "--frames", "8",
                  "--set", "depth=18", "--classes", str(tmp_path / "classes.txt")]) == 0
-    loaded = tracking.load_model(str(out))
+    loaded = folder.load_model(str(out))
     assert loaded.meta.classes == ("waving", "clapping", "jumping")
     assert loaded.meta.params == get_workload("tam").resolve_params({"depth": 18})  # every value recorded
     assert json.loads((out / "meta.json").read_text())["params"]["depth"] == 18
@@ -176,7 +176,7 @@ def test_register_tags_the_version_as_official(tmp_path, monkeypatch):
     assert mv.tags["source"] == "official" and mv.tags["dataset"] == "toy" and mv.tags["workload"] == "tsn"
     assert mv.tags["paper_top1"] == ""  # not a zoo checkpoint: no paper number is invented
     assert not mv.aliases  # an official version is not the champion until it is evaluated here
-    loaded = tracking.load_model("models:/zoo-tsn/1")
+    loaded = folder.load_model("models:/zoo-tsn/1")
     assert loaded.meta.workload == "tsn"
     run = tracking.client().get_run(mv.run_id)
     assert run.data.params["workload.params.backbone"] == "resnet18" and "workload.params.dropout" in run.data.params

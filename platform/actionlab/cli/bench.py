@@ -183,6 +183,8 @@ def run_bench_data(args) -> int:
           f"({'measured, --gpu-clips-per-s' if args.gpu_clips_per_s != bench_data.GPU_CLIPS_PER_S else 'built-in: an H100 on TSM-R50 8f at ~30% MFU'}), "
           "the GPU converting and normalising the batches; +CPU norm = clips/s per core when this CPU does that too; "
           "PSNR is against the raw file's frames")
+    for line in bench_data.codec_shares(rows):
+        print(line)
     print("per-stage profile, CPU ms per clip of the reading thread (decord's decode includes its RGB conversion, "
           "and decord decodes on threads of its own: their CPU time lands in `other`; normalise = the batch's "
           "colour conversion + normalisation on this CPU, outside clips/s/core):")

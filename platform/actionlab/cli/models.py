@@ -57,10 +57,10 @@ def add_parser(subparsers) -> None:
 
 
 def run_register(args) -> int:
-    """`actionlab register RUN_ID --name NAME`: `tracking.register`."""
-    from .. import tracking
+    """`actionlab register RUN_ID --name NAME`: `models.registry.register`."""
+    from ..models import registry
 
-    info = tracking.register(args.run_id, args.name, alias=args.alias)
+    info = registry.register(args.run_id, args.name, alias=args.alias)
     print_result(info, args.json)
     return 0
 

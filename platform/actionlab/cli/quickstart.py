@@ -26,6 +26,7 @@ def run_quickstart(args) -> int:
     from ..config import load_recipe, resolve
     from ..data.manifest import read_manifest
     from ..data.synthetic import synthesize
+    from ..models import registry
     from ..models.predict import predict
     from ..storage import redact
     from ..train.launch import train
@@ -49,7 +50,7 @@ def run_quickstart(args) -> int:
           flush=True)
     outcome = train(cfg)
     print(f"[3/4] registering run {outcome.run_id} as '{args.model_name}'", flush=True)
-    registered = tracking.register(outcome.run_id, args.model_name)
+    registered = registry.register(outcome.run_id, args.model_name)
     model_uri = f"models:/{args.model_name}@champion"
     df = read_manifest(str(manifest))
     val = df[df["split"] == "val"].groupby("label").head(1).head(3)

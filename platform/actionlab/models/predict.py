@@ -1,6 +1,6 @@
 """Top-k predictions for video files (or decoded uint8 clips) from a registered model or a checkpoint dir.
 
-`predict` is the fast path behind `actionlab predict`; the MLflow pyfunc model (`pyfunc_model.py`)
+`predict` is the fast path behind `actionlab predict`; the MLflow pyfunc model (`pyfunc.py`)
 calls the same `predict_videos` / `predict_clips`, so both give the same numbers.
 """
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .. import storage, tracking
 from ..data import transforms
 from ..train.evaluate import eval_dataset, normalise, stats_tensors
+from . import folder
 
 
 def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None) -> list[dict]:
@@ -23,10 +24,10 @@ def predict(model_uri: str, videos: list[str], *, top_k: int = 5, cache_dir: str
 
     Returns one dict per video: {"video", "top": [{"class", "label", "prob"}, ...]} or {"video", "error"}.
     """
-    return predict_videos(tracking.load_model(model_uri), videos, top_k=top_k, cache_dir=cache_dir)
+    return predict_videos(folder.load_model(model_uri), videos, top_k=top_k, cache_dir=cache_dir)
 
 
-def _top(loaded: tracking.LoadedModel, views: torch.Tensor, top_k: int) -> list[dict]:
+def _top(loaded: folder.LoadedModel, views: torch.Tensor, top_k: int) -> list[dict]:
     """views: uint8 (V, T, C, H, W) of one video -> its top-k classes (logits averaged over views)."""
     meta = loaded.meta
     mean_t, std_t = stats_tensors(meta.preprocessing.mean, meta.preprocessing.std, "cpu")
@@ -41,7 +42,7 @@ def _top(loaded: tracking.LoadedModel, views: torch.Tensor, top_k: int) -> list[
 
 
 def predict_videos(
-    loaded: tracking.LoadedModel, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None,
+    loaded: folder.LoadedModel, videos: list[str], *, top_k: int = 5, cache_dir: str | None = None,
     pixels: str = "rgb",
 ) -> list[dict]:
     """`predict` for a model already loaded: local paths or URIs (s3://...), decoded as in evaluation
@@ -60,7 +61,7 @@ def predict_videos(
     return out
 
 
-def predict_clips(loaded: tracking.LoadedModel, clips, *, top_k: int = 5) -> list[dict]:
+def predict_clips(loaded: folder.LoadedModel, clips, *, top_k: int = 5) -> list[dict]:
     """Top-k for a uint8 batch (B, T, H, W, C) of frames already sampled (T = the model's num_frames, times
     snippet_frames for `snippets` sampling).
 

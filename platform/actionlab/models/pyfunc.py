@@ -3,7 +3,7 @@
 MLflow executes this file when it loads a version (`mlflow.pyfunc.load_model`, `mlflow models
 serve`): the class below rebuilds the workload from the version's `checkpoint/meta.json` and loads
 `checkpoint/model.safetensors` with actionlab's own loader, then scores like `actionlab predict`.
-`tracking.register` logs it with the actionlab and workloads packages as code paths.
+`registry.register` logs it with the actionlab and workloads packages as code paths.
 
 Inputs (signature: one unnamed string column): a DataFrame (its `video` column, else the first),
 a list of paths or URIs, or one path. A uint8 batch (B, T, H, W, 3) of sampled frames is scored too when the model
@@ -18,16 +18,15 @@ from __future__ import annotations
 import mlflow.pyfunc
 from mlflow.models import set_model
 
-CHECKPOINT_KEY = "checkpoint"  # the artifact (a directory: model.safetensors + meta.json)
-
 
 class ActionlabVideoModel(mlflow.pyfunc.PythonModel):
     """Video paths / URIs or uint8 clips -> top-k classes and probabilities."""
 
     def load_context(self, context):
-        from actionlab import tracking
+        from actionlab.models import folder
 
-        self.loaded = tracking.load_model(context.artifacts[CHECKPOINT_KEY])
+        # The model folder (model.safetensors + meta.json) that `registry.log_pyfunc_model` attached.
+        self.loaded = folder.load_model(context.artifacts[folder.CHECKPOINT_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         import numpy as np

@@ -83,6 +83,7 @@ def build_app(name: str, alias: str, *, replicas: int = 1, num_cpus: float = 1.0
     from starlette.responses import JSONResponse
 
     from .. import tracking
+    from . import folder
 
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(), "ACTIONLAB_HOME": str(tracking.home())}
 
@@ -104,7 +105,7 @@ def build_app(name: str, alias: str, *, replicas: int = 1, num_cpus: float = 1.0
             return str(tracking.client().get_model_version_by_alias(name, alias).version)
 
         def _load(self, version: str):
-            return version, tracking.load_model(f"models:/{name}/{version}", device=self.device)
+            return version, folder.load_model(f"models:/{name}/{version}", device=self.device)
 
         def _follow(self) -> None:
             while not self._stop.wait(poll_s):

@@ -33,6 +33,7 @@ from workloads.registry import without_weights
 
 from .. import __version__, tracking
 from ..config import flatten
+from . import folder, registry
 from .meta import ModelMeta, Preprocessing
 
 def converter(workload: str) -> CheckpointFilter:
@@ -210,7 +211,7 @@ def import_checkpoint(
         raise CheckpointError(f"{out} exists and is not empty; choose a new -o folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".import-") as tmp:
-        staged = tracking.save_model_dir(Path(tmp) / "model", model, meta)
+        staged = folder.save_model_dir(Path(tmp) / "model", model, meta)
         if out.exists():
             out.rmdir()
         shutil.move(str(staged), str(out))
@@ -224,17 +225,17 @@ def register_import(model_dir: str | Path, name: str, *, workload: str, dataset:
     (`eval --model models:/NAME/VERSION` measures it on the user's copy of the dataset).
     """
     conv = converter(workload)
-    meta = tracking.read_meta(model_dir)
+    meta = folder.read_meta(model_dir)
     run_id = tracking.start_run("official-checkpoints", f"{workload}-{meta.source['official_checkpoint']}",
                                 tags={"source": "official", "paper": conv.paper})
     tracking.log_params(run_id, {"workload.name": workload, "data.name": dataset,
                                  "clip.num_frames": meta.preprocessing.num_frames,
                                  **flatten({"workload": {"params": dataclasses.asdict(meta.params)}})})
-    tracking.log_artifacts(run_id, model_dir, tracking.CHECKPOINT_ARTIFACT)
+    tracking.log_artifacts(run_id, model_dir, folder.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)
     # The same registration as a trained run's (whatever form the registry gives versions), without the
     # alias: the version's top-1 is the paper's, not one measured here.
-    info = tracking.register(run_id, name, alias="")
+    info = registry.register(run_id, name, alias="")
     tags = {"source": "official", "paper": conv.paper, "workload": workload, "dataset": dataset,
             "frames": str(meta.preprocessing.num_frames), "paper_top1": str(paper_top1),
             "checkpoint": meta.source["official_checkpoint"]}

@@ -249,6 +249,7 @@ def evaluate_models(
     from .. import tracking
     from ..data import dataset as data_dataset
     from ..data import manifest as data_manifest
+    from ..models import folder
 
     if not model_uris:
         raise ValueError("no model to evaluate: pass --model at least once")
@@ -265,7 +266,7 @@ def evaluate_models(
     protocol = f"{num_clips}x{num_crops}"
     classes, members = None, []
     for uri in model_uris:
-        loaded = tracking.load_model(uri)
+        loaded = folder.load_model(uri)
         meta = loaded.meta
         if classes is not None and meta.classes != classes:
             raise ValueError(f"{uri} predicts other classes than {model_uris[0]}; ensemble models of one class list")

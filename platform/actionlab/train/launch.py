@@ -15,6 +15,7 @@ from pathlib import Path
 from .. import cluster, storage, tracking
 from ..config import Config, dump_yaml, flat_params, to_dict
 from ..data import manifest as data_manifest
+from ..models import registry
 from .context import RunContext
 from .run_lock import RunLock
 
@@ -279,7 +280,7 @@ def _train_claimed(cfg: Config, spec, data: RunContext, root: str, run_name: str
     registered = None
     name = register_name or cfg.tracking.register
     if name:
-        registered = tracking.register(run_id, name)
+        registered = registry.register(run_id, name)
     return TrainOutcome(
         run_id=run_id,
         run_name=run_name,

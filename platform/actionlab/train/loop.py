@@ -27,6 +27,7 @@ from ..config import Config, from_dict
 from ..data import dataset as data_dataset
 from ..data import manifest as data_manifest
 from ..data import transforms as data_transforms
+from ..models import folder
 from ..models.meta import ModelMeta, Preprocessing
 from . import elastic, resume
 from .bad_samples import BadSampleLog
@@ -400,7 +401,7 @@ def _all_reduce_sums(device, values: list) -> list:
 
 
 def model_meta(cfg: Config, spec, class_names) -> ModelMeta:
-    """Everything `tracking.load_model` needs to rebuild the network (every params value) and preprocess a video."""
+    """Everything `folder.load_model` needs to rebuild the network (every params value) and preprocess a video."""
     fmt = spec.input_for(cfg.workload.params)
     return ModelMeta(
         workload=spec.name,
@@ -426,8 +427,8 @@ def _finalise(cfg: Config, ctx: RunContext, spec, model: nn.Module, val, bad_exa
     tracker.finish()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        tracking.save_model_dir(out / tracking.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx.classes))
-        tracking.log_artifacts(run_id, out / tracking.CHECKPOINT_ARTIFACT, tracking.CHECKPOINT_ARTIFACT)
+        folder.save_model_dir(out / folder.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx.classes))
+        tracking.log_artifacts(run_id, out / folder.CHECKPOINT_ARTIFACT, folder.CHECKPOINT_ARTIFACT)
         if val is not None:
             evals = out / "eval"
             evals.mkdir()
@@ -453,9 +454,9 @@ def load_init_weights(model: nn.Module, uri: str, params=None) -> str:
     """
     from workloads.registry import without_weights
 
-    path = tracking.resolve_model_dir(uri)
-    recorded = tracking.read_meta(path)
-    state = tracking.load_weights(path / tracking.MODEL_FILE)
+    path = folder.resolve_model_dir(uri)
+    recorded = folder.read_meta(path)
+    state = folder.load_weights(path / folder.MODEL_FILE)
     own = model.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in state if k in own and own[k].shape != state[k].shape)

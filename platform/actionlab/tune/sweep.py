@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import cluster, storage, tracking
 from ..config import load_recipe, resolve, to_dict
+from ..models import registry
 from .space import SweepSpec, num_trials, param_space
 
 # The trial actor only drives its Train run (and its controller, which Ray pins to the same node with 0
@@ -267,7 +268,7 @@ def sweep(spec: SweepSpec, *, register_name: str = "") -> SweepOutcome:
     if register_name:
         if not best or not best.get("run_id"):
             raise RuntimeError(f"sweep '{name}': no completed trial to register")
-        registered = tracking.register(best["run_id"], register_name)
+        registered = registry.register(best["run_id"], register_name)
     return SweepOutcome(name=name, parent_run_id=parent_run_id, table=table, best=best, front=front,
                         restored=restoring, registered=registered)
 

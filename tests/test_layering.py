@@ -82,8 +82,6 @@ LAYERS = {  # bottom to top; an exact name wins over a pattern, a longer pattern
 }
 MAX_LINES = 500
 LONG_MODULES = {  # module: why it is one job all the same (or that it is being split)
-    "actionlab.cli": "being split (issue 22)",
-    "actionlab.models.weights": "being split (issue 22)",
     "actionlab.config": "the config dataclasses, their one validator and the recipe reader: one schema, "
                         "read by the CLI, the sweep validator and the worker alike (rule 11)",
     "actionlab.data.dataset": "the clip dataset and the DataLoader made for it (start method, stack dump of a "

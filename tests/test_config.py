@@ -134,13 +134,14 @@ def test_updates_merge_dotted_values_after_the_overrides():
 
 def test_switching_a_wrapped_backbone_drops_its_stale_params():
     recipe = load_recipe("svmix_smoke")  # backbone_workload: tsm, backbone_params: {backbone: resnet18}
-    assert resolve(recipe, []).workload.params.backbone_params["backbone"] == "resnet18"
+    assert resolve(recipe, []).workload.params.backbone_params.backbone == "resnet18"
     # tsn has a `backbone` too: the recipe's resnet18 (meant for tsm) must not silently carry over
     tsn = resolve(recipe, ["workload.params.backbone_workload=tsn"]).workload.params
-    assert tsn.backbone_params == dataclasses.asdict(get_workload("tsn").resolve_params())
+    assert tsn.backbone_params == get_workload("tsn").resolve_params()
     r21d = resolve(recipe, ["workload.params.backbone_params.depth=18", "workload.params.backbone_workload=r2plus1d"])
-    assert r21d.workload.params.backbone_params["depth"] == 18
+    assert r21d.workload.params.backbone_params.depth == 18
     same = resolve(recipe, ["workload.params.backbone_workload=tsm"]).workload.params
-    assert same.backbone_params["backbone"] == "resnet18"  # not a switch: kept
-    with pytest.raises(ConfigError, match=r"backbone_params: unknown parameter 'depht' for workload 'r2plus1d'"):
+    assert same.backbone_params.backbone == "resnet18"  # not a switch: kept
+    with pytest.raises(ConfigError, match=r"unknown parameter 'backbone_params.depht' for workload 'r2plus1d'; "
+                                          r"did you mean 'depth'"):
         resolve(recipe, ["workload.params.backbone_workload=r2plus1d", "workload.params.backbone_params.depht=18"])

@@ -103,13 +103,14 @@ def test_a_recorded_key_this_code_lacks_is_refused_clearly(tmp_path):
     assert str(meta_file) in text and "load it with that version" in text and "actionlab 0." in text
 
 
-def test_a_recorded_value_the_builder_refuses_is_a_clear_error(tmp_path):
+def test_a_recorded_value_outside_its_choices_is_a_clear_error(tmp_path):
     _, out = _save(tmp_path, _tsm_sthv2())
     meta_file = out / tracking.META_FILE
     values = json.loads(meta_file.read_text())
     values["params"]["shift_place"] = "everywhere"
     meta_file.write_text(json.dumps(values))
-    with pytest.raises(ModelMetaError, match=r"cannot build the recorded workload 'tsm' \(tsm: shift_place"):
+    with pytest.raises(ModelMetaError, match=r"cannot rebuild the recorded workload 'tsm': .*'shift_place': "
+                                             r"'everywhere' is not one of \['blockres', 'block'\]"):
         tracking.load_model(str(out))
 
 

@@ -17,6 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+# The homes of the data and evaluation choice lists: the fields below read their Literals.
+from .data import decode, transforms
+from .train import evaluate
+
 
 class ConfigError(ValueError):
     """A recipe, override or value that does not fit the config schema."""
@@ -48,19 +52,19 @@ class DataConfig:
     num_loader_workers: int = 2
     loader_timeout_s: float = 300.0
     max_bad_fraction: float = 0.05
-    flip: Literal["off", "on", "swap_pairs"] = "on"  # swap_pairs: left/right classes swap labels on flip
+    flip: transforms.FlipPolicy = "on"  # swap_pairs: left/right classes swap labels on flip
     cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
     # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
-    decoder: Literal["auto", "decord", "pyav"] = "auto"
+    decoder: Literal["auto", decode.Decoder] = "auto"
     # What videos are cropped in: rgb (frames converted whole by the decoder), or yuv420 (PyAV hands over
     # YUV 4:2:0 planes, the crop is taken and resized on them and colour is converted per batch where
     # the batch is normalised; decord and frame folders stay RGB). auto: yuv420 when the Train worker
     # has a GPU (loader workers do less and the GPU converts), else rgb (converting on the CPU costs
     # the training process more than the loader saves)
-    pixels: Literal["auto", "rgb", "yuv420"] = "auto"
+    pixels: Literal["auto", decode.Pixels] = "auto"
     # Frame folders: pil; pil_draft (libjpeg's DCT-domain downscaling when frames are stored at 2x+ the
     # resize); torchvision (its libjpeg-turbo decode_jpeg)
-    jpeg_decoder: Literal["pil", "pil_draft", "torchvision"] = "pil"
+    jpeg_decoder: decode.JpegDecoder = "pil"
     # loader: a DataLoader in each Train worker (decodes on the worker's node);
     # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
     engine: Literal["loader", "ray"] = "loader"
@@ -85,7 +89,7 @@ class ClipConfig:
 class EvalConfig:
     num_clips: int = 1
     num_crops: int = 1
-    fusion: Literal["logits", "probs"] = "logits"  # how views are averaged per video
+    fusion: evaluate.Fusion = "logits"  # how views are averaged per video
 
 
 @dataclass(frozen=True)

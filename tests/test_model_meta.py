@@ -122,6 +122,23 @@ def test_a_wrapped_backbone_records_every_value_of_the_whole_network(tmp_path):
     assert recorded["backbone_params"] == dataclasses.asdict(get_workload("tsm").resolve_params({"backbone": "resnet18"}))
 
 
+def test_loading_a_model_resolves_the_recorded_params_once(tmp_path, monkeypatch):
+    cfg = resolve(load_recipe("svmix_smoke"), ["clip.num_frames=4", "clip.size_px=32"])
+    model, out = _save(tmp_path, cfg)
+    built = []
+    real = registry.from_mapping
+
+    def counting(cls, *args, **kwargs):
+        built.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "from_mapping", counting)
+    loaded = tracking.load_model(str(out))
+    assert built == ["SVMixParams", "TSMParams"]  # the record, and inside it the wrapped backbone's: once each
+    assert loaded.meta.params == cfg.workload.params
+    assert torch.equal(_logits(loaded.model.eval()), _logits(model))
+
+
 def test_a_warm_start_reads_the_record_and_names_changed_params(tmp_path):
     from actionlab.train.loop import load_init_weights
 

@@ -25,11 +25,16 @@ class ParamsError(ValueError):
     """A key or value that does not fit a config dataclass."""
 
 
+def closest(name: Any, options) -> str | None:
+    """The option most like `name` (difflib's ratio of at least 0.5), or None."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def nearest(name: str, options) -> str:
     """The hint an error about an unknown `name` ends with: "did you mean 'x'? known: [...]"."""
-    options = sorted(str(o) for o in options)
-    close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
-    return (f"did you mean '{close[0]}'? " if close else "") + f"known: {options}"
+    close = closest(name, options)
+    return (f"did you mean '{close}'? " if close else "") + f"known: {sorted(str(o) for o in options)}"
 
 
 def bounded(default: float, *, lo: float | None = None, hi: float | None = None):
@@ -126,8 +131,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             value = spelled[0] if len(spelled) == 1 else value
         if isinstance(value, str) and value in args:
             return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        close = closest(value, args)
+        hint = f"; did you mean {close!r}?" if close else ""
         raise ParamsError(f"{where}: {value!r} is not one of {list(args)}{hint}")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

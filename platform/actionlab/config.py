@@ -197,11 +197,13 @@ def _build(cls: type, values: dict, where: str) -> Any:
 
 
 def resolve_workload_params(name: str, params: Any = None) -> Any:
-    """`name`'s Params dataclass from a mapping of overrides (or a ready instance), every value set.
+    """`name`'s Params dataclass from a mapping of overrides, every value set; a ready instance is
+    checked and kept as it is (never turned back into a mapping and resolved again).
 
     Raises:
         ConfigError: an unknown workload, an unknown parameter (with the nearest name), a value of the
-            wrong type, or a Params instance of another workload.
+            wrong type, outside its `Literal` choices or its declared range, or a Params instance of
+            another workload.
     """
     from workloads import get_workload
 

@@ -352,7 +352,8 @@ def test_af_mobilenetv3_param_groups_follow_its_official_policy():
 def test_af_mobilenetv3_rejects_resnet_shape_params():
     with pytest.raises(ValueError, match=r"\['layers'\].*backbone=mobilenetv3.*drop them"):
         get_workload("afnet").build({**MBV3, "layers": (4, 8, 18, 3)}, num_classes=K, num_frames=4)
-    with pytest.raises(ValueError, match=r"backbone 'mobilenet' is not one of \['resnet', 'mobilenetv3'\]"):
+    with pytest.raises(ValueError, match=r"'backbone': 'mobilenet' is not one of \['resnet', 'mobilenetv3'\]; "
+                                         r"did you mean 'mobilenetv3'"):
         get_workload("afnet").build({"backbone": "mobilenet"}, num_classes=K, num_frames=4)
 
 

@@ -1,12 +1,13 @@
 """Config resolution: defaults < recipe < --set, and errors that name the fix."""
 
 import dataclasses
+import typing
 
 import pytest
 
 import workloads
-from workloads import get_workload
-from actionlab.config import (ConfigError, Config, dump_yaml, flat_params, from_dict, load_recipe, parse_override,
+from workloads import get_workload, registry
+from actionlab.config import (ConfigError, Config, DataConfig, EvalConfig, WorkloadConfig, dump_yaml, flat_params, from_dict, load_recipe, parse_override,
                               resolve, shipped_recipes, to_dict)
 
 
@@ -104,7 +105,6 @@ def test_a_changed_default_does_not_change_a_dumped_config(monkeypatch):
     tsm = get_workload("tsm")
     changed = dataclasses.make_dataclass("TSMParams", [("shift_place", str, "block")], bases=(tsm.params_cls,),
                                          frozen=True)
-    from workloads import registry
 
     monkeypatch.setitem(registry._REGISTRY, "tsm", dataclasses.replace(tsm, params_cls=changed))
     assert resolve({}, ["workload.params.backbone=resnet18"]).workload.params.shift_place == "block"
@@ -127,6 +127,50 @@ def test_choices_are_literals_with_the_choices_in_the_error():
     assert resolve({}, ["data.flip=off"]).data.flip == "off"  # YAML reads a bare off as False
 
 
+def test_config_and_workload_params_share_one_validator():
+    """A choice, a range and a nested key of the workload's params fail as the config's own keys do."""
+    with pytest.raises(ConfigError, match=r"workload.params: workload 'tsm' parameter 'shift_place': 'blok' is not one "
+                                          r"of \['blockres', 'block'\]; did you mean 'block'\?"):
+        resolve({}, ["workload.params.shift_place=blok"])
+    with pytest.raises(ConfigError, match=r"'fold_div': 0 is out of range; it must be >= 1"):
+        resolve({}, ["workload.params.fold_div=0"])
+    with pytest.raises(ConfigError, match=r"data.decoder: 'pyv' is not one of \['auto', 'decord', 'pyav'\]; "
+                                          r"did you mean 'pyav'\?"):
+        resolve({}, ["data.decoder=pyv"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.decodr'; did you mean 'decoder'\?"):
+        resolve({}, ["data.decodr=pyav"])
+
+
+def test_choice_lists_are_read_from_their_homes():
+    from actionlab.data import decode, transforms
+    from actionlab.train import evaluate
+    from workloads.params import choices
+
+    data, ev = typing.get_type_hints(DataConfig), typing.get_type_hints(EvalConfig)
+    assert choices(data["decoder"]) == ("auto", *decode.DECODERS)
+    assert choices(data["pixels"]) == ("auto", *decode.PIXELS)
+    assert choices(data["jpeg_decoder"]) == decode.JPEG_DECODERS
+    assert choices(data["flip"]) == transforms.FLIP_POLICIES
+    assert choices(ev["fusion"]) == evaluate.FUSIONS
+
+
+def test_a_config_resolves_its_workload_params_once(monkeypatch):
+    """No throw-away default `Config()` (whose tsm params would be resolved too), no dict round trip."""
+    built = []
+    real = registry.from_mapping
+
+    def counting(cls, *args, **kwargs):
+        built.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "from_mapping", counting)
+    cfg = resolve({"workload": {"name": "tsn"}}, ["workload.params.backbone=resnet18"])
+    assert built == ["TSNParams"]
+    built.clear()
+    again = WorkloadConfig(name="tsn", params=cfg.workload.params)  # a ready instance is checked, not rebuilt
+    assert again.params is cfg.workload.params and built == []
+
+
 def test_updates_merge_dotted_values_after_the_overrides():
     cfg = resolve({}, ["optim.lr=0.5"], updates={"optim.lr": 0.02, "clip.scales": [1.0, 0.5], "workload.params.fold_div": 4})
     assert cfg.optim.lr == 0.02 and cfg.clip.scales == (1.0, 0.5) and cfg.workload.params.fold_div == 4
@@ -134,13 +178,14 @@ def test_updates_merge_dotted_values_after_the_overrides():
 
 def test_switching_a_wrapped_backbone_drops_its_stale_params():
     recipe = load_recipe("svmix_smoke")  # backbone_workload: tsm, backbone_params: {backbone: resnet18}
-    assert resolve(recipe, []).workload.params.backbone_params["backbone"] == "resnet18"
+    assert resolve(recipe, []).workload.params.backbone_params.backbone == "resnet18"
     # tsn has a `backbone` too: the recipe's resnet18 (meant for tsm) must not silently carry over
     tsn = resolve(recipe, ["workload.params.backbone_workload=tsn"]).workload.params
-    assert tsn.backbone_params == dataclasses.asdict(get_workload("tsn").resolve_params())
+    assert tsn.backbone_params == get_workload("tsn").resolve_params()
     r21d = resolve(recipe, ["workload.params.backbone_params.depth=18", "workload.params.backbone_workload=r2plus1d"])
-    assert r21d.workload.params.backbone_params["depth"] == 18
+    assert r21d.workload.params.backbone_params.depth == 18
     same = resolve(recipe, ["workload.params.backbone_workload=tsm"]).workload.params
-    assert same.backbone_params["backbone"] == "resnet18"  # not a switch: kept
-    with pytest.raises(ConfigError, match=r"backbone_params: unknown parameter 'depht' for workload 'r2plus1d'"):
+    assert same.backbone_params.backbone == "resnet18"  # not a switch: kept
+    with pytest.raises(ConfigError, match=r"unknown parameter 'backbone_params.depht' for workload 'r2plus1d'; "
+                                          r"did you mean 'depth'"):
         resolve(recipe, ["workload.params.backbone_workload=r2plus1d", "workload.params.backbone_params.depht=18"])

@@ -124,8 +124,8 @@ def test_flow_is_computed_on_the_device_and_recovers_a_translation():
     assert out.shape == (2, 4, 2, 16, 16) and out.device == frames.device
     assert out[:, -1].abs().max() < 1e-4  # the last frame is paired with itself: no motion
     assert MotionInput("diff")(frames).shape == (2, 4, 3, 16, 16)
-    with pytest.raises(ValueError, match="motion must be one of"):
-        MotionInput("farneback")
+    with pytest.raises(ValueError, match=r"'motion': 'farneback' is not one of \['flow', 'diff', 'none'\]"):
+        get_workload("hsar").resolve_params({"motion": "farneback"})
 
 
 @pytest.mark.parametrize("motion", ["diff", "none"])

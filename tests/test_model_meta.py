@@ -103,13 +103,14 @@ def test_a_recorded_key_this_code_lacks_is_refused_clearly(tmp_path):
     assert str(meta_file) in text and "load it with that version" in text and "actionlab 0." in text
 
 
-def test_a_recorded_value_the_builder_refuses_is_a_clear_error(tmp_path):
+def test_a_recorded_value_outside_its_choices_is_a_clear_error(tmp_path):
     _, out = _save(tmp_path, _tsm_sthv2())
     meta_file = out / folder.META_FILE
     values = json.loads(meta_file.read_text())
     values["params"]["shift_place"] = "everywhere"
     meta_file.write_text(json.dumps(values))
-    with pytest.raises(ModelMetaError, match=r"cannot build the recorded workload 'tsm' \(tsm: shift_place"):
+    with pytest.raises(ModelMetaError, match=r"cannot rebuild the recorded workload 'tsm': .*'shift_place': "
+                                             r"'everywhere' is not one of \['blockres', 'block'\]"):
         folder.load_model(str(out))
 
 
@@ -119,6 +120,23 @@ def test_a_wrapped_backbone_records_every_value_of_the_whole_network(tmp_path):
     recorded = json.loads((out / folder.META_FILE).read_text())["params"]
     assert recorded["backbone_workload"] == "tsm"
     assert recorded["backbone_params"] == dataclasses.asdict(get_workload("tsm").resolve_params({"backbone": "resnet18"}))
+
+
+def test_loading_a_model_resolves_the_recorded_params_once(tmp_path, monkeypatch):
+    cfg = resolve(load_recipe("svmix_smoke"), ["clip.num_frames=4", "clip.size_px=32"])
+    model, out = _save(tmp_path, cfg)
+    built = []
+    real = registry.from_mapping
+
+    def counting(cls, *args, **kwargs):
+        built.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "from_mapping", counting)
+    loaded = tracking.load_model(str(out))
+    assert built == ["SVMixParams", "TSMParams"]  # the record, and inside it the wrapped backbone's: once each
+    assert loaded.meta.params == cfg.workload.params
+    assert torch.equal(_logits(loaded.model.eval()), _logits(model))
 
 
 def test_a_warm_start_reads_the_record_and_names_changed_params(tmp_path):

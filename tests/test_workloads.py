@@ -10,6 +10,8 @@ through the model checks too (as "name[variant]").
 import dataclasses
 import math
 import os
+import re
+import typing
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,7 +22,9 @@ import torch.nn.functional as F
 from actionlab.flops import measure
 from actionlab.train.epoch import TrainStep
 from workloads import get_workload, list_workloads
+from workloads import registry
 from workloads.layers import Method, as_method
+from workloads.params import RANGE, choices
 from workloads.registry import SAMPLINGS
 
 NUM_CLASSES = 5
@@ -151,6 +155,72 @@ def test_unknown_param_names_the_nearest(name):
 def test_wrong_param_type_is_an_error():
     with pytest.raises(ValueError, match="fold_div"):
         get_workload("tsm").build({"fold_div": "eight"}, num_classes=NUM_CLASSES, num_frames=4)
+
+
+# One validator (`workloads.params`): choices, ranges and wrapped params, checked before any builder runs.
+
+
+def _choice_fields(name: str) -> list[tuple[str, str, tuple]]:
+    hints = typing.get_type_hints(get_workload(name).params_cls)
+    return [(name, key, choices(hint)) for key, hint in hints.items() if typing.get_origin(hint) is typing.Literal]
+
+
+CHOICE_FIELDS = [row for name in WORKLOADS for row in _choice_fields(name)]
+RANGED_FIELDS = [(name, f.name, f.metadata[RANGE]) for name in WORKLOADS
+                 for f in dataclasses.fields(get_workload(name).params_cls) if RANGE in f.metadata]
+
+
+def test_the_choice_params_are_literals():
+    declared = {(name, key) for name, key, _ in CHOICE_FIELDS}
+    assert {("tsm", "shift_place"), ("afnet", "backbone"), ("afnet", "eval_gating"), ("afnet", "execution"),
+            ("svmix", "method"), ("svmix", "ema_init"), ("svmix", "block_lr_schedule"), ("tam", "blend"),
+            ("i3d", "backbone"), ("s3d", "backbone"), ("sllm", "res_loss"), ("hsar", "motion")} <= declared
+
+
+@pytest.mark.parametrize("name,key,allowed", CHOICE_FIELDS, ids=[f"{n}.{k}" for n, k, _ in CHOICE_FIELDS])
+def test_a_choice_outside_its_literal_names_the_nearest_and_the_choices(name, key, allowed):
+    typo = allowed[-1] + "x"
+    with pytest.raises(ValueError) as info:
+        get_workload(name).build({key: typo}, num_classes=NUM_CLASSES, num_frames=4)
+    assert f"workload '{name}' parameter '{key}': {typo!r} is not one of {list(allowed)}; " \
+           f"did you mean {allowed[-1]!r}?" in str(info.value)
+
+
+@pytest.mark.parametrize("name,key,span", RANGED_FIELDS, ids=[f"{n}.{k}" for n, k, _ in RANGED_FIELDS])
+def test_a_value_outside_its_declared_range_is_refused(name, key, span):
+    lo, hi = span
+    spec = get_workload(name)
+    assert lo is None or getattr(spec.params_cls(), key) >= lo
+    assert hi is None or getattr(spec.params_cls(), key) <= hi
+    outside = hi + 1 if hi is not None else lo - 1
+    with pytest.raises(ValueError, match=re.escape(f"'{key}': {outside!r} is out of range; it must be")):
+        spec.resolve_params({key: outside})
+
+
+def test_the_declared_ranges_include_the_ones_builders_checked_by_hand():
+    assert {("tsm", "fold_div"), ("afnet", "rt"), ("svmix", "mix_prob"), ("svmix", "switch_prob"),
+            ("svmix", "ema_momentum")} <= {(name, key) for name, key, _ in RANGED_FIELDS}
+    with pytest.raises(ValueError, match=r"'fold_div': 0 is out of range; it must be >= 1"):
+        get_workload("tsm").build({"fold_div": 0}, num_classes=NUM_CLASSES, num_frames=4)
+
+
+def test_a_wrapped_workloads_params_are_its_typed_params_resolved_once(monkeypatch):
+    spec = get_workload("svmix")
+    params = spec.resolve_params({"backbone_workload": "tsn", "method": "mixup", "backbone_params": {"backbone": "resnet18"}})
+    assert params.backbone_params == get_workload("tsn").resolve_params({"backbone": "resnet18"})
+    assert dataclasses.asdict(params)["backbone_params"]["backbone"] == "resnet18"  # recorded as a mapping
+    with pytest.raises(ValueError, match=r"unknown parameter 'backbone_params.backbon' for workload 'tsn'; "
+                                         r"did you mean 'backbone'\?"):
+        spec.resolve_params({"backbone_workload": "tsn", "backbone_params": {"backbon": "resnet18"}})
+    with pytest.raises(ValueError, match=r"parameter 'backbone_params.shift_place': 'blok' is not one of \['blockres', 'block'\]"):
+        spec.resolve_params({"backbone_params": {"shift_place": "blok"}})
+
+    def from_mapping(*args, **kwargs):
+        raise AssertionError("resolved params were turned back into a mapping and resolved again")
+
+    monkeypatch.setattr(registry, "from_mapping", from_mapping)
+    assert spec.input_for(params).sampling == "segments"
+    spec.build(params, num_classes=NUM_CLASSES, num_frames=4, weights=False)
 
 
 # Shared layers: loading a local weight file (what `pretrained: PATH` does for 2D backbones).

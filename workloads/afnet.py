@@ -26,11 +26,11 @@ stages end at 28, 14, 14 and stage 4 (plain) at 7; then (B*T, 2048) -> dropout -
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +40,11 @@ from torch import nn
 from .layers import Method, read_state_dict, temporal_shift
 from .layers.checkpoint import CheckpointFilter
 from .layers.pretrained import weights_file
+from .params import bounded
 from .registry import register_workload
 
 SKIP, KEEP = 0, 1  # channel order of the navigation logits
 STAGE_STRIDES = (2, 2, 1)  # carried by each AF stage's fusion block; stage 4 has stride 2
-EVAL_GATINGS = ("argmax", "gumbel", "topk")
-EXECUTIONS = ("skip", "mask")
-BACKBONES = ("resnet", "mobilenetv3")
 
 
 OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame kept at first
@@ -55,7 +53,7 @@ OFFICIAL_KEEP_BIAS = 10.0  # navigation keep-logit bias (skip: 1): every frame k
 class AFNetParams:
     """Defaults: AFNet-TSM with AF-ResNet50 on Something-Something V1 (`train_sth.sh`, `opts.py`)."""
 
-    backbone: str = "resnet"  # resnet (AF-ResNet, `layers` / `width` / `alpha`) | mobilenetv3 (AF-MobileNetV3-Large)
+    backbone: Literal["resnet", "mobilenetv3"] = "resnet"  # resnet (AF-ResNet, `layers` / `width` / `alpha`) | mobilenetv3 (AF-MobileNetV3-Large)
     layers: tuple = (3, 4, 6, 3)  # blocks per stage: AF-ResNet50; (4, 8, 18, 3) for AF-ResNet101 (official)
     width: int = 64  # stem width; stage k has width * 2**k bottleneck planes
     alpha: int = 2  # ample branch width divisor
@@ -63,7 +61,7 @@ class AFNetParams:
     shift: bool = True  # TSM in both branches, the fusion blocks and stage 4 (AFNet-TSM)
     fold_div: int = 8
     dropout: float = 0.5
-    rt: float = 0.5  # target ratio of frames the focal branch processes (the knob)
+    rt: float = bounded(0.5, lo=0.0, hi=1.0)  # target ratio of frames the focal branch processes (the knob)
     lambda_rt: float = 0.5  # weight of the RT loss (scripts; opts.py default 1.0)
     t0: float = 1.0  # Gumbel temperature at the start ...
     t1: float = 0.01  # ... at the end, reached after t_end epochs (exponential per step)
@@ -75,8 +73,8 @@ class AFNetParams:
     # the temperature anneals before the RT loss gets any gradient through it and every frame stays
     # kept (measured: keep ratio 1.0 at every RT over 8 epochs). 1.0 starts the gate undecided.
     nav_keep_bias: float = OFFICIAL_KEEP_BIAS
-    eval_gating: str = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
-    execution: str = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
+    eval_gating: Literal["argmax", "gumbel", "topk"] = "argmax"  # argmax (deterministic) | gumbel (paper: noise at tau = t1) | topk (budget)
+    execution: Literal["skip", "mask"] = "skip"  # evaluation: "skip" gathers the kept frames; "mask" convolves all (official)
     pretrained: str = ""  # a local state dict of this AF-ResNet / AF-MobileNetV3 (official ImageNet names accepted)
 
 
@@ -886,12 +884,12 @@ checkpoint_filter_fn = CheckpointFilter(
 TINY_VARIANTS = {"mobilenetv3": {"backbone": "mobilenetv3"}}
 
 
-def compute_by_ratio(overrides: dict, *, num_frames: int, size_px: int, num_classes: int) -> list[dict]:
+def compute_by_ratio(params: dict | AFNetParams, *, num_frames: int, size_px: int, num_classes: int) -> list[dict]:
     """Expected vs measured GMACs per clip at each selection ratio, beside the paper's figure.
 
     The ratios are those of the paper's table for this backbone and frame count (0.25 / 0.5 at 8
-    frames and 0.4 / 0.8 at 12 for AF-ResNet50), plus the `rt` in `overrides` (Params overrides), if
-    any; its row is marked `configured`. Measured: a real forward on zero weights that keeps exactly
+    frames and 0.4 / 0.8 at 12 for AF-ResNet50), plus the configured `rt`: that of a resolved
+    `AFNetParams`, or the `rt` of a mapping of overrides if it sets one; its row is marked `configured`. Measured: a real forward on zero weights that keeps exactly
     round(rt * T) frames in every focal block (`AFNet.compute_report`). The paper's figure is given
     only for its networks (default widths) at 224 px.
 
@@ -902,14 +900,14 @@ def compute_by_ratio(overrides: dict, *, num_frames: int, size_px: int, num_clas
     from .registry import get_workload
 
     spec = get_workload("afnet")
-    p = spec.resolve_params(overrides)
+    p = spec.resolve_params(params)
     with torch.device("meta"):
         model = spec.build(p, num_classes=num_classes, num_frames=num_frames, weights=False)
     defaults = AFNetParams()
     comparable = size_px == 224 and all(getattr(p, k) == getattr(defaults, k) for k in ("width", "alpha", "patch_groups"))
     paper = [row for row in PAPER_GMACS if comparable and row[0] == model.paper_backbone and row[1] == num_frames
              and row[3] is not None]
-    configured = p.rt if "rt" in overrides else None
+    configured = p.rt if isinstance(params, AFNetParams) or "rt" in (params or {}) else None
     ratios = sorted({row[3] for row in paper} | ({configured} if configured is not None else set()))
     report = model.compute_report((1, num_frames, 3, size_px, size_px), rts=tuple(ratios))
     rows = []
@@ -929,14 +927,6 @@ def compute_by_ratio(overrides: dict, *, num_frames: int, size_px: int, num_clas
     compute_by_ratio=compute_by_ratio,
 )
 def build_afnet(p: AFNetParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    if p.backbone not in BACKBONES:
-        raise ValueError(f"afnet: backbone {p.backbone!r} is not one of {list(BACKBONES)}")
-    if p.eval_gating not in EVAL_GATINGS:
-        raise ValueError(f"afnet: eval_gating {p.eval_gating!r} is not one of {list(EVAL_GATINGS)}")
-    if p.execution not in EXECUTIONS:
-        raise ValueError(f"afnet: execution {p.execution!r} is not one of {list(EXECUTIONS)}")
-    if not 0.0 <= p.rt <= 1.0:
-        raise ValueError(f"afnet: rt is a ratio of frames in [0, 1], got {p.rt}")
     if not (0 < p.t1 <= p.t0):
         raise ValueError(f"afnet: temperatures need 0 < t1 <= t0, got t0={p.t0}, t1={p.t1}")
     if p.backbone == "mobilenetv3":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from .registry import IMAGENET_MEAN, IMAGENET_STD, register_workload
 log = logging.getLogger(__name__)
 
 MOTIONS = {"flow": 2, "diff": 3, "none": 0}  # motion input -> channels added to RGB
+Motion = Literal[tuple(MOTIONS)]  # the choices of `HSARParams.motion`: the keys above, declared once
 NUM_SPATIAL_FRAMES = 3  # first, key, last: hard-coded in the official code
 # The official TMT attention splits D into 16 heads of D/16 but scales by 1/sqrt(64), the default of
 # an unused `dim_head` argument; kept, since the released weights were trained with it.
@@ -55,7 +57,7 @@ class HSARParams:
     dim: int = 2048  # D of TMT and fusion (Large: 3072)
     frame_size_px: int = 64  # TMT input resolution
     skip_mo: int = 4  # TMT sees every skip_mo-th frame
-    motion: str = "flow"  # "flow" (on-device Lucas-Kanade), "diff" (frame differences), "none"
+    motion: Motion = "flow"  # "flow" (on-device Lucas-Kanade), "diff" (frame differences), "none"
     stem_dim: int = 768
     stem_patch_px: int = 16
     depth: int = 6
@@ -137,10 +139,8 @@ class MotionInput(nn.Module):
     Flow is computed on grey frames de-normalised to 0..255 (ITU-R 601 weights, as OpenCV's).
     """
 
-    def __init__(self, kind: str, *, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD):
+    def __init__(self, kind: Motion, *, mean: tuple = IMAGENET_MEAN, std: tuple = IMAGENET_STD):
         super().__init__()
-        if kind not in MOTIONS:
-            raise ValueError(f"motion must be one of {sorted(MOTIONS)}, got {kind!r}")
         self.kind = kind
         self.channels = MOTIONS[kind]
         self.register_buffer("mean", torch.tensor(mean).view(1, 1, 3, 1, 1), persistent=False)

@@ -11,19 +11,18 @@ and PySlowFast, so a static clip reproduces the 2D network's activations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .layers.head3d import build_video_net3d
 from .layers.ibm_checkpoints import ibm_3d_filter
 from .layers.inception3d import InceptionV1_3d
+from .layers.inflate import InflateScale
 from .layers.resnet3d import ResNet3d
 from .registry import register_workload
 
-BACKBONES = ("resnet", "inception_v1")
-
-
 @dataclass(frozen=True)
 class I3DParams:
-    backbone: str = "resnet"  # "resnet" (I3D-ResNet) | "inception_v1" (the original I3D layout)
+    backbone: Literal["resnet", "inception_v1"] = "resnet"  # "resnet" (I3D-ResNet) | "inception_v1" (the original I3D layout)
     depth: int = 50  # ResNet depth 18 / 34 / 50 / 101 / 152 (unused by inception_v1)
     dropout: float = 0.5
     # IBM's flag: False = temporal stride 2 three times (T' = ceil(T/8)); the released 32-frame
@@ -31,7 +30,7 @@ class I3DParams:
     without_t_stride: bool = False
     # "" = random init; timm tag ("resnet50.tv_in1k"), "tv:googlenet" (torchvision) or a local file.
     pretrained: str = ""
-    inflate_scale: str = "repeat"  # "repeat" (IBM: tile, no 1/kT) | "mean" (mmaction2: divide by kT)
+    inflate_scale: InflateScale = "repeat"  # "repeat" (IBM: tile, no 1/kT) | "mean" (mmaction2: divide by kT)
     width_mult: float = 1.0  # trunk width factor; only 1.0 takes ImageNet weights
 
 
@@ -41,10 +40,8 @@ def build_i3d(p: I3DParams, *, num_classes: int, num_frames: int):
         backbone = ResNet3d(
             depth=p.depth, kind="3d", t_strides=not p.without_t_stride, base_width=round(64 * p.width_mult)
         )
-    elif p.backbone == "inception_v1":
+    else:  # inception_v1
         backbone = InceptionV1_3d(kind="i3d", t_strides=not p.without_t_stride, width_mult=p.width_mult)
-    else:
-        raise ValueError(f"i3d backbone must be one of {BACKBONES}, got {p.backbone!r}")
     return build_video_net3d(
         backbone,
         num_classes=num_classes,

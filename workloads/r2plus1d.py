@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from .layers.head3d import build_video_net3d
 from .layers.ibm_checkpoints import ibm_3d_filter
-from .layers.resnet3d import ResNet3d
+from .layers.inflate import InflateScale
+from .layers.resnet3d import MidWidth, ResNet3d
 from .registry import register_workload
 
 
@@ -22,9 +23,9 @@ class R2Plus1DParams:
     depth: int = 50  # 18 / 34 / 50 / 101 / 152
     dropout: float = 0.5
     without_t_stride: bool = False  # False = temporal stride 2 in layer2/3/4 (T' = ceil(T/8))
-    mid_width: str = "ibm"  # "ibm": planes | "tran": floor(27*Cin*Cout / (9*Cin + 3*Cout))
+    mid_width: MidWidth = "ibm"  # "ibm": planes | "tran": floor(27*Cin*Cout / (9*Cin + 3*Cout))
     pretrained: str = ""  # timm tag ("resnet50.tv_in1k") or local file; needs mid_width="ibm"
-    inflate_scale: str = "repeat"  # "repeat" (IBM) | "mean"; only the 3x7x7 stem has kT > 1
+    inflate_scale: InflateScale = "repeat"  # "repeat" (IBM) | "mean"; only the 3x7x7 stem has kT > 1
     width_mult: float = 1.0  # trunk width factor; only 1.0 takes ImageNet weights
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .layers.head3d import build_video_net3d
 from .layers.ibm_checkpoints import ibm_3d_filter
+from .layers.inflate import InflateScale
 from .layers.resnet3d import ResNet3d
 from .registry import register_workload
 
@@ -26,7 +27,7 @@ class R3DParams:
     without_t_stride: bool = False
     # "" = random init; a timm tag ("resnet50.tv_in1k", IBM's torchvision weights) or a local file.
     pretrained: str = ""
-    inflate_scale: str = "repeat"  # "repeat" (IBM: tile, no 1/kT) | "mean" (mmaction2: divide by kT)
+    inflate_scale: InflateScale = "repeat"  # "repeat" (IBM: tile, no 1/kT) | "mean" (mmaction2: divide by kT)
     width_mult: float = 1.0  # trunk width factor; only 1.0 takes ImageNet weights (CPU tests use less)
 
 

@@ -10,8 +10,11 @@ Optional registry fields: `tiny_clip` (the clip its tiny variant
 needs, default T=4 at 32 px), `tiny_variants` (tiny params of further architectures behind a param,
 each tested as "name[variant]"), `paper_gmacs` (the paper's compute table, rows as the method
 defines them) and `compute_by_ratio` (for methods whose MACs depend on the data: a function
-`(overrides, *, num_frames, size_px, num_classes) -> list[dict]` of expected vs measured GMACs per
-selection ratio, the configured one marked, which `actionlab flops` and `list --recipes` print).
+`(params, *, num_frames, size_px, num_classes) -> list[dict]` of expected vs measured GMACs per
+selection ratio, the configured one marked (that of a resolved Params instance, or of a mapping of
+overrides when it sets one), which `actionlab flops` and `list --recipes` print).
+Params are checked by `workloads.params` (unknown keys, `Literal` choices, declared ranges), so a
+builder never checks a choice by hand.
 
 Module contract (every workload):
   forward(clips)  float (B, T, C, H, W), normalised  ->  logits (B, K)
@@ -31,16 +34,18 @@ Official checkpoints: a method whose authors released checkpoints defines `check
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 from torch import nn
 
+from .params import check, from_mapping, nearest
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SAMPLINGS = ("segments", "clip", "snippets")
+Sampling = Literal["segments", "clip", "snippets"]
+SAMPLINGS = get_args(Sampling)
 WEIGHTS_PARAM = "pretrained"
 # The former convention (before issue 14): `pretrained: bool` (timm) and `pretrained_file: str`.
 _FORMER_FILE_PARAM = "pretrained_file"
@@ -54,14 +59,13 @@ class InputFormat:
     input holds `snippet_frames` consecutive frames per segment: T = `clip_frames(num_frames)`.
     """
 
-    sampling: str
+    sampling: Sampling
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
     snippet_frames: int = 1  # consecutive frames per segment (`snippets`); 1 for the other samplings
 
     def __post_init__(self):
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        check(self)  # `sampling` among its choices
         if self.snippet_frames < 1 or (self.sampling != "snippets" and self.snippet_frames != 1):
             raise ValueError(
                 f"snippet_frames={self.snippet_frames} with {self.sampling!r} sampling: only `snippets` "
@@ -100,44 +104,20 @@ class WorkloadSpec:
             return self.input_fn(params)
         return InputFormat(self.sampling, self.mean, self.std, self.snippet_frames)
 
-    def resolve_params(self, overrides: dict | None = None):
-        """The Params dataclass with `overrides` applied; unknown keys name the nearest field."""
+    def resolve_params(self, overrides: dict | Any | None = None, *, path: str = ""):
+        """The Params dataclass with `overrides` applied, every value checked (`workloads.params`).
+
+        `overrides` is a mapping (unknown keys name the nearest field; `Literal` fields take only their
+        choices; declared ranges hold) or a ready Params instance, which is checked and returned as it
+        is: a resolved instance is never turned back into a dict. `path` prefixes the keys in errors
+        (a wrapper's `backbone_params`).
+        """
+        owner = f"workload '{self.name}'"
+        if isinstance(overrides, self.params_cls):
+            return check(overrides, noun="parameter", owner=owner)
         names = [f.name for f in dataclasses.fields(self.params_cls)]
         overrides = _former_weights(dict(overrides or {})) if WEIGHTS_PARAM in names else dict(overrides or {})
-        for key in overrides:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ValueError(
-                    f"unknown parameter '{key}' for workload '{self.name}'; {hint}known: {sorted(names)}"
-                )
-        defaults = self.params_cls()
-        for key, value in list(overrides.items()):
-            default = getattr(defaults, key)
-            # YAML lists arrive where Params use tuples; ints where floats are expected.
-            if isinstance(default, tuple) and isinstance(value, list):
-                overrides[key] = tuple(value)
-            elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-                overrides[key] = float(value)
-            elif default is not None and not isinstance(overrides[key], type(default)):
-                raise ValueError(
-                    f"workload '{self.name}' parameter '{key}': expected {type(default).__name__}, "
-                    f"got {value!r}"
-                )
-        resolved = dataclasses.replace(defaults, **overrides)
-        # A wrapper's inner workload (`<x>_workload` + `<x>_params`, e.g. SV-Mix's backbone) is resolved
-        # too, so the params record every value of the whole network.
-        nested = {}
-        for workload_field, params_field in nested_workload_fields(self.params_cls):
-            try:
-                inner = get_workload(getattr(resolved, workload_field))
-            except KeyError as err:
-                raise ValueError(f"workload '{self.name}' {workload_field}: {err.args[0]}") from None
-            try:
-                nested[params_field] = dataclasses.asdict(inner.resolve_params(getattr(resolved, params_field)))
-            except ValueError as err:
-                raise ValueError(f"workload '{self.name}' {params_field}: {err}") from None
-        return dataclasses.replace(resolved, **nested) if nested else resolved
+        return from_mapping(self.params_cls, overrides, path=path, noun="parameter", owner=owner)
 
     def build(self, params: dict | Any | None = None, *, num_classes: int, num_frames: int,
               weights: bool = True) -> nn.Module:
@@ -146,8 +126,7 @@ class WorkloadSpec:
         `weights=False` builds the same network at random initialisation, reading and downloading
         nothing: for counting MACs, checking params, or loading weights recorded with a model.
         """
-        if not isinstance(params, self.params_cls):
-            params = self.resolve_params(params)
+        params = self.resolve_params(params)
         if not weights:
             params = without_weights(params)
         return self.builder(params, num_classes=num_classes, num_frames=num_frames)
@@ -162,7 +141,7 @@ class WorkloadSpec:
 
 def nested_workload_fields(params_cls: type) -> list[tuple[str, str]]:
     """(`<x>_workload`, `<x>_params`) field pairs of a wrapper's Params: the inner workload's name and
-    its params mapping (SV-Mix: `backbone_workload`, `backbone_params`)."""
+    its Params (SV-Mix: `backbone_workload`, `backbone_params`)."""
     names = {f.name for f in dataclasses.fields(params_cls)}
     return [(n, n[: -len("_workload")] + "_params") for n in sorted(names)
             if n.endswith("_workload") and n[: -len("_workload")] + "_params" in names]
@@ -170,14 +149,14 @@ def nested_workload_fields(params_cls: type) -> list[tuple[str, str]]:
 
 def without_weights(params):
     """`params` (a Params instance or a dict of overrides) with no weight source: `pretrained` cleared,
-    also inside nested param dicts (a wrapper's `backbone_params`)."""
+    also in a wrapped workload's params (SV-Mix's `backbone_params`)."""
     def strip(d: dict) -> dict:
         return {k: v for k, v in d.items() if k not in (WEIGHTS_PARAM, _FORMER_FILE_PARAM)}
 
     if isinstance(params, dict):
         return {k: strip(v) if isinstance(v, dict) else v for k, v in strip(params).items()}
-    changes = {f.name: strip(getattr(params, f.name)) for f in dataclasses.fields(params)
-               if isinstance(getattr(params, f.name), dict)}
+    changes = {f.name: without_weights(getattr(params, f.name)) for f in dataclasses.fields(params)
+               if dataclasses.is_dataclass(getattr(params, f.name))}
     if hasattr(params, WEIGHTS_PARAM):
         changes[WEIGHTS_PARAM] = ""
     return dataclasses.replace(params, **changes)
@@ -257,10 +236,7 @@ def register_workload(
 
 def get_workload(name: str) -> WorkloadSpec:
     if name not in _REGISTRY:
-        known = sorted(_REGISTRY)
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise KeyError(f"unknown workload '{name}'; {hint}known: {known}")
+        raise KeyError(f"unknown workload '{name}'; {nearest(name, _REGISTRY)}")
     return _REGISTRY[name]
 
 

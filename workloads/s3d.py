@@ -10,25 +10,24 @@ convs take the ImageNet 3x3 kernels, the 3x1x1 ones start from Kaiming init.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .layers.head3d import build_video_net3d
 from .layers.ibm_checkpoints import ibm_3d_filter
 from .layers.inception3d import InceptionV1_3d
+from .layers.inflate import InflateScale
 from .layers.resnet3d import ResNet3d
 from .registry import register_workload
 
-BACKBONES = ("inception_v1", "resnet")
-
-
 @dataclass(frozen=True)
 class S3DParams:
-    backbone: str = "inception_v1"  # "inception_v1" (S3D) | "resnet" (IBM `s3d_resnet` = R(2+1)D)
+    backbone: Literal["inception_v1", "resnet"] = "inception_v1"  # "inception_v1" (S3D) | "resnet" (IBM `s3d_resnet` = R(2+1)D)
     depth: int = 50  # ResNet depth 18 / 34 / 50 / 101 / 152 (unused by inception_v1)
     dropout: float = 0.5
     without_t_stride: bool = False  # False = temporal stride 2 in three pools / stages
     # "" = random init; "tv:googlenet" (torchvision), a timm ResNet tag, or a local file.
     pretrained: str = ""
-    inflate_scale: str = "repeat"  # "repeat" (IBM) | "mean"; only the 3x7x7 stem has kT > 1
+    inflate_scale: InflateScale = "repeat"  # "repeat" (IBM) | "mean"; only the 3x7x7 stem has kT > 1
     width_mult: float = 1.0  # trunk width factor; only 1.0 takes ImageNet weights
 
 
@@ -36,15 +35,13 @@ class S3DParams:
 def build_s3d(p: S3DParams, *, num_classes: int, num_frames: int):
     if p.backbone == "inception_v1":
         backbone = InceptionV1_3d(kind="s3d", t_strides=not p.without_t_stride, width_mult=p.width_mult)
-    elif p.backbone == "resnet":
+    else:  # resnet
         backbone = ResNet3d(
             depth=p.depth,
             kind="2plus1d",
             t_strides=not p.without_t_stride,
             base_width=round(64 * p.width_mult),
         )
-    else:
-        raise ValueError(f"s3d backbone must be one of {BACKBONES}, got {p.backbone!r}")
     return build_video_net3d(
         backbone,
         num_classes=num_classes,

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,13 +38,14 @@ from torch import nn
 from .layers.checkpoint import CheckpointError, CheckpointFilter, block_rules
 from .layers.method import Method
 from .layers.vit import create_vit, freeze
+from .params import bounded
 from .registry import register_workload
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_DROP_RATE = 0.75
 CONTEXT_LENGTH = 77  # Text4Vis' frame position table: the CLIP text context length
-RESTORE_LOSSES = ("kl", "cos", "mse")
+RestoreLoss = Literal["kl", "cos", "mse"]
 LAYER_NORM_EPS = 1e-12  # the header's and FFRes' LayerNorm (official `video_clip.LayerNorm`)
 
 # Tiny CPU variant for the registry test: 8 frames at 32 px through a 2-block, 64-wide ViT.
@@ -65,12 +67,12 @@ class SLLMParams:
     img_size_px: int = 224  # the encoder's input size (position embeddings resized on load)
     embed_dim: int = 512  # CLIP image projection width (timm `head`); 0 = the pooled token, no projection
     backbone_depth: int = 0  # 0 = as named; fewer blocks only for tiny variants
-    drop_rate: float = 0.5  # fraction of the S sampled frames that are never encoded, in [0, 0.75]
+    drop_rate: float = bounded(0.5, lo=0.0, hi=MAX_DROP_RATE)  # fraction of the S sampled frames that are never encoded, in [0, 0.75]
     restore: bool = True  # false = naive frame dropping: the head sees the K kept frames only
     restore_depth: int = 3
     restore_heads: int = 8
     header_depth: int = 6  # Text4Vis "Transf" video header; heads = embed width / 64
-    res_loss: str = "kl"  # "kl" (official: KL over feature-softmaxes), "cos", "mse"
+    res_loss: RestoreLoss = "kl"  # "kl" (official: KL over feature-softmaxes), "cos", "mse"
     res_loss_weight: float = 1.0
     text_embeddings_file: str = ""  # (K, D) class-name text embeddings (.npy/.safetensors/.pt); "" = linear head
     freeze_encoder: bool = False  # the official "shifter" stage: train FFRes + header on a trained encoder
@@ -256,14 +258,12 @@ class SLLM(Method):
         restore_depth: int = 3,
         restore_heads: int = 8,
         header_depth: int = 6,
-        res_loss: str = "kl",
+        res_loss: RestoreLoss = "kl",
         res_loss_weight: float = 1.0,
         freeze_encoder: bool = False,
         encoder_lr_scale: float = 0.1,
     ):
         super().__init__()
-        if res_loss not in RESTORE_LOSSES:
-            raise ValueError(f"res_loss must be one of {RESTORE_LOSSES}, got {res_loss!r}")
         if layout.num_frames > CONTEXT_LENGTH:
             raise ValueError(f"at most {CONTEXT_LENGTH} sampled frames (the header's position table), got {layout.num_frames}")
         self.encoder = freeze(encoder) if freeze_encoder else encoder

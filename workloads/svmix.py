@@ -21,8 +21,10 @@ so it also averages the online model's BN statistics (buffers).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +33,8 @@ from torch import nn
 from torch.optim.sgd import sgd as sgd_update
 
 from .layers import Method, SegmentClassifier
+from .params import bounded
 from .registry import InputFormat, get_workload, register_workload
-
-METHODS = ("svmix", "mixup", "cutmix", "mixup_cutmix", "none")
-EMA_INITS = ("separate", "copy")
-BLOCK_LR_SCHEDULES = ("step", "cosine", "constant")
 
 
 @dataclass(frozen=True)
@@ -43,26 +42,46 @@ class SVMixParams:
     """Defaults: the official TSM / Something-Something configuration (knob names as reference §2(b))."""
 
     backbone_workload: str = "tsm"  # any registered workload with a feature split (2D segment, 3D nets, mvitv2, uniformer)
-    backbone_params: dict = field(default_factory=dict)  # that workload's params overrides
-    method: str = "svmix"  # svmix | mixup | cutmix | mixup_cutmix | none (baselines keep the EMA too)
+    # That workload's Params, every value set; a mapping of its overrides (or None: its defaults) is
+    # resolved once, on construction (see `__post_init__`).
+    backbone_params: Any = None
+    method: Literal["svmix", "mixup", "cutmix", "mixup_cutmix", "none"] = "svmix"  # the baselines keep the EMA too
     alpha_temporal: float = 0.8  # Beta(a, a) for lambda in temporal (frame) mode; mixup's alpha
     alpha_spatial: float = 1.0  # Beta(a, a) for spatial (patch) mode and for the policy branch's lambda'
-    mix_prob: float = 1.0  # probability that a batch is mixed at all
-    switch_prob: float = 0.5  # probability of the spatial mode (cutmix for the baselines), per batch
+    mix_prob: float = bounded(1.0, lo=0.0, hi=1.0)  # probability that a batch is mixed at all
+    switch_prob: float = bounded(0.5, lo=0.0, hi=1.0)  # probability of the spatial mode (cutmix for the baselines), per batch
     label_smoothing: float = 0.1  # inside the mixed targets
     fixed_lambda: float = 0.0  # > 0: this lambda for every mixed batch (ratio ablation); 0: sample Beta
     extreme_cutoff: float = 0.08  # lambda outside [c, 1 - c]: constant masks (plain mixup)
     ratio_margin: float = 0.1  # |mean share of A - lambda'| allowed without penalty
     ratio_weight: float = 0.1
-    ema_momentum: float = 0.999  # ema <- m * ema + (1 - m) * online, parameters only, after every step
-    ema_init: str = "separate"  # "separate": own build (official: own random head); "copy": of online
+    ema_momentum: float = bounded(0.999, lo=0.0, hi=1.0)  # ema <- m * ema + (1 - m) * online, parameters only, after every step
+    ema_init: Literal["separate", "copy"] = "separate"  # "separate": own build (official: own random head); "copy": of online
     query_dim: int = 0  # selection module's query width; 0 = channels // 2 for CNNs (1024 for ResNet-50), channels for transformers
     block_lr: float = 0.05  # the selection module's SGD (0.05 Sth TSM, 0.04 D48/EGTEA, 0.02 transformers)
     block_momentum: float = 0.9
     block_weight_decay: float = 1e-4
     block_grad_clip: float = 20.0
-    block_lr_schedule: str = "step"  # step | cosine | constant: per epoch; match the recipe's schedule
+    block_lr_schedule: Literal["step", "cosine", "constant"] = "step"  # per epoch; match the recipe's schedule
     block_lr_steps: tuple = (0.45, 0.91)  # step: x0.1 at these fractions of the epochs (25, 50 of 55)
+
+    def __post_init__(self):
+        # The wrapped workload's Params are resolved here, once, whichever way this instance is made (a
+        # recipe, `dataclasses.replace`, a recorded meta.json): builds and input formats then use them
+        # as they are, and `dataclasses.asdict` records every value of the whole network.
+        if self.backbone_workload == "svmix":
+            raise ValueError("svmix: backbone_workload must be a plain classifier (tsm, tsn, tam, r2plus1d, ...)")
+        try:
+            spec = get_workload(self.backbone_workload)
+        except KeyError as err:
+            raise ValueError(f"svmix: backbone_workload: {err.args[0]}") from None
+        inner = self.backbone_params
+        if dataclasses.is_dataclass(inner) and not isinstance(inner, spec.params_cls):
+            raise ValueError(
+                f"svmix: backbone_params is a {type(inner).__name__}, but backbone_workload "
+                f"'{self.backbone_workload}' takes {spec.params_cls.__name__}; give a mapping of its overrides"
+            )
+        object.__setattr__(self, "backbone_params", spec.resolve_params(inner, path="backbone_params"))
 
 
 def clip_features(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
@@ -426,8 +445,6 @@ def _feature_channels(model: nn.Module) -> tuple[int, int]:
 
 def backbone_input(p: SVMixParams) -> InputFormat:
     """The backbone's sampling and normalisation: SV-Mix mixes whatever clips its backbone takes."""
-    if p.backbone_workload == "svmix":
-        raise ValueError("svmix: backbone_workload must be a plain classifier (tsm, tsn, tam, r2plus1d, ...)")
     return get_workload(p.backbone_workload).input_for(p.backbone_params)
 
 
@@ -439,17 +456,6 @@ def backbone_input(p: SVMixParams) -> InputFormat:
     input_fn=backbone_input,
 )
 def build_svmix(p: SVMixParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    if p.method not in METHODS:
-        raise ValueError(f"svmix: method {p.method!r} is not one of {list(METHODS)}")
-    if p.ema_init not in EMA_INITS:
-        raise ValueError(f"svmix: ema_init {p.ema_init!r} is not one of {list(EMA_INITS)}")
-    if p.block_lr_schedule not in BLOCK_LR_SCHEDULES:
-        raise ValueError(f"svmix: block_lr_schedule {p.block_lr_schedule!r} is not one of {list(BLOCK_LR_SCHEDULES)}")
-    if p.backbone_workload == "svmix":
-        raise ValueError("svmix: backbone_workload must be a plain classifier (tsm, tsn, tam, r2plus1d, ...)")
-    for name in ("mix_prob", "switch_prob", "ema_momentum"):
-        if not 0.0 <= getattr(p, name) <= 1.0:
-            raise ValueError(f"svmix: {name} must be in [0, 1], got {getattr(p, name)}")
     spec = get_workload(p.backbone_workload)
     online = spec.build(p.backbone_params, num_classes=num_classes, num_frames=num_frames)
     if p.ema_init == "copy":

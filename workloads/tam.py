@@ -19,7 +19,7 @@ from .layers import SegmentClassifier, create_backbone_2d, ibm_stage_frames, ins
 from .layers.checkpoint import CheckpointFilter
 from .layers.ibm_checkpoints import RESNET_CLASSIFIER_RULES, RESNET_HINTS
 from .layers.pretrained import TIMM
-from .layers.tam import TAM_BLENDS, TAM_INITS, insert_tam
+from .layers.tam import TamBlend, TamInit, insert_tam
 from .registry import register_workload
 
 
@@ -34,9 +34,9 @@ class TAMParams:
     # "timm": timm's default one) or a local state-dict file (.safetensors / .pth), checked key by key.
     pretrained: str = ""
     blend_frames: int = 3  # odd; frames t - k//2 .. t + k//2 are aggregated
-    blend: str = "sum"  # "sum" (IBM default) | "max"
+    blend: TamBlend = "sum"  # "sum" (IBM default) | "max"
     depthwise: bool = True  # False = IBM's dense "allc" variant (k*C*C weights per block)
-    tam_init: str = "kaiming"  # "kaiming" (IBM) | "identity" (starts as TSN)
+    tam_init: TamInit = "kaiming"  # "kaiming" (IBM) | "identity" (starts as TSN)
 
 
 def _resnet_2d(depth: int, pretrained: str) -> nn.Module:
@@ -57,10 +57,6 @@ def _resnet_2d(depth: int, pretrained: str) -> nn.Module:
 
 @register_workload("tam", params=TAMParams, sampling="segments", tiny={"depth": 18})
 def build_tam(p: TAMParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    if p.blend not in TAM_BLENDS:
-        raise ValueError(f"tam: blend must be one of {TAM_BLENDS}, got {p.blend!r}")
-    if p.tam_init not in TAM_INITS:
-        raise ValueError(f"tam: tam_init must be one of {TAM_INITS}, got {p.tam_init!r}")
     backbone = _resnet_2d(p.depth, p.pretrained)  # weights load before TAM renames conv1
     frames = ibm_stage_frames(num_frames, t_stride=not p.without_t_stride)  # seen by layer1..layer4
     insert_tam(

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from torch import nn
 
 from .layers import (
-    SHIFT_PLACES,
     SegmentClassifier,
     create_backbone_2d,
     insert_temporal_pool,
@@ -20,6 +19,8 @@ from .layers import (
 )
 from .layers.checkpoint import CheckpointFilter
 from .layers.ibm_checkpoints import RESNET_CLASSIFIER_RULES, RESNET_HINTS
+from .layers.temporal_shift import ShiftPlace
+from .params import bounded
 from .registry import register_workload
 
 
@@ -31,16 +32,12 @@ class TSMParams:
     pretrained: str = ""  # "timm": timm's weights for `backbone`; or a local .safetensors / .pth state dict
     dropout: float = 0.5
     temporal_pool: bool = False  # max-pool time by 2 after layer1; later stages shift over T/2
-    fold_div: int = 8  # 1/fold_div of the channels shift each way
-    shift_place: str = "blockres"  # "blockres": residual branch only; "block": whole block input
+    fold_div: int = bounded(8, lo=1)  # 1/fold_div of the channels shift each way
+    shift_place: ShiftPlace = "blockres"  # "blockres": residual branch only; "block": whole block input
 
 
 @register_workload("tsm", params=TSMParams, sampling="segments", tiny={"backbone": "resnet18"})
 def build_tsm(params: TSMParams, *, num_classes: int, num_frames: int) -> nn.Module:
-    if params.shift_place not in SHIFT_PLACES:
-        raise ValueError(f"tsm: shift_place {params.shift_place!r} is not one of {list(SHIFT_PLACES)}")
-    if params.fold_div < 1:
-        raise ValueError(f"tsm: fold_div must be >= 1, got {params.fold_div}")
     # Weights load before the shift wraps conv1 (which renames it conv1.net), so timm tags and
     # plain ResNet state-dict files apply unchanged.
     backbone = create_backbone_2d(params.backbone, pretrained=params.pretrained)

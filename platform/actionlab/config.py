@@ -11,14 +11,15 @@ overrides. The config becomes a plain dict only at the Ray boundary (`to_dict` /
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+# The homes of the data and evaluation choice lists: the fields below read their Literals.
+from .data import decode, transforms
+from .train import evaluate
 
 
 class ConfigError(ValueError):
@@ -51,19 +52,19 @@ class DataConfig:
     num_loader_workers: int = 2
     loader_timeout_s: float = 300.0
     max_bad_fraction: float = 0.05
-    flip: Literal["off", "on", "swap_pairs"] = "on"  # swap_pairs: left/right classes swap labels on flip
+    flip: transforms.FlipPolicy = "on"  # swap_pairs: left/right classes swap labels on flip
     cache_dir: str = ""  # local read-through cache for remote videos; default under ACTIONLAB_HOME
     # auto: what the manifest's writer measured fastest (`data prepare` -> pyav), else decord
-    decoder: Literal["auto", "decord", "pyav"] = "auto"
+    decoder: Literal["auto", decode.Decoder] = "auto"
     # What videos are cropped in: rgb (frames converted whole by the decoder), or yuv420 (PyAV hands over
     # YUV 4:2:0 planes, the crop is taken and resized on them and colour is converted per batch where
     # the batch is normalised; decord and frame folders stay RGB). auto: yuv420 when the Train worker
     # has a GPU (loader workers do less and the GPU converts), else rgb (converting on the CPU costs
     # the training process more than the loader saves)
-    pixels: Literal["auto", "rgb", "yuv420"] = "auto"
+    pixels: Literal["auto", decode.Pixels] = "auto"
     # Frame folders: pil; pil_draft (libjpeg's DCT-domain downscaling when frames are stored at 2x+ the
     # resize); torchvision (its libjpeg-turbo decode_jpeg)
-    jpeg_decoder: Literal["pil", "pil_draft", "torchvision"] = "pil"
+    jpeg_decoder: decode.JpegDecoder = "pil"
     # loader: a DataLoader in each Train worker (decodes on the worker's node);
     # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
     engine: Literal["loader", "ray"] = "loader"
@@ -88,7 +89,7 @@ class ClipConfig:
 class EvalConfig:
     num_clips: int = 1
     num_crops: int = 1
-    fusion: Literal["logits", "probs"] = "logits"  # how views are averaged per video
+    fusion: evaluate.Fusion = "logits"  # how views are averaged per video
 
 
 @dataclass(frozen=True)
@@ -185,80 +186,24 @@ class Config:
     seed: int = 0
 
 
-def _nearest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}known: {sorted(options)}"
-
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Checks `value` against a field annotation, converting only where it is lossless."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin is Literal:
-        if isinstance(value, bool):  # YAML 1.1 reads a bare on / off / yes / no as a bool
-            spelled = [c for c in (("on", "yes", "true") if value else ("off", "no", "false")) if c in args]
-            value = spelled[0] if len(spelled) == 1 else value
-        if isinstance(value, str) and value in args:
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{where}: {value!r} is not one of {list(args)}{hint}")
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-    elif annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif annotation is tuple or origin is tuple:
-        if isinstance(value, (list, tuple)):
-            return tuple(value)
-    elif annotation is dict or origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    name = getattr(annotation, "__name__", str(annotation))
-    raise ConfigError(f"{where}: expected {name}, got {value!r} ({type(value).__name__})")
-
-
 def _build(cls: type, values: dict, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}'; {_nearest(key, names)}")
-        annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: expected a mapping of {annotation.__name__} keys, got {value!r}")
-            kwargs[key] = _build(annotation, value, path)
-        else:
-            kwargs[key] = _coerce(value, annotation, path)
-    return cls(**kwargs)
+    """`cls` from a mapping, checked by the one validator the workloads' Params use too."""
+    from workloads.params import ParamsError, from_mapping  # imports the workloads: not at module import
+
+    try:
+        return from_mapping(cls, values, path=where, noun="config key")
+    except ParamsError as err:
+        raise ConfigError(str(err)) from None
 
 
 def resolve_workload_params(name: str, params: Any = None) -> Any:
-    """`name`'s Params dataclass from a mapping of overrides (or a ready instance), every value set.
+    """`name`'s Params dataclass from a mapping of overrides, every value set; a ready instance is
+    checked and kept as it is (never turned back into a mapping and resolved again).
 
     Raises:
         ConfigError: an unknown workload, an unknown parameter (with the nearest name), a value of the
-            wrong type, or a Params instance of another workload.
+            wrong type, outside its `Literal` choices or its declared range, or a Params instance of
+            another workload.
     """
     from workloads import get_workload
 
@@ -272,8 +217,7 @@ def resolve_workload_params(name: str, params: Any = None) -> Any:
                 f"workload.params: a {type(params).__name__} was given for workload '{name}', which takes "
                 f"{spec.params_cls.__name__}; pass a mapping of overrides to start from '{name}''s defaults"
             )
-        params = dataclasses.asdict(params)  # resolved again: wrapped workloads' params are expanded too
-    if params is not None and not isinstance(params, dict):
+    elif params is not None and not isinstance(params, dict):
         raise ConfigError(f"workload.params: expected a mapping of {spec.params_cls.__name__} keys, got {params!r}")
     try:
         return spec.resolve_params(params or {})
@@ -470,9 +414,9 @@ def resolve(recipe: dict | None = None, overrides: list[str] | tuple = (), *, up
     the updates are kept, in whatever order they come. The same holds one level down for a wrapper:
     switching SV-Mix's `backbone_workload` drops the recipe's `backbone_params` for the old backbone.
     """
-    values = to_dict(Config())
-    values["workload"]["params"] = {}  # the recipe's workload's defaults fill in when the config is built
-    values = merge(values, recipe or {})
+    # Building the config fills in every other default; the workload's name is needed here, before,
+    # to tell which params belong to it (`_drop_stale_params`).
+    values = merge({"workload": {"name": WorkloadConfig.name, "params": {}}}, recipe or {})
     steps = [nest(*parse_dotted(text)) for text in overrides] + [nest(k, v) for k, v in (updates or {}).items()]
     combined: dict = {}
     for update in steps:
@@ -501,9 +445,9 @@ def _drop_stale_params(values: dict, update: dict) -> None:
         params_cls = get_workload(new.get("name", workload.get("name"))).params_cls
     except KeyError:
         return  # an unknown workload: building the config names it
-    defaults = params_cls()
+    defaults = {f.name: f.default for f in dataclasses.fields(params_cls)}
     for workload_field, params_field in nested_workload_fields(params_cls):
-        current = params.get(workload_field, getattr(defaults, workload_field))
+        current = params.get(workload_field, defaults[workload_field])
         if workload_field in new_params and new_params[workload_field] != current:
             params[params_field] = {}
 

@@ -9,7 +9,6 @@ the module's own device. Papers' "GFLOPs" are GMACs: MACs = counted FLOPs / 2.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -114,7 +113,7 @@ def workload_compute(
     ignored: weights do not change MACs, so nothing is read or downloaded. The model is built and counted on the meta device when it allows, else on CPU.
     """
     spec = get_workload(name)
-    resolved = params if isinstance(params, spec.params_cls) else spec.resolve_params(params)
+    resolved = spec.resolve_params(params)  # a Params instance is checked, not rebuilt
     clip_shape = (1, spec.input_for(resolved).clip_frames(num_frames), 3, size_px, size_px)
     try:
         with torch.device("meta"):
@@ -136,8 +135,7 @@ def recipe_gmacs(cfg) -> float:
     shape = dict(num_frames=cfg.clip.num_frames, size_px=cfg.clip.size_px, num_classes=400)
     params = cfg.workload.params
     if spec.compute_by_ratio is not None:
-        overrides = dict(params) if isinstance(params, dict) else dataclasses.asdict(params)
-        rows = [r for r in spec.compute_by_ratio(overrides, **shape) if r.get("configured")]
+        rows = [r for r in spec.compute_by_ratio(params, **shape) if r.get("configured")]
         if rows:
             return rows[0]["measured_gmacs"]
     return workload_compute(cfg.workload.name, params=params, **shape).gmacs

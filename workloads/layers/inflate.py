@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal, get_args
 
 import torch
 from torch import nn
@@ -26,7 +26,8 @@ from torch import nn
 from .backbones import read_state_dict
 from .pretrained import TIMM
 
-INFLATE_SCALES = ("repeat", "mean")
+InflateScale = Literal["repeat", "mean"]
+INFLATE_SCALES = get_args(InflateScale)
 
 
 @dataclass

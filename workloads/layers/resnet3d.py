@@ -19,13 +19,16 @@ ImageNet weights inflate by name; the extra temporal pieces are ``convK_t`` / ``
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 from torch import nn
 
 from .inflate import InflationReport, inflate_into, load_2d_state_dict
 
 CONV_KINDS = ("3d", "2plus1d")
-MID_WIDTHS = ("ibm", "tran")
+MidWidth = Literal["ibm", "tran"]
+MID_WIDTHS = get_args(MidWidth)
 # depth -> (block type, blocks per stage)
 RESNET_DEPTHS = {
     18: ("basic", (2, 2, 2, 2)),

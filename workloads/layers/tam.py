@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,10 @@ from torch import nn
 
 from .backbones import resnet_stages
 
-TAM_BLENDS = ("sum", "max")
-TAM_INITS = ("kaiming", "identity")
+TamBlend = Literal["sum", "max"]
+TamInit = Literal["kaiming", "identity"]
+TAM_BLENDS = get_args(TamBlend)
+TAM_INITS = get_args(TamInit)
 
 
 class TemporalAggregation(nn.Module):

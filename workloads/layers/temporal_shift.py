@@ -7,13 +7,15 @@ forward, zero-filled at the clip ends: temporal mixing with zero parameters and 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from .backbones import resnet_stages
 
-SHIFT_PLACES = ("blockres", "block")
+ShiftPlace = Literal["blockres", "block"]
+SHIFT_PLACES = get_args(ShiftPlace)
 # The reference code halves the number of shifted blocks in very deep nets (ResNet-101/152, whose
 # layer3 has 23/36 blocks), where shifting every block hurts spatial modelling.
 DEEP_STAGE_BLOCKS = 23

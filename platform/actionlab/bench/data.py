@@ -357,14 +357,8 @@ def frame_fidelity(raw_manifest: str, prepared_manifest: str, *, frames: int = 8
 
 
 def available_decoders() -> list[str]:
+    """The video decoders importable here (`decode.available_decoders`), for the benchmark's rows."""
     from ..data import decode
 
-    out = []
-    for name in decode.DECODERS:
-        try:
-            __import__({"decord": "decord", "pyav": "av", "torchcodec": "torchcodec.decoders"}[name])
-        except Exception:
-            continue
-        out.append(name)
-    return out
+    return decode.available_decoders()
 

@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from actionlab import storage
 from actionlab.data import decode, profile, sampling, transforms, yuv
-
-SAMPLINGS = ("segments", "clip", "snippets")
+from workloads.registry import SAMPLINGS  # declared once, beside `InputFormat`
 
 
 class BadSample(Exception):

@@ -13,19 +13,26 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 
 from actionlab.data import profile, yuv
 
-DECODERS = ("decord", "pyav")
+# The choice lists below are declared here once: `data.decoder` / `data.pixels` / `data.jpeg_decoder` of the
+# config, the CLI and the benchmarks read these Literals (or the tuples derived from them).
+Decoder = Literal["decord", "pyav"]
+DECODERS = get_args(Decoder)
+_PACKAGES = {"decord": "decord", "pyav": "av"}  # what each video decoder imports
 # What video decoders hand over: RGB frames, or YUV 4:2:0 planes (PyAV only: decord 0.6.0 converts every
 # frame to RGB inside its own filter graph and has no option to skip that).
-PIXELS = ("rgb", "yuv420")
+Pixels = Literal["rgb", "yuv420"]
+PIXELS = get_args(Pixels)
 # JPEG frame decoders: PIL; PIL with DCT-domain downscaling when frames are stored larger than needed
 # (libjpeg's scaled IDCT, `Image.draft`); torchvision's libjpeg-turbo binding (`decode_jpeg`; deprecated
 # since torchvision 0.29 in favour of torchcodec's image decoders, which are not installed here).
-JPEG_DECODERS = ("pil", "pil_draft", "torchvision")
+JpegDecoder = Literal["pil", "pil_draft", "torchvision"]
+JPEG_DECODERS = get_args(JpegDecoder)
 
 
 class DecodeError(Exception):
@@ -61,6 +68,18 @@ def decoder_name(preferred: str = "") -> str:
     except ImportError:
         return "pyav"
     return "decord"
+
+
+def available_decoders() -> list[str]:
+    """The video decoders of `DECODERS` whose package imports on this machine."""
+    out = []
+    for name in DECODERS:
+        try:
+            __import__(_PACKAGES[name])
+        except Exception:  # noqa: BLE001  (a broken install counts as absent, whatever it raises)
+            continue
+        out.append(name)
+    return out
 
 
 def _check_file(path: str) -> None:

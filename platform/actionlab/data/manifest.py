@@ -24,6 +24,7 @@ import json
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import pandas as pd
 import pyarrow as pa
@@ -33,7 +34,10 @@ from actionlab import storage
 
 REQUIRED_COLUMNS = ("video", "label")
 OPTIONAL_COLUMNS = ("split", "start", "end", "num_frames", "media")
-FORMATS = ("ibm", "tsn", "mmaction")
+# Annotation list formats (`data index --format`), declared here once; a new one adds its `_parse_line`
+# branch beside this line.
+AnnotationFormat = Literal["ibm", "tsn", "mmaction"]
+FORMATS = get_args(AnnotationFormat)
 # Published class subsets (`data index --subset`): name -> list file shipped in `data/subsets/`.
 SUBSETS = {"mini-kinetics": "mini_kinetics.txt", "mini-ssv2": "mini_ssv2.txt"}
 MEDIA = ("auto", "video", "frames")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ import torch.nn.functional as F
 
 from actionlab.data import profile, yuv
 
-FLIP_POLICIES = ("off", "on", "swap_pairs")
+FlipPolicy = Literal["off", "on", "swap_pairs"]  # `data.flip`, declared here once
+FLIP_POLICIES = get_args(FlipPolicy)
 
 # Words whose meaning mirrors under a horizontal flip.
 _MIRROR_WORDS = {

@@ -8,6 +8,7 @@ the batch size (TSM issue #134 is what happens otherwise). Several models (e.g. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -78,7 +79,8 @@ def stats_tensors(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
     )
 
 
-FUSIONS = ("logits", "probs")
+Fusion = Literal["logits", "probs"]  # `eval.fusion` and the CLI's --fusion, declared here once
+FUSIONS = get_args(Fusion)
 
 
 @torch.no_grad()

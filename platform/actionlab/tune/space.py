@@ -22,9 +22,10 @@ distribution is resolved against the config schema and the workload's params.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from workloads.params import nearest
 
 from ..config import ConfigError, load_recipe, load_recipe_text, parse_dotted, resolve
 
@@ -53,11 +54,6 @@ class SweepSpec:
     description: str = ""
 
 
-def _nearest(key: str, options) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return (f"did you mean '{close[0]}'? " if close else "") + f"known: {sorted(options)}"
-
-
 def to_domain(key: str, leaf):
     """`{loguniform: [1e-4, 1e-2]}` -> `ray.tune.loguniform(1e-4, 1e-2)`; plain values stay fixed."""
     from ray import tune
@@ -66,7 +62,7 @@ def to_domain(key: str, leaf):
         raise ConfigError(f"space.{key}: expected one distribution like {{loguniform: [1e-4, 1e-2]}}, got {leaf!r}")
     (dist, args), = leaf.items()
     if dist not in DISTRIBUTIONS:
-        raise ConfigError(f"space.{key}: unknown distribution '{dist}'; {_nearest(dist, DISTRIBUTIONS)}")
+        raise ConfigError(f"space.{key}: unknown distribution '{dist}'; {nearest(dist, DISTRIBUTIONS)}")
     fn = getattr(tune, dist)
     if dist in ("choice", "grid_search"):
         if not isinstance(args, list) or not args:
@@ -100,7 +96,7 @@ def load_sweep(path_or_name: str, *, overrides: list[str] | tuple = ()) -> Sweep
     values = load_recipe_text(path.read_text(), str(path))
     for key in values:
         if key not in TOP_LEVEL:
-            raise ConfigError(f"{path}: unknown sweep key '{key}'; {_nearest(key, TOP_LEVEL)}")
+            raise ConfigError(f"{path}: unknown sweep key '{key}'; {nearest(key, TOP_LEVEL)}")
     if "recipe" not in values or "space" not in values:
         raise ConfigError(f"{path}: a sweep needs 'recipe' and 'space'")
     scheduler = values.get("scheduler") or {"name": "asha"}

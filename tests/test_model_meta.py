@@ -133,7 +133,7 @@ def test_loading_a_model_resolves_the_recorded_params_once(tmp_path, monkeypatch
         return real(cls, *args, **kwargs)
 
     monkeypatch.setattr(registry, "from_mapping", counting)
-    loaded = tracking.load_model(str(out))
+    loaded = folder.load_model(str(out))
     assert built == ["SVMixParams", "TSMParams"]  # the record, and inside it the wrapped backbone's: once each
     assert loaded.meta.params == cfg.workload.params
     assert torch.equal(_logits(loaded.model.eval()), _logits(model))

@@ -13,13 +13,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
-# The homes of the data and evaluation choice lists: the fields below read their Literals.
+# The homes of the data choice lists: the fields below read their Literals.
 from .data import decode, transforms
-from .train import evaluate
+
+Fusion = Literal["logits", "probs"]  # how a video's views are averaged: `eval.fusion`, read by train.evaluate
+FUSIONS = get_args(Fusion)
 
 
 class ConfigError(ValueError):
@@ -89,7 +91,7 @@ class ClipConfig:
 class EvalConfig:
     num_clips: int = 1
     num_crops: int = 1
-    fusion: evaluate.Fusion = "logits"  # how views are averaged per video
+    fusion: Fusion = "logits"  # how views are averaged per video
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,12 @@ the batch size (TSM issue #134 is what happens otherwise). Several models (e.g. 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import FUSIONS
 from ..data import yuv
 
 
@@ -77,10 +77,6 @@ def stats_tensors(mean, std, device) -> tuple[torch.Tensor, torch.Tensor]:
         torch.tensor(mean, device=device).view(shape),
         torch.tensor(std, device=device).view(shape),
     )
-
-
-Fusion = Literal["logits", "probs"]  # `eval.fusion` and the CLI's --fusion, declared here once
-FUSIONS = get_args(Fusion)
 
 
 @torch.no_grad()

@@ -45,7 +45,7 @@ def _tiny(name: str):
     torch.manual_seed(0)
     overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
     model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
-    frames = spec.input_for(overrides).clip_frames(clip["num_frames"])  # snippets: segments x snippet frames
+    frames = spec.input_for(overrides, num_frames=clip["num_frames"]).clip_frames  # snippets: segments x snippet frames
     clips = torch.randn(BATCH, frames, 3, clip["size_px"], clip["size_px"])
     labels = torch.arange(BATCH) % NUM_CLASSES
     return model, clips, labels

@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from actionlab import storage
 from actionlab.data import decode, profile, sampling, transforms, yuv
-
-SAMPLINGS = ("segments", "clip", "snippets")
+from workloads.registry import InputFormat
 
 
 class BadSample(Exception):
@@ -147,37 +146,32 @@ def frame_range(row: dict, available: int | None) -> tuple[int, int]:
 
 
 class VideoClipDataset(Dataset):
-    """Clips from manifest rows, for training (random views) or testing (fixed multi-view).
+    """Clips from manifest rows in a model's `InputFormat`, for training (random views) or testing
+    (fixed multi-view). Build it with `build_dataset`.
 
     Items: train `{"clip": uint8 (T, C, H, W), "label": int, "video_id": str}`; test the same with
     `clip` uint8 (V, T, C, H, W), V = num_clips * num_crops, clip-major and crop-minor (with
     `pixels="yuv420"`, clips decoded as planes are packed I420: C = 1, H = 3 * size_px / 2); a bad row
-    gives `{"error": str, "kind": str, "video_id": str}`. T = num_frames, except for `snippets`
-    sampling: T = num_frames (segments) x snippet_frames.
+    gives `{"error": str, "kind": str, "video_id": str}`. T = `fmt.clip_frames`.
     """
 
     def __init__(
         self,
         *,
         df: pd.DataFrame,
+        fmt: InputFormat,
         root: str | os.PathLike,
         num_classes: int,
-        sampling: str,
-        num_frames: int,
-        stride: int,
         train: bool,
-        size_px: int,
-        resize_px: int,
-        scales: Sequence[float],
-        flip: str,
-        flip_pairs: dict[int, int] | None,
+        scales: Sequence[float] = (1.0,),
+        flip: str = "off",
+        flip_pairs: dict[int, int] | None = None,
         num_clips: int = 1,
         num_crops: int = 1,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
         frame_template: str = "{:05d}.jpg",
         decoder: str = "",
-        snippet_frames: int = 1,
         pixels: str = "rgb",
         jpeg_decoder: str = "pil",
     ):
@@ -185,15 +179,11 @@ class VideoClipDataset(Dataset):
 
         Args:
             df: manifest rows (`video`, `label`, optional `start`/`end`/`num_frames`/`media`).
+            fmt: what the model eats: sampling, frames, stride, crop and resize (`spec.input_for`, or a
+                saved model's `meta.preprocessing`).
             root: dataset root the `video` paths are relative to (local or `s3://`).
             num_classes: labels must lie in [0, num_classes).
-            sampling: `segments` (TSN-style, one frame per segment), `clip` (dense T x stride) or
-                `snippets` (TDN-style, `snippet_frames` consecutive frames per segment).
-            num_frames: T, or the segments for `snippets`.
-            stride: frame interval for `clip` sampling.
             train: random sampling and augmentation, else deterministic multi-view testing.
-            size_px: crop side fed to the network.
-            resize_px: short side before cropping.
             scales: multi-scale crop fractions (training).
             flip: `off`, `on` or `swap_pairs` (training).
             flip_pairs: {label: mirrored label} for `swap_pairs`.
@@ -203,7 +193,6 @@ class VideoClipDataset(Dataset):
             cache_dir: local read-through cache; required for remote roots.
             frame_template: file names in frame folders (1-based numbering).
             decoder: `decord`, `pyav`, or '' for the default (`ACTIONLAB_DECODER` overrides it).
-            snippet_frames: frames per segment for `snippets` sampling (the workload's `InputFormat`).
             pixels: `rgb`, or `yuv420`: videos PyAV can hand over as YUV 4:2:0 planes are cropped and
                 resized on the planes and converted to RGB per batch (`train.evaluate.normalise`).
             jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
@@ -211,43 +200,33 @@ class VideoClipDataset(Dataset):
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
             raise ValueError(f"manifest rows lack columns {missing}; read them with manifest.read_manifest")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
-        if snippet_frames < 1 or (sampling != "snippets" and snippet_frames != 1):
-            raise ValueError(
-                f"snippet_frames={snippet_frames} with sampling={sampling!r}: only `snippets` sampling takes "
-                "more than one frame per segment; pass the workload's InputFormat (spec.input_for(params))"
-            )
+        if not isinstance(fmt, InputFormat):
+            raise TypeError(f"fmt must be a workloads.InputFormat (spec.input_for(params)), got {fmt!r}")
         if pixels not in decode.PIXELS:
             raise ValueError(f"pixels={pixels!r} is not one of {list(decode.PIXELS)} (data.pixels)")
-        if pixels == "yuv420" and size_px % 2:
-            raise ValueError(f"size_px={size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an even "
-                             "clip.size_px or data.pixels=rgb")
+        if pixels == "yuv420" and fmt.size_px % 2:
+            raise ValueError(f"size_px={fmt.size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an "
+                             "even clip.size_px or data.pixels=rgb")
         if jpeg_decoder not in decode.JPEG_DECODERS:
             raise ValueError(f"jpeg_decoder={jpeg_decoder!r} is not one of {list(decode.JPEG_DECODERS)}")
         if flip not in transforms.FLIP_POLICIES:
             raise ValueError(f"flip={flip!r} is not one of {list(transforms.FLIP_POLICIES)}")
-        if num_classes < 1 or num_frames < 1 or stride < 1 or num_clips < 1 or num_crops not in (1, 3):
+        if num_classes < 1 or num_clips < 1 or num_crops not in (1, 3):
             raise ValueError(
-                f"need num_classes, num_frames, stride, num_clips >= 1 and num_crops in (1, 3); got "
-                f"{num_classes}, {num_frames}, {stride}, {num_clips}, {num_crops}"
+                f"need num_classes, num_clips >= 1 and num_crops in (1, 3); got {num_classes}, {num_clips}, "
+                f"{num_crops}"
             )
-        if not train and size_px > resize_px:
-            raise ValueError(f"size_px={size_px} > resize_px={resize_px}: test crops must fit the resized frame")
+        if not train and fmt.size_px > fmt.resize_px:
+            raise ValueError(f"size_px={fmt.size_px} > resize_px={fmt.resize_px}: test crops must fit the resized "
+                             "frame")
         self.root = os.fspath(root)
         if storage.is_remote(self.root) and cache_dir is None:
             raise ValueError(f"data root {self.root} is remote: pass cache_dir (a local folder for downloaded videos)")
         keep = [c for c in ("video", "label", "start", "end", "num_frames", "media") if c in df.columns]
         self._rows = df[keep].to_dict("records")
+        self.fmt = fmt
         self.num_classes = num_classes
-        self.sampling = sampling
-        self.num_frames = num_frames
-        self.snippet_frames = snippet_frames
-        self.clip_frames = num_frames * snippet_frames  # T of a clip
-        self.stride = stride
         self.train = train
-        self.size_px = size_px
-        self.resize_px = resize_px
         self.scales = tuple(scales)
         self.flip = flip
         self.flip_pairs = dict(flip_pairs or {})
@@ -275,37 +254,17 @@ class VideoClipDataset(Dataset):
         return len(self._rows)
 
     def _indices(self, length: int, rng: np.random.Generator) -> np.ndarray:
-        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing).
-
-        T = num_frames, or num_frames x snippet_frames for `snippets`."""
-        clips = 1 if self.train else self.num_clips
+        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing)."""
+        fmt, clips = self.fmt, 1 if self.train else self.num_clips
         picks = []
         for clip_index in range(clips):
-            if self.sampling == "segments":
-                picks.append(
-                    sampling.segment_indices(
-                        length, self.num_frames, train=self.train, rng=rng, clip_index=clip_index, num_clips=clips
-                    )
-                )
-            elif self.sampling == "snippets":
-                picks.append(
-                    sampling.snippet_indices(
-                        length, self.num_frames, self.snippet_frames, train=self.train, rng=rng,
-                        clip_index=clip_index, num_clips=clips,
-                    )
-                )
+            where = dict(train=self.train, rng=rng, clip_index=clip_index, num_clips=clips)
+            if fmt.sampling == "segments":
+                picks.append(sampling.segment_indices(length, fmt.num_frames, **where))
+            elif fmt.sampling == "snippets":
+                picks.append(sampling.snippet_indices(length, fmt.num_frames, fmt.snippet_frames, **where))
             else:
-                picks.append(
-                    sampling.dense_indices(
-                        length,
-                        self.num_frames,
-                        self.stride,
-                        train=self.train,
-                        rng=rng,
-                        clip_index=clip_index,
-                        num_clips=clips,
-                    )
-                )
+                picks.append(sampling.dense_indices(length, fmt.num_frames, fmt.stride, **where))
         return np.concatenate(picks)  # (clips * T,)
 
     def _read(self, row: dict, rng: np.random.Generator) -> np.ndarray | yuv.Planes:
@@ -320,7 +279,7 @@ class VideoClipDataset(Dataset):
                     raise decode.DecodeError(uri, f"frame folder has no {self.frame_template.format(1)}", "missing")
             first, length = frame_range(row, available)
             indices = self._indices(length, rng) + first
-            jpeg = dict(jpeg=self.jpeg_decoder, short_px=self.resize_px)
+            jpeg = dict(jpeg=self.jpeg_decoder, short_px=self.fmt.resize_px)
             if not remote:
                 return decode.read_frame_folder(uri, indices, template=self.frame_template, **jpeg)
             # Remote frame folders: fetch just the sampled JPEGs into the cache, then read them there.
@@ -354,8 +313,8 @@ class VideoClipDataset(Dataset):
             clip, label = transforms.train_transform(
                 frames,
                 label,
-                size_px=self.size_px,
-                resize_px=self.resize_px,
+                size_px=self.fmt.size_px,
+                resize_px=self.fmt.resize_px,
                 scales=self.scales,
                 flip=self.flip,
                 flip_pairs=self.flip_pairs,
@@ -365,15 +324,67 @@ class VideoClipDataset(Dataset):
         if isinstance(frames, yuv.Planes):
             per_clip = frames.clips(self.num_clips)
         else:
-            per_clip = frames.reshape(self.num_clips, self.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
+            per_clip = frames.reshape(self.num_clips, self.fmt.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         views = torch.stack(
             [
-                transforms.test_transform(c, size_px=self.size_px, resize_px=self.resize_px, num_crops=self.num_crops)
+                transforms.test_transform(c, size_px=self.fmt.size_px, resize_px=self.fmt.resize_px,
+                                          num_crops=self.num_crops)
                 for c in per_clip
             ]
         )  # (clips, crops, T, C, H, W)
         views = views.flatten(0, 1)  # (V, T, C, H, W): clip-major, crop-minor
         return {"clip": views, "label": label, "video_id": video_id}
+
+
+def build_dataset(
+    rows: pd.DataFrame,
+    fmt: InputFormat,
+    *,
+    train: bool,
+    root: str | os.PathLike,
+    classes: Sequence[str],
+    decoder: str = "auto",
+    flip: str = "off",
+    scales: Sequence[float] = (1.0,),
+    num_clips: int = 1,
+    num_crops: int = 1,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    pixels: str = "rgb",
+    jpeg_decoder: str = "pil",
+) -> VideoClipDataset:
+    """Manifest rows as clips in a model's input format: how the Train worker, `actionlab eval`,
+    `predict`, the pyfunc model, serving and the benchmarks all build their datasets.
+
+    Args:
+        rows: manifest rows as `manifest.read_manifest` returns them (a split selected or not); the
+            manifest's metadata travels with them and names the decoder `auto` picks.
+        fmt: what the model eats (`spec.input_for(params, ...)`, or a saved model's `meta.preprocessing`).
+        train: a random clip per video with augmentation (`scales`, `flip`), else `num_clips` x
+            `num_crops` fixed views.
+        root: dataset root the rows' paths are relative to (local or `s3://`).
+        classes: the class names the labels index; `swap_pairs` mirrors the ones whose names say
+            left / right (`transforms.flip_pairs_from_names`).
+        decoder: `auto` (what the manifest's writer measured fastest, else the default), `decord` or `pyav`.
+        flip: `off`, `on` or `swap_pairs` (training).
+        scales: multi-scale crop fractions of the short side (training).
+        num_clips: test clips per video.
+        num_crops: test crops per clip (1 or 3).
+        seed: base seed of the per-item random generators.
+        cache_dir: local read-through cache; required for remote roots.
+        pixels: `rgb` or `yuv420` (`data.pixels`, resolved).
+        jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
+    """
+    from actionlab.data.manifest import preferred_decoder  # pyarrow: not needed in loader workers
+
+    if decoder == "auto":
+        decoder = preferred_decoder(rows)
+    flip_pairs = transforms.flip_pairs_from_names(classes) if flip == "swap_pairs" else {}
+    return VideoClipDataset(
+        df=rows, fmt=fmt, root=root, num_classes=len(classes), train=train, scales=scales, flip=flip,
+        flip_pairs=flip_pairs, num_clips=num_clips, num_crops=num_crops, seed=seed, cache_dir=cache_dir,
+        decoder=decoder, pixels=pixels, jpeg_decoder=jpeg_decoder,
+    )
 
 
 def stack_clips(clips: list[torch.Tensor]) -> torch.Tensor:

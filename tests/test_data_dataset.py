@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from actionlab.data import manifest
-from actionlab.data.dataset import VideoClipDataset, build_dataset, collate_clips, make_loader
+from actionlab.data.dataset import VideoClipDataset, build_dataset, collate_clips
+from actionlab.data.loader import make_loader
 from workloads import InputFormat
 
 FORMAT = dict(sampling="segments", num_frames=4, stride=1, size_px=24, resize_px=28)
@@ -226,7 +227,7 @@ def wait_for_a_file_that_never_arrives():
 
 
 def test_loader_timeout_names_what_the_stuck_worker_was_doing(capsys):
-    from actionlab.data.dataset import LoaderTimeout
+    from actionlab.data.loader import LoaderTimeout
 
     loader = make_loader(_BlockingDataset(), batch_size=1, shuffle=False, num_workers=1, timeout_s=3,
                          drop_last=False)

@@ -7,6 +7,7 @@ import torch
 from servers.process import needs_netns
 
 from actionlab.data import dataset as data_dataset
+from actionlab.data import loader as data_loader
 from actionlab.data import manifest
 from workloads import InputFormat
 
@@ -42,7 +43,7 @@ def test_ray_data_batches_equal_the_dataloaders(ray_driver, synth_dataset, tmp_p
     ds = train_set if train else test_set
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, shuffle=train, seed=5)
     ray_loader = RayClipLoader(ds, sampler, batch_size=5, drop_last=False)
-    torch_loader = data_dataset.make_loader(ds, batch_size=5, shuffle=False, num_workers=0, timeout_s=0,
+    torch_loader = data_loader.make_loader(ds, batch_size=5, shuffle=False, num_workers=0, timeout_s=0,
                                             sampler=sampler, drop_last=False)
     for epoch in (0, 1):  # a new epoch draws new views, the same on both paths
         sampler.set_epoch(epoch)

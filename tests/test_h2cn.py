@@ -107,7 +107,8 @@ def test_num_frames_counts_segments_of_five_frame_snippets():
 
 def test_h2cn_trains_and_tests_on_generated_clips_through_the_dataset(synth_dataset):
     from actionlab.data import manifest
-    from actionlab.data.dataset import VideoClipDataset, make_loader
+    from actionlab.data.dataset import VideoClipDataset
+    from actionlab.data.loader import make_loader
     from actionlab.train.evaluate import normalise, stats_tensors
 
     spec = get_workload("h2cn")

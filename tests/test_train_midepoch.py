@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from actionlab.config import resolve
-from actionlab.data.dataset import ResumableSampler
+from actionlab.data.loader import ResumableSampler
 from actionlab.train import epoch, inputs, launch, resume
 from actionlab.train.evaluate import stats_tensors
 

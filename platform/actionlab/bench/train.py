@@ -145,6 +145,7 @@ def loader_startup(cfg: Config, *, epochs: int = 2) -> list[LoaderStart]:
     from torch.utils.data import DataLoader
 
     from ..data import dataset as data_dataset
+    from ..data import loader as data_loader
     from ..train import inputs, launch
 
     data = launch.resolve_data(cfg)
@@ -154,8 +155,8 @@ def loader_startup(cfg: Config, *, epochs: int = 2) -> list[LoaderStart]:
     ways = {
         "fork, per epoch (before)": lambda: DataLoader(train_set, collate_fn=data_dataset.collate_clips,
                                                         multiprocessing_context="fork", **common),
-        "forkserver, persistent": lambda: data_dataset.make_loader(train_set, timeout_s=0, **common),
-        "spawn, persistent": lambda: data_dataset.make_loader(train_set, timeout_s=0, start_method="spawn",
+        "forkserver, persistent": lambda: data_loader.make_loader(train_set, timeout_s=0, **common),
+        "spawn, persistent": lambda: data_loader.make_loader(train_set, timeout_s=0, start_method="spawn",
                                                               **common),
     }
     out = []

@@ -218,6 +218,7 @@ def evaluate_models(
 
     from .. import tracking
     from ..data import dataset as data_dataset
+    from ..data import loader as data_loader
     from ..data import manifest as data_manifest
 
     if not model_uris:
@@ -243,7 +244,7 @@ def evaluate_models(
         dataset = data_dataset.build_dataset(df, meta.preprocessing, train=False, classes=meta.classes,
                                              root=root or data_manifest.default_root(manifest), num_clips=num_clips,
                                              num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
-        loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
+        loader = data_loader.make_loader(dataset, batch_size=batch_size, shuffle=False,
                                           num_workers=num_loader_workers, timeout_s=300, drop_last=False)
         result, per_video = _score_videos(loaded, loader, fusion=fusion)
         members.append((uri, meta, result, per_video))

@@ -10,6 +10,7 @@ import torch
 
 from ..config import Config
 from ..data import dataset as data_dataset
+from ..data import loader as data_loader
 from ..data import manifest as data_manifest
 from . import elastic
 from .context import RunContext
@@ -53,7 +54,7 @@ def worker_loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
     """(loader, sampler) of one rank over `dataset`, by `data.engine`: a DataLoader in this process
     (`loader`) or Ray Data tasks (`ray`). The sampler is a `ResumableSampler`: call its `set_epoch`
     (and the dataset's) before each epoch; it shuffles training data reproducibly per epoch."""
-    sampler = data_dataset.ResumableSampler(
+    sampler = data_loader.ResumableSampler(
         dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.seed, drop_last=False
     )
     drop_last = train and elastic.drop_last(len(dataset), cfg.data.batch_size, world)
@@ -63,7 +64,7 @@ def worker_loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
         loader = RayClipLoader(dataset, sampler, batch_size=cfg.data.batch_size, drop_last=drop_last,
                                decode_nodes=cfg.data.decode_nodes)
         return loader, sampler
-    loader = data_dataset.make_loader(
+    loader = data_loader.make_loader(
         dataset,
         batch_size=cfg.data.batch_size,
         shuffle=False,  # the sampler shuffles, reproducibly per epoch

@@ -112,8 +112,16 @@ class WorkloadSpec:
     def input_for(self, params: dict | Any | None = None, *, num_frames: int | None = None,
                   stride: int | None = None, size_px: int | None = None,
                   resize_px: int | None = None) -> InputFormat:
-        """The input format of a build with `params` (a dict of overrides or a Params instance) fed
-        clips of the given shape (the run's `clip.*`; one left out keeps `InputFormat`'s default)."""
+        """What a build with `params` eats: its sampling and normalisation, with the run's clip.
+
+        Args:
+            params: a dict of overrides or a Params instance (a wrapper's decides through `input_fn`).
+            num_frames: `clip.num_frames`; this and the other clip values keep `InputFormat`'s
+                defaults when left out (for callers that only need the workload's part).
+            stride: `clip.stride`.
+            size_px: `clip.size_px`.
+            resize_px: `clip.resize_px`.
+        """
         if not isinstance(params, self.params_cls):
             params = self.resolve_params(params)
         if self.input_fn is not None:

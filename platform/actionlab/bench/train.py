@@ -216,8 +216,8 @@ def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
 
 
 def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -> dict:
-    """The run's datasets and loader as every Train worker builds them (`train.inputs`), iterated for `schedule.epochs`
-    epochs, each batch pinned when the device is a GPU; then the step rate on the last batch."""
+    """The run's datasets and loader as every Train worker builds them (`train.inputs`), iterated for
+    `schedule.epochs` epochs, each batch pinned when the device is a GPU; then the step rate on the last batch."""
     from workloads import get_workload
     from workloads.layers import as_method
 

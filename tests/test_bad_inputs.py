@@ -82,11 +82,12 @@ def build_corpus(root: Path, synth_manifest: Path) -> tuple[Path, list[str]]:
 def test_corpus_rows_are_exactly_the_bad_ones(tmp_path, synth_dataset):
     """The corpus, read by the training dataset: each bad row is an error item naming it, the rest clips."""
     from actionlab.data.dataset import VideoClipDataset
+    from workloads import InputFormat
 
     path, bad_names = build_corpus(tmp_path / "corpus", synth_dataset)
     df = manifest.read_manifest(path)
-    ds = VideoClipDataset(df=df, root=path.parent, num_classes=4, sampling="segments", num_frames=4, stride=1,
-                          train=True, size_px=32, resize_px=32, scales=(1.0,), flip="off", flip_pairs=None)
+    fmt = InputFormat(sampling="segments", num_frames=4, size_px=32, resize_px=32)
+    ds = VideoClipDataset(df=df, fmt=fmt, root=path.parent, num_classes=4, train=True)
     errors = {}
     for i in range(len(ds)):
         item = ds[i]

@@ -13,11 +13,11 @@ from test_bad_inputs import build_corpus
 
 def test_cause_matches_the_dataset_kind_for_every_bad_row(tmp_path, synth_dataset):
     from actionlab.data.dataset import VideoClipDataset
+    from workloads import InputFormat
 
     path, bad_names = build_corpus(tmp_path / "corpus", synth_dataset)
-    ds = VideoClipDataset(df=manifest.read_manifest(path), root=path.parent, num_classes=4, sampling="segments",
-                          num_frames=4, stride=1, train=True, size_px=32, resize_px=32, scales=(1.0,), flip="off",
-                          flip_pairs=None)
+    fmt = InputFormat(sampling="segments", num_frames=4, size_px=32, resize_px=32)
+    ds = VideoClipDataset(df=manifest.read_manifest(path), fmt=fmt, root=path.parent, num_classes=4, train=True)
     items = [item for item in (ds[i] for i in range(len(ds))) if "error" in item]
     assert sorted(item["video_id"] for item in items) == sorted(bad_names)
     assert {item["kind"] for item in items} >= {"missing", "empty", "corrupt", "outside_root", "label"}

@@ -1,5 +1,6 @@
 """The clip dataset over real files: items, views, bad samples, determinism, a 2-worker DataLoader."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -8,16 +9,20 @@ import pytest
 import torch
 
 from actionlab.data import manifest
-from actionlab.data.dataset import VideoClipDataset, collate_clips, make_loader
+from actionlab.data.dataset import VideoClipDataset, build_dataset, collate_clips
+from actionlab.data.loader import make_loader
+from workloads import InputFormat
 
-COMMON = dict(
-    num_classes=4, sampling="segments", num_frames=4, stride=1, size_px=24, resize_px=28,
-    scales=(1.0, 0.875, 0.75), flip="swap_pairs", flip_pairs={0: 1, 1: 0},
-)
+FORMAT = dict(sampling="segments", num_frames=4, stride=1, size_px=24, resize_px=28)
+COMMON = dict(num_classes=4, scales=(1.0, 0.875, 0.75), flip="swap_pairs", flip_pairs={0: 1, 1: 0})
+_FORMAT_KEYS = {f.name for f in dataclasses.fields(InputFormat)}
 
 
 def _dataset(df, root, **kwargs):
-    return VideoClipDataset(df=df, root=root, **(COMMON | dict(train=True) | kwargs))
+    """A training dataset; keys of `InputFormat` go into its format, the others to the dataset."""
+    fmt = InputFormat(**(FORMAT | {k: v for k, v in kwargs.items() if k in _FORMAT_KEYS}))
+    rest = {k: v for k, v in kwargs.items() if k not in _FORMAT_KEYS}
+    return VideoClipDataset(df=df, root=root, fmt=fmt, **(COMMON | dict(train=True) | rest))
 
 
 def test_train_items(synth_dataset):
@@ -43,6 +48,20 @@ def test_test_mode_views_are_clip_major(synth_dataset):
     torch.testing.assert_close(item["clip"], again)  # deterministic
     single = _dataset(df, synth_dataset.parent, train=False, resize_px=24)[0]["clip"]
     assert single.shape == (1, 4, 3, 24, 24)
+
+
+def test_build_dataset_takes_the_decoder_the_manifest_names_and_the_mirrored_classes(synth_dataset):
+    rows = manifest.select_split(manifest.read_manifest(synth_dataset), "train")
+    rows.attrs[manifest.METADATA_ATTR] = {"decoder": "pyav"}  # what `data prepare` records
+    fmt = InputFormat(**FORMAT)
+    classes = ("move_left", "move_right", "stay", "jump")
+    train = build_dataset(rows, fmt, train=True, root=synth_dataset.parent, classes=classes, flip="swap_pairs")
+    assert (train.decoder, train.flip_pairs, train.num_classes, train.fmt) == ("pyav", {0: 1, 1: 0}, 4, fmt)
+    assert train[0]["clip"].shape == (fmt.clip_frames, 3, 24, 24)
+    test = build_dataset(rows, fmt, train=False, root=synth_dataset.parent, classes=classes, decoder="decord",
+                         num_clips=2)
+    assert (test.decoder, test.flip_pairs) == ("decord", {})
+    assert test[0]["clip"].shape == (2, fmt.clip_frames, 3, 24, 24)  # (V, T, C, H, W)
 
 
 def test_randomness_is_a_function_of_seed_epoch_index(synth_dataset):
@@ -208,7 +227,7 @@ def wait_for_a_file_that_never_arrives():
 
 
 def test_loader_timeout_names_what_the_stuck_worker_was_doing(capsys):
-    from actionlab.data.dataset import LoaderTimeout
+    from actionlab.data.loader import LoaderTimeout
 
     loader = make_loader(_BlockingDataset(), batch_size=1, shuffle=False, num_workers=1, timeout_s=3,
                          drop_last=False)

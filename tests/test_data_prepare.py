@@ -13,6 +13,7 @@ from conftest import index_frames
 from servers.process import REPO, base_env, needs_netns
 
 from actionlab.data import dataset, decode, manifest, prepare, synthetic
+from workloads import InputFormat
 
 STEP = 8  # index_frames: pixel value of frame i is i * 8
 
@@ -100,9 +101,8 @@ def test_jpeg_frames_and_fps_resampling_feed_the_dataset(tmp_path):
         use_ray=False, log=lambda _: None)
     out = manifest.read_manifest(report.manifest)
     assert list(out["media"]) == ["frames", "frames"] and list(out["num_frames"]) == [30, 30]
-    ds = dataset.VideoClipDataset(df=out, root=str(tmp_path / "out"), num_classes=2, sampling="segments",
-                                  num_frames=4, stride=1, train=False, size_px=32, resize_px=32, scales=(1.0,),
-                                  flip="off", flip_pairs=None)
+    fmt = InputFormat(sampling="segments", num_frames=4, size_px=32, resize_px=32)
+    ds = dataset.VideoClipDataset(df=out, fmt=fmt, root=str(tmp_path / "out"), num_classes=2, train=False)
     clip = ds[0]["clip"]  # (1, T, C, H, W)
     np.testing.assert_allclose(clip[0].float().mean((1, 2, 3)).numpy() / STEP, [3, 11, 18, 26], atol=0.6)
     # the source is 12 fps (synthetic.write_mp4's default): halving the rate keeps every other frame

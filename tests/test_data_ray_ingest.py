@@ -7,7 +7,9 @@ import torch
 from servers.process import needs_netns
 
 from actionlab.data import dataset as data_dataset
+from actionlab.data import loader as data_loader
 from actionlab.data import manifest
+from workloads import InputFormat
 
 pytestmark = [needs_netns, pytest.mark.integration]
 
@@ -27,8 +29,8 @@ def _datasets(synth_dataset, tmp_path):
     shutil.copytree(synth_dataset.parent, root)
     (root / "videos" / "move_left_001.mp4").write_bytes(b"broken")  # a bad sample in the middle
     df = manifest.read_manifest(root / "manifest.parquet")
-    common = dict(df=df, root=str(root), num_classes=4, sampling="segments", num_frames=4, stride=1, size_px=24,
-                  resize_px=28, scales=(1.0, 0.875), flip="on", flip_pairs=None, seed=3)
+    fmt = InputFormat(sampling="segments", num_frames=4, size_px=24, resize_px=28)
+    common = dict(df=df, fmt=fmt, root=str(root), num_classes=4, scales=(1.0, 0.875), flip="on", seed=3)
     return (data_dataset.VideoClipDataset(train=True, **common),
             data_dataset.VideoClipDataset(train=False, num_clips=2, num_crops=3, **common))
 
@@ -41,7 +43,7 @@ def test_ray_data_batches_equal_the_dataloaders(ray_driver, synth_dataset, tmp_p
     ds = train_set if train else test_set
     sampler = torch.utils.data.DistributedSampler(ds, num_replicas=2, rank=1, shuffle=train, seed=5)
     ray_loader = RayClipLoader(ds, sampler, batch_size=5, drop_last=False)
-    torch_loader = data_dataset.make_loader(ds, batch_size=5, shuffle=False, num_workers=0, timeout_s=0,
+    torch_loader = data_loader.make_loader(ds, batch_size=5, shuffle=False, num_workers=0, timeout_s=0,
                                             sampler=sampler, drop_last=False)
     for epoch in (0, 1):  # a new epoch draws new views, the same on both paths
         sampler.set_epoch(epoch)

@@ -14,6 +14,8 @@ Tolerances, on pixels normalised to [0, 1], for two reasons the paths differ:
    20-61/255 and p99 118-188/255, so both bounds still catch a misplaced crop.
 """
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,10 +26,12 @@ from actionlab.bench import data as bench_data
 from actionlab.data import decode, yuv
 from actionlab.data.dataset import VideoClipDataset, collate_clips
 from actionlab.train.evaluate import normalise, stats_tensors
+from workloads import InputFormat
 
 MEAN, STD = stats_tensors((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "cpu")  # [0, 1] pixels
-COMMON = dict(num_classes=2, sampling="segments", num_frames=4, stride=1, size_px=84, resize_px=96,
-              scales=(1.0, 0.875, 0.75, 0.66), flip="swap_pairs", flip_pairs={0: 1, 1: 0}, decoder="pyav")
+FORMAT = InputFormat(sampling="segments", num_frames=4, stride=1, size_px=84, resize_px=96)
+COMMON = dict(num_classes=2, fmt=FORMAT, scales=(1.0, 0.875, 0.75, 0.66), flip="swap_pairs", flip_pairs={0: 1, 1: 0},
+              decoder="pyav")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,7 @@ def test_multi_view_test_clips_match_the_rgb_path(media):
     a, b = rgb[0]["clip"], planes[0]["clip"]
     assert a.shape == (6, 4, 3, 84, 84) and b.shape == (6, 4, 1, 126, 84)
     _close(a, b, NOT_RESIZED)
-    rgb, planes = _pair(media, train=False, num_crops=3, resize_px=112)  # resized
+    rgb, planes = _pair(media, train=False, num_crops=3, fmt=dataclasses.replace(FORMAT, resize_px=112))  # resized
     _close(rgb[0]["clip"], planes[0]["clip"])
 
 
@@ -109,16 +113,14 @@ def test_a_batch_mixing_planes_and_rgb_becomes_rgb(media):
 
 
 def test_predict_scores_the_same(media):
-    from actionlab.models.meta import ModelMeta, Preprocessing
+    from actionlab.models.meta import ModelMeta
     from actionlab.models.predict import predict_videos
     from actionlab.models.folder import LoadedModel
 
     root, _ = media
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 84 * 84, 5)).eval()
-    pre = Preprocessing(sampling="segments", num_frames=4, stride=1, size_px=84, resize_px=96,
-                        mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-    loaded = LoadedModel(model, ModelMeta("toy", None, tuple("abcde"), pre), "test")
+    loaded = LoadedModel(model, ModelMeta("toy", None, tuple("abcde"), FORMAT), "test")
     video = str(root / "v" / "a.mp4")
     a, b = (predict_videos(loaded, [video], top_k=5, pixels=p)[0]["top"] for p in ("rgb", "yuv420"))
     assert [r["label"] for r in a][:2] == [r["label"] for r in b][:2]
@@ -128,7 +130,7 @@ def test_predict_scores_the_same(media):
 
 def test_auto_pixels_take_yuv_only_with_a_gpu(monkeypatch):
     from actionlab.config import resolve
-    from actionlab.train.loop import pixels_for
+    from actionlab.train.inputs import pixels_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pixels_for(resolve({}, [])) == "rgb"

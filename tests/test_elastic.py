@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from actionlab.config import ConfigError, resolve
-from actionlab.train import elastic, epoch, launch, loop, resume
+from actionlab.train import elastic, epoch, inputs, launch, resume
 from actionlab.train.evaluate import stats_tensors
 from workloads.layers import as_method
 
@@ -155,11 +155,9 @@ def test_the_schedule_keeps_its_place_across_a_resize(tmp_path):
 def test_steps_per_rank_match_the_loaders_the_loop_builds(synth_dataset):
     cfg = resolve({"workload": {"name": "tsm"}}, [f"data.manifest={synth_dataset}", "data.batch_size=4",
                                                   "data.num_loader_workers=0", "clip.num_frames=4"])
-    from workloads import get_workload
-
-    train_set, _ = loop.make_datasets(cfg, get_workload("tsm"), launch.resolve_data(cfg))
+    train_set, _ = inputs.make_datasets(cfg, launch.resolve_data(cfg))
     for world in (1, 2, 3, 4):
-        loader, _ = loop._loader(cfg, train_set, train=True, rank=0, world=world)
+        loader, _ = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=world)
         assert len(loader) == elastic.batches_per_rank(len(train_set), 4, world), world
 
 

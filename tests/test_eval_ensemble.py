@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from actionlab import cli, tracking
 from actionlab.config import resolve
 from actionlab.data import manifest as data_manifest
+from actionlab.data.dataset import build_dataset
 from actionlab.models import folder
 from actionlab.train import launch, loop
-from actionlab.train.evaluate import eval_dataset, evaluate_models, normalise, stats_tensors
+from actionlab.train.evaluate import evaluate_models, normalise, stats_tensors
 from workloads import get_workload
 
 SIZE = ["clip.size_px=32", "clip.resize_px=32"]
@@ -54,7 +55,8 @@ def _scores(model_dir: str, manifest, *, fusion: str) -> dict:
     loaded = folder.load_model(model_dir)
     meta = loaded.meta
     df = data_manifest.select_split(data_manifest.read_manifest(manifest), "val")
-    dataset = eval_dataset(meta, df, str(manifest.parent), num_clips=2)
+    dataset = build_dataset(df, meta.preprocessing, train=False, root=str(manifest.parent), classes=meta.classes,
+                            num_clips=2)
     mean, std = stats_tensors(meta.preprocessing.mean, meta.preprocessing.std, "cpu")
     out = {}
     for i in range(len(dataset)):

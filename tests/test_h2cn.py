@@ -97,8 +97,8 @@ def test_official_checkpoint_names_convert(tmp_path):
 
 def test_num_frames_counts_segments_of_five_frame_snippets():
     spec = get_workload("h2cn")
-    fmt = spec.input_for(TINY)
-    assert (fmt.sampling, fmt.snippet_frames, fmt.clip_frames(8)) == ("snippets", 5, 40)
+    fmt = spec.input_for(TINY, num_frames=8)
+    assert (fmt.sampling, fmt.snippet_frames, fmt.clip_frames) == ("snippets", 5, 40)
     model = spec.build(TINY, num_classes=5, num_frames=2)
     assert model.num_segments == 2
     with pytest.raises(ValueError, match="2 segments x 5 frames = 10 frames"):
@@ -107,15 +107,14 @@ def test_num_frames_counts_segments_of_five_frame_snippets():
 
 def test_h2cn_trains_and_tests_on_generated_clips_through_the_dataset(synth_dataset):
     from actionlab.data import manifest
-    from actionlab.data.dataset import VideoClipDataset, make_loader
+    from actionlab.data.dataset import VideoClipDataset
+    from actionlab.data.loader import make_loader
     from actionlab.train.evaluate import normalise, stats_tensors
 
     spec = get_workload("h2cn")
-    fmt = spec.input_for(TINY)
+    fmt = spec.input_for(TINY, num_frames=2, size_px=32, resize_px=32)
     df = manifest.read_manifest(synth_dataset)  # 8-frame videos: 4 run starts, 2 per segment
-    common = dict(df=df, root=synth_dataset.parent, num_classes=4, sampling=fmt.sampling, num_frames=2,
-                  snippet_frames=fmt.snippet_frames, stride=1, size_px=32, resize_px=32, scales=(1.0,),
-                  flip="off", flip_pairs={})
+    common = dict(df=df, fmt=fmt, root=synth_dataset.parent, num_classes=4)
     mean, std = stats_tensors(fmt.mean, fmt.std, "cpu")
     torch.manual_seed(0)
     model = spec.build(TINY, num_classes=4, num_frames=2)

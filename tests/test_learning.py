@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from actionlab.config import read_recipe, resolve, shipped_recipes
 from actionlab.data import synthetic
-from actionlab.train import epoch, launch, loop
+from actionlab.train import epoch, inputs, launch
 from actionlab.train.evaluate import normalise, stats_tensors
 from workloads import get_workload
 from workloads.layers import as_method
@@ -43,9 +43,9 @@ def _train_on_twins(workload: str, manifest, *, epochs: int = 6) -> dict:
     spec = get_workload(workload)
     torch.manual_seed(cfg.seed)
     method = as_method(spec.build(cfg.workload.params, num_classes=2, num_frames=4, weights=False))
-    train_set, val_set = loop.make_datasets(cfg, spec, ctx)
-    _, train_as_val = loop.make_datasets(cfg, spec, dataclasses.replace(ctx, val_split="train"))
-    loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
+    train_set, val_set = inputs.make_datasets(cfg, ctx)
+    _, train_as_val = inputs.make_datasets(cfg, dataclasses.replace(ctx, val_split="train"))
+    loader, sampler = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=1)
     optimizer = epoch.build_optimizer(cfg, method)
     scheduler = epoch.build_scheduler(cfg, optimizer, len(loader))
     mean, std = stats_tensors(spec.mean, spec.std, CPU)
@@ -56,7 +56,7 @@ def _train_on_twins(workload: str, manifest, *, epochs: int = 6) -> dict:
         stats = epoch.train_one_epoch(step, loader, optimizer, scheduler, device=CPU, mean=mean, std=std)
 
     def top1(dataset) -> float:
-        scored = epoch.validate(method, loop._loader(cfg, dataset, train=False, rank=0, world=1)[0], device=CPU,
+        scored = epoch.validate(method, inputs.worker_loader(cfg, dataset, train=False, rank=0, world=1)[0], device=CPU,
                                 mean=spec.mean, std=spec.std, num_classes=2)
         return scored[""].top1
 
@@ -116,8 +116,8 @@ def _fixed_batch_loss(name: str, num_steps: int) -> tuple[float, float]:
     steps of `train_one_epoch` on that same batch, with the recipe's optimiser at its full lr."""
     cfg = resolve(read_recipe(name).values)
     spec = get_workload(cfg.workload.name)
-    fmt = spec.input_for(cfg.workload.params)
-    frames = fmt.clip_frames(cfg.clip.num_frames)
+    fmt = inputs.input_format(cfg)
+    frames = fmt.clip_frames
     labels = torch.arange(4)
     clips = np.stack([synthetic.render_clip(synthetic.CLASS_NAMES[k], seed=k, num_frames=frames,
                                             size_px=cfg.clip.size_px) for k in range(4)])  # (B, T, H, W, C)

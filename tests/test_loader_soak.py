@@ -27,7 +27,7 @@ def soak_worker(config: dict) -> dict:
 
     from actionlab.config import from_dict
     from actionlab.train import epoch as core
-    from actionlab.train import loop
+    from actionlab.train import inputs
     from actionlab.train.context import RunContext
     from actionlab.train.evaluate import stats_tensors
     from workloads import get_workload
@@ -35,7 +35,7 @@ def soak_worker(config: dict) -> dict:
 
     cfg, ctx = from_dict(config["config"]), RunContext.from_dict(config["ctx"])
     spec = get_workload(cfg.workload.name)
-    fmt = spec.input_for(cfg.workload.params)
+    fmt = inputs.input_format(cfg)
     device = torch.device("cpu")
     mean, std = stats_tensors(fmt.mean, fmt.std, device)
     runs = []
@@ -43,10 +43,10 @@ def soak_worker(config: dict) -> dict:
         started = time.perf_counter()
         torch.manual_seed(run)
         method = as_method(spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames))
-        train_set, val_set = loop.make_datasets(cfg, spec, ctx)
+        train_set, val_set = inputs.make_datasets(cfg, ctx)
         threads = threading.active_count()  # what a fork would copy mid-lock
-        train_loader, _ = loop._loader(cfg, train_set, train=True, rank=0, world=1)
-        val_loader, _ = loop._loader(cfg, val_set, train=False, rank=0, world=1)
+        train_loader, _ = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=1)
+        val_loader, _ = inputs.worker_loader(cfg, val_set, train=False, rank=0, world=1)
         optimizer = core.build_optimizer(cfg, method)
         scheduler = core.build_scheduler(cfg, optimizer, len(train_loader))
         stats = core.train_one_epoch(core.TrainStep(method), train_loader, optimizer, scheduler, device=device,

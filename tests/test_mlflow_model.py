@@ -26,14 +26,13 @@ NAME = "r3d-tiny"
 def _checkpoint(out: Path) -> Path:
     from workloads import get_workload
 
-    from actionlab.models.meta import ModelMeta, Preprocessing
+    from actionlab.models.meta import ModelMeta
 
     spec = get_workload("r3d")
     params = spec.resolve_params(spec.tiny)
     model = spec.build(params, num_classes=4, num_frames=4)
     meta = ModelMeta(workload="r3d", params=params, classes=("left", "right", "up", "down"),
-                     preprocessing=Preprocessing(sampling=spec.sampling, num_frames=4, stride=2, size_px=32,
-                                                 resize_px=32, mean=tuple(spec.mean), std=tuple(spec.std)))
+                     preprocessing=spec.input_for(params, num_frames=4, stride=2, size_px=32, resize_px=32))
     return folder.save_model_dir(out, model, meta)
 
 

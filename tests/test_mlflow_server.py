@@ -31,12 +31,12 @@ def _register(tmp_path):
     run_id = tracking.start_run("ui-test", "tsm-resnet18_4x1_motion", tags={tracking.CHECKPOINT_URI_TAG: CHECKPOINT})
     tracking.log_params(run_id, {"workload.name": "tsm", "data.name": "motion", "clip.num_frames": 4})
     tracking.log_metrics(run_id, {"val/top1": 0.625, "model/gmacs": 0.012}, step=2)
-    from workloads import get_workload
+    from workloads import InputFormat, get_workload
 
-    from actionlab.models.meta import ModelMeta, Preprocessing
+    from actionlab.models.meta import ModelMeta
 
     meta = ModelMeta(workload="tsm", params=get_workload("tsm").params_cls(), classes=("a", "b"),
-                     preprocessing=Preprocessing("segments", 4, 1, 32, 32, (0.5,) * 3, (0.5,) * 3))
+                     preprocessing=InputFormat("segments", 4, 1, 32, 32, (0.5,) * 3, (0.5,) * 3))
     folder.save_model_dir(tmp_path / "checkpoint", torch.nn.Linear(4, 2), meta)  # an upload, never loaded
     tracking.log_artifacts(run_id, tmp_path / "checkpoint", folder.CHECKPOINT_ARTIFACT)
     tracking.end_run(run_id)

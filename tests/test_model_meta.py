@@ -153,3 +153,33 @@ def test_a_warm_start_reads_the_record_and_names_changed_params(tmp_path):
     (out / folder.META_FILE).write_text(json.dumps(values))
     with pytest.raises(ModelMetaError, match="unknown parameter 'shift_mode' for workload 'tsm'"):
         load_init_weights(model, str(out), cfg.workload.params)
+
+
+def test_a_meta_json_from_before_snippet_sampling_reads_as_the_input_format_and_writes_back_the_same(tmp_path):
+    """The input format's keys stay flat in meta.json: a record written before `snippet_frames` (and the
+    version) were recorded loads, and is written again with the same values under the same keys."""
+    cfg = _tsm_sthv2()
+    model, out = _save(tmp_path, cfg)
+    meta_file = out / folder.META_FILE
+    written = json.loads(meta_file.read_text())
+    old = {"workload": "tsm", "params": written["params"], "classes": list(CLASSES), "sampling": "segments",
+           "num_frames": 4, "stride": 1, "size_px": 32, "resize_px": 36, "mean": [0.485, 0.456, 0.406],
+           "std": [0.229, 0.224, 0.225]}
+    meta_file.write_text(json.dumps(old))
+    loaded = folder.load_model(str(out))
+    fmt = loaded.meta.preprocessing
+    assert fmt == registry.InputFormat(sampling="segments", num_frames=4, stride=1, size_px=32, resize_px=36)
+    assert fmt == model_meta(cfg, get_workload("tsm"), CLASSES).preprocessing  # what training records today
+    assert fmt.clip_frames == 4
+    again = loaded.meta.to_json()
+    assert {k: again[k] for k in old} == old and again["snippet_frames"] == 1
+    assert torch.equal(_logits(loaded.model), _logits(model))
+
+
+def test_a_recorded_input_format_that_does_not_hold_is_refused_with_the_file(tmp_path):
+    _, out = _save(tmp_path, _tsm_sthv2())
+    meta_file = out / folder.META_FILE
+    recorded = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({**recorded, "sampling": "dense"}))
+    with pytest.raises(ModelMetaError, match=r"meta.json: the recorded input format does not hold: sampling must be"):
+        folder.load_model(str(out))

@@ -203,15 +203,15 @@ def test_svmix_samples_and_normalises_as_its_backbone(backbone, sampling, mean):
 
 def test_svmix_over_a_3d_backbone_gets_clip_sampling_through_the_platform(synth_dataset):
     from actionlab.config import resolve
-    from actionlab.train import launch, loop
+    from actionlab.train import inputs, launch, loop
 
     cfg = resolve({"workload": {"name": "svmix", "params": {"backbone_workload": "mvitv2"}}},
                   [f"data.manifest={synth_dataset}", "clip.num_frames=4", "clip.stride=2"])
     data = launch.resolve_data(cfg)
     spec = get_workload("svmix")
-    train, val = loop.make_datasets(cfg, spec, data)
-    assert train.sampling == val.sampling == "clip"
+    train, val = inputs.make_datasets(cfg, data)
     pre = loop.model_meta(cfg, spec, data.classes).preprocessing
-    assert (pre.sampling, pre.mean, pre.std) == ("clip", (0.45,) * 3, (0.225,) * 3)
+    assert train.fmt == val.fmt == pre  # what the model is trained on, validated on and saved with
+    assert (pre.sampling, pre.num_frames, pre.stride, pre.mean, pre.std) == ("clip", 4, 2, (0.45,) * 3, (0.225,) * 3)
     cfg = resolve({"workload": {"name": "svmix"}}, [f"data.manifest={synth_dataset}"])
-    assert loop.make_datasets(cfg, spec, launch.resolve_data(cfg))[0].sampling == "segments"  # tsm backbone
+    assert inputs.make_datasets(cfg, launch.resolve_data(cfg))[0].fmt.sampling == "segments"  # tsm backbone

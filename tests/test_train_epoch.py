@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actionlab.config import resolve
-from actionlab.train import epoch, launch, loop, resume
+from actionlab.train import epoch, inputs, launch, resume
 from actionlab.train.evaluate import stats_tensors
 
 from workloads import get_workload
@@ -23,8 +23,8 @@ def _setup(manifest, *, seed=0, **over):
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.workload.params, num_classes=len(data.classes),
                        num_frames=cfg.clip.num_frames)
-    train_set, _ = loop.make_datasets(cfg, spec, data)
-    loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
+    train_set, _ = inputs.make_datasets(cfg, data)
+    loader, sampler = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=1)
     optimizer = epoch.build_optimizer(cfg, as_method(model))
     scheduler = epoch.build_scheduler(cfg, optimizer, len(loader))
     mean, std = stats_tensors(spec.mean, spec.std, torch.device("cpu"))

@@ -41,7 +41,7 @@ def _guarded_epoch(synth_dataset, root, sets=()):
 
     from actionlab.config import resolve
     from actionlab.train import epoch as core
-    from actionlab.train import launch, loop
+    from actionlab.train import inputs, launch, loop
     from actionlab.train.evaluate import stats_tensors
     from workloads import get_workload
     from workloads.layers import as_method
@@ -51,8 +51,8 @@ def _guarded_epoch(synth_dataset, root, sets=()):
                        "clip.resize_px=16", "data.batch_size=4", "data.num_loader_workers=0", *sets])
     spec = get_workload("tsn")
     ctx = launch.resolve_data(cfg)
-    train_set, _ = loop.make_datasets(cfg, spec, ctx)
-    loader, _ = loop._loader(cfg, train_set, train=True, rank=0, world=1)
+    train_set, _ = inputs.make_datasets(cfg, ctx)
+    loader, _ = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=1)
     given = []
 
     class Counting:

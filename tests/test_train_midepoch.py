@@ -1,7 +1,7 @@
 """Checkpoints inside an epoch: the sampler position, exact resume of the next step, the schedule that
 makes every rank checkpoint at the same step, and the progress lines of a long epoch.
 
-The fast tests run the worker's own pieces in-process (`loop._loader`, `train_one_epoch`,
+The fast tests run the worker's own pieces in-process (`inputs.worker_loader`, `train_one_epoch`,
 `resume.inside_epoch` / `save` / `restore` / `carried_stats`, `ResumableSampler`); the integration test
 kills a Ray Train run's driver inside an epoch and reruns it.
 """
@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from actionlab.config import resolve
-from actionlab.data.dataset import ResumableSampler
-from actionlab.train import epoch, launch, loop, resume
+from actionlab.data.loader import ResumableSampler
+from actionlab.train import epoch, inputs, launch, resume
 from actionlab.train.evaluate import stats_tensors
 
 from servers.process import MARKER_ENV, base_env, kill_driver, needs_netns, registered_checkpoint
@@ -92,8 +92,8 @@ def _setup(manifest, workers: int):
     spec = get_workload("tsm")
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.workload.params, num_classes=len(data.classes), num_frames=cfg.clip.num_frames)
-    train_set, _ = loop.make_datasets(cfg, spec, data)
-    loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
+    train_set, _ = inputs.make_datasets(cfg, data)
+    loader, sampler = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=1)
     method = as_method(model)
     optimizer = epoch.build_optimizer(cfg, method)
     scheduler = epoch.build_scheduler(cfg, optimizer, len(loader))
@@ -401,10 +401,11 @@ def test_the_ray_loader_starts_part_way_too(synth_dataset, ray_address):
     from actionlab.data import manifest
     from actionlab.data.dataset import VideoClipDataset
     from actionlab.data.ray_ingest import RayClipLoader
+    from workloads import InputFormat
 
-    ds = VideoClipDataset(df=manifest.read_manifest(synth_dataset), root=str(synth_dataset.parent), num_classes=4,
-                          sampling="segments", num_frames=4, stride=1, train=True, size_px=24, resize_px=28,
-                          scales=(1.0, 0.875), flip="on", flip_pairs=None, seed=3)
+    fmt = InputFormat(sampling="segments", num_frames=4, size_px=24, resize_px=28)
+    ds = VideoClipDataset(df=manifest.read_manifest(synth_dataset), fmt=fmt, root=str(synth_dataset.parent),
+                          num_classes=4, train=True, scales=(1.0, 0.875), flip="on", seed=3)
     sampler = ResumableSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=5)
     ray.init(address=ray_address, logging_level="ERROR")
     try:

@@ -25,7 +25,7 @@ from workloads import get_workload, list_workloads
 from workloads import registry
 from workloads.layers import Method, as_method
 from workloads.params import RANGE, choices
-from workloads.registry import SAMPLINGS
+from workloads.registry import SAMPLINGS, InputFormat
 
 NUM_CLASSES = 5
 BATCH = 2
@@ -49,7 +49,7 @@ def _tiny(name: str):
     torch.manual_seed(0)
     overrides = _variants(name)[variant] if variant else spec.tiny  # a variant's own tiny params
     model = spec.build(overrides, num_classes=NUM_CLASSES, num_frames=clip["num_frames"])
-    frames = spec.input_for(overrides).clip_frames(clip["num_frames"])  # snippets: segments x snippet frames
+    frames = spec.input_for(overrides, num_frames=clip["num_frames"]).clip_frames  # snippets: segments x snippet frames
     clips = torch.randn(BATCH, frames, 3, clip["size_px"], clip["size_px"])
     labels = torch.arange(BATCH) % NUM_CLASSES
     return model, clips, labels
@@ -71,6 +71,21 @@ def test_spec_declares_what_the_platform_needs(name):
     spec.resolve_params(spec.tiny)  # tiny overrides name real fields
     assert spec.summary, f"{name}: the module needs a docstring whose first line names the paper"
     assert len(fmt.mean) == len(fmt.std) == 3
+
+
+def test_the_input_format_joins_the_workloads_part_and_the_runs_clip():
+    fmt = get_workload("h2cn").input_for(get_workload("h2cn").tiny, num_frames=8, stride=2, size_px=32, resize_px=36)
+    assert (fmt.sampling, fmt.snippet_frames, fmt.num_frames, fmt.clip_frames) == ("snippets", 5, 8, 40)
+    assert (fmt.stride, fmt.size_px, fmt.resize_px) == (2, 32, 36)
+    # JSON lists and ints read back as the same format
+    assert InputFormat(sampling="segments", mean=[0, 0.5, 1], std=[1, 1, 1]) == InputFormat(
+        sampling="segments", mean=(0.0, 0.5, 1.0), std=(1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="only `snippets` sampling takes more than one frame"):
+        InputFormat(sampling="segments", snippet_frames=5)
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        InputFormat(sampling="dense")
+    with pytest.raises(ValueError, match="num_frames=0"):
+        get_workload("tsm").input_for(num_frames=0)
 
 
 @pytest.mark.parametrize("name", MODELS)

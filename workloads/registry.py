@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable, Literal
 
 from torch import nn
 
@@ -44,8 +45,10 @@ from .params import check, from_mapping, nearest
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How a clip's frames are picked (`InputFormat.sampling`); the CLI, the validators and the data path
+# read the choices from here.
 Sampling = Literal["segments", "clip", "snippets"]
-SAMPLINGS = get_args(Sampling)
+SAMPLINGS = typing.get_args(Sampling)
 WEIGHTS_PARAM = "pretrained"
 # The former convention (before issue 14): `pretrained: bool` (timm) and `pretrained_file: str`.
 _FORMER_FILE_PARAM = "pretrained_file"
@@ -53,15 +56,22 @@ _FORMER_FILE_PARAM = "pretrained_file"
 
 @dataclass(frozen=True)
 class InputFormat:
-    """What the data path must deliver to a built workload: sampling and normalisation.
+    """What a built workload eats: how a video becomes its (B, T, C, H, W) input, for training and
+    testing alike. A saved model records exactly this (`meta.json`), and the data path builds its clips
+    from it (`actionlab.data.dataset.build_dataset`).
 
-    `clip.num_frames` counts frames for `segments` / `clip` and segments for `snippets`, whose model
-    input holds `snippet_frames` consecutive frames per segment: T = `clip_frames(num_frames)`.
+    The workload decides `sampling`, `snippet_frames`, `mean` and `std`; the run decides the clip
+    (`clip.num_frames`, `clip.stride`, `clip.size_px`, `clip.resize_px`): `spec.input_for` joins them.
+    The clip defaults are the common 8 frames at 224 px, for code that needs only the workload's part.
     """
 
     sampling: Sampling
-    mean: tuple = IMAGENET_MEAN
-    std: tuple = IMAGENET_STD
+    num_frames: int = 8  # frames (`segments`, `clip`) or segments (`snippets`)
+    stride: int = 1  # frame interval for `clip` sampling
+    size_px: int = 224  # crop side fed to the network
+    resize_px: int = 256  # short side before cropping
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     snippet_frames: int = 1  # consecutive frames per segment (`snippets`); 1 for the other samplings
 
     def __post_init__(self):
@@ -69,14 +79,24 @@ class InputFormat:
         if self.snippet_frames < 1 or (self.sampling != "snippets" and self.snippet_frames != 1):
             raise ValueError(
                 f"snippet_frames={self.snippet_frames} with {self.sampling!r} sampling: only `snippets` "
-                "sampling takes more than one frame per segment"
+                "sampling takes more than one frame per segment; take the workload's format "
+                "(spec.input_for(params))"
+            )
+        if min(self.num_frames, self.stride, self.size_px, self.resize_px) < 1:
+            raise ValueError(
+                f"num_frames={self.num_frames}, stride={self.stride}, size_px={self.size_px}, "
+                f"resize_px={self.resize_px}: each must be at least 1"
             )
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean {self.mean} / std {self.std}: give one value per RGB channel")
+        # Tuples of floats whatever came in (JSON lists, ints), so that equal formats compare equal.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
 
-    def clip_frames(self, num_frames: int) -> int:
-        """T of the model's input (B, T, C, H, W) for `clip.num_frames` = num_frames."""
-        return num_frames * self.snippet_frames
+    @property
+    def clip_frames(self) -> int:
+        """T of the model's input (B, T, C, H, W): `num_frames`, times `snippet_frames` for `snippets`."""
+        return self.num_frames * self.snippet_frames
 
 
 @dataclass(frozen=True)
@@ -96,13 +116,28 @@ class WorkloadSpec:
     paper_gmacs: tuple = ()  # the paper's compute table (rows defined by the method's module)
     compute_by_ratio: Callable | None = None  # data-dependent compute per selection ratio, see the module doc
 
-    def input_for(self, params: dict | Any | None = None) -> InputFormat:
-        """Sampling and normalisation for a build with `params` (a dict of overrides or a Params instance)."""
+    def input_for(self, params: dict | Any | None = None, *, num_frames: int | None = None,
+                  stride: int | None = None, size_px: int | None = None,
+                  resize_px: int | None = None) -> InputFormat:
+        """What a build with `params` eats: its sampling and normalisation, with the run's clip.
+
+        Args:
+            params: a dict of overrides or a Params instance (a wrapper's decides through `input_fn`).
+            num_frames: `clip.num_frames`; this and the other clip values keep `InputFormat`'s
+                defaults when left out (for callers that only need the workload's part).
+            stride: `clip.stride`.
+            size_px: `clip.size_px`.
+            resize_px: `clip.resize_px`.
+        """
         if not isinstance(params, self.params_cls):
             params = self.resolve_params(params)
         if self.input_fn is not None:
-            return self.input_fn(params)
-        return InputFormat(self.sampling, self.mean, self.std, self.snippet_frames)
+            declared = self.input_fn(params)
+        else:
+            declared = InputFormat(sampling=self.sampling, mean=self.mean, std=self.std,
+                                   snippet_frames=self.snippet_frames)
+        clip = dict(num_frames=num_frames, stride=stride, size_px=size_px, resize_px=resize_px)
+        return dataclasses.replace(declared, **{k: v for k, v in clip.items() if v is not None})
 
     def resolve_params(self, overrides: dict | Any | None = None, *, path: str = ""):
         """The Params dataclass with `overrides` applied, every value checked (`workloads.params`).
@@ -203,7 +238,7 @@ def register_workload(
     declared sampling / mean / std / snippet_frames when they depend on the params.
     """
     try:
-        InputFormat(sampling, tuple(mean), tuple(std), snippet_frames)
+        InputFormat(sampling=sampling, mean=tuple(mean), std=tuple(std), snippet_frames=snippet_frames)
     except ValueError as err:
         raise ValueError(f"workload '{name}': {err}") from None
     if not dataclasses.is_dataclass(params):

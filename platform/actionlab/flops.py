@@ -107,14 +107,14 @@ def workload_compute(
     params: dict | object | None = None,
 ) -> Compute:
     """Compute of workload `name` at a (1, T, 3, size_px, size_px) clip, T = num_frames (segments x
-    snippet frames for `snippets` sampling: `spec.input_for(params).clip_frames(num_frames)`).
+    snippet frames for `snippets` sampling: `spec.input_for(params, num_frames=num_frames).clip_frames`).
 
     `params` are the workload's Params overrides (dict) or a Params instance. `pretrained` is
     ignored: weights do not change MACs, so nothing is read or downloaded. The model is built and counted on the meta device when it allows, else on CPU.
     """
     spec = get_workload(name)
     resolved = spec.resolve_params(params)  # a Params instance is checked, not rebuilt
-    clip_shape = (1, spec.input_for(resolved).clip_frames(num_frames), 3, size_px, size_px)
+    clip_shape = (1, spec.input_for(resolved, num_frames=num_frames).clip_frames, 3, size_px, size_px)
     try:
         with torch.device("meta"):
             model = spec.build(resolved, num_classes=num_classes, num_frames=num_frames, weights=False)

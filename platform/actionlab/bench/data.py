@@ -119,16 +119,19 @@ class DataBenchRow:
 
 def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pixels: str = "rgb",
              jpeg: str = ""):
+    from workloads import InputFormat
+
     from ..data import dataset as data_dataset
     from ..data import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest)
     root = data_manifest.default_root(manifest)
-    labels = df["label"].astype(int)
-    return data_dataset.VideoClipDataset(
-        df=df, root=root, num_classes=int(labels.max()) + 1, sampling=sampling, num_frames=num_frames, stride=2,
-        train=True, size_px=size_px, resize_px=max(size_px, 256) if size_px > 128 else size_px + size_px // 7,
-        scales=(1.0, 0.875, 0.75, 0.66), flip="on", flip_pairs=None,
+    fmt = InputFormat(sampling=sampling, num_frames=num_frames, stride=2, size_px=size_px,
+                      resize_px=max(size_px, 256) if size_px > 128 else size_px + size_px // 7)
+    # Class names only matter to `swap_pairs` flips, which the benchmark does not take.
+    classes = [str(k) for k in range(int(df["label"].astype(int).max()) + 1)]
+    return data_dataset.build_dataset(
+        df, fmt, train=True, root=root, classes=classes, decoder="", flip="on", scales=(1.0, 0.875, 0.75, 0.66),
         cache_dir=str(Path(manifest).parent / ".cache") if "://" in manifest else None,
         pixels=pixels, jpeg_decoder=jpeg or "pil",
     )
@@ -179,7 +182,7 @@ def measure(ds, decoder: str, count: int, offset: int) -> tuple[float, float, fl
 
     previous = os.environ.get("ACTIONLAB_DECODER")
     os.environ["ACTIONLAB_DECODER"] = decoder
-    mean, std = stats_tensors((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "cpu")
+    mean, std = stats_tensors(ds.fmt.mean, ds.fmt.std, "cpu")
     try:
         profile.start()
         cpu, wall = time.process_time(), time.perf_counter()

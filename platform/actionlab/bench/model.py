@@ -115,7 +115,7 @@ def bench(
     settings = [(f"{sweep[0]}={v}", {**params, sweep[0]: v}) for v in sweep[1]] if sweep else [("as given", params)]
     dev = torch.device(device)
     torch.manual_seed(0)
-    frames = spec.input_for(params).clip_frames(num_frames)  # T: frames, or segments x snippet frames
+    frames = spec.input_for(params, num_frames=num_frames).clip_frames  # T: frames, or segments x snippet frames
     clips = torch.randn(batch_size, frames, 3, size_px, size_px, device=dev)  # (B, T, C, H, W)
     if channels_last:
         clips = clips.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(clips.shape)

@@ -44,7 +44,7 @@ def plain_run(cfg: Config) -> TrainBenchSide:
 
     from .. import flops
     from ..train import epoch as core
-    from ..train import launch, loop
+    from ..train import inputs, launch
     from ..train.evaluate import stats_tensors
 
     start = time.perf_counter()
@@ -58,9 +58,9 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         device = torch.device("cuda" if torch.cuda.is_available() and cfg.compute.use_gpu is not False else "cpu")
         torch.manual_seed(cfg.seed)
         model = spec.build(cfg.workload.params, num_classes=len(data.classes), num_frames=cfg.clip.num_frames)
-        fmt = spec.input_for(cfg.workload.params)
+        fmt = inputs.input_format(cfg)
         # As the worker does, in the same order, so that both draw the same random numbers.
-        flops.measure(model, (1, fmt.clip_frames(cfg.clip.num_frames), 3, cfg.clip.size_px, cfg.clip.size_px))
+        flops.measure(model, (1, fmt.clip_frames, 3, fmt.size_px, fmt.size_px))
         if cfg.compute.channels_last:
             model = model.to(memory_format=torch.channels_last)
         model = model.to(device)
@@ -68,9 +68,9 @@ def plain_run(cfg: Config) -> TrainBenchSide:
         step_module = core.TrainStep(method, label_smoothing=cfg.optim.label_smoothing)
         if cfg.compute.compile:
             step_module = torch.compile(step_module)
-        train_set, val_set = loop.make_datasets(cfg, spec, data)
-        train_loader, sampler = loop._loader(cfg, train_set, train=True, rank=0, world=1)
-        val_loader, _ = loop._loader(cfg, val_set, train=False, rank=0, world=1)
+        train_set, val_set = inputs.make_datasets(cfg, data)
+        train_loader, sampler = inputs.worker_loader(cfg, train_set, train=True, rank=0, world=1)
+        val_loader, _ = inputs.worker_loader(cfg, val_set, train=False, rank=0, world=1)
         optimizer = core.build_optimizer(cfg, method, fused=cfg.compute.fused_optimizer and device.type == "cuda")
         scheduler = core.build_scheduler(cfg, optimizer, len(train_loader))
         mean, std = stats_tensors(fmt.mean, fmt.std, device)
@@ -143,20 +143,20 @@ def loader_startup(cfg: Config, *, epochs: int = 2) -> list[LoaderStart]:
     The fork server is started by the first loader that needs it and kept for the process's life, as
     in a Train worker, so its start-up is counted once, in its first epoch."""
     from torch.utils.data import DataLoader
-    from workloads import get_workload
 
     from ..data import dataset as data_dataset
-    from ..train import launch, loop
+    from ..data import loader as data_loader
+    from ..train import inputs, launch
 
     data = launch.resolve_data(cfg)
-    train_set, _ = loop.make_datasets(cfg, get_workload(cfg.workload.name), data)
+    train_set, _ = inputs.make_datasets(cfg, data)
     workers = cfg.data.num_loader_workers
     common = dict(batch_size=cfg.data.batch_size, shuffle=False, num_workers=workers, drop_last=False)
     ways = {
         "fork, per epoch (before)": lambda: DataLoader(train_set, collate_fn=data_dataset.collate_clips,
                                                         multiprocessing_context="fork", **common),
-        "forkserver, persistent": lambda: data_dataset.make_loader(train_set, timeout_s=0, **common),
-        "spawn, persistent": lambda: data_dataset.make_loader(train_set, timeout_s=0, start_method="spawn",
+        "forkserver, persistent": lambda: data_loader.make_loader(train_set, timeout_s=0, **common),
+        "spawn, persistent": lambda: data_loader.make_loader(train_set, timeout_s=0, start_method="spawn",
                                                               **common),
     }
     out = []
@@ -199,13 +199,11 @@ class DataOnlyBench:
 def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
     """Clips per CPU-second of the run's own training dataset read in this process on one thread,
     items then their batch: `bench data`'s measure, on the same files with the same settings."""
-    from workloads import get_workload
-
     from . import data as bench_data
     from ..data import decode
-    from ..train import launch, loop
+    from ..train import inputs, launch
 
-    train_set, _ = loop.make_datasets(cfg, get_workload(cfg.workload.name), launch.resolve_data(cfg))
+    train_set, _ = inputs.make_datasets(cfg, launch.resolve_data(cfg))
     decoder = decode.decoder_name(train_set.decoder)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -218,18 +216,18 @@ def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
 
 
 def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -> dict:
-    """The run's datasets and loader exactly as `train.loop` builds them, iterated for `schedule.epochs`
-    epochs, each batch pinned when the device is a GPU; then the step rate on the last batch."""
+    """The run's datasets and loader as every Train worker builds them (`train.inputs`), iterated for
+    `schedule.epochs` epochs, each batch pinned when the device is a GPU; then the step rate on the last batch."""
     from workloads import get_workload
     from workloads.layers import as_method
 
     from ..train import epoch as core
-    from ..train import loop
+    from ..train import inputs
     from ..train.evaluate import stats_tensors
 
     spec = get_workload(cfg.workload.name)
-    train_set, _ = loop.make_datasets(cfg, spec, ctx)
-    loader, sampler = loop._loader(cfg, train_set, train=True, rank=rank, world=world)
+    train_set, _ = inputs.make_datasets(cfg, ctx)
+    loader, sampler = inputs.worker_loader(cfg, train_set, train=True, rank=rank, world=world)
     pin = device.type == "cuda"
     rates, batch = [], None
     for epoch in range(cfg.schedule.epochs):
@@ -251,7 +249,7 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
     method = as_method(model)
     step_module = core.TrainStep(method, label_smoothing=cfg.optim.label_smoothing)
     optimizer = core.build_optimizer(cfg, method)
-    fmt = spec.input_for(cfg.workload.params)
+    fmt = inputs.input_format(cfg)
     mean, std = stats_tensors(fmt.mean, fmt.std, device)
     steps = []
     for repeats in (1, 8):  # the first call warms up (allocations, first-touch)

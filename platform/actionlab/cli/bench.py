@@ -245,7 +245,7 @@ def run_bench_train(args) -> int:
 
 def _bench_data_only(cfg, *, as_json: bool) -> int:
     from ..bench.train import data_only_run
-    from ..train.loop import pixels_for
+    from ..train.inputs import pixels_for
 
     out = data_only_run(cfg)
     if as_json:

@@ -1,4 +1,5 @@
-"""The clip dataset: manifest rows -> sampled, decoded, transformed uint8 clips.
+"""The clip dataset: manifest rows -> sampled, decoded, transformed uint8 clips in a model's
+`InputFormat`, built by `build_dataset` (its loaders: `data.loader`).
 
 A bad sample never raises: paths escaping the root, labels out of range and undecodable files
 become error items `{"error": reason, "kind": kind, "video_id": video}` that `collate_clips`
@@ -11,30 +12,20 @@ persistent loader workers see each `set_epoch`.
 
 from __future__ import annotations
 
-import faulthandler
-import functools
 import math
-import multiprocessing
 import os
 import posixpath
-import shutil
-import signal
-import sys
-import tempfile
-import textwrap
-import time
-import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset
 
 from actionlab import storage
 from actionlab.data import decode, profile, sampling, transforms, yuv
-from workloads.registry import SAMPLINGS  # declared once, beside `InputFormat`
+from workloads.registry import InputFormat
 
 
 class BadSample(Exception):
@@ -146,37 +137,32 @@ def frame_range(row: dict, available: int | None) -> tuple[int, int]:
 
 
 class VideoClipDataset(Dataset):
-    """Clips from manifest rows, for training (random views) or testing (fixed multi-view).
+    """Clips from manifest rows in a model's `InputFormat`, for training (random views) or testing
+    (fixed multi-view). Build it with `build_dataset`.
 
     Items: train `{"clip": uint8 (T, C, H, W), "label": int, "video_id": str}`; test the same with
     `clip` uint8 (V, T, C, H, W), V = num_clips * num_crops, clip-major and crop-minor (with
     `pixels="yuv420"`, clips decoded as planes are packed I420: C = 1, H = 3 * size_px / 2); a bad row
-    gives `{"error": str, "kind": str, "video_id": str}`. T = num_frames, except for `snippets`
-    sampling: T = num_frames (segments) x snippet_frames.
+    gives `{"error": str, "kind": str, "video_id": str}`. T = `fmt.clip_frames`.
     """
 
     def __init__(
         self,
         *,
         df: pd.DataFrame,
+        fmt: InputFormat,
         root: str | os.PathLike,
         num_classes: int,
-        sampling: str,
-        num_frames: int,
-        stride: int,
         train: bool,
-        size_px: int,
-        resize_px: int,
-        scales: Sequence[float],
-        flip: str,
-        flip_pairs: dict[int, int] | None,
+        scales: Sequence[float] = (1.0,),
+        flip: str = "off",
+        flip_pairs: dict[int, int] | None = None,
         num_clips: int = 1,
         num_crops: int = 1,
         seed: int = 0,
         cache_dir: str | os.PathLike | None = None,
         frame_template: str = "{:05d}.jpg",
         decoder: str = "",
-        snippet_frames: int = 1,
         pixels: str = "rgb",
         jpeg_decoder: str = "pil",
     ):
@@ -184,15 +170,11 @@ class VideoClipDataset(Dataset):
 
         Args:
             df: manifest rows (`video`, `label`, optional `start`/`end`/`num_frames`/`media`).
+            fmt: what the model eats: sampling, frames, stride, crop and resize (`spec.input_for`, or a
+                saved model's `meta.preprocessing`).
             root: dataset root the `video` paths are relative to (local or `s3://`).
             num_classes: labels must lie in [0, num_classes).
-            sampling: `segments` (TSN-style, one frame per segment), `clip` (dense T x stride) or
-                `snippets` (TDN-style, `snippet_frames` consecutive frames per segment).
-            num_frames: T, or the segments for `snippets`.
-            stride: frame interval for `clip` sampling.
             train: random sampling and augmentation, else deterministic multi-view testing.
-            size_px: crop side fed to the network.
-            resize_px: short side before cropping.
             scales: multi-scale crop fractions (training).
             flip: `off`, `on` or `swap_pairs` (training).
             flip_pairs: {label: mirrored label} for `swap_pairs`.
@@ -202,7 +184,6 @@ class VideoClipDataset(Dataset):
             cache_dir: local read-through cache; required for remote roots.
             frame_template: file names in frame folders (1-based numbering).
             decoder: `decord`, `pyav`, or '' for the default (`ACTIONLAB_DECODER` overrides it).
-            snippet_frames: frames per segment for `snippets` sampling (the workload's `InputFormat`).
             pixels: `rgb`, or `yuv420`: videos PyAV can hand over as YUV 4:2:0 planes are cropped and
                 resized on the planes and converted to RGB per batch (`train.evaluate.normalise`).
             jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
@@ -210,43 +191,33 @@ class VideoClipDataset(Dataset):
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
             raise ValueError(f"manifest rows lack columns {missing}; read them with manifest.read_manifest")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling={sampling!r} is not one of {list(SAMPLINGS)}")
-        if snippet_frames < 1 or (sampling != "snippets" and snippet_frames != 1):
-            raise ValueError(
-                f"snippet_frames={snippet_frames} with sampling={sampling!r}: only `snippets` sampling takes "
-                "more than one frame per segment; pass the workload's InputFormat (spec.input_for(params))"
-            )
+        if not isinstance(fmt, InputFormat):
+            raise TypeError(f"fmt must be a workloads.InputFormat (spec.input_for(params)), got {fmt!r}")
         if pixels not in decode.PIXELS:
             raise ValueError(f"pixels={pixels!r} is not one of {list(decode.PIXELS)} (data.pixels)")
-        if pixels == "yuv420" and size_px % 2:
-            raise ValueError(f"size_px={size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an even "
-                             "clip.size_px or data.pixels=rgb")
+        if pixels == "yuv420" and fmt.size_px % 2:
+            raise ValueError(f"size_px={fmt.size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an "
+                             "even clip.size_px or data.pixels=rgb")
         if jpeg_decoder not in decode.JPEG_DECODERS:
             raise ValueError(f"jpeg_decoder={jpeg_decoder!r} is not one of {list(decode.JPEG_DECODERS)}")
         if flip not in transforms.FLIP_POLICIES:
             raise ValueError(f"flip={flip!r} is not one of {list(transforms.FLIP_POLICIES)}")
-        if num_classes < 1 or num_frames < 1 or stride < 1 or num_clips < 1 or num_crops not in (1, 3):
+        if num_classes < 1 or num_clips < 1 or num_crops not in (1, 3):
             raise ValueError(
-                f"need num_classes, num_frames, stride, num_clips >= 1 and num_crops in (1, 3); got "
-                f"{num_classes}, {num_frames}, {stride}, {num_clips}, {num_crops}"
+                f"need num_classes, num_clips >= 1 and num_crops in (1, 3); got {num_classes}, {num_clips}, "
+                f"{num_crops}"
             )
-        if not train and size_px > resize_px:
-            raise ValueError(f"size_px={size_px} > resize_px={resize_px}: test crops must fit the resized frame")
+        if not train and fmt.size_px > fmt.resize_px:
+            raise ValueError(f"size_px={fmt.size_px} > resize_px={fmt.resize_px}: test crops must fit the resized "
+                             "frame")
         self.root = os.fspath(root)
         if storage.is_remote(self.root) and cache_dir is None:
             raise ValueError(f"data root {self.root} is remote: pass cache_dir (a local folder for downloaded videos)")
         keep = [c for c in ("video", "label", "start", "end", "num_frames", "media") if c in df.columns]
         self._rows = df[keep].to_dict("records")
+        self.fmt = fmt
         self.num_classes = num_classes
-        self.sampling = sampling
-        self.num_frames = num_frames
-        self.snippet_frames = snippet_frames
-        self.clip_frames = num_frames * snippet_frames  # T of a clip
-        self.stride = stride
         self.train = train
-        self.size_px = size_px
-        self.resize_px = resize_px
         self.scales = tuple(scales)
         self.flip = flip
         self.flip_pairs = dict(flip_pairs or {})
@@ -274,37 +245,17 @@ class VideoClipDataset(Dataset):
         return len(self._rows)
 
     def _indices(self, length: int, rng: np.random.Generator) -> np.ndarray:
-        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing).
-
-        T = num_frames, or num_frames x snippet_frames for `snippets`."""
-        clips = 1 if self.train else self.num_clips
+        """(clips * T,) indices in [0, length): one clip (training) or num_clips clips back to back (testing)."""
+        fmt, clips = self.fmt, 1 if self.train else self.num_clips
         picks = []
         for clip_index in range(clips):
-            if self.sampling == "segments":
-                picks.append(
-                    sampling.segment_indices(
-                        length, self.num_frames, train=self.train, rng=rng, clip_index=clip_index, num_clips=clips
-                    )
-                )
-            elif self.sampling == "snippets":
-                picks.append(
-                    sampling.snippet_indices(
-                        length, self.num_frames, self.snippet_frames, train=self.train, rng=rng,
-                        clip_index=clip_index, num_clips=clips,
-                    )
-                )
+            where = dict(train=self.train, rng=rng, clip_index=clip_index, num_clips=clips)
+            if fmt.sampling == "segments":
+                picks.append(sampling.segment_indices(length, fmt.num_frames, **where))
+            elif fmt.sampling == "snippets":
+                picks.append(sampling.snippet_indices(length, fmt.num_frames, fmt.snippet_frames, **where))
             else:
-                picks.append(
-                    sampling.dense_indices(
-                        length,
-                        self.num_frames,
-                        self.stride,
-                        train=self.train,
-                        rng=rng,
-                        clip_index=clip_index,
-                        num_clips=clips,
-                    )
-                )
+                picks.append(sampling.dense_indices(length, fmt.num_frames, fmt.stride, **where))
         return np.concatenate(picks)  # (clips * T,)
 
     def _read(self, row: dict, rng: np.random.Generator) -> np.ndarray | yuv.Planes:
@@ -319,7 +270,7 @@ class VideoClipDataset(Dataset):
                     raise decode.DecodeError(uri, f"frame folder has no {self.frame_template.format(1)}", "missing")
             first, length = frame_range(row, available)
             indices = self._indices(length, rng) + first
-            jpeg = dict(jpeg=self.jpeg_decoder, short_px=self.resize_px)
+            jpeg = dict(jpeg=self.jpeg_decoder, short_px=self.fmt.resize_px)
             if not remote:
                 return decode.read_frame_folder(uri, indices, template=self.frame_template, **jpeg)
             # Remote frame folders: fetch just the sampled JPEGs into the cache, then read them there.
@@ -353,8 +304,8 @@ class VideoClipDataset(Dataset):
             clip, label = transforms.train_transform(
                 frames,
                 label,
-                size_px=self.size_px,
-                resize_px=self.resize_px,
+                size_px=self.fmt.size_px,
+                resize_px=self.fmt.resize_px,
                 scales=self.scales,
                 flip=self.flip,
                 flip_pairs=self.flip_pairs,
@@ -364,15 +315,67 @@ class VideoClipDataset(Dataset):
         if isinstance(frames, yuv.Planes):
             per_clip = frames.clips(self.num_clips)
         else:
-            per_clip = frames.reshape(self.num_clips, self.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
+            per_clip = frames.reshape(self.num_clips, self.fmt.clip_frames, *frames.shape[1:])  # (clips, T, H, W, 3)
         views = torch.stack(
             [
-                transforms.test_transform(c, size_px=self.size_px, resize_px=self.resize_px, num_crops=self.num_crops)
+                transforms.test_transform(c, size_px=self.fmt.size_px, resize_px=self.fmt.resize_px,
+                                          num_crops=self.num_crops)
                 for c in per_clip
             ]
         )  # (clips, crops, T, C, H, W)
         views = views.flatten(0, 1)  # (V, T, C, H, W): clip-major, crop-minor
         return {"clip": views, "label": label, "video_id": video_id}
+
+
+def build_dataset(
+    rows: pd.DataFrame,
+    fmt: InputFormat,
+    *,
+    train: bool,
+    root: str | os.PathLike,
+    classes: Sequence[str],
+    decoder: str = "auto",
+    flip: str = "off",
+    scales: Sequence[float] = (1.0,),
+    num_clips: int = 1,
+    num_crops: int = 1,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    pixels: str = "rgb",
+    jpeg_decoder: str = "pil",
+) -> VideoClipDataset:
+    """Manifest rows as clips in a model's input format: how the Train worker, `actionlab eval`,
+    `predict`, the pyfunc model, serving and the benchmarks all build their datasets.
+
+    Args:
+        rows: manifest rows as `manifest.read_manifest` returns them (a split selected or not); the
+            manifest's metadata travels with them and names the decoder `auto` picks.
+        fmt: what the model eats (`spec.input_for(params, ...)`, or a saved model's `meta.preprocessing`).
+        train: a random clip per video with augmentation (`scales`, `flip`), else `num_clips` x
+            `num_crops` fixed views.
+        root: dataset root the rows' paths are relative to (local or `s3://`).
+        classes: the class names the labels index; `swap_pairs` mirrors the ones whose names say
+            left / right (`transforms.flip_pairs_from_names`).
+        decoder: `auto` (what the manifest's writer measured fastest, else the default), `decord` or `pyav`.
+        flip: `off`, `on` or `swap_pairs` (training).
+        scales: multi-scale crop fractions of the short side (training).
+        num_clips: test clips per video.
+        num_crops: test crops per clip (1 or 3).
+        seed: base seed of the per-item random generators.
+        cache_dir: local read-through cache; required for remote roots.
+        pixels: `rgb` or `yuv420` (`data.pixels`, resolved).
+        jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
+    """
+    from actionlab.data.manifest import preferred_decoder  # pyarrow: not needed in loader workers
+
+    if decoder == "auto":
+        decoder = preferred_decoder(rows)
+    flip_pairs = transforms.flip_pairs_from_names(classes) if flip == "swap_pairs" else {}
+    return VideoClipDataset(
+        df=rows, fmt=fmt, root=root, num_classes=len(classes), train=train, scales=scales, flip=flip,
+        flip_pairs=flip_pairs, num_clips=num_clips, num_crops=num_crops, seed=seed, cache_dir=cache_dir,
+        decoder=decoder, pixels=pixels, jpeg_decoder=jpeg_decoder,
+    )
 
 
 def stack_clips(clips: list[torch.Tensor]) -> torch.Tensor:
@@ -404,182 +407,3 @@ def collate_clips(items: list[dict]) -> dict:
     }
     profile.lap("collate", tick)
     return batch
-
-
-# Loader workers start from a fresh server process, never forked from the caller: a Train worker runs
-# threads (Ray's, the lifeline, MLflow's system metrics), and a fork taken while one of them holds a
-# lock leaves the child waiting on it forever.
-START_METHODS = ("forkserver", "spawn", "fork")
-# Imported once by the fork server, not by every worker ("__main__": the program's main module,
-# which each worker would import otherwise).
-_PRELOAD = ["__main__", "actionlab.data.dataset"]
-
-
-def make_loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    shuffle: bool,
-    num_workers: int,
-    timeout_s: float,
-    sampler: Sampler | None = None,
-    drop_last: bool,
-    pin_memory: bool = False,
-    seed: int = 0,
-    start_method: str = "forkserver",
-) -> DataLoader:
-    """A DataLoader over clips with `collate_clips`.
-
-    Workers start once per loader (`persistent_workers`), from a fork server (`start_method`), and
-    follow the dataset's `set_epoch` through shared memory. The timeout (only meaningful with workers)
-    turns a hung worker into a `LoaderTimeout` that shows each worker's Python stack.
-
-    Args:
-        dataset: usually a `VideoClipDataset` (picklable: workers receive a copy).
-        batch_size: clips per batch (before bad ones are dropped).
-        shuffle: shuffle when no sampler is given.
-        num_workers: loader processes (0 loads in this process).
-        timeout_s: seconds to wait for a batch from a worker.
-        sampler: e.g. a `DistributedSampler`; shuffling is then its job.
-        drop_last: drop the last incomplete batch.
-        pin_memory: pin batches for faster host-to-GPU copies.
-        seed: seeds the workers' base seed, from a generator of the loader's own (workers never draw
-            from torch's global RNG).
-        start_method: one of `START_METHODS`; `fork` only to measure what the others cost.
-    """
-    if start_method not in START_METHODS:
-        raise ValueError(f"start_method={start_method!r} is not one of {list(START_METHODS)}")
-    common = dict(batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
-                  collate_fn=collate_clips, drop_last=drop_last, pin_memory=pin_memory)
-    if num_workers == 0:
-        return DataLoader(dataset, **common)
-    # Persistent workers draw their base seed once, at the first epoch: drawn from the global RNG, a run
-    # resumed at a later epoch would draw it there and train on with other random numbers.
-    common["generator"] = torch.Generator().manual_seed(seed)
-    context = multiprocessing.get_context(start_method)
-    if start_method == "forkserver":
-        context.set_forkserver_preload(_PRELOAD)  # no effect once this process's fork server runs
-    return StackReportingLoader(dataset, num_workers=num_workers, timeout=timeout_s, persistent_workers=True,
-                                multiprocessing_context=context, **common)
-
-
-class LoaderTimeout(RuntimeError):
-    """No batch came from the loader's workers within its timeout; the message holds their stacks."""
-
-
-_stack_file = None  # in a loader worker: the open file faulthandler writes the stack into
-
-
-def _register_stack_dump(folder: str, worker_id: int) -> None:
-    """Worker init: SIGUSR1 writes every thread's Python stack into `folder/<worker>.<pid>.stack`.
-
-    faulthandler writes from the signal handler itself, so a worker blocked in C code or on a lock
-    still answers."""
-    global _stack_file
-    _stack_file = open(os.path.join(folder, f"{worker_id}.{os.getpid()}.stack"), "w")  # noqa: SIM115 (kept open)
-    faulthandler.register(signal.SIGUSR1, file=_stack_file, all_threads=True)
-
-
-class StackReportingLoader(DataLoader):
-    """A DataLoader with workers whose timeout error says what each worker was doing (its stack)."""
-
-    def __init__(self, dataset, **kwargs):
-        folder = tempfile.mkdtemp(prefix="actionlab-loader-")
-        super().__init__(dataset, worker_init_fn=functools.partial(_register_stack_dump, folder), **kwargs)
-        self.stack_dir = folder
-        weakref.finalize(self, shutil.rmtree, folder, True)
-
-    def __iter__(self):
-        batches = super().__iter__()
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except RuntimeError as err:
-                if not str(err).startswith("DataLoader timed out"):
-                    raise
-                message = self.timeout_report()
-                sys.stderr.write(message + "\n")  # the console, whoever catches the error
-                sys.stderr.flush()
-                raise LoaderTimeout(message) from None
-            yield batch
-
-    def timeout_report(self, wait_s: float = 5.0) -> str:
-        """Each live worker's Python stack (asked for with SIGUSR1), in a message that says what to do."""
-        asked = {}
-        for path in sorted(Path(self.stack_dir).glob("*.stack")):
-            worker, pid = (int(part) for part in path.name.split(".")[:2])
-            size = path.stat().st_size
-            try:
-                os.kill(pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                continue
-            asked[(worker, pid)] = (path, size)
-        stacks, deadline = {}, time.monotonic() + wait_s
-        while asked and time.monotonic() < deadline:
-            time.sleep(0.1)
-            for key, (path, size) in list(asked.items()):
-                text = path.read_bytes()[size:].decode(errors="replace")
-                if text and stacks.get(key) == text:  # written, and no longer growing
-                    del asked[key]
-                stacks[key] = text
-        stacks = {key: text.rstrip() for key, text in stacks.items() if text.strip()}
-        shown = "\n".join(f"worker {w} (pid {pid}):\n{textwrap.indent(stacks.get((w, pid), '(no stack written)'), '    ')}"
-                          for w, pid in sorted({*stacks, *asked}))
-        return (f"no batch from the DataLoader's {self.num_workers} workers in {self.timeout:g}s "
-                f"(data.loader_timeout_s). What each worker was doing (most recent call first):\n{shown}\n"
-                "A worker stuck reading a file or a store names it in its stack: fix or drop that sample "
-                "(`actionlab data check MANIFEST`) or the storage; if batches are merely slow, raise "
-                "data.loader_timeout_s.")
-
-
-class ResumableSampler(DistributedSampler):
-    """A `DistributedSampler` that can begin an epoch part-way, by skipping indices (nothing is decoded).
-
-    `set_epoch(epoch, start=S)`: S is how many samples of the epoch's order all ranks together have
-    consumed (batches x batch size x ranks, `position_after`). With the same number of ranks, each rank
-    gets exactly `DistributedSampler`'s order less its first S / ranks indices, so a resumed epoch sees
-    the batches the uninterrupted one saw. With another number of ranks (an elastic restart) the samples
-    left are dealt out again, each once, padded to equal lengths as `DistributedSampler` pads.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.start = int(start)
-
-    def position_after(self, batches: int, batch_size: int) -> int:
-        """The `start` at which an epoch resumes after this rank (and every other) took `batches` more."""
-        return self.start + batches * batch_size * self.num_replicas
-
-    def _remaining(self) -> list[int]:
-        """The epoch's global order from `start` on, padded to a multiple of the ranks (uneven ones dropped
-        with `drop_last`); rank r takes every num_replicas-th item from r."""
-        if self.shuffle:  # the order DistributedSampler draws: a permutation seeded by seed + epoch
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(len(self.dataset), generator=g).tolist()
-        else:
-            order = list(range(len(self.dataset)))
-        if self.drop_last:
-            rest = order[: self.total_size][self.start :]
-            return rest[: len(rest) - len(rest) % self.num_replicas]
-        rest = order[self.start :]
-        padding = -len(rest) % self.num_replicas
-        # DistributedSampler pads with the order's first items; with `start` a multiple of the ranks the
-        # padding is the same number of the same items as the uninterrupted epoch's
-        return rest + (order * math.ceil(padding / max(1, len(order))))[:padding]
-
-    def __iter__(self):
-        if not self.start:
-            return super().__iter__()
-        return iter(self._remaining()[self.rank :: self.num_replicas])
-
-    def __len__(self) -> int:
-        if not self.start:
-            return self.num_samples
-        return len(self._remaining()) // self.num_replicas

@@ -1,5 +1,6 @@
 """What a saved model records beside its weights (`meta.json`): the workload with every Params value,
-the class names and the preprocessing, so that loading rebuilds the network that was trained.
+the class names and the input format (`workloads.InputFormat`: sampling, clip shape, normalisation), so
+that loading rebuilds the network that was trained and feeds it what it was trained on.
 
 A model is rebuilt from the recorded values, never from today's defaults: a changed default does not
 change a saved model. A recorded value the current code cannot take (a parameter since removed or
@@ -13,34 +14,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported when read: `workloads` brings torch and timm, which tracking's users may not need
+    from workloads.registry import InputFormat
 
 log = logging.getLogger(__name__)
 
-_PREPROCESSING_KEYS = ("sampling", "num_frames", "stride", "size_px", "resize_px", "mean", "std")
 _OPTIONAL_KEYS = {"snippet_frames": 1}  # recorded since snippet sampling; older models sampled 1 frame per segment
 
 
 class ModelMetaError(ValueError):
     """A saved model whose record the current code cannot rebuild."""
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a video becomes the model's input at test time (the training clip shape and normalisation)."""
-
-    sampling: Literal["segments", "clip", "snippets"]
-    num_frames: int  # frames (`segments`, `clip`) or segments (`snippets`)
-    stride: int
-    size_px: int  # centre crop fed to the network
-    resize_px: int  # short side before cropping
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    snippet_frames: int = 1  # consecutive frames per segment (`snippets`)
-
-    def clip_frames(self) -> int:
-        """T of the model's input (B, T, C, H, W)."""
-        return self.num_frames * self.snippet_frames
 
 
 @dataclass(frozen=True)
@@ -50,17 +35,18 @@ class ModelMeta:
     workload: str
     params: Any
     classes: tuple[str, ...]
-    preprocessing: Preprocessing
+    preprocessing: InputFormat  # what the model eats, as trained
     source: dict = field(default_factory=dict)  # where imported weights came from (official checkpoints)
     actionlab_version: str = ""  # the version that wrote the record ("" before it was recorded)
 
     def to_json(self) -> dict:
-        """The `meta.json` mapping: flat, as older readers expect, with `params` holding every value."""
+        """The `meta.json` mapping: flat (the input format's fields beside `workload`), as older readers
+        expect, with `params` holding every value."""
         out = {
             "workload": self.workload,
             "params": dataclasses.asdict(self.params),
             "classes": list(self.classes),
-            **{k: getattr(self.preprocessing, k) for k in (*_PREPROCESSING_KEYS, *_OPTIONAL_KEYS)},
+            **dataclasses.asdict(self.preprocessing),
             "actionlab_version": self.actionlab_version,
         }
         out["mean"], out["std"] = list(out["mean"]), list(out["std"])
@@ -76,19 +62,25 @@ class ModelMeta:
             ModelMetaError: a key is missing, the workload is unknown, or a recorded parameter does not
                 fit the workload's Params in this code.
         """
-        missing = [k for k in ("workload", "params", "classes", *_PREPROCESSING_KEYS) if k not in values]
+        from workloads.registry import InputFormat
+
+        required = [f.name for f in dataclasses.fields(InputFormat) if f.name not in _OPTIONAL_KEYS]
+        missing = [k for k in ("workload", "params", "classes", *required) if k not in values]
         if missing:
             raise ModelMetaError(f"{where}: no {missing} recorded; expected a meta.json written by actionlab")
         version = str(values.get("actionlab_version") or "")
         params = recorded_params(values["workload"], values["params"], where=where, version=version)
-        pre = {k: values[k] for k in _PREPROCESSING_KEYS}
-        pre.update({k: int(values.get(k, default)) for k, default in _OPTIONAL_KEYS.items()})
-        pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+        recorded = {k: values[k] for k in required}
+        recorded.update({k: int(values.get(k, default)) for k, default in _OPTIONAL_KEYS.items()})
+        try:
+            fmt = InputFormat(**recorded)
+        except (ValueError, TypeError) as err:
+            raise ModelMetaError(f"{where}: the recorded input format does not hold: {err}") from None
         return cls(
             workload=values["workload"],
             params=params,
             classes=tuple(values["classes"]),
-            preprocessing=Preprocessing(**pre),
+            preprocessing=fmt,
             source=dict(values.get("source") or {}),
             actionlab_version=version,
         )

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from .. import storage, tracking
 from ..data import transforms
-from ..train.evaluate import eval_dataset, normalise, stats_tensors
+from ..data.dataset import build_dataset
+from ..train.evaluate import normalise, stats_tensors
 from . import folder
 
 
@@ -53,7 +54,8 @@ def predict_videos(
     for video in videos:
         local = storage.local_copy(video, cache_dir) if storage.is_remote(video) else str(Path(video).resolve())
         row = pd.DataFrame({"video": [Path(local).name], "label": [0]})
-        item = eval_dataset(meta, row, str(Path(local).parent), pixels=pixels)[0]
+        item = build_dataset(row, meta.preprocessing, train=False, root=str(Path(local).parent),
+                             classes=meta.classes, pixels=pixels)[0]
         if "error" in item:
             out.append({"video": video, "error": item["error"]})
             continue
@@ -73,7 +75,7 @@ def predict_clips(loaded: folder.LoadedModel, clips, *, top_k: int = 5) -> list[
     """
     batch = np.asarray(clips.numpy() if isinstance(clips, torch.Tensor) else clips)
     pre = loaded.meta.preprocessing
-    frames = pre.clip_frames()
+    frames = pre.clip_frames
     if batch.dtype != np.uint8 or batch.ndim != 5 or batch.shape[-1] != 3 or batch.shape[1] != frames:
         raise ValueError(
             f"expected a uint8 batch (B, T={frames}, H, W, 3) of RGB frames; got {batch.dtype} "

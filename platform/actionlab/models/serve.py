@@ -41,7 +41,8 @@ def score_videos(loaded, videos: list[str], *, top_k: int, device: str, cache_di
     import torch.nn.functional as F
 
     from .. import storage
-    from ..train.evaluate import eval_dataset, normalise, stats_tensors
+    from ..data.dataset import build_dataset
+    from ..train.evaluate import normalise, stats_tensors
 
     meta = loaded.meta
     out: list[dict] = [{} for _ in videos]
@@ -50,7 +51,8 @@ def score_videos(loaded, videos: list[str], *, top_k: int, device: str, cache_di
         try:
             local = storage.local_copy(video, cache_dir) if storage.is_remote(video) else str(Path(video).resolve())
             row = pd.DataFrame({"video": [Path(local).name], "label": [0]})
-            item = eval_dataset(meta, row, str(Path(local).parent))[0]
+            item = build_dataset(row, meta.preprocessing, train=False, root=str(Path(local).parent),
+                                 classes=meta.classes)[0]
         except (OSError, ValueError) as err:
             item = {"error": f"{video}: {err}"}
         if "error" in item:

@@ -34,7 +34,7 @@ from workloads.registry import without_weights
 from .. import __version__, tracking
 from ..config import flatten
 from . import folder, registry
-from .meta import ModelMeta, Preprocessing
+from .meta import ModelMeta
 
 def converter(workload: str) -> CheckpointFilter:
     """The checkpoint filter of `workload` (its module's `checkpoint_filter_fn`).
@@ -195,14 +195,12 @@ def import_checkpoint(
     params = dict(params or {})
     resolved = spec.resolve_params(params)  # unknown params: the registry's error names the nearest field
     model = import_checkpoint_model(workload, checkpoint, num_classes=num_classes, num_frames=num_frames, params=params)
-    fmt = spec.input_for(resolved)
+    fmt = spec.input_for(resolved, num_frames=num_frames, stride=stride, size_px=size_px, resize_px=resize_px)
     meta = ModelMeta(
         workload=workload,
         params=without_weights(resolved),  # every value; the weights are the checkpoint's
         classes=tuple(class_names or [f"class_{i}" for i in range(num_classes)]),
-        preprocessing=Preprocessing(sampling=fmt.sampling, num_frames=num_frames, stride=stride, size_px=size_px,
-                                    resize_px=resize_px, mean=tuple(fmt.mean), std=tuple(fmt.std),
-                                    snippet_frames=fmt.snippet_frames),
+        preprocessing=fmt,
         source={"official_checkpoint": Path(checkpoint).name, "paper": converter(workload).paper},
         actionlab_version=__version__,
     )

@@ -163,36 +163,6 @@ def confusion_figure(confusion: np.ndarray, class_names: list[str], title: str):
     return fig
 
 
-def eval_dataset(meta, df, root: str, *, num_clips: int = 1, num_crops: int = 1, cache_dir: str | None = None,
-                 pixels: str = "rgb"):
-    """A test-mode dataset with the preprocessing stored beside a registered model (a `ModelMeta`);
-    `pixels` `rgb` or `yuv420` (the same clips either way, within `tests/test_data_yuv.py`'s tolerance)."""
-    from ..data.dataset import VideoClipDataset
-    from ..data.manifest import preferred_decoder
-
-    pre = meta.preprocessing
-    return VideoClipDataset(
-        df=df,
-        root=root,
-        num_classes=len(meta.classes),
-        sampling=pre.sampling,
-        num_frames=pre.num_frames,
-        snippet_frames=pre.snippet_frames,
-        stride=pre.stride,
-        train=False,
-        size_px=pre.size_px,
-        resize_px=pre.resize_px,
-        scales=(1.0,),
-        flip="off",
-        flip_pairs={},
-        num_clips=num_clips,
-        num_crops=num_crops,
-        cache_dir=cache_dir,
-        decoder=preferred_decoder(df),
-        pixels=pixels,
-    )
-
-
 def _score_videos(loaded, loader, *, fusion: str) -> tuple[EvalResult, dict]:
     """One model over a test loader: its EvalResult and {video_id: (scores (K,) cpu, label)}."""
     meta = loaded.meta
@@ -246,6 +216,7 @@ def evaluate_models(
 
     from .. import tracking
     from ..data import dataset as data_dataset
+    from ..data import loader as data_loader
     from ..data import manifest as data_manifest
     from ..models import folder
 
@@ -269,9 +240,10 @@ def evaluate_models(
         if classes is not None and meta.classes != classes:
             raise ValueError(f"{uri} predicts other classes than {model_uris[0]}; ensemble models of one class list")
         classes = meta.classes
-        dataset = eval_dataset(meta, df, root or data_manifest.default_root(manifest), num_clips=num_clips,
-                               num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
-        loader = data_dataset.make_loader(dataset, batch_size=batch_size, shuffle=False,
+        dataset = data_dataset.build_dataset(df, meta.preprocessing, train=False, classes=meta.classes,
+                                             root=root or data_manifest.default_root(manifest), num_clips=num_clips,
+                                             num_crops=num_crops, cache_dir=str(tracking.home() / "cache"))
+        loader = data_loader.make_loader(dataset, batch_size=batch_size, shuffle=False,
                                           num_workers=num_loader_workers, timeout_s=300, drop_last=False)
         result, per_video = _score_videos(loaded, loader, fusion=fusion)
         members.append((uri, meta, result, per_video))

@@ -24,16 +24,14 @@ from torch import nn
 
 from .. import __version__, cluster, flops, tracking
 from ..config import Config, from_dict
-from ..data import dataset as data_dataset
-from ..data import manifest as data_manifest
-from ..data import transforms as data_transforms
 from ..models import folder
-from ..models.meta import ModelMeta, Preprocessing
+from ..models.meta import ModelMeta
 from . import elastic, resume
 from .bad_samples import BadSampleLog
 from .context import RunContext
 from .epoch import EpochStats, TrainStep, build_optimizer, build_scheduler, progress_line, train_one_epoch, validate
 from .evaluate import EvalResult, confusion_figure, stats_tensors
+from .inputs import input_format, make_datasets, worker_loader
 
 
 def train_worker(loop_config: dict) -> dict:
@@ -53,7 +51,7 @@ def train_worker(loop_config: dict) -> dict:
 
     spec = get_workload(cfg.workload.name)
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames)
-    fmt = spec.input_for(cfg.workload.params)  # sampling and normalisation (SV-Mix: its backbone's)
+    fmt = input_format(cfg)  # what the model eats (SV-Mix: its backbone's sampling and normalisation)
     if cfg.workload.init_from and checkpoint is None:
         report = load_init_weights(model, cfg.workload.init_from, cfg.workload.params)
         _log(rank, f"init_from {cfg.workload.init_from}: {report}")
@@ -65,9 +63,9 @@ def train_worker(loop_config: dict) -> dict:
     step_module = ray.train.torch.prepare_model(TrainStep(method, label_smoothing=cfg.optim.label_smoothing))
     if cfg.compute.compile:
         step_module = torch.compile(step_module)
-    train_set, val_set = make_datasets(cfg, spec, ctx)
-    train_loader, train_sampler = _loader(cfg, train_set, train=True, rank=rank, world=world)
-    val_loader, _ = _loader(cfg, val_set, train=False, rank=rank, world=world)
+    train_set, val_set = make_datasets(cfg, ctx)
+    train_loader, train_sampler = worker_loader(cfg, train_set, train=True, rank=rank, world=world)
+    val_loader, _ = worker_loader(cfg, val_set, train=False, rank=rank, world=world)
     optimizer = build_optimizer(cfg, method, fused=cfg.compute.fused_optimizer and device.type == "cuda")
     # On fewer workers than the recipe's (elastic), gradient accumulation keeps its global batch and the
     # schedule counts the full-size run's optimiser steps.
@@ -153,7 +151,7 @@ def train_worker(loop_config: dict) -> dict:
 
 def _measure(cfg: Config, fmt, model: nn.Module, tracker: tracking.MetricBuffer) -> float:
     """Rank 0: the model's GMACs and parameters per clip, logged at step 0; returns the GMACs."""
-    clip_shape = (1, fmt.clip_frames(cfg.clip.num_frames), 3, cfg.clip.size_px, cfg.clip.size_px)
+    clip_shape = (1, fmt.clip_frames, 3, fmt.size_px, fmt.size_px)
     compute = flops.measure(model, clip_shape)
     tracker.add({"model/gmacs": compute.gmacs, "model/params": compute.params}, step=0)
     _log(0, f"{cfg.workload.name}: {compute.gmacs:.2f} GMACs/clip, {compute.params / 1e6:.2f} M params")
@@ -250,80 +248,6 @@ def _epoch_end(cfg: Config, epoch: int, stats: EpochStats, scored: dict[str, Eva
                            tracking=progress.tracking)
 
 
-def pixels_for(cfg: Config) -> str:
-    """`data.pixels` for this worker: `auto` is yuv420 when it trains on a GPU, else rgb."""
-    if cfg.data.pixels != "auto":
-        return cfg.data.pixels
-    return "yuv420" if _on_gpu(cfg) else "rgb"
-
-
-def _on_gpu(cfg: Config) -> bool:
-    """Whether this worker trains on a GPU (it has one and `compute.use_gpu` does not say no)."""
-    return torch.cuda.is_available() and cfg.compute.use_gpu is not False
-
-
-def make_datasets(cfg: Config, spec, ctx: RunContext):
-    """Train and val datasets from the manifest(s) resolved by the driver."""
-    class_names = ctx.classes
-    flip_pairs = data_transforms.flip_pairs_from_names(class_names) if cfg.data.flip == "swap_pairs" else {}
-    fmt = spec.input_for(cfg.workload.params)  # sampling may depend on params (SV-Mix: its backbone's)
-    common = dict(
-        root=ctx.root,
-        num_classes=len(class_names),
-        sampling=fmt.sampling,
-        snippet_frames=fmt.snippet_frames,
-        num_frames=cfg.clip.num_frames,
-        stride=cfg.clip.stride,
-        size_px=cfg.clip.size_px,
-        resize_px=cfg.clip.resize_px,
-        scales=cfg.clip.scales,
-        flip=cfg.data.flip,
-        flip_pairs=flip_pairs,
-        seed=cfg.seed,
-        cache_dir=ctx.cache_dir,
-        pixels=pixels_for(cfg),
-        jpeg_decoder=cfg.data.jpeg_decoder,
-    )
-    train_all = data_manifest.read_manifest(ctx.manifest)
-    val_all = data_manifest.read_manifest(ctx.val_manifest)
-    train_df = data_manifest.select_split(train_all, "train")
-    val_df = data_manifest.select_split(val_all, ctx.val_split)
-
-    def decoder(df) -> str:
-        return cfg.data.decoder if cfg.data.decoder != "auto" else data_manifest.preferred_decoder(df)
-
-    train = data_dataset.VideoClipDataset(df=train_df, train=True, decoder=decoder(train_all), **common)
-    # Training keeps the cheap protocol (1 clip x 1 crop); `actionlab eval` runs the full one.
-    val = data_dataset.VideoClipDataset(df=val_df, train=False, num_clips=1, num_crops=1, decoder=decoder(val_all),
-                                        **common)
-    return train, val
-
-
-def _loader(cfg: Config, dataset, *, train: bool, rank: int, world: int):
-    sampler = data_dataset.ResumableSampler(
-        dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.seed, drop_last=False
-    )
-    if cfg.data.engine == "ray":
-        from ..data.ray_ingest import RayClipLoader
-
-        loader = RayClipLoader(dataset, sampler, batch_size=cfg.data.batch_size,
-                               drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
-                               decode_nodes=cfg.data.decode_nodes)
-        return loader, sampler
-    loader = data_dataset.make_loader(
-        dataset,
-        batch_size=cfg.data.batch_size,
-        shuffle=False,  # the sampler shuffles, reproducibly per epoch
-        num_workers=cfg.data.num_loader_workers,
-        timeout_s=cfg.data.loader_timeout_s,
-        sampler=sampler,
-        seed=cfg.seed + rank,
-        drop_last=train and elastic.drop_last(len(dataset), cfg.data.batch_size, world),
-        pin_memory=_on_gpu(cfg),  # page-locked batches: the copy to the GPU runs asynchronously
-    )
-    return loader, sampler
-
-
 def _log(rank: int, message: str) -> None:
     # Not print(): Ray Train patches print to tee into its logger, which shows every line twice.
     if rank == 0:
@@ -402,14 +326,11 @@ def _all_reduce_sums(device, values: list) -> list:
 
 def model_meta(cfg: Config, spec, class_names) -> ModelMeta:
     """Everything `folder.load_model` needs to rebuild the network (every params value) and preprocess a video."""
-    fmt = spec.input_for(cfg.workload.params)
     return ModelMeta(
         workload=spec.name,
         params=cfg.workload.params,
         classes=tuple(class_names),
-        preprocessing=Preprocessing(sampling=fmt.sampling, num_frames=cfg.clip.num_frames, stride=cfg.clip.stride,
-                                    size_px=cfg.clip.size_px, resize_px=cfg.clip.resize_px, mean=tuple(fmt.mean),
-                                    std=tuple(fmt.std), snippet_frames=fmt.snippet_frames),
+        preprocessing=input_format(cfg),
         actionlab_version=__version__,
     )
 

@@ -142,14 +142,14 @@ def test_config_and_workload_params_share_one_validator():
 
 
 def test_choice_lists_are_read_from_their_homes():
-    from actionlab.data import decode, transforms
+    from actionlab.data import decode, frame_folders, transforms
     from actionlab.train import evaluate
     from workloads.params import choices
 
     data, ev = typing.get_type_hints(DataConfig), typing.get_type_hints(EvalConfig)
     assert choices(data["decoder"]) == ("auto", *decode.DECODERS)
     assert choices(data["pixels"]) == ("auto", *decode.PIXELS)
-    assert choices(data["jpeg_decoder"]) == decode.JPEG_DECODERS
+    assert choices(data["jpeg_decoder"]) == frame_folders.JPEG_DECODERS
     assert choices(data["flip"]) == transforms.FLIP_POLICIES
     assert choices(ev["fusion"]) == evaluate.FUSIONS
 

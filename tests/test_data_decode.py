@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actionlab.data import decode
+from actionlab.data import decode, frame_folders
 from actionlab.data.decode import DecodeError
 
 BACKENDS = ["decord", "pyav"]
@@ -97,8 +97,8 @@ def _write_folder(folder, num_frames, size=(20, 16)):
 def test_frame_folder(tmp_path):
     folder = tmp_path / "v"
     _write_folder(folder, 10)
-    assert decode.count_frame_files(folder) == 10
-    frames = decode.read_frame_folder(folder, [9, 0, 4])
+    assert frame_folders.count_frame_files(folder) == 10
+    frames = frame_folders.read_frame_folder(folder, [9, 0, 4])
     assert frames.shape == (3, 16, 20, 3)
     np.testing.assert_allclose(_frame_values(frames), [9, 0, 4], atol=0.25)
 
@@ -107,12 +107,12 @@ def test_frame_folder_errors(tmp_path):
     folder = tmp_path / "v"
     _write_folder(folder, 3)
     with pytest.raises(DecodeError, match="00005.jpg"):
-        decode.read_frame_folder(folder, [0, 4])
+        frame_folders.read_frame_folder(folder, [0, 4])
     (folder / "00002.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(DecodeError, match="00002.jpg is not a readable image"):
-        decode.read_frame_folder(folder, [1])
+        frame_folders.read_frame_folder(folder, [1])
     with pytest.raises(DecodeError, match="does not exist") as info:
-        decode.read_frame_folder(tmp_path / "nope", [0])
+        frame_folders.read_frame_folder(tmp_path / "nope", [0])
     assert info.value.kind == "missing"
 
 
@@ -122,17 +122,17 @@ def test_jpeg_decoders_agree_and_draft_decodes_at_a_reduced_scale(tmp_path):
     rng = np.random.default_rng(0)
     smooth = np.kron(rng.integers(0, 256, (8, 12, 3)), np.ones((16, 16, 1))).astype(np.uint8)  # (128, 192, 3)
     Image.fromarray(smooth).save(tmp_path / "00001.jpg", quality=95)
-    pil = decode.read_frame_folder(tmp_path, [0])
-    turbo = decode.read_frame_folder(tmp_path, [0], jpeg="torchvision")
+    pil = frame_folders.read_frame_folder(tmp_path, [0])
+    turbo = frame_folders.read_frame_folder(tmp_path, [0], jpeg="torchvision")
     assert turbo.shape == pil.shape == (1, 128, 192, 3)
     assert np.abs(turbo.astype(int) - pil.astype(int)).max() <= 2  # the same library; IDCT rounding at most
-    half = decode.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=64)
+    half = frame_folders.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=64)
     assert half.shape == (1, 64, 96, 3)
     pooled = pil.reshape(1, 64, 2, 96, 2, 3).mean((2, 4))  # (1, 64, 96, 3): what a 2x area resize gives
     assert np.abs(half.astype(float) - pooled).mean() < 6  # measured 3.9: block edges of random colours
-    assert decode.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=100).shape == (1, 128, 192, 3)
+    assert frame_folders.read_frame_folder(tmp_path, [0], jpeg="pil_draft", short_px=100).shape == (1, 128, 192, 3)
     with pytest.raises(ValueError, match="jpeg decoder 'gpu'"):
-        decode.read_frame_folder(tmp_path, [0], jpeg="gpu")
+        frame_folders.read_frame_folder(tmp_path, [0], jpeg="gpu")
 
 
 @pytest.mark.parametrize("options,from_index", [

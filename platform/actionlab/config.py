@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 # The homes of the data choice lists: the fields below read their Literals.
-from .data import decode, transforms
+from .data import decode, frame_folders, transforms
 
 Fusion = Literal["logits", "probs"]  # how a video's views are averaged: `eval.fusion`, read by train.evaluate
 FUSIONS = get_args(Fusion)
@@ -66,7 +66,7 @@ class DataConfig:
     pixels: Literal["auto", decode.Pixels] = "auto"
     # Frame folders: pil; pil_draft (libjpeg's DCT-domain downscaling when frames are stored at 2x+ the
     # resize); torchvision (its libjpeg-turbo decode_jpeg)
-    jpeg_decoder: decode.JpegDecoder = "pil"
+    jpeg_decoder: frame_folders.JpegDecoder = "pil"
     # loader: a DataLoader in each Train worker (decodes on the worker's node);
     # ray: Ray Data tasks on any node's CPUs decode the batches (decode capacity grows with CPU nodes)
     engine: Literal["loader", "ray"] = "loader"

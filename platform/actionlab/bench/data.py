@@ -92,7 +92,7 @@ class DataSet:
     manifest: str
     decoder: str
     pixels: str = "rgb"  # or CODEC_ALONE
-    jpeg: str = ""  # frame folders: `decode.JPEG_DECODERS`
+    jpeg: str = ""  # frame folders: `frame_folders.JPEG_DECODERS`
 
 
 # A row's `pixels` for PyAV alone, written here apart from the project's reader: open each video,
@@ -284,12 +284,11 @@ def codec_shares(rows: list[DataBenchRow]) -> list[str]:
 
 def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool = False) -> list[DataSet]:
     """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes and alone
-    (`CODEC_ALONE`); for
-    JPEG frame folders, each JPEG decoder instead."""
-    from ..data import decode
+    (`CODEC_ALONE`); for JPEG frame folders, each JPEG decoder instead."""
+    from ..data import frame_folders
 
     if frames:
-        return [DataSet(name, manifest, decoders[0], jpeg=jpeg) for jpeg in decode.JPEG_DECODERS]
+        return [DataSet(name, manifest, decoders[0], jpeg=jpeg) for jpeg in frame_folders.JPEG_DECODERS]
     out = [DataSet(name, manifest, decoder) for decoder in decoders]
     if "pyav" in decoders:
         out += [DataSet(name, manifest, "pyav", pixels="yuv420"), DataSet(name, manifest, "pyav", pixels=CODEC_ALONE)]
@@ -335,7 +334,7 @@ def frame_fidelity(raw_manifest: str, prepared_manifest: str, *, frames: int = 8
     import torch
     import torch.nn.functional as F
 
-    from ..data import decode
+    from ..data import decode, frame_folders
     from ..data import manifest as data_manifest
 
     raw_df, prep_df = data_manifest.read_manifest(raw_manifest), data_manifest.read_manifest(prepared_manifest)
@@ -347,7 +346,7 @@ def frame_fidelity(raw_manifest: str, prepared_manifest: str, *, frames: int = 8
         indices = np.linspace(0, count - 1, frames).round().astype(int)
         a = decode.read_frames(raw_root / video, indices)  # (N, H, W, 3)
         if media == "frames":
-            b = decode.read_frame_folder(prep_root / prepared, indices)
+            b = frame_folders.read_frame_folder(prep_root / prepared, indices)
         else:
             b = decode.read_frames(prep_root / prepared, indices)
         ta = torch.from_numpy(a).permute(0, 3, 1, 2).float()  # (N, 3, H, W)

@@ -29,7 +29,7 @@ class GpuRow:
 
 def _clips(manifest: str, num_frames: int, count: int, seed: int = 0) -> list[tuple[str, np.ndarray, str]]:
     """(path, frame indices, media) of `count` training clips (TSN segments), cycling over the manifest."""
-    from ..data import decode, sampling
+    from ..data import decode, frame_folders, sampling
     from ..data import manifest as data_manifest
 
     df = data_manifest.read_manifest(manifest)
@@ -40,7 +40,7 @@ def _clips(manifest: str, num_frames: int, count: int, seed: int = 0) -> list[tu
         row = df.iloc[k % len(df)]
         media = str(row.get("media", "video"))
         path = str(root / str(row["video"]))
-        length = decode.count_frame_files(path) if media == "frames" else decode.count_frames(path)
+        length = frame_folders.count_frame_files(path) if media == "frames" else decode.count_frames(path)
         out.append((path, sampling.segment_indices(length, num_frames, train=True, rng=rng), media))
     return out
 
@@ -82,14 +82,14 @@ def nvjpeg_rows(manifest: str, label: str, *, num_frames: int = 8, count: int = 
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-    from ..data import decode
+    from ..data import frame_folders
 
     clips = _clips(manifest, num_frames, count)
     rows = []
     for device in ("cuda", "cpu"):
         def work(k: int, device=device) -> None:
             folder, indices, _ = clips[k % len(clips)]
-            data = [read_file(decode.frame_file(folder, int(i))) for i in indices]
+            data = [read_file(frame_folders.frame_file(folder, int(i))) for i in indices]
             frames = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # T x (3, H, W) uint8
             torch.stack(frames)
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from actionlab import storage
-from actionlab.data import decode, manifest
+from actionlab.data import decode, frame_folders, manifest
 from actionlab.data.dataset import BadSample, fetch_local, frame_range, resolve_media
 
 _FIXES = {
@@ -117,16 +117,16 @@ def _check_row(row: dict, *, root: str, num_classes: int | None, frames_to_try: 
     if row.get("media", "video") == "frames":
         remote = storage.is_remote(uri)
         has_range = any(pd.notna(row.get(key)) for key in ("num_frames", "end"))
-        available = None if has_range or remote else decode.count_frame_files(uri)
+        available = None if has_range or remote else frame_folders.count_frame_files(uri)
         if available == 0:
-            raise decode.DecodeError(uri, f"frame folder has no {decode.frame_file('', 0)}", "missing")
+            raise decode.DecodeError(uri, f"frame folder has no {frame_folders.frame_file('', 0)}", "missing")
         first, length = frame_range(row, available)
         indices = _spread(length, frames_to_try) + first
         if not remote:
-            decode.read_frame_folder(uri, indices)
+            frame_folders.read_frame_folder(uri, indices)
             return
-        names = [storage.join(uri, os.path.basename(decode.frame_file("", i))) for i in indices.tolist()]
-        decode.read_image_files([fetch_local(name, cache_dir) for name in names], source=uri)
+        names = [storage.join(uri, os.path.basename(frame_folders.frame_file("", i))) for i in indices.tolist()]
+        frame_folders.read_image_files([fetch_local(name, cache_dir) for name in names], source=uri)
         return
     if storage.is_remote(uri):
         uri = fetch_local(uri, cache_dir)

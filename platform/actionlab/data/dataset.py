@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from actionlab import storage
-from actionlab.data import decode, profile, sampling, transforms, yuv
+from actionlab.data import decode, frame_folders, profile, sampling, transforms, yuv
 from workloads.registry import InputFormat
 
 
@@ -186,7 +186,7 @@ class VideoClipDataset(Dataset):
             decoder: `decord`, `pyav`, or '' for the default (`ACTIONLAB_DECODER` overrides it).
             pixels: `rgb`, or `yuv420`: videos PyAV can hand over as YUV 4:2:0 planes are cropped and
                 resized on the planes and converted to RGB per batch (`train.evaluate.normalise`).
-            jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
+            jpeg_decoder: how frame folders are decoded (`frame_folders.JPEG_DECODERS`).
         """
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
@@ -198,8 +198,8 @@ class VideoClipDataset(Dataset):
         if pixels == "yuv420" and fmt.size_px % 2:
             raise ValueError(f"size_px={fmt.size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an "
                              "even clip.size_px or data.pixels=rgb")
-        if jpeg_decoder not in decode.JPEG_DECODERS:
-            raise ValueError(f"jpeg_decoder={jpeg_decoder!r} is not one of {list(decode.JPEG_DECODERS)}")
+        if jpeg_decoder not in frame_folders.JPEG_DECODERS:
+            raise ValueError(f"jpeg_decoder={jpeg_decoder!r} is not one of {list(frame_folders.JPEG_DECODERS)}")
         if flip not in transforms.FLIP_POLICIES:
             raise ValueError(f"flip={flip!r} is not one of {list(transforms.FLIP_POLICIES)}")
         if num_classes < 1 or num_clips < 1 or num_crops not in (1, 3):
@@ -265,18 +265,18 @@ class VideoClipDataset(Dataset):
             remote = storage.is_remote(uri)
             available = None  # frame folders: trust num_frames or start/end, probe files only without them
             if not remote and _optional_int(row, "num_frames") is None and _optional_int(row, "end") is None:
-                available = decode.count_frame_files(uri, template=self.frame_template)
+                available = frame_folders.count_frame_files(uri, template=self.frame_template)
                 if available == 0:
                     raise decode.DecodeError(uri, f"frame folder has no {self.frame_template.format(1)}", "missing")
             first, length = frame_range(row, available)
             indices = self._indices(length, rng) + first
             jpeg = dict(jpeg=self.jpeg_decoder, short_px=self.fmt.resize_px)
             if not remote:
-                return decode.read_frame_folder(uri, indices, template=self.frame_template, **jpeg)
+                return frame_folders.read_frame_folder(uri, indices, template=self.frame_template, **jpeg)
             # Remote frame folders: fetch just the sampled JPEGs into the cache, then read them there.
             names = [storage.join(uri, self.frame_template.format(i + 1)) for i in indices.tolist()]
             local = {name: fetch_local(name, self.cache_dir) for name in set(names)}
-            return decode.read_image_files([local[name] for name in names], source=uri, **jpeg)  # (N, H, W, 3)
+            return frame_folders.read_image_files([local[name] for name in names], source=uri, **jpeg)  # (N, H, W, 3)
 
         def choose(available: int) -> np.ndarray:
             first, length = frame_range(row, available)
@@ -364,7 +364,7 @@ def build_dataset(
         seed: base seed of the per-item random generators.
         cache_dir: local read-through cache; required for remote roots.
         pixels: `rgb` or `yuv420` (`data.pixels`, resolved).
-        jpeg_decoder: how frame folders are decoded (`decode.JPEG_DECODERS`).
+        jpeg_decoder: how frame folders are decoded (`frame_folders.JPEG_DECODERS`).
     """
     from actionlab.data.manifest import preferred_decoder  # pyarrow: not needed in loader workers
 

@@ -111,16 +111,16 @@ def _source_frames(path: str, media: str, fps: float):
     import av
 
     if media == "frames":
-        from . import decode
+        from . import decode, frame_folders
 
-        count = decode.count_frame_files(path)
+        count = frame_folders.count_frame_files(path)
         if count == 0:
             raise decode.DecodeError(path, "frame folder has no 00001.jpg", "missing")
         rate = fps or 30.0  # frame folders carry no rate: times only matter when resampling
 
         def folder():
             for i in range(count):
-                yield av.VideoFrame.from_ndarray(decode.read_frame_folder(path, [i])[0], format="rgb24"), i / rate
+                yield av.VideoFrame.from_ndarray(frame_folders.read_frame_folder(path, [i])[0], format="rgb24"), i / rate
 
         return folder(), Fraction(rate).limit_denominator(1001)
     container = av.open(path)

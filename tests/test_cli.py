@@ -13,7 +13,7 @@ import pytest
 
 from actionlab import cli, config
 from actionlab.data import manifest
-from actionlab.models.meta import Preprocessing
+from workloads.registry import SAMPLINGS
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_DIR = Path(cli.__file__).parent
@@ -47,7 +47,7 @@ def test_choices_are_the_lists_the_library_declares():
     assert _choices("actionlab data index", "--subset") == list(manifest.SUBSETS)
     # `bench data` samples one frame per segment, where `snippets` is `segments` again.
     assert _choices("actionlab bench data", "--sampling") == [
-        s for s in _literal(Preprocessing, "sampling") if s != "snippets"]
+        s for s in SAMPLINGS if s != "snippets"]
 
 
 def test_every_command_runs_a_handler_of_its_group_module():

@@ -82,10 +82,6 @@ LAYERS = {  # bottom to top; an exact name wins over a pattern, a longer pattern
 }
 MAX_LINES = 500
 LONG_MODULES = {  # module: why it is one job all the same (or that it is being split)
-    "actionlab.config": "the config dataclasses, their one validator and the recipe reader: one schema, "
-                        "read by the CLI, the sweep validator and the worker alike (rule 11)",
-    "actionlab.data.dataset": "the clip dataset and the DataLoader made for it (start method, stack dump of a "
-                              "stalled worker, resumable sampler); the loader half is the next to move out",
     "actionlab.data.prepare": "one Ray job: encoding a video, the done records that make a killed task safe to "
                               "redo, and the driver that schedules the tasks; all three share the record's contract",
 }

@@ -7,13 +7,14 @@ import json
 import os
 from pathlib import Path
 
-from ..models.meta import Preprocessing
-from .common import (add_command, add_model_set_option, add_set_option, frames_and_size, literal_choices,
+from workloads.registry import SAMPLINGS
+
+from .common import (add_command, add_model_set_option, add_set_option, frames_and_size,
                      model_overrides, print_result)
 
 # `bench data` builds one-frame segments, so `snippets` (segments of `snippet_frames`) would measure
 # `segments` again under another name.
-BENCH_DATA_SAMPLINGS = [s for s in literal_choices(Preprocessing, "sampling") if s != "snippets"]
+BENCH_DATA_SAMPLINGS = [s for s in SAMPLINGS if s != "snippets"]
 
 
 def add_parser(subparsers) -> None:

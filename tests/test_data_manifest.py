@@ -145,7 +145,7 @@ def test_index_records_its_root_and_every_consumer_defaults_to_it(tmp_path, synt
     """A manifest indexed away from its videos: `data index --root` records the root, so `data check`,
     `data prepare`, training and benchmarks find the videos without it; an explicit root still wins."""
     from actionlab.config import resolve
-    from actionlab.data import prepare
+    from actionlab.data import encode, prepare
     from actionlab.data.check import check_manifest
     from actionlab.data.manifest import default_root, default_root_note
     from actionlab.train import launch
@@ -165,7 +165,7 @@ def test_index_records_its_root_and_every_consumer_defaults_to_it(tmp_path, synt
     assert check_manifest(out, root=tmp_path).num_bad == 3  # explicit root wins
     assert launch.resolve_data(resolve({}, [f"data.manifest={out}"])).root == str(root.resolve())
     assert launch.resolve_data(resolve({}, [f"data.manifest={out}", f"data.root={tmp_path}"])).root == str(tmp_path)
-    report = prepare.prepare_dataset(str(out), str(tmp_path / "prepared"), prepare.EncodeSettings(short_side_px=32),
+    report = prepare.prepare_dataset(str(out), str(tmp_path / "prepared"), encode.EncodeSettings(short_side_px=32),
                                      use_ray=False, log=lambda _: None)
     assert report.bad == () and report.num_videos == 3
     prepared = tmp_path / "prepared" / "manifest.parquet"

@@ -12,7 +12,7 @@ import pytest
 from conftest import index_frames
 from servers.process import REPO, base_env, needs_netns
 
-from actionlab.data import dataset, decode, manifest, prepare, synthetic
+from actionlab.data import dataset, decode, encode, manifest, prepare, synthetic
 from workloads import InputFormat
 
 STEP = 8  # index_frames: pixel value of frame i is i * 8
@@ -38,7 +38,7 @@ def _values(frames):
 
 def test_prepared_copy_keeps_rows_and_frames_and_reads_fast_by_default(tmp_path):
     src = _index_dataset(tmp_path / "src")
-    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), prepare.EncodeSettings(short_side_px=32),
+    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), encode.EncodeSettings(short_side_px=32),
                                      use_ray=False, log=lambda _: None)
     assert (report.num_videos, report.num_prepared, report.num_skipped, report.bad) == (3, 3, 0, ())
     out = manifest.read_manifest(report.manifest)
@@ -60,7 +60,7 @@ def test_prepared_copy_keeps_rows_and_frames_and_reads_fast_by_default(tmp_path)
 
 def test_rerun_skips_finished_outputs_and_redoes_missing_ones(tmp_path):
     src = _index_dataset(tmp_path / "src")
-    settings = prepare.EncodeSettings(short_side_px=32, gop=4)
+    settings = encode.EncodeSettings(short_side_px=32, gop=4)
     prepare.prepare_dataset(str(src), str(tmp_path / "out"), settings, use_ray=False, log=lambda _: None)
     kept = tmp_path / "out" / "videos" / "v0.mkv.mp4"
     stamp = kept.stat().st_mtime_ns
@@ -82,7 +82,7 @@ def test_bad_inputs_are_listed_by_name_and_reason_never_dropped_silently(tmp_pat
                                       {"video": "videos/gone.mp4", "label": 1, "split": "train"}])])
     src.write_bytes(manifest.manifest_bytes(df.reset_index(drop=True)))
     lines = []
-    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), prepare.EncodeSettings(short_side_px=32),
+    report = prepare.prepare_dataset(str(src), str(tmp_path / "out"), encode.EncodeSettings(short_side_px=32),
                                      use_ray=False, log=lines.append)
     bad = dict(report.bad)
     assert set(bad) == {"videos/v1.mkv.mp4", "../escape.mp4", "videos/gone.mp4"}
@@ -97,7 +97,7 @@ def test_bad_inputs_are_listed_by_name_and_reason_never_dropped_silently(tmp_pat
 def test_jpeg_frames_and_fps_resampling_feed_the_dataset(tmp_path):
     src = _index_dataset(tmp_path / "src", num_videos=2)
     report = prepare.prepare_dataset(
-        str(src), str(tmp_path / "out"), prepare.EncodeSettings(short_side_px=32, output_format="jpeg"),
+        str(src), str(tmp_path / "out"), encode.EncodeSettings(short_side_px=32, output_format="jpeg"),
         use_ray=False, log=lambda _: None)
     out = manifest.read_manifest(report.manifest)
     assert list(out["media"]) == ["frames", "frames"] and list(out["num_frames"]) == [30, 30]
@@ -106,18 +106,18 @@ def test_jpeg_frames_and_fps_resampling_feed_the_dataset(tmp_path):
     clip = ds[0]["clip"]  # (1, T, C, H, W)
     np.testing.assert_allclose(clip[0].float().mean((1, 2, 3)).numpy() / STEP, [3, 11, 18, 26], atol=0.6)
     # the source is 12 fps (synthetic.write_mp4's default): halving the rate keeps every other frame
-    half = prepare.prepare_video(str(tmp_path / "src" / "videos" / "v0.mkv.mp4"), str(tmp_path / "half.mp4"),
-                                 prepare.EncodeSettings(short_side_px=32, fps=6))
+    half = encode.encode_video(str(tmp_path / "src" / "videos" / "v0.mkv.mp4"), str(tmp_path / "half.mp4"),
+                                 encode.EncodeSettings(short_side_px=32, fps=6))
     assert half == 15
     np.testing.assert_allclose(_values(decode.read_frames(tmp_path / "half.mp4", [0, 1, 14])), [0, 2, 28], atol=0.5)
 
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="even size"):
-        prepare.EncodeSettings(short_side_px=255)
+        encode.EncodeSettings(short_side_px=255)
     with pytest.raises(ValueError, match="at least 1 frame"):
-        prepare.EncodeSettings(gop=0)
-    assert prepare.scaled_size(340, 256, 128) == (170, 128) and prepare.scaled_size(1280, 720, 256) == (456, 256)
+        encode.EncodeSettings(gop=0)
+    assert encode.scaled_size(340, 256, 128) == (170, 128) and encode.scaled_size(1280, 720, 256) == (456, 256)
 
 
 @pytest.mark.integration
@@ -154,7 +154,7 @@ def test_half_written_outputs_on_s3_are_redone_never_counted_as_done(s3, synth_d
 
     bucket = s3.make_bucket("half-written")
     storage.upload_dir(synth_dataset.parent, f"{bucket}/raw")
-    settings = prepare.EncodeSettings(short_side_px=16)
+    settings = encode.EncodeSettings(short_side_px=16)
     kwargs = dict(use_ray=False, cache_dir=str(tmp_path / "cache"), log=lambda _: None)
     args = (f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings)
     first = prepare.prepare_dataset(*args, **kwargs)
@@ -200,7 +200,7 @@ def test_a_partial_jpeg_folder_on_s3_is_redone_without_stale_frames(s3, tmp_path
     src = _index_dataset(tmp_path / "src", num_videos=2, num_frames=12)
     bucket = s3.make_bucket("partial-frames")
     storage.upload_dir(src.parent, f"{bucket}/raw")
-    settings = prepare.EncodeSettings(short_side_px=16, output_format="jpeg")
+    settings = encode.EncodeSettings(short_side_px=16, output_format="jpeg")
     kwargs = dict(use_ray=False, cache_dir=str(tmp_path / "cache"), log=lambda _: None)
     args = (f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings)
     prepare.prepare_dataset(*args, **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from servers.process import REPO
 
-from actionlab.data import prepare, synthetic
+from actionlab.data import encode, prepare, synthetic
 
 pytestmark = pytest.mark.integration
 
@@ -155,7 +155,7 @@ def test_prepare_spreads_over_nodes_and_survives_a_node_killed_mid_job(ray_clust
 
     # One output and one done record per video, nothing else: no partial object, no leftover temp file.
     keys = _objects(s3, bucket, "prepared/")
-    names = {prepare.output_name(f"videos/{c}_{i:03d}.mp4", prepare.EncodeSettings())
+    names = {encode.output_name(f"videos/{c}_{i:03d}.mp4", encode.EncodeSettings())
              for c in synthetic.CLASS_NAMES[:NUM_CLASSES] for i in range(VIDEOS_PER_CLASS)}
     expected = ({f"prepared/{n}" for n in names} | {f"prepared/{prepare.DONE_DIR}/{n}.json" for n in names}
                 | {"prepared/manifest.parquet", "prepared/classes.txt"})

@@ -81,10 +81,7 @@ LAYERS = {  # bottom to top; an exact name wins over a pattern, a longer pattern
     "cli": ("actionlab.cli", "actionlab.cli.*", "actionlab.__main__"),
 }
 MAX_LINES = 500
-LONG_MODULES = {  # module: why it is one job all the same (or that it is being split)
-    "actionlab.data.prepare": "one Ray job: encoding a video, the done records that make a killed task safe to "
-                              "redo, and the driver that schedules the tasks; all three share the record's contract",
-}
+LONG_MODULES: dict[str, str] = {}  # module: why it is one job all the same (none today)
 
 
 def _modules() -> dict[str, Path]:

@@ -432,11 +432,11 @@ def test_training_survives_an_s3_outage_during_reads_and_checkpoint_writes(s3, s
 
 
 def test_data_prepare_reads_and_writes_s3_and_resumes(s3, synth_dataset, tmp_path):
-    from actionlab.data import manifest, prepare
+    from actionlab.data import encode, manifest, prepare
 
     bucket = s3.make_bucket("prepare")
     storage.upload_dir(synth_dataset.parent, f"{bucket}/raw")
-    settings = prepare.EncodeSettings(short_side_px=16, output_format="mp4")
+    settings = encode.EncodeSettings(short_side_px=16, output_format="mp4")
     kwargs = dict(use_ray=False, cache_dir=str(tmp_path / "cache"), log=lambda _: None)
     report = prepare.prepare_dataset(f"{bucket}/raw/manifest.parquet", f"{bucket}/prepared", settings, **kwargs)
     assert (report.num_prepared, report.bad) == (24, ())

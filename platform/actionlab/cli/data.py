@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..data.encode import OUTPUT_FORMATS
 from ..data.manifest import FORMATS, SUBSETS
 from .common import print_result
 
@@ -47,7 +48,7 @@ def add_parser(subparsers) -> None:
     sp.add_argument("--crf", type=int, default=17, help="x264 quality (lower = larger, closer to the source)")
     sp.add_argument("--preset", default="veryfast", help="x264 preset (encoding speed)")
     sp.add_argument("--no-fastdecode", action="store_true", help="keep CABAC and deblocking (smaller, slower to read)")
-    sp.add_argument("--format", default="mp4", choices=["mp4", "jpeg"], help="H.264 MP4, or JPEG frame folders")
+    sp.add_argument("--format", default="mp4", choices=OUTPUT_FORMATS, help="H.264 MP4, or JPEG frame folders")
     sp.add_argument("--codec", default="h264", choices=["h264"], help="output codec")
     sp.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per video")
     sp.add_argument("--no-ray", action="store_true", help="run in this process instead of a Ray Data job")
@@ -111,9 +112,9 @@ def run_check(args) -> int:
 def run_prepare(args) -> int:
     """`actionlab data prepare MANIFEST OUT`: `data.prepare.prepare_dataset`; exit 1 when an input is bad."""
     from .. import storage
-    from ..data import prepare
+    from ..data import encode, prepare
 
-    settings = prepare.EncodeSettings(
+    settings = encode.EncodeSettings(
         short_side_px=args.short_side, gop=1 if args.intra else args.gop, fps=args.fps, crf=args.crf,
         preset=args.preset, fast_decode=not args.no_fastdecode, output_format=args.format,
     )

@@ -24,7 +24,7 @@ def test_bench_rows_share_a_baseline_and_count_compute():
 def test_bench_data_measures_every_decoder_on_real_files(synth_dataset, capsys):
     import json
 
-    from actionlab.bench.data import CODEC_ALONE, available_decoders
+    from actionlab.bench.data import available_decoders
     from actionlab.cli import main
     from actionlab.data.profile import STAGES
 
@@ -34,20 +34,36 @@ def test_bench_data_measures_every_decoder_on_real_files(synth_dataset, capsys):
     out = capsys.readouterr().out
     assert "round 2/2 done" in out
     rows = json.loads(out[out.index("["):])  # after the progress lines
-    readers = [(d, "rgb") for d in decoders] + [("pyav", "yuv420"), ("pyav", CODEC_ALONE)] * ("pyav" in decoders)
-    assert [(r["decoder"], r["pixels"]) for r in rows] == readers
+    readers = [(d, "rgb") for d in decoders] + [("pyav", "yuv420")] * ("pyav" in decoders)
+    assert [(r["decoder"], r["pixels"]) for r in rows] == readers  # no codec-alone row: keyframes are apart
     videos = list((synth_dataset.parent / "videos").glob("*.mp4"))
     mean_mb = sum(v.stat().st_size for v in videos) / len(videos) / 1e6
     for r in rows:
         assert r["name"] == synth_dataset.parent.name and r["psnr_db"] is None
-        assert set(r["stages_ms"]) == set(STAGES) and r["stages_ms"]["decode"] > 0 and r["stages_ms"]["open"] > 0
-        # The codec alone only opens, seeks and decodes; every reader also crops and resizes.
-        assert (r["stages_ms"]["augment"] > 0) == (r["pixels"] != CODEC_ALONE)
+        assert set(r["stages_ms"]) == set(STAGES) and r["stages_ms"]["decode"] > 0 and r["stages_ms"]["augment"] > 0
         assert r["clips_per_core_s"] > 1.0  # 4 frames of a 32 px file: well under a second of CPU each
         assert r["ms_per_clip"] == pytest.approx(1e3 / r["clips_per_core_s"])
         assert r["cores_per_gpu"] == pytest.approx(1500.0 / r["clips_per_core_s"])
         assert r["mb_per_video"] == pytest.approx(mean_mb, rel=0.05)
         assert r["speedup"] == pytest.approx(r["clips_per_core_s"] / rows[0]["clips_per_core_s"])
+
+
+def test_all_intra_files_get_a_codec_alone_row_that_only_opens_seeks_and_decodes(synth_dataset, tmp_path):
+    """On `data prepare`'s default copies the codec alone is the floor under the readers: its row has
+    open, seek and decode and nothing else, and each reader's share of it is reported."""
+    from actionlab.bench import data as bench_data
+    from actionlab.data import encode, prepare
+
+    report = prepare.prepare_dataset(str(synth_dataset), str(tmp_path / "prepared"),
+                                     encode.EncodeSettings(short_side_px=32), use_ray=False, log=lambda _: None)
+    sets = bench_data.reader_sets("prepared", report.manifest, ["pyav"])
+    assert [d.pixels for d in sets] == ["rgb", "yuv420", bench_data.CODEC_ALONE]
+    rows = bench_data.bench_data(sets, num_frames=4, size_px=32, clips_per_round=2, rounds=1, log=lambda _: None)
+    codec = rows[-1].stages_ms
+    assert codec["open"] > 0 and codec["decode"] > 0
+    assert all(codec[stage] == 0 for stage in ("convert", "augment", "collate", "normalise"))
+    (line,) = bench_data.codec_shares(rows)
+    assert line.startswith("  prepared: share of the codec alone's") and "pyav yuv420 / pyav rgb = " in line
 
 
 def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset, capsys):

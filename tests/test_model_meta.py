@@ -181,5 +181,5 @@ def test_a_recorded_input_format_that_does_not_hold_is_refused_with_the_file(tmp
     meta_file = out / folder.META_FILE
     recorded = json.loads(meta_file.read_text())
     meta_file.write_text(json.dumps({**recorded, "sampling": "dense"}))
-    with pytest.raises(ModelMetaError, match=r"meta.json: the recorded input format does not hold: sampling must be"):
+    with pytest.raises(ModelMetaError, match=r"meta.json: the recorded input format does not hold: sampling: 'dense' is not one of"):
         folder.load_model(str(out))

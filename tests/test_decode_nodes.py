@@ -87,12 +87,12 @@ def test_preflight_counts_decode_nodes_cpus_for_decoding_only(monkeypatch, capsy
     monkeypatch.setattr(ray_ingest, "decode_node_table", lambda: table)
     two_workers = ["compute.num_workers=2", "compute.cpus_per_worker=1", "data.engine=ray"]
     with pytest.raises(RuntimeError, match=r"has 1 \(and 2 on nodes labelled actionlab.io/role=decode"):
-        launch._check_resources(resolve({}, two_workers), use_gpu=False)
-    launch._check_resources(resolve({}, [*two_workers, "data.decode_nodes=any"]), use_gpu=False)
-    launch._check_resources(resolve({}, ["compute.cpus_per_worker=1", "data.engine=ray"]), use_gpu=False)
+        launch.check_resources(resolve({}, two_workers), use_gpu=False)
+    launch.check_resources(resolve({}, [*two_workers, "data.decode_nodes=any"]), use_gpu=False)
+    launch.check_resources(resolve({}, ["compute.cpus_per_worker=1", "data.engine=ray"]), use_gpu=False)
     assert capsys.readouterr().out == ""
     table[1]["decode_label"] = False
-    launch._check_resources(resolve({}, ["compute.cpus_per_worker=1", "data.engine=ray",
+    launch.check_resources(resolve({}, ["compute.cpus_per_worker=1", "data.engine=ray",
                                          "data.decode_nodes=labelled"]), use_gpu=False)
     assert "no node with CPUs has the label actionlab.io/role=decode" in capsys.readouterr().out
 

@@ -222,7 +222,7 @@ def _mb_per_video(manifest: str) -> float:
 
     df = data_manifest.read_manifest(manifest)
     root = Path(data_manifest.default_root(manifest))
-    sizes = [data_prepare._size(str(root / v)) for v in df["video"].astype(str)]
+    sizes = [data_prepare.local_size(str(root / v)) for v in df["video"].astype(str)]
     return float(np.mean(sizes)) / 1e6 if sizes else 0.0
 
 

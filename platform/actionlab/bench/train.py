@@ -321,7 +321,7 @@ def _data_only_ray(cfg: Config) -> dict:
     cluster.init_ray()
     data = launch.resolve_data(cfg)
     use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    launch._check_resources(cfg, use_gpu)
+    launch.check_resources(cfg, use_gpu)
     resources = {"CPU": cfg.compute.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     # Nothing is checkpointed: the storage only holds the controller's run state, on this machine.
     scratch = tempfile.mkdtemp(prefix="actionlab-bench-data-only-")

@@ -75,7 +75,8 @@ def available_decoders() -> list[str]:
     return out
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
+    """Raises `DecodeError` (missing or empty) before a decoder is asked to open `path`."""
     if not os.path.exists(path):
         raise DecodeError(path, "file does not exist; fix the manifest path or the data root", "missing")
     if os.path.isdir(path):
@@ -321,7 +322,7 @@ def read_sampled(
         DecodeError: missing, empty, unreadable, truncated, or too short for the indices.
     """
     text = os.fspath(path)
-    _check_file(text)
+    check_file(text)
     if pixels not in PIXELS:
         raise ValueError(f"pixels={pixels!r} is not one of {list(PIXELS)} (data.pixels)")
     if decoder_name(decoder) == "decord":
@@ -336,7 +337,7 @@ def count_frames(path: str | os.PathLike) -> int:
         DecodeError: missing, empty or unreadable file.
     """
     text = os.fspath(path)
-    _check_file(text)
+    check_file(text)
     if decoder_name() == "decord":
         import decord
 

@@ -49,7 +49,8 @@ class PrepareResult:
     node: str = ""  # Ray node id of the task that wrote the output ('' outside Ray or when it failed)
 
 
-def _size(path: str) -> int:
+def local_size(path: str) -> int:
+    """Bytes of a local file, or of the files of a frame folder; 0 when it does not exist."""
     if os.path.isdir(path):
         return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
     return os.path.getsize(path) if os.path.exists(path) else 0
@@ -68,7 +69,7 @@ def _remote_size(uri: str) -> int:
 
 
 def _output_size(uri: str) -> int:
-    return _remote_size(uri) if storage.is_remote(uri) else _size(uri)
+    return _remote_size(uri) if storage.is_remote(uri) else local_size(uri)
 
 
 def done_record_uri(out_root: str, name: str) -> str:
@@ -167,16 +168,16 @@ def prepare_row(
         local_src = dataset.fetch_local(source, cache_dir or str(tracking.home() / "cache")) \
             if media != "frames" else source
         if media != "frames":
-            decode._check_file(local_src)
-        bytes_in = _size(local_src)
+            decode.check_file(local_src)
+        bytes_in = local_size(local_src)
         if not storage.is_remote(target):
             count = encode_video(local_src, target, settings, media=media)
-            size = _size(target)
+            size = local_size(target)
         else:
             with tempfile.TemporaryDirectory(prefix="actionlab-prepare-") as tmp:
                 local = os.path.join(tmp, Path(name).name)
                 count = encode_video(local_src, local, settings, media=media)
-                size = _size(local)
+                size = local_size(local)
                 if os.path.isdir(local):
                     _delete(target)  # frames of an unfinished or older copy must not stay beside the new ones
                     storage.upload_dir(local, target, num_threads=4)

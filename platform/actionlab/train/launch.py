@@ -112,7 +112,7 @@ def claim_run(cfg: Config, base_name: str, root: str) -> tuple[str, str | None]:
     raise RuntimeError(f"could not find a free run name for {base_name!r}")
 
 
-def _check_resources(cfg: Config, use_gpu: bool) -> None:
+def check_resources(cfg: Config, use_gpu: bool) -> None:
     """Refuses a run whose smallest worker group (compute.min_workers, default num_workers) cannot fit."""
     import ray
 
@@ -178,7 +178,7 @@ def train(
     # Refusals come before the MLflow run and any worker: a refused run leaves nothing behind.
     cluster.check_config(cfg, storage_root=root)
     use_gpu = cfg.compute.use_gpu if cfg.compute.use_gpu is not None else ray.cluster_resources().get("GPU", 0) > 0
-    _check_resources(cfg, use_gpu)
+    check_resources(cfg, use_gpu)
     base_name = cfg.tracking.run_name or default_run_name(cfg, data.dataset)
     run_name, run_id = claim_run(cfg, base_name, root)
     lock = RunLock(storage.join(root, run_name), run_name)

@@ -173,3 +173,39 @@ def test_no_module_over_500_lines_without_a_reason():
                      f"reason in LONG_MODULES: {long}"
     stale = sorted(name for name in LONG_MODULES if lengths.get(name, 0) <= MAX_LINES)
     assert not stale, f"in LONG_MODULES but gone or not over {MAX_LINES} lines now; remove them: {stale}"
+
+
+def _private_uses(name: str, path: Path, modules: dict[str, Path]) -> list[str]:
+    """`module._name` that `name` reaches in another actionlab module: `from X import _y`, or `_y` read
+    as an attribute of a name bound to an actionlab module by an import."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    bound, found = {}, []  # local name -> actionlab module it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                if full in modules:
+                    bound[alias.asname or alias.name] = full
+                elif base in modules and base != name and alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{name}: from {base} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname and alias.name in modules:
+                    bound[alias.asname] = alias.name
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and node.attr.startswith("_") and not node.attr.startswith("__") and bound[node.value.id] != name):
+            found.append(f"{name}: {bound[node.value.id]}.{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    """A name another module needs is public (documented, kept); `_name` may change without notice."""
+    modules = _modules()
+    uses = sorted(use for name, path in modules.items() for use in _private_uses(name, path, modules))
+    assert not uses, "private names used across modules; make them public where they belong:\n" + "\n".join(uses)

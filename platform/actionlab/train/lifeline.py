@@ -16,7 +16,7 @@ import time
 
 from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerCallback
 
-from .run_lock import _pid_alive, _process_started
+from .run_lock import pid_alive, process_started
 
 
 class Lifeline(ControllerCallback, WorkerCallback):
@@ -26,7 +26,7 @@ class Lifeline(ControllerCallback, WorkerCallback):
         import ray
 
         self.driver_pid = os.getpid()
-        self.driver_started = _process_started(self.driver_pid)
+        self.driver_started = process_started(self.driver_pid)
         self.driver_node = ray.get_runtime_context().get_node_id()
         self.interval_s = interval_s
 
@@ -47,7 +47,7 @@ class Lifeline(ControllerCallback, WorkerCallback):
                 time.sleep(self.interval_s)
                 if os.getppid() != parent:
                     why = f"its raylet (pid {parent}) died"
-                elif same_node and not _pid_alive(self.driver_pid, self.driver_started):
+                elif same_node and not pid_alive(self.driver_pid, self.driver_started):
                     why = f"its driver (pid {self.driver_pid}) died"
                 else:
                     continue

@@ -33,7 +33,7 @@ class RunLockedError(RuntimeError):
     """Another live process is training this run."""
 
 
-def _process_started(pid: int) -> str:
+def process_started(pid: int) -> str:
     """The kernel's start time of `pid` (clock ticks since boot) or '' when unknown; tells a reused PID apart."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -42,14 +42,14 @@ def _process_started(pid: int) -> str:
         return ""
 
 
-def _pid_alive(pid: int, started: str) -> bool:
+def pid_alive(pid: int, started: str) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    now = _process_started(pid)
+    now = process_started(pid)
     return not (started and now and now != started)
 
 
@@ -91,7 +91,7 @@ class RunLock:
             "run_name": self.run_name,
             "host": socket.gethostname(),
             "pid": pid,
-            "pid_started": _process_started(pid),
+            "pid_started": process_started(pid),
             "ray_node": _ray_node(),
             "since": getattr(self, "_since", None) or _utc(time.time()),
             "heartbeat": time.time(),
@@ -112,7 +112,7 @@ class RunLock:
         if _ray_node_dead(str(holder.get("ray_node", ""))):
             return False
         if holder.get("host") == socket.gethostname():
-            return _pid_alive(int(holder.get("pid", 0)), str(holder.get("pid_started", "")))
+            return pid_alive(int(holder.get("pid", 0)), str(holder.get("pid_started", "")))
         return time.time() - float(holder.get("heartbeat", 0)) < self.stale_s
 
     def acquire(self) -> dict | None:

@@ -196,9 +196,12 @@ class DataOnlyBench:
         return statistics.median(rates)
 
 
-def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
+def bare_decode_rate(cfg: Config, *, clips: int = 12, rounds: int = 3) -> float:
     """Clips per CPU-second of the run's own training dataset read in this process on one thread,
-    items then their batch: `bench data`'s measure, on the same files with the same settings."""
+    items then their batch: `bench data`'s measure, on the same files with the same settings; the
+    median of `rounds` rounds of `clips` (one round of 12 clips varied by 1.7x on a shared machine)."""
+    import statistics
+
     from . import data as bench_data
     from ..data import decode
     from ..train import inputs, launch
@@ -209,7 +212,8 @@ def bare_decode_rate(cfg: Config, *, clips: int = 12) -> float:
     torch.set_num_threads(1)
     try:
         bench_data.measure(train_set, decoder, 1, 0)  # imports and page cache
-        cpu_s = bench_data.measure(train_set, decoder, clips, 1)[0]
+        cpu_s = statistics.median(bench_data.measure(train_set, decoder, clips, 1 + r * clips)[0]
+                                  for r in range(rounds))
     finally:
         torch.set_num_threads(previous_threads)
     return clips / max(cpu_s, 1e-9)

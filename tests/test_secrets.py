@@ -55,3 +55,27 @@ def test_end_run_prints_the_run_link_without_the_password(monkeypatch, capsys):
     tracking.end_run("abc")
     out = capsys.readouterr().out
     assert PASSWORD not in out and "http://***@127.0.0.1:5000/#/experiments/1/runs/abc" in out
+
+
+def test_mlflow_warnings_in_a_train_worker_mask_the_password(tmp_path):
+    """The system-metrics monitor logs "Failed to get mlflow run: API request to <URL> failed" when the
+    tracking server is down; the URL it quotes has no password."""
+    import os
+    import subprocess
+    import sys
+
+    from servers.process import free_port
+
+    uri = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
+    script = (
+        "from actionlab.train.system_metrics import start_monitor\n"
+        f"monitor = start_monitor('0' * 32, tracking_uri={uri!r})\n"
+        "monitor._process.join(60)\n"
+    )
+    env = dict(os.environ, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.1", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+               ACTIONLAB_HOME=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr
+    assert "Failed to get mlflow run" in printed and "http://***@127.0.0.1" in printed, printed[-3000:]
+    assert PASSWORD not in printed

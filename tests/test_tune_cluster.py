@@ -109,7 +109,7 @@ def test_sweep_places_trials_on_both_nodes_and_survives_a_node_kill(ray_cluster,
     sweep_s = time.monotonic() - start
     output = log_path.read_text()
     assert rc == 0, output[-8000:]
-    out = json.loads(output.strip().splitlines()[-1])
+    out = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
     assert not out["restored"]
     assert [t["status"] for t in out["trials"]] == ["completed"] * 2, out["trials"]
     assert all(t["epochs"] == EPOCHS for t in out["trials"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import time
 from pathlib import Path
@@ -52,7 +53,40 @@ def ui_command() -> str:
 def client():
     import mlflow
 
+    hide_credentials_in_mlflow_logs()
     return mlflow.MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
+
+
+class _RedactCredentials(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from . import storage
+
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is the logging module's to report
+            return True
+        shown = storage.redact_text(message)
+        if shown != message:
+            record.msg, record.args = shown, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = storage.redact_text(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def hide_credentials_in_mlflow_logs() -> None:
+    """Masks user:password in what MLflow's loggers print (idempotent).
+
+    MLflow's warnings quote the failing request's URL, credentials included; the system-metrics
+    monitor, for one, logs "Failed to log system metrics: API request to http://user:password@..."
+    while the tracking server is down.
+    """
+    import importlib
+
+    importlib.import_module("mlflow")  # importing it installs the handler its loggers write through
+
+    for handler in logging.getLogger("mlflow").handlers:
+        if not any(isinstance(f, _RedactCredentials) for f in handler.filters):
+            handler.addFilter(_RedactCredentials())
 
 
 def experiment_id(name: str) -> str:

@@ -3,7 +3,6 @@ model, the data path and the training loop run, each beside a baseline."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -97,7 +96,7 @@ def run_flops(args) -> int:
         report = spec.compute_by_ratio(params, num_frames=frames, size_px=size, num_classes=args.num_classes)
         info["by_ratio"] = report
     if args.json:
-        print(json.dumps(info))
+        print_result(info, True)
         return 0
     print(f"{args.workload} {frames}x{size}px: {compute.gmacs:.2f} GMACs, {compute.params / 1e6:.2f} M params")
     if report:
@@ -127,7 +126,7 @@ def run_bench_model(args) -> int:
                  batch_size=args.batch_size, iters=args.iters, threads=args.threads, train=args.train,
                  device=device, amp=not args.no_amp, channels_last=args.channels_last, compile=args.compile)
     if args.json:
-        print(json.dumps([row.__dict__ for row in rows]))
+        print_result([row.__dict__ for row in rows], True)
         return 0
     what = "training step (fwd+bwd+AdamW)" if args.train else "forward"
     extras = [x for x, on in (("bf16", device == "cuda" and not args.no_amp), ("channels_last", args.channels_last),

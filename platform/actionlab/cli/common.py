@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import typing
 
 
@@ -13,10 +14,13 @@ def print_result(obj, as_json: bool) -> None:
 
     Args:
         obj: the result (a mapping, a list or anything printable).
-        as_json: print it as one JSON object (`--json`).
+        as_json: print it as one JSON line (`--json`).
     """
     if as_json:
-        print(json.dumps(obj, default=str))
+        # One write, flushed now: Ray's threads and child processes print to the same terminal or log
+        # file, and the line must reach it whole (a reader takes the last line as the result).
+        sys.stdout.write(json.dumps(obj, default=str) + "\n")
+        sys.stdout.flush()
     elif isinstance(obj, dict):
         for key, value in obj.items():
             print(f"{key}: {value}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from ..config import EvalConfig
 from .common import add_command, literal_choices, print_result
@@ -71,7 +70,7 @@ def run_predict(args) -> int:
 
     results = predict(args.model, args.videos, top_k=args.top_k)
     if args.json:
-        print(json.dumps(results))
+        print_result(results, True)
     else:
         for r in results:
             if "error" in r:
@@ -96,7 +95,7 @@ def run_serve_load(args) -> int:
     """`actionlab serve-load URL VIDEO...`: `models.serve.load_test`, printed as JSON."""
     from ..models.serve import load_test
 
-    print(json.dumps(load_test(args.url, args.videos, requests=args.requests, concurrency=args.concurrency)))
+    print_result(load_test(args.url, args.videos, requests=args.requests, concurrency=args.concurrency), True)
     return 0
 
 
@@ -107,7 +106,7 @@ def run_eval(args) -> int:
     summary = evaluate_models(args.model, args.data, split=args.split, root=args.root or "", num_clips=args.clips,
                               num_crops=args.crops, fusion=args.fusion, run_id=args.run or "")
     if args.json:
-        print(json.dumps(summary))
+        print_result(summary, True)
         return 0
     protocol = f"{args.clips}x{args.crops}"
     for i, member in enumerate(summary.get("members", []), 1):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from .common import add_command, add_set_option
+from .common import add_command, add_set_option, print_result
 
 
 def add_parser(subparsers) -> None:
@@ -71,7 +70,7 @@ def run_quickstart(args) -> int:
         "mlflow_ui": tracking.ui_command(),
     }
     if args.json:
-        print(json.dumps(summary, default=str))
+        print_result(summary, True)
     else:
         print(f"done in {summary['wall_s']:.0f}s: val/top1 {outcome.metrics.get('val/top1', float('nan')):.3f}; "
               f"registered {args.model_name} v{registered['version']}"

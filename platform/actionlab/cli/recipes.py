@@ -3,9 +3,8 @@ papers' tables beside each recipe's protocol."""
 
 from __future__ import annotations
 
-import json
 
-from .common import add_command
+from .common import add_command, print_result
 
 
 def add_parser(subparsers) -> None:
@@ -38,7 +37,7 @@ def run_list(args) -> int:
         "spaces": spaces,
     }
     if args.json:
-        print(json.dumps(listing))
+        print_result(listing, True)
         return 0
     print("workloads:")
     for name, text in listing["workloads"].items():
@@ -56,7 +55,7 @@ def run_list_recipes(args) -> int:
     rows = recipe_rows(measure=args.gmacs)
     skipped = not_runnable_rows()
     if args.json:
-        print(json.dumps({"recipes": rows, "not_runnable": skipped}))
+        print_result({"recipes": rows, "not_runnable": skipped}, True)
         return 0
 
     def num(value, width):

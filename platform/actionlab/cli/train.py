@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from .common import add_command, add_set_option, print_result
 
@@ -42,7 +41,7 @@ def run_tune(args) -> int:
     spec = load_sweep(args.space, overrides=args.set)
     outcome = sweep(spec, register_name=args.register or "")
     if args.json:
-        print(json.dumps(outcome.summary(), default=str))
+        print_result(outcome.summary(), True)
         return 0
     metric = spec.metric
     print(f"sweep '{outcome.name}' (MLflow parent run {outcome.parent_run_id}):")

@@ -28,6 +28,9 @@ def start_monitor(run_id: str, *, tracking_uri: str, node_id: str | None = None)
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+    from .. import tracking
+
+    tracking.hide_credentials_in_mlflow_logs()  # its warnings quote the tracking URI
     monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node_id, tracking_uri=tracking_uri)
     monitor.start()
     return monitor

@@ -184,7 +184,7 @@ class Cluster:
                              for p in (self.local_dir, temp_dir))
         script = f"{mounts} && exec {shlex.join(argv)}"
         node_env = {**self.env, **(env or {}), NODE_ENV: marker, **HEALTH_CHECK_ENV,
-                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+                    "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_ADDRESS": self.address}  # as for the head
         process = start_process(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                                 env=node_env, log_path=self.root / f"{name}.log")
         node = Node(name=name, process=process, marker=marker, temp_dir=temp_dir, num_cpus=num_cpus,

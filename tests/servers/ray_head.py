@@ -117,7 +117,10 @@ def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extr
         argv += ["--num-cpus", f"{num_cpus:g}"]
     argv += list(extra)
     # No draining on SIGTERM (30 s by default): nothing is served from a test cluster when it stops.
-    env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    # RAY_ADDRESS: its workers inherit it. Ray Train's PlacementGroupCleaner looks the cluster up by
+    # address "auto", which fails when the session's head and a test's own cluster both run here; a
+    # lost controller's placement group then stays and holds the CPU its rerun needs.
+    env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
     process = start_process(argv, env=env, log_path=log_dir / "ray-head.log")
     url = f"http://127.0.0.1:{dashboard_port}"
     head = RayHead(dashboard_url=url, gcs_address=f"127.0.0.1:{gcs_port}", temp_dir=temp_dir, process=process)

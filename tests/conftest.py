@@ -59,3 +59,18 @@ def index_video(tmp_path):
 
     make.step = INDEX_STEP
     return make
+
+
+@pytest.fixture
+def params_built(monkeypatch) -> list[str]:
+    """The names of the workload Params classes built through `registry.from_mapping` while the test runs."""
+    from workloads import registry
+
+    built, real = [], registry.from_mapping
+
+    def counting(cls, *args, **kwargs):
+        built.append(cls.__name__)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(registry, "from_mapping", counting)
+    return built

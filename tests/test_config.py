@@ -154,21 +154,13 @@ def test_choice_lists_are_read_from_their_homes():
     assert choices(ev["fusion"]) == evaluate.FUSIONS
 
 
-def test_a_config_resolves_its_workload_params_once(monkeypatch):
+def test_a_config_resolves_its_workload_params_once(params_built):
     """No throw-away default `Config()` (whose tsm params would be resolved too), no dict round trip."""
-    built = []
-    real = registry.from_mapping
-
-    def counting(cls, *args, **kwargs):
-        built.append(cls.__name__)
-        return real(cls, *args, **kwargs)
-
-    monkeypatch.setattr(registry, "from_mapping", counting)
     cfg = resolve({"workload": {"name": "tsn"}}, ["workload.params.backbone=resnet18"])
-    assert built == ["TSNParams"]
-    built.clear()
+    assert params_built == ["TSNParams"]
+    params_built.clear()
     again = WorkloadConfig(name="tsn", params=cfg.workload.params)  # a ready instance is checked, not rebuilt
-    assert again.params is cfg.workload.params and built == []
+    assert again.params is cfg.workload.params and params_built == []
 
 
 def test_updates_merge_dotted_values_after_the_overrides():

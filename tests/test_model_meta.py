@@ -122,19 +122,12 @@ def test_a_wrapped_backbone_records_every_value_of_the_whole_network(tmp_path):
     assert recorded["backbone_params"] == dataclasses.asdict(get_workload("tsm").resolve_params({"backbone": "resnet18"}))
 
 
-def test_loading_a_model_resolves_the_recorded_params_once(tmp_path, monkeypatch):
+def test_loading_a_model_resolves_the_recorded_params_once(tmp_path, params_built):
     cfg = resolve(load_recipe("svmix_smoke"), ["clip.num_frames=4", "clip.size_px=32"])
     model, out = _save(tmp_path, cfg)
-    built = []
-    real = registry.from_mapping
-
-    def counting(cls, *args, **kwargs):
-        built.append(cls.__name__)
-        return real(cls, *args, **kwargs)
-
-    monkeypatch.setattr(registry, "from_mapping", counting)
+    params_built.clear()
     loaded = folder.load_model(str(out))
-    assert built == ["SVMixParams", "TSMParams"]  # the record, and inside it the wrapped backbone's: once each
+    assert params_built == ["SVMixParams", "TSMParams"]  # the record, and inside it the wrapped backbone's: once each
     assert loaded.meta.params == cfg.workload.params
     assert torch.equal(_logits(loaded.model.eval()), _logits(model))
 

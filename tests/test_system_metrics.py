@@ -3,6 +3,7 @@ to the run (steps continue after a resume); off with ACTIONLAB_SYSTEM_METRICS=0.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -39,3 +40,28 @@ def test_monitor_logs_cpu_and_memory_resumes_its_steps_and_can_be_off(run_id, mo
     assert "system/node1/cpu_utilization_percentage" in tracking.client().get_run(run_id).data.metrics
     monkeypatch.setenv("ACTIONLAB_SYSTEM_METRICS", "0")
     assert start_monitor(run_id, tracking_uri=tracking.tracking_uri()) is None
+
+
+def test_the_monitor_goes_on_after_the_server_failed_a_request(run_id, monkeypatch):
+    """MLflow's own monitor ends for good when one request fails (a tracking outage); ours samples on."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.client import MlflowClient
+
+    real, failed = MlflowClient.get_run, []
+
+    def get_run_failing_once(self, rid):  # in the monitor's thread, which checks the run before each publish
+        if not failed and threading.current_thread().name == "SystemMetricsMonitor":
+            failed.append(time.time())
+            raise MlflowException("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/get failed", error_code=None)
+        return real(self, rid)
+
+    monkeypatch.setattr(MlflowClient, "get_run", get_run_failing_once)
+    monitor = start_monitor(run_id, tracking_uri=tracking.tracking_uri())
+    deadline = time.monotonic() + 30
+    while not (failed and [m for m in tracking.client().get_metric_history(run_id, "system/cpu_utilization_percentage")
+                           if m.timestamp / 1000 > failed[0]]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    monitor.finish()
+    after = [m.step for m in tracking.client().get_metric_history(run_id, "system/cpu_utilization_percentage")
+             if m.timestamp / 1000 > failed[0]]
+    assert failed and len(after) >= 1, "no system metrics after the failed request"

@@ -4,7 +4,8 @@ MLflow's own `SystemMetricsMonitor` (CPU, memory, disk, network; GPU utilisation
 nvidia-ml-py when a GPU is present) runs in the first Train worker of each node, so the charts show
 the machines that decode and compute, not the driver's. Several nodes get `system/node<N>/...` keys.
 Sampling every `MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL` seconds (MLflow's variable, default 10);
-`ACTIONLAB_SYSTEM_METRICS=0` turns it off. It needs psutil (a dependency of actionlab).
+`ACTIONLAB_SYSTEM_METRICS=0` turns it off. It needs psutil (a dependency of actionlab). Unlike MLflow's
+own monitor, it goes on after the tracking server was unreachable.
 """
 
 from __future__ import annotations
@@ -30,8 +31,18 @@ def start_monitor(run_id: str, *, tracking_uri: str, node_id: str | None = None)
 
     from .. import tracking
 
+    class Monitor(SystemMetricsMonitor):
+        """MLflow's monitor ends its thread for good when one request to the server fails; this one
+        starts its loop again after a sampling interval, until `finish()`. (A tracking outage is
+        survived by training, see `tracking.MetricBuffer`; the system metrics go on too.)"""
+
+        def monitor(self):
+            while not self._shutdown_event.is_set():
+                super().monitor()
+                self._shutdown_event.wait(self.sampling_interval)
+
     tracking.hide_credentials_in_mlflow_logs()  # its warnings quote the tracking URI
-    monitor = SystemMetricsMonitor(run_id, resume_logging=True, node_id=node_id, tracking_uri=tracking_uri)
+    monitor = Monitor(run_id, resume_logging=True, node_id=node_id, tracking_uri=tracking_uri)
     monitor.start()
     return monitor
 

@@ -49,7 +49,6 @@ def add_parser(subparsers) -> None:
     sp.add_argument("--preset", default="veryfast", help="x264 preset (encoding speed)")
     sp.add_argument("--no-fastdecode", action="store_true", help="keep CABAC and deblocking (smaller, slower to read)")
     sp.add_argument("--format", default="mp4", choices=OUTPUT_FORMATS, help="H.264 MP4, or JPEG frame folders")
-    sp.add_argument("--codec", default="h264", choices=["h264"], help="output codec")
     sp.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per video")
     sp.add_argument("--no-ray", action="store_true", help="run in this process instead of a Ray Data job")
     sp.add_argument("--shared-fs", action="store_true",

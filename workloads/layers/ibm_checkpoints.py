@@ -1,8 +1,9 @@
 """Checkpoint names shared by the methods IBM action-recognition-pytorch released, and MIT TSM's.
 
 2D ResNets in torchvision names (IBM's `models/twod_models/resnet.py` and MIT TSM's `ops/models.py` both
-build torchvision ResNets; timm's ResNet has the same names). IBM saves the bare network (`fc` = the
-classifier); MIT wraps it as `base_model` with the classifier in `new_fc` (or `base_model.fc` with
+build torchvision ResNets; timm's ResNet has the same names). IBM's names are the network's own (`fc` =
+the classifier) once the `module.` of its DataParallel wrapper is gone (`models.weights` strips it on
+reading); MIT wraps the network as `base_model` with the classifier in `new_fc` (or `base_model.fc` with
 dropout 0). TSN, TSM and TAM add their own trunk rules to these.
 """
 

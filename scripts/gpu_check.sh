@@ -14,9 +14,10 @@
 #    (torchvision decode_jpeg on cuda) on the frame folders, each beside its CPU decoder, with the CPU
 #    cores each kept busy; a pinned batch copied and normalised on the GPU, I420 vs RGB.
 # 4. `bench train smoke --data-only`: the loader with one worker per core delivering pinned batches,
-#    data.pixels=rgb then yuv420, beside the bare decode rate of the same prepared files; its training
-#    step on such a batch (TSM-R18, 224 px) includes the copy from pinned memory and, for yuv420, the
-#    colour conversion on the GPU: the YUV-on-GPU path of training, beside RGB.
+#    data.pixels=rgb, yuv420 resized in the loader and yuv420 resized on the GPU (data.resize_on), each
+#    beside the bare decode rate of the same prepared files; its training step on such a batch
+#    (TSM-R18, 224 px) includes the copy from pinned memory and, for yuv420, the colour conversion
+#    (and with resize_on=device the resize) on the GPU: the YUV-on-GPU paths of training, beside RGB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh
@@ -55,8 +56,9 @@ echo "== data: decode clips/s per core on this node's CPUs ($CORES cores); GPU r
 "$A" bench data "${DATA[@]}" --work-dir "$WORK/data" ${RATE:+--gpu-clips-per-s "$RATE"}
 echo "== GPU decoding (NVDEC, nvJPEG) and the batch's colour conversion on the GPU"
 $PY -m actionlab.bench.gpu "$WORK/data" "${GPU_CLIPS[@]}"
-echo "== loader delivering pinned batches, one worker per core: rgb, then yuv420 (prepared files)"
-for pixels in rgb yuv420; do
+echo "== loader delivering pinned batches, one worker per core: rgb, yuv420 resized in the loader, yuv420 resized on the GPU (prepared files)"
+for variant in "rgb loader" "yuv420 loader" "yuv420 device"; do
+  read -r pixels resize <<<"$variant"
   "$A" bench train smoke --data-only --set "data.manifest=$WORK/data/prepared_0/manifest.parquet" \
-    --set "data.num_loader_workers=$CORES" --set "data.pixels=$pixels" "${FEED[@]}"
+    --set "data.num_loader_workers=$CORES" --set "data.pixels=$pixels" --set "data.resize_on=$resize" "${FEED[@]}"
 done

@@ -34,7 +34,7 @@ def test_bench_data_measures_every_decoder_on_real_files(synth_dataset, capsys):
     out = capsys.readouterr().out
     assert "round 2/2 done" in out
     rows = json.loads(out[out.index("["):])  # after the progress lines
-    readers = [(d, "rgb") for d in decoders] + [("pyav", "yuv420")] * ("pyav" in decoders)
+    readers = [(d, "rgb") for d in decoders] + [("pyav", "yuv420"), ("pyav", "yuv420 crop")] * ("pyav" in decoders)
     assert [(r["decoder"], r["pixels"]) for r in rows] == readers  # no codec-alone row: keyframes are apart
     videos = list((synth_dataset.parent / "videos").glob("*.mp4"))
     mean_mb = sum(v.stat().st_size for v in videos) / len(videos) / 1e6
@@ -57,16 +57,19 @@ def test_all_intra_files_get_a_codec_alone_row_that_only_opens_seeks_and_decodes
     report = prepare.prepare_dataset(str(synth_dataset), str(tmp_path / "prepared"),
                                      encode.EncodeSettings(short_side_px=32), use_ray=False, log=lambda _: None)
     sets = bench_data.reader_sets("prepared", report.manifest, ["pyav"])
-    assert [d.pixels for d in sets] == ["rgb", "yuv420", bench_data.CODEC_ALONE]
+    assert [d.pixels for d in sets] == ["rgb", "yuv420", bench_data.YUV_CROP, bench_data.CODEC_ALONE]
     rows = bench_data.bench_data(sets, num_frames=4, size_px=32, clips_per_round=2, rounds=1, log=lambda _: None)
     codec = rows[-1].stages_ms
     assert codec["open"] > 0 and codec["decode"] > 0
     assert all(codec[stage] == 0 for stage in ("convert", "augment", "collate", "normalise"))
+    assert rows[2].stages_ms["normalise"] > 0  # the crop row's resize is timed with the batch's conversion
     (line,) = bench_data.codec_shares(rows)
     assert line.startswith("  prepared: share of the codec alone's") and "pyav yuv420 / pyav rgb = " in line
+    assert "pyav yuv420 crop / pyav rgb = " in line
 
 
-def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset, capsys):
+@pytest.mark.parametrize("resize_on", ["loader", "device"])
+def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset, capsys, resize_on):
     """`bench train --data-only` with the loader engine: in this process, no Ray, no model in the loop."""
     import json
 
@@ -74,7 +77,7 @@ def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset
 
     sets = [f"--set=data.manifest={synth_dataset}", "--set=schedule.epochs=2", "--set=data.num_loader_workers=0",
             "--set=clip.size_px=32", "--set=clip.resize_px=36", "--set=data.batch_size=4", "--set=data.pixels=yuv420",
-            "--set=workload.params.backbone=resnet10t", "--set=clip.num_frames=2"]
+            "--set=workload.params.backbone=resnet10t", "--set=clip.num_frames=2", f"--set=data.resize_on={resize_on}"]
     assert main(["bench", "train", "smoke", "--data-only", "--json", *sets]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(out["clips_per_s"]) == 2 and min(out["clips_per_s"]) > 0

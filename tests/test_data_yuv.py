@@ -139,3 +139,63 @@ def test_auto_pixels_take_yuv_only_with_a_gpu(monkeypatch):
     assert pixels_for(resolve({}, [])) == "yuv420"
     assert pixels_for(resolve({}, ["compute.use_gpu=false"])) == "rgb"
     assert pixels_for(resolve({}, ["data.pixels=rgb"])) == "rgb"
+
+
+def test_clips_resized_on_the_device_equal_the_loaders_within_rounding(media):
+    """`resize_on=device`: the loader hands over the crop box's planes (`yuv.Crops`), resized per batch
+    in float where it is normalised; the same draws as the loader's resize, which rounds to uint8."""
+    root, df = media
+    loader, device = (VideoClipDataset(df=df, root=str(root), pixels="yuv420", train=True, resize_on=r, **COMMON)
+                      for r in yuv.RESIZE_ON)
+    for epoch in range(6):  # several crops, scales and flips
+        loader.set_epoch(epoch)
+        device.set_epoch(epoch)
+        items = [device[0], device[2]]
+        assert all(isinstance(item["clip"], yuv.Crops) for item in items)
+        assert [item["label"] for item in items] == [loader[0]["label"], loader[2]["label"]]
+        batch = collate_clips(items)
+        assert isinstance(batch["clip"], yuv.Crops) and len(batch["clip"]) == 2
+        expected = torch.stack([loader[0]["clip"], loader[2]["clip"]]).float()  # (2, T, 1, 3S/2, S) uint8 values
+        got = batch["clip"].packed()
+        assert got.shape == expected.shape == (2, 4, 1, 126, 84)
+        assert (got - expected).abs().max() <= 1.01  # the uint8 kernel rounds (fixed-point weights): nothing more
+        torch.testing.assert_close(normalise(batch["clip"], MEAN, STD), normalise(expected, MEAN, STD),
+                                   rtol=0, atol=3.5 / 255)  # 1 of Y and U/V: up to 1.16 + 2.02 in B
+    wrong = collate_clips([device[0]])["clip"]
+    wrong.flips[0] = not wrong.flips[0]
+    assert (wrong.packed()[0] - loader[0]["clip"].float()).abs().mean() > 5  # a lost flip would show
+
+
+def test_crops_among_rgb_items_are_resized_in_the_loader_and_the_batch_is_rgb(media):
+    root, df = media
+    rgb, device = (VideoClipDataset(df=df, root=str(root), pixels=p, train=True, resize_on=r, **COMMON)
+                   for p, r in (("rgb", "loader"), ("yuv420", "device")))
+    batch = collate_clips([device[0], device[1]])  # a video (crop) and a frame folder (RGB)
+    assert batch["clip"].shape == (2, 4, 3, 84, 84) and batch["clip"].dtype == torch.uint8
+    diff = (batch["clip"][0].float() - rgb[0]["clip"].float()).abs()
+    assert diff.mean() <= RESIZED[0] and diff.quantile(0.99) <= RESIZED[1]
+
+
+def test_crops_travel_through_loader_workers(media):
+    """Items made in DataLoader worker processes (shared-memory tensors inside `yuv.Crops`)."""
+    from torch.utils.data import DataLoader
+
+    root, df = media
+    device = VideoClipDataset(df=df.iloc[[0, 2]].reset_index(drop=True), root=str(root), pixels="yuv420", train=True,
+                              resize_on="device", **COMMON)
+    (batch,) = list(DataLoader(device, batch_size=2, num_workers=1, collate_fn=collate_clips))
+    torch.testing.assert_close(batch["clip"].packed(), collate_clips([device[0], device[1]])["clip"].packed())
+
+
+def test_auto_resize_on_the_device_only_with_a_gpu_and_a_dataloader(monkeypatch):
+    from actionlab.config import resolve
+    from actionlab.train.inputs import resize_on
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resize_on(resolve({}, [])) == "loader"
+    assert resize_on(resolve({}, ["data.resize_on=device"])) == "device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resize_on(resolve({}, [])) == "device"
+    assert resize_on(resolve({}, ["data.engine=ray"])) == "loader"
+    with pytest.raises(ValueError, match="data.engine=loader"):
+        resize_on(resolve({}, ["data.engine=ray", "data.resize_on=device"]))

@@ -7,7 +7,7 @@ import torch
 
 from actionlab.config import resolve
 from actionlab.train import epoch, inputs, launch, resume
-from actionlab.train.evaluate import stats_tensors
+from actionlab.train.evaluate import normalise, stats_tensors
 
 from workloads import get_workload
 from workloads.layers import Method, as_method
@@ -63,6 +63,19 @@ def test_channels_last_trains_the_same_numbers(synth_dataset):
     last = _epoch(_setup(synth_dataset), channels_last=True)
     assert last.seen == plain.seen
     assert last.loss == pytest.approx(plain.loss, rel=1e-4)
+
+
+def test_an_epoch_on_crops_resized_where_the_batch_is_normalised_trains_as_on_resized_clips(synth_dataset):
+    """`data.resize_on=device` (the default on a GPU), here with the CPU as the device."""
+    loader_side = _setup(synth_dataset, **{"data.pixels": "yuv420", "data.resize_on": "loader", "data.decoder": "pyav"})
+    device_side = _setup(synth_dataset, **{"data.pixels": "yuv420", "data.resize_on": "device", "data.decoder": "pyav"})
+    first = [next(iter(setup[2])) for setup in (loader_side, device_side)]
+    assert type(first[1]["clip"]).__name__ == "Crops" and torch.equal(first[0]["label"], first[1]["label"])
+    mean, std = loader_side[5:]
+    x, y = (normalise(batch["clip"], mean, std) for batch in first)  # (B, T, 3, S, S)
+    assert ((x - y) * std).abs().max() * 255 <= 3.5  # the same clips, within the uint8 kernel's rounding
+    stats = _epoch(device_side)
+    assert stats.seen == 16 and torch.isfinite(torch.tensor(stats.loss))
 
 
 def test_a_restored_state_trains_on_exactly_as_the_original(synth_dataset, tmp_path):

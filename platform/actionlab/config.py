@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args
 import yaml
 
 # The homes of the data choice lists: the fields below read their Literals.
-from .data import decode, frame_folders, transforms
+from .data import decode, frame_folders, transforms, yuv
 
 Fusion = Literal["logits", "probs"]  # how a video's views are averaged: `eval.fusion`, read by train.evaluate
 FUSIONS = get_args(Fusion)
@@ -64,6 +64,10 @@ class DataConfig:
     # has a GPU (loader workers do less and the GPU converts), else rgb (converting on the CPU costs
     # the training process more than the loader saves)
     pixels: Literal["auto", decode.Pixels] = "auto"
+    # Where training clips cut from YUV planes are resized: loader (per clip, in the loader workers) or
+    # device (per batch where it is normalised: the loader only copies the crop box out, the GPU
+    # resizes). auto: device when the Train worker has a GPU, else loader
+    resize_on: Literal["auto", yuv.ResizeOn] = "auto"
     # Frame folders: pil; pil_draft (libjpeg's DCT-domain downscaling when frames are stored at 2x+ the
     # resize); torchvision (its libjpeg-turbo decode_jpeg)
     jpeg_decoder: frame_folders.JpegDecoder = "pil"

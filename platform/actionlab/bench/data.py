@@ -100,6 +100,9 @@ class DataSet:
 # seek to each wanted frame and decode it, keep nothing. What the codec allows; a reader's row
 # divided by this one is the share of the codec's speed it keeps.
 CODEC_ALONE = "codec alone"
+# A row's `pixels` for YUV planes the loader only crops (`data.resize_on=device`): the resize runs with
+# the batch's colour conversion, on the GPU in training (here in the `normalise` stage).
+YUV_CROP = "yuv420 crop"
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,8 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pix
     return data_dataset.build_dataset(
         df, fmt, train=True, root=root, classes=classes, decoder="", flip="on", scales=(1.0, 0.875, 0.75, 0.66),
         cache_dir=str(Path(manifest).parent / ".cache") if "://" in manifest else None,
-        pixels=pixels, jpeg_decoder=jpeg or "pil",
+        pixels="yuv420" if pixels == YUV_CROP else pixels, jpeg_decoder=jpeg or "pil",
+        resize_on="device" if pixels == YUV_CROP else "loader",
     )
 
 
@@ -289,22 +293,25 @@ def codec_shares(rows: list[DataBenchRow]) -> list[str]:
         parts = [f"{r.decoder} {r.pixels} {r.clips_per_core_s / codec.clips_per_core_s:.0%}"
                  for r in same.values() if r is not codec]
         line = f"  {codec.name}: share of the codec alone's {codec.clips_per_core_s:.1f} clips/s/core: {', '.join(parts)}"
-        if ("pyav", "rgb") in same and ("pyav", "yuv420") in same:
-            line += f"; pyav yuv420 / pyav rgb = {same['pyav', 'yuv420'].clips_per_core_s / same['pyav', 'rgb'].clips_per_core_s:.2f}x"
+        for pixels in ("yuv420", YUV_CROP):
+            if ("pyav", "rgb") in same and ("pyav", pixels) in same:
+                ratio = same["pyav", pixels].clips_per_core_s / same["pyav", "rgb"].clips_per_core_s
+                line += f"; pyav {pixels} / pyav rgb = {ratio:.2f}x"
         lines.append(line)
     return lines
 
 
 def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool = False) -> list[DataSet]:
-    """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes and, on
-    all-intra files, alone (`CODEC_ALONE`); for JPEG frame folders, each JPEG decoder instead."""
+    """The rows for one manifest: each video decoder with RGB frames, PyAV also with YUV planes (resized
+    in the loader, and only cropped: `YUV_CROP`) and, on all-intra files, alone (`CODEC_ALONE`); for
+    JPEG frame folders, each JPEG decoder instead."""
     from ..data import frame_folders
 
     if frames:
         return [DataSet(name, manifest, decoders[0], jpeg=jpeg) for jpeg in frame_folders.JPEG_DECODERS]
     out = [DataSet(name, manifest, decoder) for decoder in decoders]
     if "pyav" in decoders:
-        out.append(DataSet(name, manifest, "pyav", pixels="yuv420"))
+        out += [DataSet(name, manifest, "pyav", pixels=p) for p in ("yuv420", YUV_CROP)]
         if _all_intra(manifest):
             out.append(DataSet(name, manifest, "pyav", pixels=CODEC_ALONE))
     return out

@@ -165,6 +165,7 @@ class VideoClipDataset(Dataset):
         decoder: str = "",
         pixels: str = "rgb",
         jpeg_decoder: str = "pil",
+        resize_on: str = "loader",
     ):
         """Builds the dataset; nothing is read until an item is asked for.
 
@@ -187,6 +188,8 @@ class VideoClipDataset(Dataset):
             pixels: `rgb`, or `yuv420`: videos PyAV can hand over as YUV 4:2:0 planes are cropped and
                 resized on the planes and converted to RGB per batch (`train.evaluate.normalise`).
             jpeg_decoder: how frame folders are decoded (`frame_folders.JPEG_DECODERS`).
+            resize_on: `loader`, or `device`: training clips cut from YUV planes come as `yuv.Crops`,
+                resized where the batch is normalised (`data.resize_on`).
         """
         missing = [c for c in ("video", "label") if c not in df.columns]
         if missing:
@@ -198,6 +201,8 @@ class VideoClipDataset(Dataset):
         if pixels == "yuv420" and fmt.size_px % 2:
             raise ValueError(f"size_px={fmt.size_px} with pixels=yuv420: 4:2:0 crops need an even side; use an "
                              "even clip.size_px or data.pixels=rgb")
+        if resize_on not in yuv.RESIZE_ON:
+            raise ValueError(f"resize_on={resize_on!r} is not one of {list(yuv.RESIZE_ON)} (data.resize_on)")
         if jpeg_decoder not in frame_folders.JPEG_DECODERS:
             raise ValueError(f"jpeg_decoder={jpeg_decoder!r} is not one of {list(frame_folders.JPEG_DECODERS)}")
         if flip not in transforms.FLIP_POLICIES:
@@ -229,6 +234,7 @@ class VideoClipDataset(Dataset):
         self.decoder = decoder
         self.pixels = pixels
         self.jpeg_decoder = jpeg_decoder
+        self.resize_on = resize_on
         # Shared memory: persistent DataLoader workers hold a copy of the dataset made when they
         # started, and read the epoch of their draws from here.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -310,8 +316,9 @@ class VideoClipDataset(Dataset):
                 flip=self.flip,
                 flip_pairs=self.flip_pairs,
                 rng=rng,
+                defer_resize=self.resize_on == "device",
             )
-            return {"clip": clip, "label": label, "video_id": video_id}  # clip (T, C, H, W)
+            return {"clip": clip, "label": label, "video_id": video_id}  # clip (T, C, H, W), or yuv.Crops
         if isinstance(frames, yuv.Planes):
             per_clip = frames.clips(self.num_clips)
         else:
@@ -343,6 +350,7 @@ def build_dataset(
     cache_dir: str | os.PathLike | None = None,
     pixels: str = "rgb",
     jpeg_decoder: str = "pil",
+    resize_on: str = "loader",
 ) -> VideoClipDataset:
     """Manifest rows as clips in a model's input format: how the Train worker, `actionlab eval`,
     `predict`, the pyfunc model, serving and the benchmarks all build their datasets.
@@ -374,13 +382,19 @@ def build_dataset(
     return VideoClipDataset(
         df=rows, fmt=fmt, root=root, num_classes=len(classes), train=train, scales=scales, flip=flip,
         flip_pairs=flip_pairs, num_clips=num_clips, num_crops=num_crops, seed=seed, cache_dir=cache_dir,
-        decoder=decoder, pixels=pixels, jpeg_decoder=jpeg_decoder,
+        decoder=decoder, pixels=pixels, jpeg_decoder=jpeg_decoder, resize_on=resize_on,
     )
 
 
-def stack_clips(clips: list[torch.Tensor]) -> torch.Tensor:
+def stack_clips(clips: list[torch.Tensor | yuv.Crops]) -> torch.Tensor | yuv.Crops:
     """Stacks items' clips; when packed I420 and RGB items meet (a frame folder or a BT.709 video in a
-    `yuv420` run), the I420 ones are converted to uint8 RGB first, on the CPU."""
+    `yuv420` run), the I420 ones are converted to uint8 RGB first, on the CPU. `yuv.Crops` items make
+    one `yuv.Crops`; among other items they are resized here, on the CPU."""
+    crops = [clip for clip in clips if isinstance(clip, yuv.Crops)]
+    if crops and len(crops) == len(clips):
+        return yuv.Crops.cat(crops)
+    if crops:
+        clips = [c.packed()[0].round_().to(torch.uint8) if isinstance(c, yuv.Crops) else c for c in clips]
     if len({clip.shape for clip in clips}) > 1:
         clips = [yuv.to_rgb_uint8(c).contiguous() if yuv.is_i420(c) else c for c in clips]
     return torch.stack(clips)  # (B, T, C, H, W) or (B, V, T, C, H, W)

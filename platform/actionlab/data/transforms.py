@@ -152,7 +152,8 @@ def train_transform(
     flip: str,
     flip_pairs: dict[int, int] | None,
     rng: np.random.Generator,
-) -> tuple[torch.Tensor, int]:
+    defer_resize: bool = False,
+) -> tuple[torch.Tensor | yuv.Crops, int]:
     """Multi-scale crop + resize + flip, the same for every frame.
 
     Args:
@@ -164,6 +165,8 @@ def train_transform(
         flip: `off`, `on` (p = 0.5, label kept) or `swap_pairs` (p = 0.5, label mapped by `flip_pairs`).
         flip_pairs: {label: mirrored label} for `swap_pairs`.
         rng: the item's random generator.
+        defer_resize: planes give `yuv.Crops` (the same box and flip; resized where the batch is
+            normalised).
 
     Returns:
         ((T, C, size_px, size_px) uint8, label); planes give packed I420 (T, 1, 3 * size_px / 2, size_px).
@@ -174,7 +177,8 @@ def train_transform(
     if isinstance(clip, yuv.Planes):
         box = train_box(*clip.shape[1:], size_px=size_px, resize_px=resize_px, scales=scales, rng=rng)
         flipped, label = _draw_flip(label, flip, flip_pairs, rng)
-        out = yuv.crop_resize(clip, box, size_px, flip=flipped)  # (T, 1, 3S/2, S)
+        crop = yuv.Crops.crop if defer_resize else yuv.crop_resize
+        out = crop(clip, box, size_px, flip=flipped)  # (T, 1, 3S/2, S), or its crop
         profile.lap("augment", tick)
         return out, label
     frames = to_tchw(clip)  # (T, C, H, W)

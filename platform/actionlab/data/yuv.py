@@ -6,6 +6,8 @@ clip's crop box is taken on the planes (Y exactly, U/V on the chroma samples cov
 are resized to the network's size, and the clip travels packed as I420, one uint8 (T, 1, 3S/2, S) tensor: the Y plane's S rows,
 then U's and V's S/2 x S/2 samples, S/4 rows each. `to_rgb` converts a whole batch at once, on the
 device the batch is on, inside `train.evaluate.normalise`, which tells I420 (C = 1) from RGB (C = 3).
+With `data.resize_on=device` the resize moves there too: training clips travel as `Crops` (the crop
+box's planes, at their decoded size) and are resized per clip on the GPU, in float.
 
 Colours follow BT.601 limited range, what swscale (PyAV's `to_ndarray(format="rgb24")`) uses for
 untagged and BT.601-tagged frames; other frames (BT.709 or full-range tags, other pixel formats) keep
@@ -15,10 +17,16 @@ the RGB path, clip by clip, so no colour changes meaning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Where training clips cut from YUV planes are resized: per clip in the loader, or per batch where the
+# batch is normalised (the GPU, when the Train worker has one).
+ResizeOn = Literal["loader", "device"]
+RESIZE_ON = get_args(ResizeOn)
 
 # BT.601 limited range: RGB = 255/219 (Y - 16) + chroma terms (from Kr = 0.299, Kb = 0.114).
 _Y_SCALE = 255.0 / 219.0
@@ -79,6 +87,22 @@ def _resize4(planes: np.ndarray, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(planar).view(groups * 4, height, width)[:n]  # (N, height, width)
 
 
+def _crop(planes: Planes, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(Y (T, h, w), U then V (2T, ~h/2, ~w/2)) of the box: Y exactly, U/V the chroma samples covering it
+    (on odd edges, half a chroma sample more: at most one decoded pixel of chroma shift)."""
+    y0, x0, y1, x1 = box
+    rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))
+    return planes.y[:, y0:y1, x0:x1], np.concatenate([planes.u[:, rows, cols], planes.v[:, rows, cols]])
+
+
+def _pack(luma: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
+    """Y (T, S, S) and U then V (2T, S/2, S/2) -> packed I420 (T, 1, 3S/2, S)."""
+    t, size = luma.shape[0], luma.shape[-1]
+    half = size // 2
+    uv = chroma.reshape(2, t, half * half).transpose(0, 1).reshape(t, half, size)  # (T, S/2, S): U rows, V rows
+    return torch.cat([luma, uv], dim=1).unsqueeze(1)
+
+
 def crop_resize(planes: Planes, box: tuple[int, int, int, int], size_px: int, *, flip: bool = False) -> torch.Tensor:
     """One crop of every frame, resized to size_px x size_px and packed as I420.
 
@@ -93,33 +117,91 @@ def crop_resize(planes: Planes, box: tuple[int, int, int, int], size_px: int, *,
     Returns:
         (T, 1, 3 * size_px // 2, size_px) uint8.
     """
-    if size_px % 2:
-        raise ValueError(f"size_px={size_px}: YUV 4:2:0 clips need an even crop side; use an even clip.size_px "
-                         "or data.pixels=rgb")
-    t = planes.shape[0]
-    y0, x0, y1, x1 = box
-    rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))  # the chroma samples covering the box
-    chroma = np.concatenate([planes.u[:, rows, cols], planes.v[:, rows, cols]])  # (2T, ~h/2, ~w/2): U then V
+    _check_even(size_px)
+    luma, chroma = _crop(planes, box)
     half = size_px // 2
-    luma = _resize4(planes.y[:, y0:y1, x0:x1], size_px, size_px)  # (T, S, S)
+    luma = _resize4(luma, size_px, size_px)  # (T, S, S)
     chroma = _resize4(chroma, half, half)  # (2T, S/2, S/2)
     if flip:
         luma, chroma = luma.flip(-1), chroma.flip(-1)
-    uv = chroma.view(2, t, half * half).transpose(0, 1).reshape(t, half, size_px)  # (T, S/2, S): U rows, V rows
-    return torch.cat([luma, uv], dim=1).unsqueeze(1)  # (T, 1, 3S/2, S)
+    return _pack(luma, chroma)  # (T, 1, 3S/2, S)
 
 
-def is_i420(clips: torch.Tensor) -> bool:
-    """True for packed I420 clips (..., 1, 3S/2, S); RGB clips have 3 channels."""
-    return clips.ndim >= 3 and clips.shape[-3] == 1
+def _check_even(size_px: int) -> None:
+    if size_px % 2:
+        raise ValueError(f"size_px={size_px}: YUV 4:2:0 clips need an even crop side; use an even clip.size_px "
+                         "or data.pixels=rgb")
 
 
-def to_rgb(clips: torch.Tensor) -> torch.Tensor:
-    """Packed I420 (..., 1, 3S/2, S) uint8 -> RGB (..., 3, S, S) float in [0, 255], on the clips' device.
+@dataclass
+class Crops:
+    """Clips cropped on the planes and not yet resized: the resize (and flip) runs where the batch is
+    normalised, on the GPU when the Train worker has one (`data.resize_on=device`).
+
+    Every clip's Y and U/V crops lie in one flat uint8 buffer, so a batch is pinned and copied to the
+    device in one piece. `packed()` resizes each clip (antialiased bilinear, in float: no rounding
+    to uint8 before the colour conversion) and returns the batch as packed I420 like `crop_resize`'s.
+    """
+
+    data: torch.Tensor  # (sum of the crops' sizes,) uint8
+    shapes: list  # per clip: (T, h, w, ch, cw) of its Y and of each of its U and V crops
+    flips: list  # per clip: mirror it horizontally
+    size_px: int
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    @staticmethod
+    def crop(planes: Planes, box: tuple[int, int, int, int], size_px: int, *, flip: bool = False) -> Crops:
+        """One clip's crop (`crop_resize`'s box and flip), its resize left to `packed()`."""
+        _check_even(size_px)
+        luma, chroma = _crop(planes, box)
+        t, h, w = luma.shape
+        flat = np.concatenate([luma.reshape(-1), chroma.reshape(-1)])  # copies the crops only
+        return Crops(torch.from_numpy(flat), [(t, h, w, *chroma.shape[1:])], [bool(flip)], size_px)
+
+    @staticmethod
+    def cat(items: list[Crops]) -> Crops:
+        return Crops(torch.cat([c.data for c in items]), [s for c in items for s in c.shapes],
+                     [f for c in items for f in c.flips], items[0].size_px)
+
+    def pin_memory(self) -> Crops:
+        """Page-locked copy (what the DataLoader's pinning thread calls)."""
+        return Crops(self.data.pin_memory(), self.shapes, self.flips, self.size_px)
+
+    def to(self, device, non_blocking: bool = False) -> Crops:
+        return Crops(self.data.to(device, non_blocking=non_blocking), self.shapes, self.flips, self.size_px)
+
+    def packed(self) -> torch.Tensor:
+        """(B, T, 1, 3S/2, S) float packed I420 in [0, 255], on the buffer's device."""
+        size, half = self.size_px, self.size_px // 2
+        clips, start = [], 0
+        for (t, h, w, ch, cw), flip in zip(self.shapes, self.flips):
+            luma = self.data[start : start + t * h * w].view(t, 1, h, w)
+            start += t * h * w
+            chroma = self.data[start : start + 2 * t * ch * cw].view(2 * t, 1, ch, cw)
+            start += 2 * t * ch * cw
+            luma, chroma = (F.interpolate(p.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+                            if p.shape[-2:] != (s, s) else p.float() for p, s in ((luma, size), (chroma, half)))
+            if flip:
+                luma, chroma = luma.flip(-1), chroma.flip(-1)
+            clips.append(_pack(luma[:, 0], chroma[:, 0]))
+        return torch.stack(clips)
+
+
+def is_i420(clips: torch.Tensor | Crops) -> bool:
+    """True for packed I420 clips (..., 1, 3S/2, S) and for `Crops`; RGB clips have 3 channels."""
+    return isinstance(clips, Crops) or (clips.ndim >= 3 and clips.shape[-3] == 1)
+
+
+def to_rgb(clips: torch.Tensor | Crops) -> torch.Tensor:
+    """Packed I420 (..., 1, 3S/2, S) uint8 (or float, or `Crops` resized first) -> RGB (..., 3, S, S) float in [0, 255], on the clips' device.
 
     Chroma terms are computed at chroma resolution (one small matmul) and repeated 2x2, as swscale's
     unscaled converter repeats chroma samples; then luma is added to all three channels.
     """
+    if isinstance(clips, Crops):
+        clips = clips.packed()  # (B, T, 1, 3S/2, S) float
     size = clips.shape[-1]
     half = size // 2
     lead = clips.shape[:-3]
@@ -128,7 +210,8 @@ def to_rgb(clips: torch.Tensor) -> torch.Tensor:
     offset = (-16.0 * _Y_SCALE - 128.0 * weights.sum(1)).view(3, 1)  # the -16 and -128 biases, folded
     chroma = torch.matmul(weights, uv).add_(offset).view(-1, 3, half, half)  # (N, 3, S/2, S/2)
     rgb = F.interpolate(chroma, scale_factor=2, mode="nearest").view(*lead, 3, size, size)  # (..., 3, S, S)
-    luma = clips[..., 0, :size, :].float().mul_(_Y_SCALE)  # (..., S, S)
+    luma = clips[..., 0, :size, :]  # (..., S, S)
+    luma = luma.float().mul_(_Y_SCALE) if luma.dtype == torch.uint8 else luma * _Y_SCALE  # a float input is kept
     return rgb.add_(luma.unsqueeze(-3)).clamp_(0.0, 255.0)
 
 

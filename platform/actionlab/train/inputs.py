@@ -34,6 +34,17 @@ def pixels_for(cfg: Config) -> str:
     return "yuv420" if on_gpu(cfg) else "rgb"
 
 
+def resize_on(cfg: Config) -> str:
+    """`data.resize_on` for this worker: `auto` is device when it trains on a GPU and its loader is a
+    DataLoader (Ray Data batches travel as arrays of one shape), else loader."""
+    if cfg.data.resize_on == "device" and cfg.data.engine == "ray":
+        raise ValueError("data.resize_on=device needs data.engine=loader: Ray Data batches are arrays of one "
+                         "shape, resized where they are decoded; set data.resize_on=auto or loader")
+    if cfg.data.resize_on != "auto":
+        return cfg.data.resize_on
+    return "device" if on_gpu(cfg) and cfg.data.engine == "loader" else "loader"
+
+
 def on_gpu(cfg: Config) -> bool:
     """Whether this worker trains on a GPU (it has one and `compute.use_gpu` does not say no)."""
     return torch.cuda.is_available() and cfg.compute.use_gpu is not False
@@ -48,7 +59,7 @@ def make_datasets(cfg: Config, ctx: RunContext):
     val_all = data_manifest.read_manifest(ctx.val_manifest)
     train = data_dataset.build_dataset(data_manifest.select_split(train_all, "train"), fmt, train=True,
                                        decoder=cfg.data.decoder, flip=cfg.data.flip, scales=cfg.clip.scales,
-                                       **common)
+                                       resize_on=resize_on(cfg), **common)
     # Training keeps the cheap protocol (1 clip x 1 crop); `actionlab eval` runs the full one.
     val = data_dataset.build_dataset(data_manifest.select_split(val_all, ctx.val_split), fmt, train=False,
                                      decoder=cfg.data.decoder, **common)

@@ -16,7 +16,6 @@ Tolerances, on pixels normalised to [0, 1], for two reasons the paths differ:
 
 import dataclasses
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

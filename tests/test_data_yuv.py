@@ -198,3 +198,14 @@ def test_auto_resize_on_the_device_only_with_a_gpu_and_a_dataloader(monkeypatch)
     assert resize_on(resolve({}, ["data.engine=ray"])) == "loader"
     with pytest.raises(ValueError, match="data.engine=loader"):
         resize_on(resolve({}, ["data.engine=ray", "data.resize_on=device"]))
+
+
+def test_crops_of_one_shape_are_resized_together_and_keep_their_own_flip():
+    gen = torch.Generator().manual_seed(0)
+    planes = yuv.Planes(*(torch.randint(16, 236, shape, generator=gen, dtype=torch.uint8).numpy()
+                          for shape in ((4, 64, 86), (4, 32, 43), (4, 32, 43))))
+    boxes = [((3, 5, 51, 53), False), ((3, 5, 51, 53), True), ((1, 2, 40, 41), True), ((0, 0, 64, 64), False),
+             ((1, 2, 40, 41), False), ((8, 8, 40, 40), True)]  # the last one is not resized
+    batch = yuv.Crops.cat([yuv.Crops.crop(planes, box, 32, flip=flip) for box, flip in boxes]).packed()
+    for got, (box, flip) in zip(batch, boxes):
+        assert (got - yuv.crop_resize(planes, box, 32, flip=flip).float()).abs().max() <= 1.01

@@ -173,20 +173,35 @@ class Crops:
         return Crops(self.data.to(device, non_blocking=non_blocking), self.shapes, self.flips, self.size_px)
 
     def packed(self) -> torch.Tensor:
-        """(B, T, 1, 3S/2, S) float packed I420 in [0, 255], on the buffer's device."""
+        """(B, T, 1, 3S/2, S) float packed I420 in [0, 255], on the buffer's device.
+
+        Clips whose crops have one shape are resized in one call (multi-scale crops come in a few
+        shapes), so a batch costs a few dozen kernels on the GPU, not several per clip."""
         size, half = self.size_px, self.size_px // 2
-        clips, start = [], 0
-        for (t, h, w, ch, cw), flip in zip(self.shapes, self.flips):
-            luma = self.data[start : start + t * h * w].view(t, 1, h, w)
+        views, start = [], 0
+        for t, h, w, ch, cw in self.shapes:
+            luma = self.data[start : start + t * h * w].view(t, h, w)
             start += t * h * w
-            chroma = self.data[start : start + 2 * t * ch * cw].view(2 * t, 1, ch, cw)
+            views.append((luma, self.data[start : start + 2 * t * ch * cw].view(2 * t, ch, cw)))
             start += 2 * t * ch * cw
-            luma, chroma = (F.interpolate(p.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-                            if p.shape[-2:] != (s, s) else p.float() for p, s in ((luma, size), (chroma, half)))
-            if flip:
-                luma, chroma = luma.flip(-1), chroma.flip(-1)
-            clips.append(_pack(luma[:, 0], chroma[:, 0]))
-        return torch.stack(clips)
+        b, t = len(views), self.shapes[0][0]
+        luma = self.data.new_empty((b, t, size, size), dtype=torch.float32)
+        chroma = self.data.new_empty((b, 2 * t, half, half), dtype=torch.float32)  # U then V
+        for out, plane, side in ((luma, 0, size), (chroma, 1, half)):
+            groups: dict[tuple, list[int]] = {}
+            for i, clip in enumerate(views):
+                groups.setdefault(tuple(clip[plane].shape), []).append(i)
+            for (frames, h, w), index in groups.items():
+                x = torch.stack([views[i][plane] for i in index]).float()  # (n, frames, h, w)
+                if (h, w) != (side, side):
+                    x = F.interpolate(x.view(-1, 1, h, w), size=(side, side), mode="bilinear", antialias=True,
+                                      align_corners=False).view(len(index), frames, side, side)
+                out[index] = x
+        flipped = [i for i, flip in enumerate(self.flips) if flip]
+        if flipped:
+            luma[flipped], chroma[flipped] = luma[flipped].flip(-1), chroma[flipped].flip(-1)
+        uv = chroma.view(b, 2, t, half * half).transpose(1, 2).reshape(b, t, half, size)  # (B, T, S/2, S)
+        return torch.cat([luma, uv], dim=2).unsqueeze(2)
 
 
 def is_i420(clips: torch.Tensor | Crops) -> bool:

@@ -83,3 +83,14 @@ def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset
     assert len(out["clips_per_s"]) == 2 and min(out["clips_per_s"]) > 0
     assert out["bare_clips_per_core_s"] > 0 and out["step_clips_per_s"] > 0
     assert out["train_nodes"] == ["this process"] and out["pinned"] is False
+
+
+def test_the_gpu_checks_crop_batch_has_multi_scale_shapes_and_normalises_to_rgb():
+    """`bench.gpu`'s I420 crops row (GPU only) times this batch; here its making and its resize on the CPU."""
+    from actionlab.bench.gpu import crop_batch
+    from actionlab.train.evaluate import normalise, stats_tensors
+
+    batch = crop_batch(8, 2, 64, height=96, width=128)
+    assert len(batch) == 8 and len({shape[1:3] for shape in batch.shapes}) > 1 and any(batch.flips)
+    mean, std = stats_tensors((0.5,) * 3, (0.25,) * 3, "cpu")
+    assert normalise(batch, mean, std).shape == (8, 2, 3, 64, 64)

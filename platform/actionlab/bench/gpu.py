@@ -97,25 +97,44 @@ def nvjpeg_rows(manifest: str, label: str, *, num_frames: int = 8, count: int = 
     return rows
 
 
+def crop_batch(batch_size: int, num_frames: int, size_px: int, *, height: int = 256, width: int = 340, seed: int = 0):
+    """A `yuv.Crops` batch as `data.resize_on=device` ships it: multi-scale training crops (and flips) of
+    `height` x `width` frames, not yet resized to `size_px`."""
+    from ..data import transforms, yuv
+
+    rng = np.random.default_rng(seed)
+    planes = yuv.Planes(*(rng.integers(0, 256, (num_frames, h, w), dtype=np.uint8)
+                          for h, w in ((height, width), (height // 2, width // 2), (height // 2, width // 2))))
+    boxes = [transforms.train_box(height, width, size_px=size_px, resize_px=max(size_px, 256),
+                                  scales=(1.0, 0.875, 0.75, 0.66), rng=rng) for _ in range(batch_size)]
+    return yuv.Crops.cat([yuv.Crops.crop(planes, box, size_px, flip=bool(rng.integers(2))) for box in boxes])
+
+
 def convert_rows(*, batch_size: int = 64, num_frames: int = 8, size_px: int = 224, count: int = 20) -> list[GpuRow]:
     """A batch from pinned memory to the GPU and normalised there: packed I420 (1.5 bytes a pixel,
-    converted on the GPU) beside RGB (3 bytes)."""
+    converted on the GPU) beside RGB (3 bytes), and crops of 340x256 frames resized there first
+    (`data.resize_on=device`)."""
     import torch
 
     from ..train.evaluate import normalise, stats_tensors
 
     mean, std = stats_tensors((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "cuda")
-    shapes = {"I420": (1, size_px * 3 // 2, size_px), "RGB": (3, size_px, size_px)}
+    shapes = {"I420": (1, size_px * 3 // 2, size_px), "RGB": (3, size_px, size_px), "I420 crops": None}
     rows = []
     for name, shape in shapes.items():
-        batch = torch.randint(0, 256, (batch_size, num_frames, *shape), dtype=torch.uint8).pin_memory()
+        if shape is None:
+            batch = crop_batch(batch_size, num_frames, size_px).pin_memory()
+        else:
+            batch = torch.randint(0, 256, (batch_size, num_frames, *shape), dtype=torch.uint8).pin_memory()
 
         def work(_: int, batch=batch) -> None:
             normalise(batch.to("cuda", non_blocking=True), mean, std)
 
-        row = _timed(f"{name} batch {batch_size}x{num_frames}x{size_px}px: pinned copy + normalise", work, count)
+        steps = "pinned copy + normalise" if shape is not None else "pinned copy + resize + normalise"
+        row = _timed(f"{name} batch {batch_size}x{num_frames}x{size_px}px: {steps}", work, count)
+        size = batch.data.numel() if shape is None else batch.numel()
         rows.append(GpuRow(row.name, row.clips_per_s * batch_size, row.cpu_cores,
-                           f"{batch[0].numel() / (num_frames * size_px * size_px):.1f} bytes/pixel"))
+                           f"{size / (batch_size * num_frames * size_px * size_px):.1f} bytes/pixel"))
     return rows
 
 

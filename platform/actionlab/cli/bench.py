@@ -187,7 +187,8 @@ def run_bench_data(args) -> int:
         print(line)
     print("per-stage profile, CPU ms per clip of the reading thread (decord's decode includes its RGB conversion, "
           "and decord decodes on threads of its own: their CPU time lands in `other`; normalise = the batch's "
-          "colour conversion + normalisation on this CPU, outside clips/s/core):")
+          "colour conversion + normalisation on this CPU (for `yuv420 crop`, the resize too: data.resize_on=device "
+          "runs it on the GPU), outside clips/s/core):")
     print(f"  {'data':22s} {'reader':18s} " + " ".join(f"{s:>9s}" for s in profile.STAGES) + f" {'other':>9s}")
     for r in rows:
         inside = sum(v for k, v in r.stages_ms.items() if k != "normalise")

@@ -155,10 +155,15 @@ class Crops:
     def crop(planes: Planes, box: tuple[int, int, int, int], size_px: int, *, flip: bool = False) -> Crops:
         """One clip's crop (`crop_resize`'s box and flip), its resize left to `packed()`."""
         _check_even(size_px)
-        luma, chroma = _crop(planes, box)
-        t, h, w = luma.shape
-        flat = np.concatenate([luma.reshape(-1), chroma.reshape(-1)])  # copies the crops only
-        return Crops(torch.from_numpy(flat), [(t, h, w, *chroma.shape[1:])], [bool(flip)], size_px)
+        y0, x0, y1, x1 = box
+        rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))  # as `_crop`
+        luma, u, v = planes.y[:, y0:y1, x0:x1], planes.u[:, rows, cols], planes.v[:, rows, cols]
+        (t, h, w), (ch, cw) = luma.shape, u.shape[1:]
+        flat = np.empty(t * h * w + 2 * t * ch * cw, np.uint8)  # one copy of the crops, straight from the planes
+        flat[: t * h * w].reshape(t, h, w)[...] = luma
+        chroma = flat[t * h * w :].reshape(2, t, ch, cw)  # U then V: (2T, ch, cw)
+        chroma[0], chroma[1] = u, v
+        return Crops(torch.from_numpy(flat), [(t, h, w, ch, cw)], [bool(flip)], size_px)
 
     @staticmethod
     def cat(items: list[Crops]) -> Crops:

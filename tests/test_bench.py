@@ -77,12 +77,14 @@ def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset
 
     sets = [f"--set=data.manifest={synth_dataset}", "--set=schedule.epochs=2", "--set=data.num_loader_workers=0",
             "--set=clip.size_px=32", "--set=clip.resize_px=36", "--set=data.batch_size=4", "--set=data.pixels=yuv420",
-            "--set=workload.params.backbone=resnet10t", "--set=clip.num_frames=2", f"--set=data.resize_on={resize_on}"]
+            "--set=workload.params.backbone=resnet10t", "--set=clip.num_frames=2", f"--set=data.resize_on={resize_on}",
+            "--set=data.decoder=pyav"]  # decord hands over RGB only
     assert main(["bench", "train", "smoke", "--data-only", "--json", *sets]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(out["clips_per_s"]) == 2 and min(out["clips_per_s"]) > 0
     assert out["bare_clips_per_core_s"] > 0 and out["step_clips_per_s"] > 0
     assert out["train_nodes"] == ["this process"] and out["pinned"] is False
+    assert out["batches"] == {"loader": "i420", "device": "crops"}[resize_on]
 
 
 def test_the_gpu_checks_crop_batch_has_multi_scale_shapes_and_normalises_to_rgb():

@@ -187,7 +187,7 @@ def test_crops_travel_through_loader_workers(media):
 
 
 def test_auto_resize_on_the_device_only_with_a_gpu_and_a_dataloader(monkeypatch):
-    from actionlab.config import resolve
+    from actionlab.config import ConfigError, resolve
     from actionlab.train.inputs import resize_on
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -196,8 +196,8 @@ def test_auto_resize_on_the_device_only_with_a_gpu_and_a_dataloader(monkeypatch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resize_on(resolve({}, [])) == "device"
     assert resize_on(resolve({}, ["data.engine=ray"])) == "loader"
-    with pytest.raises(ValueError, match="data.engine=loader"):
-        resize_on(resolve({}, ["data.engine=ray", "data.resize_on=device"]))
+    with pytest.raises(ConfigError, match="data.engine=loader"):  # when the config is read, before any Ray
+        resolve({}, ["data.engine=ray", "data.resize_on=device"])
 
 
 def test_crops_of_one_shape_are_resized_together_and_keep_their_own_flip():
@@ -207,5 +207,7 @@ def test_crops_of_one_shape_are_resized_together_and_keep_their_own_flip():
     boxes = [((3, 5, 51, 53), False), ((3, 5, 51, 53), True), ((1, 2, 40, 41), True), ((0, 0, 64, 64), False),
              ((1, 2, 40, 41), False), ((8, 8, 40, 40), True)]  # the last one is not resized
     batch = yuv.Crops.cat([yuv.Crops.crop(planes, box, 32, flip=flip) for box, flip in boxes]).packed()
+    assert yuv.Crops.crop(planes, (1, 2, 40, 41), 32).shapes == [(4, 39, 39, 20, 20)]  # shipped as cropped
+    assert yuv.Crops.crop(planes, (0, 0, 64, 64), 32).shapes == [(4, 32, 32, 16, 16)]  # 4x the output: resized here
     for got, (box, flip) in zip(batch, boxes):
         assert (got - yuv.crop_resize(planes, box, 32, flip=flip).float()).abs().max() <= 1.01

@@ -57,9 +57,10 @@ def test_end_run_prints_the_run_link_without_the_password(monkeypatch, capsys):
     assert PASSWORD not in out and "http://***@127.0.0.1:5000/#/experiments/1/runs/abc" in out
 
 
-def test_mlflow_warnings_in_a_train_worker_mask_the_password(tmp_path):
-    """The system-metrics monitor logs "Failed to get mlflow run: API request to <URL> failed" when the
-    tracking server is down; the URL it quotes has no password."""
+def test_mlflow_log_lines_and_the_system_metrics_monitor_mask_the_password(tmp_path):
+    """MLflow's warnings quote a failing request's URL (its system-metrics monitor logged "Failed to get
+    mlflow run: API request to <URL> failed" during an outage); those lines, a logged traceback and
+    the monitor's own notes show the URL without its password."""
     import os
     import subprocess
     import sys
@@ -68,14 +69,24 @@ def test_mlflow_warnings_in_a_train_worker_mask_the_password(tmp_path):
 
     uri = f"http://alice:{PASSWORD}@127.0.0.1:{free_port()}"
     script = (
+        "import logging, time\n"
+        "from actionlab import tracking\n"
         "from actionlab.train.system_metrics import start_monitor\n"
+        "tracking.hide_credentials_in_mlflow_logs()\n"
+        f"logging.getLogger('mlflow.tracking').warning('API request to %s failed', {uri!r})\n"
+        "try:\n"
+        f"    raise ConnectionError('could not reach ' + {uri!r})\n"
+        "except ConnectionError:\n"
+        "    logging.getLogger('mlflow.store').exception('a request failed')\n"
         f"monitor = start_monitor('0' * 32, tracking_uri={uri!r})\n"
-        "monitor._process.join(60)\n"
+        "time.sleep(1.5)\n"
+        "monitor.finish()\n"
     )
     env = dict(os.environ, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.1", MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
                ACTIONLAB_HOME=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     printed = done.stdout + done.stderr
-    assert "Failed to get mlflow run" in printed and "http://***@127.0.0.1" in printed, printed[-3000:]
-    assert PASSWORD not in printed
+    assert "API request to http://***@127.0.0.1" in printed and "could not reach http://***@127.0.0.1" in printed
+    assert "system metrics not written" in printed and printed.count("system metrics not written") == 1, printed
+    assert PASSWORD not in printed, printed[-3000:]

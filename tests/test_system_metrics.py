@@ -65,3 +65,34 @@ def test_the_monitor_goes_on_after_the_server_failed_a_request(run_id, monkeypat
     after = [m.step for m in tracking.client().get_metric_history(run_id, "system/cpu_utilization_percentage")
              if m.timestamp / 1000 > failed[0]]
     assert failed and len(after) >= 1, "no system metrics after the failed request"
+
+
+def test_the_monitor_ends_with_the_run_and_finish_does_not_wait_on_a_stuck_request(run_id, monkeypatch):
+    from mlflow.tracking.client import MlflowClient
+
+    from actionlab.train import system_metrics
+
+    monitor = start_monitor(run_id, tracking_uri=tracking.tracking_uri())
+    time.sleep(0.5)
+    tracking.client().set_terminated(run_id)
+    monitor._process.join(10)
+    assert not monitor._process.is_alive()  # the run ended: so did the loop, as MLflow's own does
+    monitor.finish()
+
+    run = tracking.start_run("sysmetrics-test", "stuck")
+    release = threading.Event()
+    real = MlflowClient.get_run
+
+    def stuck(self, rid):  # a request retrying against an unreachable server
+        if threading.current_thread().name == "SystemMetricsMonitor":
+            release.wait(60)
+        return real(self, rid)
+
+    monkeypatch.setattr(MlflowClient, "get_run", stuck)
+    monkeypatch.setattr(system_metrics, "FINISH_WAIT_S", 0.5)
+    monitor = start_monitor(run, tracking_uri=tracking.tracking_uri())
+    time.sleep(0.5)
+    start = time.monotonic()
+    monitor.finish()
+    assert time.monotonic() - start < 5  # one sampling interval (0.2 s) and FINISH_WAIT_S, not the request's time
+    release.set()

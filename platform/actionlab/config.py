@@ -81,6 +81,11 @@ class DataConfig:
     # workers are never placed on nodes labelled actionlab.io/role=decode.
     decode_nodes: Literal["auto", "labelled", "any"] = "auto"
 
+    def __post_init__(self):
+        if self.resize_on == "device" and self.engine == "ray":
+            raise ConfigError("data.resize_on=device needs data.engine=loader: Ray Data batches are arrays of one "
+                              "shape, resized where they are decoded; set data.resize_on=auto or loader")
+
 
 @dataclass(frozen=True)
 class ClipConfig:

@@ -69,7 +69,9 @@ class _RedactCredentials(logging.Filter):
         if shown != message:
             record.msg, record.args = shown, None
         if record.exc_info and not record.exc_text:
-            record.exc_text = storage.redact_text(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = storage.redact_text(record.exc_text)
         return True
 
 

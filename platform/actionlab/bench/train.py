@@ -189,6 +189,7 @@ class DataOnlyBench:
     bare_clips_per_core_s: float  # `bench data`'s measure of the same dataset: items + collate, one core
     pinned: bool  # batches were pinned (a GPU was there)
     load_average: float  # 1-minute load average of this machine when the run ended
+    batches: str = "rgb"  # what arrived: rgb, i420 (resized in the loader) or crops (`yuv.Crops`: resized on the device)
 
     @property
     def steady_clips_per_s(self) -> float:
@@ -225,6 +226,7 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
     from workloads import get_workload
     from workloads.layers import as_method
 
+    from ..data import yuv
     from ..train import epoch as core
     from ..train import inputs
     from ..train.evaluate import stats_tensors
@@ -247,6 +249,7 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
     if batch is None or not len(batch["label"]):
         raise ValueError("bench train --data-only: the last training batch is empty; set schedule.epochs >= 1 and "
                          "check the manifest's train split")
+    kind = "crops" if isinstance(batch["clip"], yuv.Crops) else "i420" if yuv.is_i420(batch["clip"]) else "rgb"
     # The step's own rate: forward, backward and optimiser on a batch already in memory (no data wait).
     torch.manual_seed(cfg.seed)
     model = spec.build(cfg.workload.params, num_classes=len(ctx.classes), num_frames=cfg.clip.num_frames).to(device)
@@ -261,7 +264,7 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
         stats = core.train_one_epoch(step_module, [batch] * repeats, optimizer, scheduler, device=device, mean=mean,
                                      std=std, use_amp=cfg.compute.amp and device.type == "cuda")
         steps.append(stats.seen / max(1e-9, stats.step_time_s))
-    return {"clips_per_s": rates, "step_clips_per_s": steps[-1], "pinned": pin,
+    return {"clips_per_s": rates, "step_clips_per_s": steps[-1], "pinned": pin, "batches": kind,
             "clips_per_node": dict(getattr(loader, "clips_per_node", {})),
             "train_nodes": list(getattr(loader, "train_nodes", []))}
 
@@ -307,7 +310,7 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
         out = _data_only_ray(cfg)
         nodes = decode_node_table()
     return DataOnlyBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
-                         nodes, time.perf_counter() - start, bare, out["pinned"], os.getloadavg()[0])
+                         nodes, time.perf_counter() - start, bare, out["pinned"], os.getloadavg()[0], out["batches"])
 
 
 def _data_only_ray(cfg: Config) -> dict:

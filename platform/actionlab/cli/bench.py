@@ -258,7 +258,8 @@ def _bench_data_only(cfg, *, as_json: bool) -> int:
         f"{workers} loader workers on {cores} cores"
     print(f"{cfg.workload.name}: clips/s delivered to each of {cfg.compute.num_workers} Train worker(s) by "
           f"data.engine={cfg.data.engine} ({where}), data.pixels={cfg.data.pixels} ({pixels_for(cfg)} here), as "
-          f"{'pinned' if out.pinned else 'unpinned (no GPU)'} batches, no model; steady = median of epochs 2..N; "
+          f"{'pinned' if out.pinned else 'unpinned (no GPU)'} {out.batches} batches, no model; steady = median of "
+          "epochs 2..N; "
           f"load average {out.load_average:.1f}")
     print(f"  delivered clips/s by epoch: {' '.join(f'{r:.1f}' for r in out.clips_per_s)}; steady "
           f"{out.steady_clips_per_s:.1f}")

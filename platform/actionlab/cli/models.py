@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from ..config import EvalConfig
 from .common import add_command, literal_choices, print_result
 

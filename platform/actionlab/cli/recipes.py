@@ -3,7 +3,6 @@ papers' tables beside each recipe's protocol."""
 
 from __future__ import annotations
 
-
 from .common import add_command, print_result
 
 

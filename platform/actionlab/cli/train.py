@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from .common import add_command, add_set_option, print_result
 
 

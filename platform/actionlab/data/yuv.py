@@ -133,7 +133,12 @@ def _check_even(size_px: int) -> None:
                          "or data.pixels=rgb")
 
 
-@dataclass
+# A crop larger than this many times the output is resized in the loader all the same (`Crops.crop`):
+# raw high-resolution videos would otherwise ship up to 20x the bytes of a resized clip.
+MAX_DEFERRED_AREA = 2.0
+
+
+@dataclass(eq=False)
 class Crops:
     """Clips cropped on the planes and not yet resized: the resize (and flip) runs where the batch is
     normalised, on the GPU when the Train worker has one (`data.resize_on=device`).
@@ -153,11 +158,17 @@ class Crops:
 
     @staticmethod
     def crop(planes: Planes, box: tuple[int, int, int, int], size_px: int, *, flip: bool = False) -> Crops:
-        """One clip's crop (`crop_resize`'s box and flip), its resize left to `packed()`."""
+        """One clip's crop (`crop_resize`'s box and flip), its resize left to `packed()`; a box of more
+        than `MAX_DEFERRED_AREA` times the output's area is resized here (its flip still deferred)."""
         _check_even(size_px)
         y0, x0, y1, x1 = box
-        rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))  # as `_crop`
-        luma, u, v = planes.y[:, y0:y1, x0:x1], planes.u[:, rows, cols], planes.v[:, rows, cols]
+        if (y1 - y0) * (x1 - x0) > MAX_DEFERRED_AREA * size_px * size_px:
+            luma, chroma = _crop(planes, box)
+            luma, chroma = _resize4(luma, size_px, size_px).numpy(), _resize4(chroma, size_px // 2, size_px // 2).numpy()
+            u, v = np.split(chroma, 2)
+        else:
+            rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))  # as `_crop`
+            luma, u, v = planes.y[:, y0:y1, x0:x1], planes.u[:, rows, cols], planes.v[:, rows, cols]
         (t, h, w), (ch, cw) = luma.shape, u.shape[1:]
         flat = np.empty(t * h * w + 2 * t * ch * cw, np.uint8)  # one copy of the crops, straight from the planes
         flat[: t * h * w].reshape(t, h, w)[...] = luma
@@ -181,8 +192,11 @@ class Crops:
         """(B, T, 1, 3S/2, S) float packed I420 in [0, 255], on the buffer's device.
 
         Clips whose crops have one shape are resized in one call (multi-scale crops come in a few
-        shapes), so a batch costs a few dozen kernels on the GPU, not several per clip."""
+        shapes), so a batch costs a few dozen kernels on the GPU, not several per clip. Nothing here
+        waits for the GPU: the batch order and the flips reach it as small tensors copied without
+        blocking, and the results are placed with `index_copy_` and `where`, never a list index."""
         size, half = self.size_px, self.size_px // 2
+        device = self.data.device
         views, start = [], 0
         for t, h, w, ch, cw in self.shapes:
             luma = self.data[start : start + t * h * w].view(t, h, w)
@@ -190,21 +204,26 @@ class Crops:
             views.append((luma, self.data[start : start + 2 * t * ch * cw].view(2 * t, ch, cw)))
             start += 2 * t * ch * cw
         b, t = len(views), self.shapes[0][0]
-        luma = self.data.new_empty((b, t, size, size), dtype=torch.float32)
-        chroma = self.data.new_empty((b, 2 * t, half, half), dtype=torch.float32)  # U then V
-        for out, plane, side in ((luma, 0, size), (chroma, 1, half)):
+        planes = []
+        for plane, side in ((0, size), (1, half)):
             groups: dict[tuple, list[int]] = {}
             for i, clip in enumerate(views):
                 groups.setdefault(tuple(clip[plane].shape), []).append(i)
+            resized, order = [], []
             for (frames, h, w), index in groups.items():
                 x = torch.stack([views[i][plane] for i in index]).float()  # (n, frames, h, w)
                 if (h, w) != (side, side):
                     x = F.interpolate(x.view(-1, 1, h, w), size=(side, side), mode="bilinear", antialias=True,
                                       align_corners=False).view(len(index), frames, side, side)
-                out[index] = x
-        flipped = [i for i, flip in enumerate(self.flips) if flip]
-        if flipped:
-            luma[flipped], chroma[flipped] = luma[flipped].flip(-1), chroma[flipped].flip(-1)
+                resized.append(x)
+                order += index
+            x = torch.cat(resized)  # clips in group order
+            where = torch.tensor(order).to(device, non_blocking=True)
+            planes.append(torch.empty_like(x).index_copy_(0, where, x))  # (B, T, S, S), (B, 2T, S/2, S/2)
+        luma, chroma = planes
+        if any(self.flips):
+            flip = torch.tensor(self.flips).to(device, non_blocking=True).view(b, 1, 1, 1)
+            luma, chroma = torch.where(flip, luma.flip(-1), luma), torch.where(flip, chroma.flip(-1), chroma)
         uv = chroma.view(b, 2, t, half * half).transpose(1, 2).reshape(b, t, half, size)  # (B, T, S/2, S)
         return torch.cat([luma, uv], dim=2).unsqueeze(2)
 

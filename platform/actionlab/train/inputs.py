@@ -37,9 +37,6 @@ def pixels_for(cfg: Config) -> str:
 def resize_on(cfg: Config) -> str:
     """`data.resize_on` for this worker: `auto` is device when it trains on a GPU and its loader is a
     DataLoader (Ray Data batches travel as arrays of one shape), else loader."""
-    if cfg.data.resize_on == "device" and cfg.data.engine == "ray":
-        raise ValueError("data.resize_on=device needs data.engine=loader: Ray Data batches are arrays of one "
-                         "shape, resized where they are decoded; set data.resize_on=auto or loader")
     if cfg.data.resize_on != "auto":
         return cfg.data.resize_on
     return "device" if on_gpu(cfg) and cfg.data.engine == "loader" else "loader"

@@ -16,6 +16,7 @@ import sys
 from ray.train.v2._internal.execution.callback import WorkerCallback
 
 ENABLE_ENV = "ACTIONLAB_SYSTEM_METRICS"
+FINISH_WAIT_S = 15.0  # beyond one sampling interval, how long `finish()` waits for a request in flight
 
 
 def start_monitor(run_id: str, *, tracking_uri: str, node_id: str | None = None):
@@ -29,17 +30,56 @@ def start_monitor(run_id: str, *, tracking_uri: str, node_id: str | None = None)
         return None
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-    from .. import tracking
+    from .. import storage, tracking
+
+    def first_line(err: BaseException) -> str:
+        return storage.redact_text(str(err).splitlines()[0] if str(err) else type(err).__name__)[:300]
 
     class Monitor(SystemMetricsMonitor):
-        """MLflow's monitor ends its thread for good when one request to the server fails; this one
-        starts its loop again after a sampling interval, until `finish()`. (A tracking outage is
-        survived by training, see `tracking.MetricBuffer`; the system metrics go on too.)"""
+        """MLflow's monitor with a loop of our own: MLflow's ends its thread for good when one request to
+        the server fails, and its `finish()` waits without limit for a request that is retrying. Here
+        samples are taken on while the server is unreachable and published when it is back (a tracking
+        outage is survived by training too: `tracking.MetricBuffer`); the loop ends when the run is no
+        longer RUNNING or at `finish()`, which waits one sampling interval and a little more at most."""
 
         def monitor(self):
+            from mlflow.tracking.client import MlflowClient
+
+            client, failing = MlflowClient(self._tracking_uri), False
             while not self._shutdown_event.is_set():
-                super().monitor()
-                self._shutdown_event.wait(self.sampling_interval)
+                for _ in range(self.samples_before_logging):
+                    self.collect_metrics()
+                    if self._shutdown_event.wait(self.sampling_interval):
+                        return
+                try:
+                    if client.get_run(self._run_id).info.status != "RUNNING":
+                        return
+                    try:
+                        self.publish_metrics(self.aggregate_metrics())
+                    except Exception:
+                        self.mlflow_logger.data = []  # the failed write: its step is taken again, not written twice
+                        raise
+                except Exception as err:  # noqa: BLE001 - unreachable or failing: sample on, say so once
+                    if not failing:
+                        sys.stderr.write(f"actionlab: system metrics not written ({first_line(err)}); "
+                                         "sampling goes on\n")
+                    failing = True
+                    continue
+                if failing:
+                    sys.stderr.write("actionlab: system metrics written again\n")
+                failing = False
+
+        def finish(self):
+            if self._process is None:
+                return
+            self._shutdown_event.set()
+            self._process.join(timeout=self.sampling_interval + FINISH_WAIT_S)
+            if not self._process.is_alive():  # else its request is still retrying: the last samples are dropped
+                try:
+                    self.mlflow_logger.flush()
+                except Exception as err:  # noqa: BLE001
+                    sys.stderr.write(f"actionlab: the last system metrics were not written ({first_line(err)})\n")
+            self._process = None
 
     tracking.hide_credentials_in_mlflow_logs()  # its warnings quote the tracking URI
     monitor = Monitor(run_id, resume_logging=True, node_id=node_id, tracking_uri=tracking_uri)

@@ -13,6 +13,7 @@ What a run saves as a model lives in `models.folder`; registered versions and al
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import logging
 import os
@@ -75,8 +76,9 @@ class _RedactCredentials(logging.Filter):
         return True
 
 
+@functools.cache
 def hide_credentials_in_mlflow_logs() -> None:
-    """Masks user:password in what MLflow's loggers print (idempotent).
+    """Masks user:password in what MLflow's loggers print (once a process: `client()` calls it each time).
 
     MLflow's warnings quote the failing request's URL, credentials included; the system-metrics
     monitor, for one, logs "Failed to log system metrics: API request to http://user:password@..."

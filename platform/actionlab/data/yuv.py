@@ -87,12 +87,18 @@ def _resize4(planes: np.ndarray, height: int, width: int) -> torch.Tensor:
     return torch.from_numpy(planar).view(groups * 4, height, width)[:n]  # (N, height, width)
 
 
-def _crop(planes: Planes, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(Y (T, h, w), U then V (2T, ~h/2, ~w/2)) of the box: Y exactly, U/V the chroma samples covering it
+def _box(planes: Planes, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Views (T, h, w), (T, ~h/2, ~w/2) x 2 of the box: Y exactly, U/V the chroma samples covering it
     (on odd edges, half a chroma sample more: at most one decoded pixel of chroma shift)."""
     y0, x0, y1, x1 = box
     rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))
-    return planes.y[:, y0:y1, x0:x1], np.concatenate([planes.u[:, rows, cols], planes.v[:, rows, cols]])
+    return planes.y[:, y0:y1, x0:x1], planes.u[:, rows, cols], planes.v[:, rows, cols]
+
+
+def _crop(planes: Planes, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(Y (T, h, w) view, U then V (2T, ~h/2, ~w/2)) of the box (`_box`)."""
+    luma, u, v = _box(planes, box)
+    return luma, np.concatenate([u, v])
 
 
 def _pack(luma: torch.Tensor, chroma: torch.Tensor) -> torch.Tensor:
@@ -167,8 +173,7 @@ class Crops:
             luma, chroma = _resize4(luma, size_px, size_px).numpy(), _resize4(chroma, size_px // 2, size_px // 2).numpy()
             u, v = np.split(chroma, 2)
         else:
-            rows, cols = slice(y0 // 2, -(-y1 // 2)), slice(x0 // 2, -(-x1 // 2))  # as `_crop`
-            luma, u, v = planes.y[:, y0:y1, x0:x1], planes.u[:, rows, cols], planes.v[:, rows, cols]
+            luma, u, v = _box(planes, box)
         (t, h, w), (ch, cw) = luma.shape, u.shape[1:]
         flat = np.empty(t * h * w + 2 * t * ch * cw, np.uint8)  # one copy of the crops, straight from the planes
         flat[: t * h * w].reshape(t, h, w)[...] = luma

@@ -31,9 +31,10 @@ def start_monitor(run_id: str, *, tracking_uri: str, node_id: str | None = None)
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     from .. import storage, tracking
+    from ..data.decode import first_line as error_line
 
     def first_line(err: BaseException) -> str:
-        return storage.redact_text(str(err).splitlines()[0] if str(err) else type(err).__name__)[:300]
+        return storage.redact_text(error_line(err))
 
     class Monitor(SystemMetricsMonitor):
         """MLflow's monitor with a loop of our own: MLflow's ends its thread for good when one request to

@@ -1,5 +1,6 @@
 """Shared fixtures: real H.264 files written by the tests (no mocked decoders), one torch thread per
-test, and the real local servers of `tests/servers/` (loaded here as plugins)."""
+test, and the real local servers of `tests/servers/` (loaded here as plugins, with `servers.ci`: under
+CI, failures printed as they happen and a deadline for the run)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,11 @@ import numpy as np
 import pytest
 
 pytest.register_assert_rewrite("servers")
-pytest_plugins = ["servers.s3", "servers.mlflow_server", "servers.ray_head", "servers.cluster"]
+pytest_plugins = ["servers.s3", "servers.mlflow_server", "servers.ray_head", "servers.cluster", "servers.ci"]
 
 from actionlab.data import synthetic  # noqa: E402
 
 INDEX_STEP = 8  # pixel value of frame i in `index_video` files is i * INDEX_STEP
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Runs every test with one torch intra-op thread, restoring the count after. The tests run tiny
-    models, where starting and syncing threads costs more than the maths: on a shared 2-core machine
-    one thread is several times faster than two. Code under test that sets its own count (bench) still
-    can; subprocesses are not affected."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A tiny motion dataset (4 classes x 6 videos, 8 frames, 32 px); returns its manifest path."""

@@ -37,27 +37,15 @@ from pathlib import Path
 import pytest
 
 from servers.process import NETNS, Process, base_env, free_port, kill_pids, pids_with_env, start_process
-from servers.ray_head import RayHead, start_ray_head
+from servers.ray_head import STARTUP_TIMEOUT, RayHead, start_ray_head, worker_ports
 from servers.s3 import credentials_env
 
 NODE_ENV = "ACTIONLAB_TEST_NODE"  # every process a node starts inherits it: how its processes are found
-# Each node gets its own block of worker ports: nodes share 127.0.0.1, and Ray's default range
-# (10002-19999) would be handed out twice. Below the kernel's ephemeral range, where free_port() lands.
-_PORT_BLOCKS = itertools.count()
-_PORTS_PER_NODE = 200
 # Nodes on one machine are declared dead within seconds of their raylet dying, not Ray's default ~30 s.
-STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when a raylet misses its fixed 30 s to register
 HEALTH_CHECK_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
                     "RAY_health_check_timeout_ms": "2000"}
 # A worker's wait for its raylet (Ray's C++ config; `ray start`'s own 30 s wait is fixed, see add_node).
 START_WAIT_ENV = {"RAY_raylet_start_wait_time_s": "180"}
-
-
-def _worker_ports() -> list[str]:
-    first = 20000 + next(_PORT_BLOCKS) * _PORTS_PER_NODE
-    if first + _PORTS_PER_NODE > 32000:
-        raise RuntimeError("too many test nodes in one session: no worker port block left below 32000")
-    return ["--min-worker-port", str(first), "--max-worker-port", str(first + _PORTS_PER_NODE - 1)]
 
 
 def _agent_ports() -> list[str]:
@@ -179,7 +167,7 @@ class Cluster:
         argv = [ray, "start", "--block", "--address", self.address, "--node-ip-address", "127.0.0.1",
                 "--temp-dir", str(temp_dir), "--disable-usage-stats",
                 "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-                *_worker_ports(), *_agent_ports(), *_placement_args(num_cpus, resources, labels, name)]
+                *worker_ports(), *_agent_ports(), *_placement_args(num_cpus, resources, labels, name)]
         mounts = " && ".join(f"mount -t tmpfs -o size=2g tmpfs {shlex.quote(str(p))}"
                              for p in (self.local_dir, temp_dir))
         script = f"{mounts} && exec {shlex.join(argv)}"
@@ -246,19 +234,9 @@ def start_cluster(*, env: dict, root: Path, head_cpus: float = 1, head_resources
     local_dir = root / "local"
     local_dir.mkdir(parents=True, exist_ok=True)
     env = {**env, **HEALTH_CHECK_ENV, **START_WAIT_ENV}
-    for attempt in range(3):  # as for nodes: a head that missed Ray's fixed 30 s to register is started again
-        try:
-            head = start_ray_head(env=env, log_dir=root / f"head{attempt}", num_cpus=head_cpus,
-                                  extra=[*_worker_ports(), *_placement_args(0, head_resources, head_labels, "head")[2:]])
-            break
-        except RuntimeError as err:
-            if attempt == 2 or STARTUP_TIMEOUT not in str(err):
-                raise
-    cluster = Cluster(head=head, env=env, root=root, local_dir=local_dir)
-    # The head's dashboard answers before its raylet is in the GCS's node table on a loaded machine;
-    # a node joining then fails ("No node info found for head node in GCS").
-    cluster.wait_for_nodes()
-    return cluster
+    head = start_ray_head(env=env, log_dir=root / "head", num_cpus=head_cpus,
+                          extra=_placement_args(0, head_resources, head_labels, "head")[2:])
+    return Cluster(head=head, env=env, root=root, local_dir=local_dir)
 
 
 def cluster_env(root: Path, **extra: str) -> dict:

@@ -2,16 +2,23 @@
 run Ray (`ray_address`: the CLI subprocesses and in-process drivers join it through `RAY_ADDRESS`
 instead of starting a local instance each), and `start_ray_head` for tests that need a cluster of
 their own (one they kill, or whose environment is what they test).
+
+A head counts as started when the State API lists its node alive, not when its dashboard answers (it
+does before the raylet registers); one that did not come up is started again. The shared head is
+checked before each test that uses it and replaced when a test left it broken or busy, so one bad test
+fails alone instead of every later one; a failing test's report carries the head's state and logs.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +27,23 @@ import pytest
 from servers.process import NETNS, Process, base_env, free_port, http_ok, start_process
 from servers.s3 import credentials_env
 
+STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when a raylet misses its fixed 30 s to register
+START_ATTEMPTS = 3
+START_TIMEOUT_S = 240
+# Each node started in a session gets its own block of worker ports: nodes share 127.0.0.1, and Ray's
+# default range (10002-19999) would be handed out twice. Below the kernel's ephemeral range, where
+# free_port() lands.
+_PORT_BLOCKS = itertools.count()
+_PORTS_PER_NODE = 200
+
+
+def worker_ports() -> list[str]:
+    """`ray start` arguments: a block of worker ports no other node of this test session uses."""
+    first = 20000 + next(_PORT_BLOCKS) * _PORTS_PER_NODE
+    if first + _PORTS_PER_NODE > 32000:
+        raise RuntimeError("too many test nodes in one session: no worker port block left below 32000")
+    return ["--min-worker-port", str(first), "--max-worker-port", str(first + _PORTS_PER_NODE - 1)]
+
 
 @dataclass
 class RayHead:
@@ -27,6 +51,32 @@ class RayHead:
     gcs_address: str
     temp_dir: Path
     process: Process
+
+    def head_node_alive(self) -> bool:
+        """Whether the State API answers and lists this head's node (its raylet) alive."""
+        from ray.util.state import list_nodes
+
+        if not http_ok(f"{self.dashboard_url}/api/version"):
+            return False
+        try:
+            nodes = list_nodes(address=self.dashboard_url, limit=10000, raise_on_missing_output=False, timeout=10)
+        except Exception:  # noqa: BLE001 - busy or half started: not alive yet
+            return False
+        return any(n.is_head_node and n.state == "ALIVE" for n in nodes)
+
+    def healthy(self) -> bool:
+        return self.process.proc.poll() is None and self.head_node_alive()
+
+    def report(self, lines: int = 30) -> str:
+        """The head's state and the tails of its logs (`ray start`, raylet, GCS): what a failing test shows."""
+        state = (f"`ray start` exited ({self.process.proc.returncode})" if self.process.proc.poll() is not None
+                 else f"`ray start` running, head node {'alive' if self.head_node_alive() else 'NOT alive'}")
+        parts = [f"Ray head {self.gcs_address} (temp dir {self.temp_dir}): {state}",
+                 _tail("ray start", self.process.log_path, lines)]
+        for name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err"):
+            for path in sorted(self.temp_dir.glob(f"session_*/logs/{name}")):
+                parts.append(_tail(name, path, lines))
+        return "\n".join(parts)
 
     def leftover_pids(self) -> list[int]:
         """Live processes whose command line names this cluster's temp dir (zombies excluded)."""
@@ -97,12 +147,40 @@ def _temp_dir(under: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
 
 
-def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extra: list[str] = ()) -> RayHead:
-    """`ray start --head --block` on 127.0.0.1, every port a free one, its temp dir under `log_dir`.
+def _tail(title: str, path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as err:
+        return f"--- {title}: {err}"
+    return "\n".join([f"--- {title} ({path}), last {len(text)} lines:", *text])
 
-    `num_cpus=None` lets Ray count the CPUs, as a local instance (`ray.init()`) does; `extra` are more
-    `ray start` arguments (node name, resources, labels, worker ports).
+
+def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extra: list[str] = ()) -> RayHead:
+    """`ray start --head --block` on 127.0.0.1, every port a free one, its temp dir under `log_dir`;
+    returns once the State API lists the head node alive.
+
+    A head that did not get there (its raylet missed Ray's fixed 30 s to register, "timed out during
+    startup", seen on a 2-core machine under load: the dashboard answers, the cluster has no node) is
+    stopped and started again on fresh ports, twice at most. `num_cpus=None` lets Ray count the CPUs, as
+    a local instance (`ray.init()`) does; `extra` are more `ray start` arguments (node name, resources,
+    labels).
     """
+    for attempt in range(START_ATTEMPTS):
+        head = _start_head(env=env, log_dir=log_dir if attempt == 0 else log_dir / f"retry{attempt}",
+                           num_cpus=num_cpus, extra=extra)
+        try:
+            head.process.wait_until(head.head_node_alive, timeout=START_TIMEOUT_S, what="ray head (node alive)")
+            return head
+        except (RuntimeError, TimeoutError) as err:
+            report = head.report()
+            head.stop()
+            if attempt == START_ATTEMPTS - 1:
+                raise RuntimeError(f"the Ray head did not start in {START_ATTEMPTS} attempts: {err}\n{report}") from None
+            warnings.warn(f"the Ray head did not start ({str(err).splitlines()[0]}); starting it again", stacklevel=2)
+    raise AssertionError("unreachable")
+
+
+def _start_head(*, env: dict, log_dir: Path, num_cpus: float | None, extra: list[str]) -> RayHead:
     temp_dir = _temp_dir(log_dir)
     gcs_port, dashboard_port = free_port(), free_port()
     ray = str(Path(sys.executable).parent / "ray")
@@ -112,7 +190,7 @@ def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extr
             # Not Ray's fixed defaults (52365, ...): the session's shared head holds those while a test runs a
             # cluster of its own, whose job agent would then fail to bind ("No available agent to submit job").
             "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()), *worker_ports()]
     if num_cpus is not None:
         argv += ["--num-cpus", f"{num_cpus:g}"]
     argv += list(extra)
@@ -123,18 +201,37 @@ def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extr
     env = {**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_ADDRESS": f"127.0.0.1:{gcs_port}"}
     process = start_process(argv, env=env, log_path=log_dir / "ray-head.log")
     url = f"http://127.0.0.1:{dashboard_port}"
-    head = RayHead(dashboard_url=url, gcs_address=f"127.0.0.1:{gcs_port}", temp_dir=temp_dir, process=process)
-    try:
-        process.wait_until(lambda: http_ok(f"{url}/api/version"), timeout=240, what="ray head (dashboard)")
-    except BaseException:
-        head.stop()
-        raise
-    return head
+    return RayHead(dashboard_url=url, gcs_address=f"127.0.0.1:{gcs_port}", temp_dir=temp_dir, process=process)
+
+
+class SharedHead:
+    """The session's head, started when first asked for, and again when a test left it broken or busy."""
+
+    def __init__(self, root: Path, env: dict):
+        self.root, self.env = root, env
+        self.head: RayHead | None = None
+        self.starts = 0
+
+    def get(self) -> RayHead:
+        if self.head is not None and not self.head.healthy():
+            warnings.warn(f"the shared Ray head is broken; starting a new one. {self.head.report(lines=10)}",
+                          stacklevel=2)
+            self.discard()
+        if self.head is None:
+            self.starts += 1
+            self.head = start_ray_head(env=self.env, log_dir=self.root / f"head{self.starts}", num_cpus=None)
+        return self.head
+
+    def discard(self) -> None:
+        """Stops the head; the next `get` starts a new one."""
+        if self.head is not None:
+            left, self.head = self.head.stop(), None
+            assert not left, f"Ray processes left after stopping the session's head: {left}"
 
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """The session's Ray cluster: one head node, as many CPUs as a local instance would have.
+    """The session's Ray cluster (a `SharedHead`): one head node, as many CPUs as a local instance would have.
 
     Its environment is a node's: the test S3 credentials (a job's workers get the endpoint, tracking
     URI and state folder from the driver's runtime env, never credentials), RAY_AUTH_MODE set
@@ -145,18 +242,36 @@ def ray_head(tmp_path_factory):
                     "namespace")
     root = tmp_path_factory.mktemp("ray-head")
     env = base_env(ACTIONLAB_HOME=str(root / "home"), RAY_AUTH_MODE="disabled", **credentials_env(root / "aws"))
-    head = start_ray_head(env=env, log_dir=root, num_cpus=None)
+    shared = SharedHead(root, env)
     try:
-        yield head
+        yield shared
     finally:
-        left = head.stop()
-    assert not left, f"Ray processes left after stopping the session's head: {left}"
+        shared.discard()
 
 
 @pytest.fixture
 def ray_address(ray_head, monkeypatch) -> str:
     """`RAY_ADDRESS` of the session's cluster, also set in this process for in-process drivers; give it
-    to the CLI subprocesses (`base_env` drops it). After the test, the cluster must be idle again."""
-    monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs_address)
-    yield ray_head.gcs_address
-    ray_head.wait_idle()
+    to the CLI subprocesses (`base_env` drops it). After the test, the cluster must be idle again; a
+    test that left work on it fails, and the next one gets a new head, not a smaller one."""
+    head = ray_head.get()
+    monkeypatch.setenv("RAY_ADDRESS", head.gcs_address)
+    yield head.gcs_address
+    try:
+        head.wait_idle()
+    except AssertionError:
+        ray_head.discard()
+        raise
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that ran on the shared head reports the head's state and log tails."""
+    report = yield
+    shared = item.funcargs.get("ray_head") if "ray_address" in getattr(item, "fixturenames", ()) else None
+    if report.failed and isinstance(shared, SharedHead) and shared.head is not None:
+        try:
+            report.sections.append(("shared Ray head", shared.head.report()))
+        except Exception as err:  # noqa: BLE001 - the report must not fail the report
+            report.sections.append(("shared Ray head", f"no report: {err!r}"))
+    return report

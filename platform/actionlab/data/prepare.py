@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -174,7 +173,7 @@ def prepare_row(
             count = encode_video(local_src, target, settings, media=media)
             size = local_size(target)
         else:
-            with tempfile.TemporaryDirectory(prefix="actionlab-prepare-") as tmp:
+            with storage.scratch_dir("prepare") as tmp:  # a killed task's leftovers go at the next start
                 local = os.path.join(tmp, Path(name).name)
                 count = encode_video(local_src, local, settings, media=media)
                 size = local_size(local)

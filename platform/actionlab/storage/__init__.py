@@ -9,6 +9,8 @@ endpoint from `AWS_ENDPOINT_URL`, so any S3-compatible store works without code 
   `FileNotFoundError` that names the URI) and the retrying filesystem Ray Train writes through
   (`ray_storage`).
 - `cache`: the size-bounded local read-through cache for media a decoder opens by path (`local_copy`).
+- `scratch`: local scratch folders whose leftovers from a killed process are removed by the next one
+  (`scratch_dir`).
 - here: whole-file reads and writes, `exists` and `upload_dir`.
 """
 
@@ -25,6 +27,7 @@ import pyarrow.fs as pafs
 from .cache import CACHE_MAX_GB_ENV, CacheFullError, cache_max_bytes, local_copy, object_version
 from .retry import (MAX_ATTEMPTS_ENV, RetriesExhausted, RetryingHandler, is_missing, is_transient, ray_storage,
                     resolve, retrying)
+from .scratch import scratch_dir
 from .uris import is_remote, join, local_path, parent, redact, redact_text, split_remote
 
 

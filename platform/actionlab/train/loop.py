@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import __version__, cluster, flops, tracking
+from .. import __version__, cluster, flops, storage, tracking
 from ..config import Config, from_dict
 from ..models import folder
 from ..models.meta import ModelMeta
@@ -182,13 +181,15 @@ class _Saver:
 
         rngs = _all_gather(resume.rng_state())
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
+        # A scratch folder, not a TemporaryDirectory: a worker is often killed inside `report` (Tune stops
+        # a trial as it reports), and the next worker on the node removes what it left.
+        with storage.scratch_dir("checkpoint") as tmp:
             ckpt = None
             if self.rank == 0:
                 progress.tracking = self.tracker.state()
-                resume.save(Path(tmp), progress, model=self.model, optimizer=self.optimizer,
+                resume.save(tmp, progress, model=self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, rng_by_rank=rngs)
-                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ckpt = ray.train.Checkpoint.from_directory(str(tmp))
             written = time.perf_counter() - started
             ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=resume.checkpoint_name(progress))
         return written
@@ -346,8 +347,7 @@ def _finalise(cfg: Config, ctx: RunContext, spec, model: nn.Module, val, bad_exa
 
     run_id = ctx.run_id
     tracker.finish()
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
+    with storage.scratch_dir("model") as out:
         folder.save_model_dir(out / folder.CHECKPOINT_ARTIFACT, model, model_meta(cfg, spec, ctx.classes))
         tracking.log_artifacts(run_id, out / folder.CHECKPOINT_ARTIFACT, folder.CHECKPOINT_ARTIFACT)
         if val is not None:

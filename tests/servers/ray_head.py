@@ -73,9 +73,9 @@ class RayHead:
                  else f"`ray start` running, head node {'alive' if self.head_node_alive() else 'NOT alive'}")
         parts = [f"Ray head {self.gcs_address} (temp dir {self.temp_dir}): {state}",
                  _tail("ray start", self.process.log_path, lines)]
-        for name in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err"):
-            for path in sorted(self.temp_dir.glob(f"session_*/logs/{name}")):
-                parts.append(_tail(name, path, lines))
+        for pattern in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err", "dashboard*.log"):
+            for path in sorted(self.temp_dir.glob(f"session_*/logs/{pattern}")):
+                parts.append(_tail(path.name, path, lines))
         return "\n".join(parts)
 
     def leftover_pids(self) -> list[int]:
@@ -172,11 +172,12 @@ def start_ray_head(*, env: dict, log_dir: Path, num_cpus: float | None = 4, extr
             head.process.wait_until(head.head_node_alive, timeout=START_TIMEOUT_S, what="ray head (node alive)")
             return head
         except (RuntimeError, TimeoutError) as err:
-            report = head.report()
+            report = head.report(lines=12)
             head.stop()
             if attempt == START_ATTEMPTS - 1:
                 raise RuntimeError(f"the Ray head did not start in {START_ATTEMPTS} attempts: {err}\n{report}") from None
-            warnings.warn(f"the Ray head did not start ({str(err).splitlines()[0]}); starting it again", stacklevel=2)
+            warnings.warn(f"the Ray head did not start ({str(err).splitlines()[0]}); starting it again.\n{report}",
+                          stacklevel=2)
     raise AssertionError("unreachable")
 
 

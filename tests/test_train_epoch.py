@@ -133,3 +133,13 @@ def test_validate_scores_every_variant_the_method_names():
 class _FirstTwo(torch.nn.Module):
     def forward(self, x):
         return x[:, :2]
+
+
+def test_a_checkpoint_on_a_full_disk_names_the_file_and_the_fix(tmp_path):
+    (tmp_path / resume.STATE_FILE).symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+    with pytest.raises(OSError, match=r"could not write the checkpoint state .*state\.pt \(.*\); [\d.]+ GiB free on "
+                                      r"its disk\. A full disk is the usual cause: .*TMPDIR"):
+        resume.save(tmp_path, resume.Progress(epochs_done=1), model=model, optimizer=optimizer, scheduler=scheduler)

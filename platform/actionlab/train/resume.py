@@ -14,6 +14,7 @@ epoch-end checkpoints.
 from __future__ import annotations
 
 import pickle
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,23 +74,39 @@ def save(folder: Path, progress: Progress, *, model: nn.Module, optimizer, sched
     """
     rng_by_rank = rng_by_rank or [rng_state()]
     path = Path(folder) / STATE_FILE
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": progress.epochs_done - 1,  # the last finished epoch, 0-based
-            "position": progress.position,
-            "epoch_stats": progress.epoch_stats,
-            "metrics": progress.metrics,
-            "torch_rng": rng_by_rank[0]["torch"],
-            "rng_by_rank": rng_by_rank,
-            "bad_examples": [[vid, why] for vid, why in dict(progress.bad_examples).items()],
-            "tracking": progress.tracking,
-        },
-        path,
-    )
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": progress.epochs_done - 1,  # the last finished epoch, 0-based
+        "position": progress.position,
+        "epoch_stats": progress.epoch_stats,
+        "metrics": progress.metrics,
+        "torch_rng": rng_by_rank[0]["torch"],
+        "rng_by_rank": rng_by_rank,
+        "bad_examples": [[vid, why] for vid, why in dict(progress.bad_examples).items()],
+        "tracking": progress.tracking,
+    }
+    try:
+        torch.save(state, path)
+    except (OSError, RuntimeError) as err:
+        raise _write_failed(path, err) from err
     return path
+
+
+def _write_failed(path: Path, err: Exception) -> OSError:
+    """torch.save's error on a full disk is "unexpected pos 704 vs 598" or "basic_ios::clear: iostream
+    error": say which file, how much room its disk has, and what to do."""
+    if path.is_file():
+        path.unlink()  # a partial state must not be taken for a checkpoint
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free on its disk"
+    except OSError:
+        free = "its disk's free space unknown"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return OSError(f"could not write the checkpoint state {path} ({first}); {free}. A full disk is the usual cause: "
+                   "free space there, or set TMPDIR to a larger disk (a checkpoint is written to the temp dir "
+                   "before Ray Train copies it to storage)")
 
 
 def restore(folder: Path, *, model: nn.Module, optimizer, scheduler, rank: int = 0, world: int = 1) -> Progress:

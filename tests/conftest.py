@@ -15,6 +15,22 @@ pytest_plugins = ["servers.s3", "servers.mlflow_server", "servers.ray_head", "se
 from actionlab.data import synthetic  # noqa: E402
 
 INDEX_STEP = 8  # pixel value of frame i in `index_video` files is i * INDEX_STEP
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Runs every test with one torch intra-op thread, restoring the count after. The tests run tiny
+    models, where starting and syncing threads costs more than the maths: on a shared 2-core machine
+    one thread is several times faster than two. Code under test that sets its own count (bench) still
+    can; subprocesses are not affected."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def synth_dataset(tmp_path_factory) -> Path:
     """A tiny motion dataset (4 classes x 6 videos, 8 frames, 32 px); returns its manifest path."""

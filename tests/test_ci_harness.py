@@ -13,15 +13,26 @@ from servers.process import needs_netns
 
 TESTS = Path(__file__).resolve().parent
 SAMPLE = '''
+import pathlib
 import time
+
+import pytest
 
 def test_fails():
     assert 1 == 2, "the reason it failed"
 
-def test_hangs():
-    time.sleep(120)
+def test_hangs_in_a_loop_that_swallows_errors():
+    while True:
+        try:
+            time.sleep(1)
+        except Exception:
+            pass
 
-def test_after_the_deadline():
+@pytest.fixture
+def server(tmp_path_factory):
+    pathlib.Path(__file__).with_name("server_started").write_text("yes")
+
+def test_after_the_deadline(server):
     pass
 '''
 
@@ -37,10 +48,12 @@ def test_failures_print_at_once_and_the_deadline_ends_a_hung_test(tmp_path):
     assert proc.returncode == 1 and time.monotonic() - started < 60, out
     printed = out.index("test_sample.py::test_fails failed (call")
     assert printed < out.index("short test summary info")  # before the summary
-    assert "the reason it failed" in out[printed:out.index("test_sample.py::test_hangs failed")]
+    hung = out.index("test_sample.py::test_hangs_in_a_loop_that_swallows_errors failed")
+    assert "the reason it failed" in out[printed:hung]
     assert "ACTIONLAB_TEST_DEADLINE reached: the run is out of time, stopped in this test" in out
     assert "ACTIONLAB_TEST_DEADLINE passed: the run is out of time; not started" in out
     assert "2 failed, 1 error" in out
+    assert not (tmp_path / "server_started").exists()  # refused before its fixtures start
 
 
 @needs_netns

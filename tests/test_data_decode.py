@@ -156,5 +156,11 @@ def test_frame_index_comes_from_the_container_only_without_reordering(tmp_path, 
     if options["g"] == "1":  # every frame a keyframe: the wanted frames' entries are all a clip reads
         monkeypatch.setattr(decode, "_pyav_index", lambda *a: pytest.fail("read the whole index"))
     monkeypatch.setenv("ACTIONLAB_DECODER", "pyav")
+
+    def misconfigured(num_frames):
+        raise ValueError("stride=0 is not a stride")
+
+    with pytest.raises(ValueError, match="stride=0"):  # the sampler's own error, not "the file is corrupt"
+        decode.read_sampled(path, misconfigured, decoder="pyav")
     wanted = [30, 0, 8, 9, 15, 29]
     np.testing.assert_allclose(_frame_values(decode.read_frames(path, wanted)), wanted, atol=0.25)

@@ -141,5 +141,5 @@ def test_a_checkpoint_on_a_full_disk_names_the_file_and_the_fix(tmp_path):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
     with pytest.raises(OSError, match=r"could not write the checkpoint state .*state\.pt \(.*\); [\d.]+ GiB free on "
-                                      r"its disk\. A full disk is the usual cause: .*TMPDIR"):
+                                      r"its disk\. If that disk is full, free space there or set TMPDIR"):
         resume.save(tmp_path, resume.Progress(epochs_done=1), model=model, optimizer=optimizer, scheduler=scheduler)

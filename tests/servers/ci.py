@@ -6,6 +6,7 @@ and why, and a hung tier ends in time to say it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -14,6 +15,7 @@ import pytest
 
 DEADLINE_ENV = "ACTIONLAB_TEST_DEADLINE"  # Unix time after which no test may go on (.ci/run sets it)
 FAILURE_LINES = 60  # of a failure's report printed when it happens (CI)
+REPEAT_S = 5  # after the deadline, SIGALRM again this often until the running test is over
 
 _config = None
 
@@ -21,6 +23,7 @@ _config = None
 def pytest_configure(config):
     global _config
     _config = config
+    config.pluginmanager.register(_Phases(), "actionlab-ci-phases")
 
 
 def pytest_runtest_logreport(report):
@@ -41,40 +44,73 @@ def pytest_runtest_logreport(report):
         terminal.write_line(line)
 
 
-@pytest.fixture(autouse=True)
-def ci_deadline():
-    """Fails the test with a TimeoutError at `ACTIONLAB_TEST_DEADLINE` (SIGALRM; a `subprocess.run`
-    waiting for a hung command kills it), and every later one at once: the tier ends and prints its
-    summary before CI's own limit."""
+class DeadlineReached(BaseException):
+    """Raised by SIGALRM in the running test: a BaseException, so that no `except Exception` or
+    `except OSError` in a polling loop takes it for a failed try."""
+
+
+_in_phase = False  # inside a test's setup, call or teardown, where pytest records what is raised
+
+
+def _left() -> float | None:
     at = os.environ.get(DEADLINE_ENV)
-    if not at:
-        yield
-        return
-    left = int(float(at) - time.time())
-    if left <= 0:
-        pytest.fail(f"{DEADLINE_ENV} passed: the run is out of time; not started")
+    return None if not at else float(at) - time.time()
 
-    def expired(signum, frame):
-        raise TimeoutError(f"{DEADLINE_ENV} reached: the run is out of time, stopped in this test")
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(left)
+def _expired(signum, frame):
+    if _in_phase:  # not in pytest's own bookkeeping between phases: the alarm comes again
+        raise DeadlineReached(f"{DEADLINE_ENV} reached: the run is out of time, stopped in this test")
+
+
+@contextlib.contextmanager
+def _phase():
+    global _in_phase
+    _in_phase = True
     try:
         yield
     finally:
-        signal.alarm(0)
+        _in_phase = False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """After the deadline a test fails before any of its fixtures (servers, clusters) start."""
+    left = _left()
+    if left is not None and left <= 0:
+        pytest.fail(f"{DEADLINE_ENV} passed: the run is out of time; not started")
+
+
+class _Phases:
+    """Marks a test's setup, call and teardown, the parts where pytest records what is raised."""
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item):
+        with _phase():
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item):
+        with _phase():
+            return (yield)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        with _phase():
+            return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """While a test runs, SIGALRM at the deadline raises `DeadlineReached` in its setup, call or
+    teardown, and again every few seconds until the test is over (a loop may catch one; a
+    `subprocess.run` waiting on a hung command kills it)."""
+    left = _left()
+    if left is None or left <= 0:
+        return (yield)
+    previous = signal.signal(signal.SIGALRM, _expired)
+    signal.setitimer(signal.ITIMER_REAL, left, REPEAT_S)
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Runs every test with one torch intra-op thread, restoring the count after. The tests run tiny
-    models, where starting and syncing threads costs more than the maths: on a shared 2-core machine
-    one thread is several times faster than two. Code under test that sets its own count (bench) still
-    can; subprocesses are not affected."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

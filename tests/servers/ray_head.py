@@ -30,6 +30,7 @@ from servers.s3 import credentials_env
 STARTUP_TIMEOUT = "timed out during startup"  # Ray's message when a raylet misses its fixed 30 s to register
 START_ATTEMPTS = 3
 START_TIMEOUT_S = 240
+HEALTH_PATIENCE_S = 30  # how long the shared head may look unhealthy before it is replaced
 # Each node started in a session gets its own block of worker ports: nodes share 127.0.0.1, and Ray's
 # default range (10002-19999) would be handed out twice. Below the kernel's ephemeral range, where
 # free_port() lands.
@@ -64,8 +65,17 @@ class RayHead:
             return False
         return any(n.is_head_node and n.state == "ALIVE" for n in nodes)
 
-    def healthy(self) -> bool:
-        return self.process.proc.poll() is None and self.head_node_alive()
+    def healthy(self, patience: float = 0) -> bool:
+        """`ray start` running and the head node alive, within `patience` seconds (a busy head's State
+        API may miss one answer)."""
+        deadline = time.monotonic() + patience
+        while self.process.proc.poll() is None:
+            if self.head_node_alive():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(1)
+        return False
 
     def report(self, lines: int = 30) -> str:
         """The head's state and the tails of its logs (`ray start`, raylet, GCS): what a failing test shows."""
@@ -73,8 +83,9 @@ class RayHead:
                  else f"`ray start` running, head node {'alive' if self.head_node_alive() else 'NOT alive'}")
         parts = [f"Ray head {self.gcs_address} (temp dir {self.temp_dir}): {state}",
                  _tail("ray start", self.process.log_path, lines)]
+        sessions = [p for p in sorted(self.temp_dir.glob("session_*")) if not p.is_symlink()]  # not session_latest
         for pattern in ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err", "dashboard*.log"):
-            for path in sorted(self.temp_dir.glob(f"session_*/logs/{pattern}")):
+            for path in (path for session in sessions for path in sorted(session.glob(f"logs/{pattern}"))):
                 parts.append(_tail(path.name, path, lines))
         return "\n".join(parts)
 
@@ -214,7 +225,7 @@ class SharedHead:
         self.starts = 0
 
     def get(self) -> RayHead:
-        if self.head is not None and not self.head.healthy():
+        if self.head is not None and not self.head.healthy(patience=HEALTH_PATIENCE_S):
             warnings.warn(f"the shared Ray head is broken; starting a new one. {self.head.report(lines=10)}",
                           stacklevel=2)
             self.discard()
@@ -260,9 +271,10 @@ def ray_address(ray_head, monkeypatch) -> str:
     yield head.gcs_address
     try:
         head.wait_idle()
-    except AssertionError:
+    except AssertionError as err:
+        report = head.report()  # before its logs go with it
         ray_head.discard()
-        raise
+        raise AssertionError(f"{err}\n{report}") from None
 
 
 @pytest.hookimpl(wrapper=True)
@@ -270,7 +282,8 @@ def pytest_runtest_makereport(item, call):
     """A failing test that ran on the shared head reports the head's state and log tails."""
     report = yield
     shared = item.funcargs.get("ray_head") if "ray_address" in getattr(item, "fixturenames", ()) else None
-    if report.failed and isinstance(shared, SharedHead) and shared.head is not None:
+    deadline = call.excinfo is not None and type(call.excinfo.value).__name__ == "DeadlineReached"
+    if report.failed and not deadline and isinstance(shared, SharedHead) and shared.head is not None:
         try:
             report.sections.append(("shared Ray head", shared.head.report()))
         except Exception as err:  # noqa: BLE001 - the report must not fail the report

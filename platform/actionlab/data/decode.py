@@ -155,9 +155,9 @@ def _pyav_index(container, stream) -> tuple[np.ndarray, np.ndarray]:
     a 10 s all-intra 256p file, a millisecond for a sparse-keyframe one. In the index, timestamps are
     decode times, equal to display times only without reordering, hence the guard.
     """
-    entries = stream.index_entries
-    if stream.codec_context.has_b_frames or len(entries) != (stream.frames or -1):
+    if not _table_count(stream):
         return _pyav_index_demuxed(container, stream)
+    entries = stream.index_entries
     # One pass over the entries (each attribute read is a Python call: three passes cost ~0.6 ms).
     rows = np.array([(entry.timestamp, entry.flags) for entry in entries], dtype=np.int64)  # (N, 2)
     display, flags = rows[:, 0], rows[:, 1]
@@ -168,15 +168,22 @@ def _pyav_index(container, stream) -> tuple[np.ndarray, np.ndarray]:
     return display, _keyframe_pts(display, is_key)
 
 
+def _table_count(stream) -> int:
+    """Frames counted by the container's index table where it can serve (no reordering, one entry a
+    frame, as `_pyav_index` asks); 0 otherwise."""
+    if stream.codec_context.has_b_frames:
+        return 0
+    count = len(stream.index_entries)
+    return count if count == (stream.frames or -1) else 0
+
+
 def _pyav_keyframe_pts(stream, indices: list[int]) -> np.ndarray | None:
     """Display pts of frames `indices` (sorted, distinct) read from those entries of the container's
     index alone, when the table can serve (as in `_pyav_index`) and each of them is a keyframe (all-intra
     files, as `data prepare` writes: every frame decodes from itself); None otherwise. A clip reads a
     few entries, not the whole table (300 for a 10 s file: ~0.3 ms a clip)."""
     entries = stream.index_entries
-    if stream.codec_context.has_b_frames or not entries or len(entries) != (stream.frames or -1):
-        return None
-    if entries[0].timestamp != (stream.start_time or 0) or entries[0].is_discard:
+    if not _table_count(stream) or entries[0].timestamp != (stream.start_time or 0) or entries[0].is_discard:
         return None
     picked = [entries[i] for i in indices]
     if not all(entry.is_keyframe and not entry.is_discard for entry in picked):
@@ -226,23 +233,31 @@ def _pyav_read(
             raise DecodeError(path, "file has no video stream")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
-        try:
-            num_frames = len(stream.index_entries) if stream.frames == len(stream.index_entries) else 0
-            wanted = _as_indices(path, choose(num_frames), num_frames) if num_frames else []
-            pts = _pyav_keyframe_pts(stream, sorted(set(wanted))) if wanted else None
-            if pts is not None:  # all keyframes: each frame decodes from itself
-                frame_pts = key_pts = dict(zip(sorted(set(wanted)), pts.tolist()))
-            else:
-                frame_pts, key_pts = _pyav_index(container, stream)
-        except DecodeError:
-            raise
-        except Exception as err:
-            raise DecodeError(path, f"reading the packet index failed ({first_line(err)}); the file is corrupt") from None
-        if pts is None and len(frame_pts) != num_frames:  # the table did not count the frames: the packets did
-            num_frames = len(frame_pts)
-            if num_frames < 1:
-                raise DecodeError(path, "video has no frames", "short")
-            wanted = _as_indices(path, choose(num_frames), num_frames)
+
+        def index(read):
+            try:
+                return read()
+            except Exception as err:
+                raise DecodeError(path, f"reading the packet index failed ({first_line(err)}); the file is corrupt") \
+                    from None
+
+        # Where the container's table counts the frames (no reordering), an all-intra clip (as `data prepare`
+        # writes) needs only its own frames' entries; otherwise the whole index is read. `choose` runs
+        # again only when the packets count other frames than the table (a table with discarded entries).
+        counted = index(lambda: _table_count(stream))
+        pts = None
+        if counted:
+            num_frames, wanted = counted, _as_indices(path, choose(counted), counted)
+            pts = index(lambda: _pyav_keyframe_pts(stream, sorted(set(wanted))))
+        if pts is not None:  # every wanted frame is a keyframe: it decodes from itself
+            frame_pts = key_pts = dict(zip(sorted(set(wanted)), pts.tolist()))
+        else:
+            frame_pts, key_pts = index(lambda: _pyav_index(container, stream))
+            if not counted or len(frame_pts) != counted:
+                num_frames = len(frame_pts)
+                if num_frames < 1:
+                    raise DecodeError(path, "video has no frames", "short")
+                wanted = _as_indices(path, choose(num_frames), num_frames)
         picked: dict[int, np.ndarray | tuple] = {}
         decoded = None  # pts of the last frame decoded (the decoder can go on from there)
         frames = None

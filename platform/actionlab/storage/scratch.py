@@ -26,7 +26,8 @@ _NAME = re.compile(re.escape(PREFIX) + r"(?P<ns>\d+)-(?P<pid>\d+)-")
 
 
 def _pid_namespace() -> str:
-    """The id of this process's PID namespace (a PID means nothing in another one); "0" if unknown."""
+    """The id of this process's PID namespace (a PID means nothing in another one); "0" if unknown,
+    and then nothing is reaped."""
     try:
         return re.sub(r"\D", "", os.readlink("/proc/self/ns/pid")) or "0"
     except OSError:
@@ -48,12 +49,15 @@ def reap(root: Path | None = None) -> list[Path]:
     returns them. A folder of a process this one cannot judge (another namespace) is left alone."""
     root = Path(root or tempfile.gettempdir())
     namespace, removed = _pid_namespace(), []
+    if namespace == "0":
+        return removed
     for entry in root.glob(PREFIX + "*"):
         match = _NAME.match(entry.name)
         if match is None or match["ns"] != namespace or _alive(int(match["pid"])):
             continue
         shutil.rmtree(entry, ignore_errors=True)
-        removed.append(entry)
+        if not entry.exists():  # another user's folder in a shared /tmp stays
+            removed.append(entry)
     return removed
 
 

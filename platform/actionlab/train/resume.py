@@ -97,16 +97,16 @@ def save(folder: Path, progress: Progress, *, model: nn.Module, optimizer, sched
 def _write_failed(path: Path, err: Exception) -> OSError:
     """torch.save's error on a full disk is "unexpected pos 704 vs 598" or "basic_ios::clear: iostream
     error": say which file, how much room its disk has, and what to do."""
-    if path.is_file():
-        path.unlink()  # a partial state must not be taken for a checkpoint
     try:
+        if path.is_file():
+            path.unlink()  # a partial state must not be taken for a checkpoint
         free = f"{shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free on its disk"
     except OSError:
         free = "its disk's free space unknown"
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return OSError(f"could not write the checkpoint state {path} ({first}); {free}. A full disk is the usual cause: "
-                   "free space there, or set TMPDIR to a larger disk (a checkpoint is written to the temp dir "
-                   "before Ray Train copies it to storage)")
+    return OSError(f"could not write the checkpoint state {path} ({first}); {free}. If that disk is full, free space "
+                   "there or set TMPDIR to a larger disk (a checkpoint is written to the temp dir before Ray Train "
+                   "copies it to storage)")
 
 
 def restore(folder: Path, *, model: nn.Module, optimizer, scheduler, rank: int = 0, world: int = 1) -> Progress:

@@ -68,14 +68,11 @@ class RayHead:
     def healthy(self, patience: float = 0) -> bool:
         """`ray start` running and the head node alive, within `patience` seconds (a busy head's State
         API may miss one answer)."""
-        deadline = time.monotonic() + patience
-        while self.process.proc.poll() is None:
-            if self.head_node_alive():
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(1)
-        return False
+        try:
+            self.process.wait_until(self.head_node_alive, timeout=patience, what="ray head (node alive)")
+        except (RuntimeError, TimeoutError):
+            return False
+        return True
 
     def report(self, lines: int = 30) -> str:
         """The head's state and the tails of its logs (`ray start`, raylet, GCS): what a failing test shows."""

@@ -179,11 +179,11 @@ def _table_count(stream) -> int:
 
 def _pyav_keyframe_pts(stream, indices: list[int]) -> np.ndarray | None:
     """Display pts of frames `indices` (sorted, distinct) read from those entries of the container's
-    index alone, when the table can serve (as in `_pyav_index`) and each of them is a keyframe (all-intra
-    files, as `data prepare` writes: every frame decodes from itself); None otherwise. A clip reads a
-    few entries, not the whole table (300 for a 10 s file: ~0.3 ms a clip)."""
+    index alone, where the table counts the frames (`_table_count`, checked by the caller) and each of
+    them is a keyframe (all-intra files, as `data prepare` writes: every frame decodes from itself); None
+    otherwise. A clip reads a few entries, not the whole table (300 for a 10 s file: ~0.3 ms a clip)."""
     entries = stream.index_entries
-    if not _table_count(stream) or entries[0].timestamp != (stream.start_time or 0) or entries[0].is_discard:
+    if entries[0].timestamp != (stream.start_time or 0) or entries[0].is_discard:
         return None
     picked = [entries[i] for i in indices]
     if not all(entry.is_keyframe and not entry.is_discard for entry in picked):
@@ -248,9 +248,10 @@ def _pyav_read(
         pts = None
         if counted:
             num_frames, wanted = counted, _as_indices(path, choose(counted), counted)
-            pts = index(lambda: _pyav_keyframe_pts(stream, sorted(set(wanted))))
+            distinct = sorted(set(wanted))
+            pts = index(lambda: _pyav_keyframe_pts(stream, distinct))
         if pts is not None:  # every wanted frame is a keyframe: it decodes from itself
-            frame_pts = key_pts = dict(zip(sorted(set(wanted)), pts.tolist()))
+            frame_pts = key_pts = dict(zip(distinct, pts.tolist()))
         else:
             frame_pts, key_pts = index(lambda: _pyav_index(container, stream))
             if not counted or len(frame_pts) != counted:

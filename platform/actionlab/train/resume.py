@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..data.decode import first_line
 from .epoch import EpochStats
 
 STATE_FILE = "state.pt"
@@ -103,8 +104,7 @@ def _write_failed(path: Path, err: Exception) -> OSError:
         free = f"{shutil.disk_usage(path.parent).free / 2**30:.1f} GiB free on its disk"
     except OSError:
         free = "its disk's free space unknown"
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return OSError(f"could not write the checkpoint state {path} ({first}); {free}. If that disk is full, free space "
+    return OSError(f"could not write the checkpoint state {path} ({first_line(err)}); {free}. If that disk is full, free space "
                    "there or set TMPDIR to a larger disk (a checkpoint is written to the temp dir before Ray Train "
                    "copies it to storage)")
 

@@ -96,9 +96,9 @@ class DataSet:
     jpeg: str = ""  # frame folders: `frame_folders.JPEG_DECODERS`
 
 
-# A row's `pixels` for PyAV alone, written here apart from the project's reader: open each video,
-# seek to each wanted frame and decode it, keep nothing. What the codec allows; a reader's row
-# divided by this one is the share of the codec's speed it keeps.
+# A row's `pixels` for the codec alone, written here apart from the project's reader: each wanted
+# frame's packet, already in memory, decoded by PyAV's H.264 decoder, kept nowhere. The floor under
+# any reader; a reader's row divided by this one is the share of the codec's speed it keeps.
 CODEC_ALONE = "codec alone"
 # A row's `pixels` for YUV planes the loader only crops (`data.resize_on=device`): the resize runs with
 # the batch's colour conversion, on the GPU in training (here in the `normalise` stage).
@@ -142,13 +142,14 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pix
     )
 
 
-def measure_codec(manifest: str, *, num_frames: int, count: int, offset: int) -> tuple[float, float, float, dict]:
-    """`measure`'s figures for PyAV alone on `count` videos of `manifest` from `offset`: `num_frames`
-    frames drawn as the training reader draws them (one at random in each of equal segments). Like
-    any sensible reader it seeks only when a keyframe lies between the last decoded frame and the
-    next wanted one, and decodes on otherwise. Stages: open (the file and its header), seek, decode."""
-    import bisect
-
+def measure_codec(manifest: str, *, num_frames: int, count: int, offset: int,
+                  packets: dict[str, tuple[bytes, list[bytes]]]) -> tuple[float, float, float, dict]:
+    """`measure`'s figures for the codec alone on `count` videos of `manifest` from `offset`: `num_frames`
+    frames drawn as the training reader draws them (one at random in each of equal segments), each
+    one's packet decoded by a fresh single-threaded decoder per clip. The packets are demuxed with
+    FFmpeg outside the clock (`packets`: path -> (decoder configuration, every packet's bytes), filled
+    on first use), so the figure is the codec's work and nothing else: no file, no container, no
+    seek. Stages: open (making the decoder), decode."""
     import av
 
     from ..data import manifest as data_manifest
@@ -157,36 +158,26 @@ def measure_codec(manifest: str, *, num_frames: int, count: int, offset: int) ->
     df = data_manifest.read_manifest(manifest)
     root = Path(data_manifest.default_root(manifest))
     rng = np.random.default_rng(offset)
-    stages = dict.fromkeys(("open", "seek", "decode"), 0.0)
-    cpu, wall = time.process_time(), time.perf_counter()
+    stages = dict.fromkeys(("open", "decode"), 0.0)
+    cpu = wall = 0.0
     for k in range(count):
-        tick = time.thread_time()
-        with av.open(str(root / df["video"].iloc[(offset + k) % len(df)])) as container:
-            stream = container.streams.video[0]
-            stream.codec_context.thread_count = 1  # one core, as a loader worker
-            entries = [(entry.timestamp, entry.flags) for entry in stream.index_entries]
-            keys = sorted(stamp for stamp, flags in entries if flags & 1)  # AVINDEX_KEYFRAME
-            wanted = [entries[i][0] for i in sampling.segment_indices(len(entries), num_frames, train=True, rng=rng)]
-            now = time.thread_time()
-            stages["open"] += now - tick
-            last, frames = None, None
-            for target in sorted(wanted):
-                tick = now
-                key = bisect.bisect_right(keys, target)  # keys[key - 1]: the keyframe the target decodes from
-                if last is None or target <= last or key > bisect.bisect_right(keys, last):
-                    # To the keyframe itself: asked for a later frame, the MP4 demuxer lands on that frame.
-                    container.seek(keys[key - 1] if key else target, stream=stream, backward=True, any_frame=False)
-                    frames = container.decode(stream)
-                    now = time.thread_time()
-                    stages["seek"] += now - tick
-                    tick = now
-                for frame in frames:
-                    last = frame.pts
-                    if frame.pts is None or frame.pts >= target:
-                        break
-                now = time.thread_time()
-                stages["decode"] += now - tick
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        path = str(root / df["video"].iloc[(offset + k) % len(df)])
+        if path not in packets:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                packets[path] = (stream.codec_context.extradata,
+                                 [bytes(p) for p in container.demux(stream) if p.size])  # decode order = display order
+        extradata, data = packets[path]
+        wanted = sampling.segment_indices(len(data), num_frames, train=True, rng=rng)
+        cpu_start, wall_start, tick = time.process_time(), time.perf_counter(), time.thread_time()
+        decoder = av.CodecContext.create("h264", "r")
+        decoder.extradata, decoder.thread_count = extradata, 1  # one core, as a loader worker
+        now = time.thread_time()
+        stages["open"] += now - tick
+        for i in sorted(set(wanted)):
+            decoder.decode(av.Packet(data[i]))
+        stages["decode"] += time.thread_time() - now
+        cpu, wall = cpu + time.process_time() - cpu_start, wall + time.perf_counter() - wall_start
     return cpu, wall, 0.0, stages
 
 
@@ -254,9 +245,11 @@ def bench_data(
             datasets[key] = _dataset(d.manifest, num_frames=num_frames, sampling=sampling, size_px=size_px,
                                      pixels=d.pixels, jpeg=d.jpeg)
 
+    packets: dict = {}  # the codec-alone rows' packets, demuxed once
+
     def run(d: DataSet, count: int, offset: int) -> tuple[float, float, float, dict]:
         if d.pixels == CODEC_ALONE:
-            return measure_codec(d.manifest, num_frames=num_frames, count=count, offset=offset)
+            return measure_codec(d.manifest, num_frames=num_frames, count=count, offset=offset, packets=packets)
         return measure(datasets[d.manifest, d.pixels, d.jpeg], d.decoder, count, offset)
 
     for d in sets:  # warm the page cache and imports outside the timed rounds
@@ -320,10 +313,10 @@ def reader_sets(name: str, manifest: str, decoders: list[str], *, frames: bool =
 def _all_intra(manifest: str) -> bool:
     """Whether the manifest's first video has only keyframes (as `data prepare`'s default writes).
 
-    There the codec alone has one way to reach a frame (seek, decode it) and is a floor under any
-    reader. With keyframes apart, how much each frame costs depends on the path taken between
-    keyframes: measured, a plain seek-and-decode-on loop came out slower than the reader on GOP 16
-    and 32 files, so no floor row is shown for them.
+    There each wanted frame costs the codec one decode, whatever the reader, so decoding those
+    packets alone is a floor under any reader. With keyframes apart, what a frame costs depends on
+    the path taken between keyframes (frames decoded on from a keyframe, or seeks), so no floor row is
+    shown for them.
     """
     import av
 

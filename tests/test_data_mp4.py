@@ -172,3 +172,14 @@ def test_a_decoder_that_holds_frames_back_is_drained(tmp_path, monkeypatch):
     frames = decode.read_frames(path, wanted, decoder="pyav")
     assert len(drained) == 3
     np.testing.assert_allclose(frames.reshape(3, -1).mean(1) / 8, wanted, atol=0.25)
+
+
+def test_frames_tagged_bt709_come_back_as_rgb_from_either_reader(tmp_path):
+    """A stream whose colours are not BT.601 limited range keeps swscale's RGB (yuv.av_planes refuses it)."""
+    path = _write(tmp_path / "v.mp4", options={**ALL_INTRA, "x264-params": "colormatrix=bt709"})
+    assert _table(path) is not None
+    wanted = [2, 11, 30]
+    direct, _ = decode.read_sampled(path, lambda n: np.asarray(wanted), decoder="pyav", pixels="yuv420")
+    demuxed, _ = decode._demuxed_read(str(path), lambda n: np.asarray(wanted), "yuv420", 0.0)
+    rgb = decode.read_frames(path, wanted, decoder="pyav")
+    assert isinstance(direct, np.ndarray) and np.array_equal(direct, rgb) and np.array_equal(demuxed, rgb)

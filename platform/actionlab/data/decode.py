@@ -249,9 +249,9 @@ def _samples_read(path: str, fd: int, table: mp4.SampleTable, wanted: list[int],
     decoder.extradata = table.extradata
     decoder.thread_count = 1
     tick = profile.lap("open", tick)
-    picked = {}
+    picked = _Picked(wanted, pixels)
     try:
-        for index in sorted(set(wanted)):
+        for index in picked.order:
             size, offset = int(table.sizes[index]), int(table.offsets[index])
             data = os.pread(fd, size, offset)
             if len(data) != size:
@@ -260,15 +260,17 @@ def _samples_read(path: str, fd: int, table: mp4.SampleTable, wanted: list[int],
             frames = decoder.decode(av.Packet(data)) or _drain(decoder)
             if not frames:
                 raise DecodeError(path, f"frame {index} gave no picture; the file is probably corrupt")
-            picked[index] = frames[-1]
+            tick = profile.lap("decode", tick)
+            if not picked.add(index, frames[-1]):
+                return _samples_read(path, fd, table, wanted, "rgb", tick)  # the format changed part-way
+            tick = profile.lap("convert", tick)
     except DecodeError:
         raise
     except Exception as err:
         raise DecodeError(
             path, f"decoding frames failed ({first_line(err)}); the file is probably truncated or corrupt"
         ) from None
-    tick = profile.lap("decode", tick)
-    return _pixels(picked, wanted, pixels, tick)
+    return picked.result()
 
 
 def _drain(decoder) -> list:
@@ -278,18 +280,47 @@ def _drain(decoder) -> list:
     return frames
 
 
-def _pixels(picked: dict, wanted: list[int], pixels: str, tick: float) -> np.ndarray | yuv.Planes:
-    """The decoded frames `picked` (index -> av.VideoFrame) in the order `wanted`: YUV planes when
-    asked and every frame has them (`yuv.av_planes`), else RGB frames (swscale)."""
-    planes = {i: yuv.av_planes(frame) for i, frame in picked.items()} if pixels == "yuv420" else {}
-    if planes and all(p is not None for p in planes.values()):
-        y, u, v = (np.stack([planes[i][p] for i in wanted]) for p in range(3))  # (N, H, W), (N, H/2, W/2) x 2
+class _Picked:
+    """A clip's decoded frames, copied out as each one comes (the decoder's buffer is then free again and
+    the copy reads it while it is in cache: ~5% of a prepared clip, against holding the frames): YUV
+    planes when asked and the stream has them (`yuv.av_planes`), else RGB frames (swscale)."""
+
+    def __init__(self, wanted: list[int], pixels: str):
+        self.wanted = wanted
+        self.order = sorted(set(wanted))  # decode order: each frame once
+        self.row = {index: k for k, index in enumerate(self.order)}
+        self.planar = pixels == "yuv420"
+        self.out: list[np.ndarray] = []  # (F, H, W) x 3 planes or (F, H, W, 3): F = len(order)
+        self.filled: set[int] = set()
+
+    def add(self, index: int, frame) -> bool:
+        """Copies `frame` (an av.VideoFrame) in as frame `index`; False when it has no planes after
+        frames that had them (the stream changed format part-way: read the clip again as RGB)."""
+        planes = yuv.av_planes(frame) if self.planar else None
+        if self.planar and planes is None:
+            if self.filled:
+                return False
+            self.planar = False
+        arrays = planes if self.planar else (frame.to_ndarray(format="rgb24"),)  # (H, W, 3) when RGB
+        if not self.out:
+            self.out = [np.empty((len(self.order), *a.shape), np.uint8) for a in arrays]
+        for out, array in zip(self.out, arrays):
+            out[self.row[index]] = array  # a frame of another size raises here (caught as a corrupt file)
+        self.filled.add(index)
+        return True
+
+    def missing(self) -> set[int]:
+        return set(self.order) - self.filled
+
+    def result(self) -> np.ndarray | yuv.Planes:
+        """The frames in the order asked (repeats included): `yuv.Planes` or (N, H, W, 3) uint8."""
+        tick = profile.clock()
+        out = self.out
+        if self.wanted != self.order:
+            rows = [self.row[index] for index in self.wanted]
+            out = [array[rows] for array in out]
         profile.lap("convert", tick)
-        return yuv.Planes(y, u, v)
-    rgb = {i: frame.to_ndarray(format="rgb24") for i, frame in picked.items()}  # (H, W, 3) each
-    frames = np.stack([rgb[i] for i in wanted])  # (N, H, W, 3)
-    profile.lap("convert", tick)
-    return frames
+        return yuv.Planes(*out) if self.planar else out[0]
 
 
 def _demuxed_read(
@@ -333,12 +364,12 @@ def _demuxed_read(
                 if num_frames < 1:
                     raise DecodeError(path, "video has no frames", "short")
                 wanted = _as_indices(path, choose(num_frames), num_frames)
-        picked = {}
+        picked = _Picked(wanted, pixels)
         decoded = None  # pts of the last frame decoded (the decoder can go on from there)
         frames = None
         tick = profile.lap("open", tick)
         try:
-            for index in sorted(set(wanted)):
+            for index in picked.order:
                 target = int(frame_pts[index])
                 if decoded is None or not (int(key_pts[index]) <= decoded < target):
                     container.seek(int(key_pts[index]), stream=stream, backward=True, any_frame=False)
@@ -353,17 +384,19 @@ def _demuxed_read(
                 tick = profile.lap("decode", tick)
                 if decoded != target:
                     break
-                picked[index] = frame
+                if not picked.add(index, frame):  # the stream changed format part-way: read the clip again as RGB
+                    return _demuxed_read(path, lambda _: np.asarray(wanted), "rgb", tick)
+                tick = profile.lap("convert", tick)
         except Exception as err:
             raise DecodeError(
                 path, f"decoding frames failed ({first_line(err)}); the file is probably truncated or corrupt"
             ) from None
     finally:
         container.close()
-    if set(wanted) - picked.keys():
+    if picked.missing():
         # Frames whose timestamps do not match their packets' (rare muxers): count them in a single pass.
         return _pyav_read_sequential(path, wanted), num_frames
-    return _pixels(picked, wanted, pixels, tick), num_frames
+    return picked.result(), num_frames
 
 
 def _pyav_read_sequential(path: str, wanted: list[int]) -> np.ndarray:

@@ -85,6 +85,15 @@ def test_data_only_runs_the_loader_in_process_beside_the_bare_rate(synth_dataset
     assert out["bare_clips_per_core_s"] > 0 and out["step_clips_per_s"] > 0
     assert out["train_nodes"] == ["this process"] and out["pinned"] is False
     assert out["batches"] == {"loader": "i420", "device": "crops"}[resize_on]
+    # A bare round before each epoch and after the last; epoch 2 against the rounds around it (1 core: 0 workers).
+    bare, delivered = out["bare_rounds"], out["clips_per_s"]
+    assert len(bare) == 3 and min(bare) > 0
+    assert out["delivered_share"] == pytest.approx(delivered[1] / ((bare[1] + bare[2]) / 2))
+    if resize_on == "loader":
+        assert main(["bench", "train", "smoke", "--data-only", *sets]) == 0
+        text = capsys.readouterr().out
+        assert "bare decode rate" in text and "(median of 3 rounds, " in text
+        assert "delivered / (bare x 1 worker cores) = " in text and "; this run has 0 workers on " in text
 
 
 def test_the_gpu_checks_crop_batch_has_multi_scale_shapes_and_normalises_to_rgb():

@@ -14,7 +14,8 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -186,10 +187,12 @@ class DataOnlyBench:
     train_nodes: list  # names of the nodes holding the Train workers
     nodes: list  # the cluster's alive nodes: {"node_id", "name", "cpus", "decode_label"}
     wall_s: float
-    bare_clips_per_core_s: float  # `bench data`'s measure of the same dataset: items + collate, one core
+    bare_clips_per_core_s: float  # `bench data`'s measure of the same dataset: items + collate, one core (median)
     pinned: bool  # batches were pinned (a GPU was there)
     load_average: float  # 1-minute load average of this machine when the run ended
     batches: str = "rgb"  # what arrived: rgb, i420 (resized in the loader) or crops (`yuv.Crops`: resized on the device)
+    bare_rounds: list = field(default_factory=list)  # clips/s per core of each bare round (loader: one before each epoch, one after)
+    delivered_share: float | None = None  # loader: median over epochs 2..N of delivered / (bare x worker cores)
 
     @property
     def steady_clips_per_s(self) -> float:
@@ -197,32 +200,42 @@ class DataOnlyBench:
         return statistics.median(rates)
 
 
-def bare_decode_rate(cfg: Config, *, clips: int = 12, rounds: int = 3) -> float:
-    """Clips per CPU-second of the run's own training dataset read in this process on one thread,
-    items then their batch: `bench data`'s measure, on the same files with the same settings; the
-    median of `rounds` rounds of `clips` (one round of 12 clips varied by 1.7x on a shared machine)."""
-    import statistics
+class BareRounds:
+    """`bench data`'s measure of the run's own training dataset, read in this process on one thread,
+    items then their batch, one round of `clips` at a time: the loader's epochs are compared with the
+    rounds taken just before and after them, as this machine's speed drifts (by up to 1.7x within an
+    hour on shared hosts), so a figure taken minutes apart is no baseline."""
 
-    from . import data as bench_data
-    from ..data import decode
-    from ..train import inputs, launch
+    def __init__(self, cfg: Config, *, clips: int = 12):
+        from ..data import decode
+        from ..train import inputs, launch
 
-    train_set, _ = inputs.make_datasets(cfg, launch.resolve_data(cfg))
-    decoder = decode.decoder_name(train_set.decoder)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        bench_data.measure(train_set, decoder, 1, 0)  # imports and page cache
-        cpu_s = statistics.median(bench_data.measure(train_set, decoder, clips, 1 + r * clips)[0]
-                                  for r in range(rounds))
-    finally:
-        torch.set_num_threads(previous_threads)
-    return clips / max(cpu_s, 1e-9)
+        self.train_set, _ = inputs.make_datasets(cfg, launch.resolve_data(cfg))
+        self.decoder = decode.decoder_name(self.train_set.decoder)
+        self.clips = clips
+        self.rates: list[float] = []  # clips per CPU-second of each round
+        self._measure(1, 0)  # imports and page cache
+
+    def _measure(self, count: int, offset: int) -> float:
+        from . import data as bench_data
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return bench_data.measure(self.train_set, self.decoder, count, offset)[0]
+        finally:
+            torch.set_num_threads(threads)
+
+    def round(self) -> None:
+        cpu_s = self._measure(self.clips, 1 + len(self.rates) * self.clips)
+        self.rates.append(self.clips / max(cpu_s, 1e-9))
 
 
-def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -> dict:
+def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device,
+             between_epochs: Callable[[], None] | None = None) -> dict:
     """The run's datasets and loader as every Train worker builds them (`train.inputs`), iterated for
-    `schedule.epochs` epochs, each batch pinned when the device is a GPU; then the step rate on the last batch."""
+    `schedule.epochs` epochs, each batch pinned when the device is a GPU; then the step rate on the last batch.
+    `between_epochs` runs before each epoch and after the last, while the loader's workers wait."""
     from workloads import get_workload
     from workloads.layers import as_method
 
@@ -237,6 +250,8 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
     pin = device.type == "cuda"
     rates, batch = [], None
     for epoch in range(cfg.schedule.epochs):
+        if between_epochs:
+            between_epochs()
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
         start, seen = time.perf_counter(), 0
@@ -245,6 +260,8 @@ def _deliver(cfg: Config, ctx, *, rank: int, world: int, device: torch.device) -
                 batch["clip"] = batch["clip"].pin_memory()  # what the copy to the GPU reads from
             seen += len(batch["label"])
         rates.append(seen / max(1e-9, time.perf_counter() - start))
+    if between_epochs:
+        between_epochs()
 
     if batch is None or not len(batch["label"]):
         raise ValueError("bench train --data-only: the last training batch is empty; set schedule.epochs >= 1 and "
@@ -300,17 +317,33 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
     from ..train import launch
 
     start = time.perf_counter()
-    bare = bare_decode_rate(cfg)
+    bare = BareRounds(cfg)
+    share = None
     if cfg.data.engine == "loader":
         use_gpu = torch.cuda.is_available() and cfg.compute.use_gpu is not False
         out = _deliver(cfg, launch.resolve_data(cfg), rank=0, world=1,
-                       device=torch.device("cuda" if use_gpu else "cpu"))
+                       device=torch.device("cuda" if use_gpu else "cpu"), between_epochs=bare.round)
         out["train_nodes"], nodes = ["this process"], []
+        # Each epoch against the bare rounds just before and after it, times the cores its workers can use.
+        cores = loader_cores(cfg.data.num_loader_workers)
+        shares = [rate / (cores * (before + after) / 2)
+                  for rate, before, after in zip(out["clips_per_s"], bare.rates, bare.rates[1:])]
+        share = statistics.median(shares[1:] or shares)
     else:
+        for _ in range(3):
+            bare.round()
         out = _data_only_ray(cfg)
         nodes = decode_node_table()
     return DataOnlyBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
-                         nodes, time.perf_counter() - start, bare, out["pinned"], os.getloadavg()[0], out["batches"])
+                         nodes, time.perf_counter() - start, statistics.median(bare.rates), out["pinned"],
+                         os.getloadavg()[0], out["batches"], bare.rates, share)
+
+
+def loader_cores(num_loader_workers: int) -> int:
+    """The cores a DataLoader's workers can use on this machine: one each, at most every core."""
+    import os
+
+    return max(1, min(num_loader_workers, os.cpu_count() or 1))
 
 
 def _data_only_ray(cfg: Config) -> dict:

@@ -245,17 +245,17 @@ def run_bench_train(args) -> int:
 
 
 def _bench_data_only(cfg, *, as_json: bool) -> int:
-    from ..bench.train import data_only_run
+    from ..bench.train import data_only_run, loader_cores
     from ..train.inputs import pixels_for
 
     out = data_only_run(cfg)
     if as_json:
         print_result({**out.__dict__, "steady_clips_per_s": out.steady_clips_per_s}, True)
         return 0
-    cores = os.cpu_count() or 1
+    cores_here = os.cpu_count() or 1
     workers = cfg.data.num_loader_workers
     where = f"decode_nodes={cfg.data.decode_nodes}" if cfg.data.engine == "ray" else \
-        f"{workers} loader workers on {cores} cores"
+        f"{workers} loader workers on {cores_here} cores"
     print(f"{cfg.workload.name}: clips/s delivered to each of {cfg.compute.num_workers} Train worker(s) by "
           f"data.engine={cfg.data.engine} ({where}), data.pixels={cfg.data.pixels} ({pixels_for(cfg)} here), as "
           f"{'pinned' if out.pinned else 'unpinned (no GPU)'} {out.batches} batches, no model; steady = median of "
@@ -263,15 +263,14 @@ def _bench_data_only(cfg, *, as_json: bool) -> int:
           f"load average {out.load_average:.1f}")
     print(f"  delivered clips/s by epoch: {' '.join(f'{r:.1f}' for r in out.clips_per_s)}; steady "
           f"{out.steady_clips_per_s:.1f}")
-    if cfg.data.engine == "loader":
-        ideal = out.bare_clips_per_core_s * max(1, min(workers, cores))
-        print(f"  bare decode rate (bench data's measure, same files and settings): {out.bare_clips_per_core_s:.1f} "
-              f"clips/s per core; x {max(1, min(workers, cores))} worker cores = {ideal:.1f}; delivered / that = "
-              f"{out.steady_clips_per_s / max(ideal, 1e-9):.0%} (goal: >= 90% with one loader worker per core"
-              f"{'' if workers == cores else f'; this run has {workers} workers on {cores} cores'})")
-    else:
-        print(f"  bare decode rate (bench data's measure, same files and settings): {out.bare_clips_per_core_s:.1f} "
-              "clips/s per core")
+    rounds = f"median of {len(out.bare_rounds)} rounds, {min(out.bare_rounds):.1f}-{max(out.bare_rounds):.1f}"
+    print(f"  bare decode rate (bench data's measure, same files and settings): {out.bare_clips_per_core_s:.1f} "
+          f"clips/s per core ({rounds})")
+    if out.delivered_share is not None:
+        cores = loader_cores(workers)
+        print(f"  delivered / (bare x {cores} worker cores) = {out.delivered_share:.0%}: median of epochs 2..N, each "
+              "against the bare rounds taken just before and after it (goal: >= 90% with one loader worker per core"
+              f"{'' if workers == cores_here else f'; this run has {workers} workers on {cores_here} cores'})")
     print(f"  training step alone on such a batch: {out.step_clips_per_s:.1f} clips/s "
           "(delivering faster than this gains nothing)")
     print(f"  Train worker node(s): {', '.join(out.train_nodes)}")

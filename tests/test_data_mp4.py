@@ -14,17 +14,26 @@ from actionlab.data.decode import DecodeError
 ALL_INTRA = {"g": "1", "crf": "10", "preset": "ultrafast"}
 
 
-def _write(path, *, options=None, fmt="mp4", movflags="faststart", num_frames=31, height=32, width=48):
-    """An H.264 file of index frames (frame i's pixels = 8 i) in container `fmt`."""
+def _write(path, *, options=None, fmt="mp4", movflags="faststart", num_frames=31, height=32, width=48,
+           audio=False):
+    """An H.264 file of index frames (frame i's pixels = 8 i) in container `fmt`; with `audio`, a sound
+    track interleaved with it (the video's samples then lie in many chunks)."""
     with av.open(str(path), mode="w", format=fmt, options={"movflags": movflags} if movflags else {}) as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = dict(options or ALL_INTRA)
-        for frame in index_frames(num_frames, height=height, width=width):
+        sound = container.add_stream("aac", rate=8000) if audio else None
+        for t, frame in enumerate(index_frames(num_frames, height=height, width=width)):
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
+            if sound is not None:
+                samples = av.AudioFrame.from_ndarray(np.zeros((1, 266), np.float32), format="fltp", layout="mono")
+                samples.sample_rate, samples.pts = 8000, t * 266
+                container.mux(sound.encode(samples))
         for packet in stream.encode():
             container.mux(packet)
+        if sound is not None:
+            container.mux(sound.encode())
     return path
 
 
@@ -44,13 +53,14 @@ def _demuxed(path) -> tuple[list, list, list, int]:
         return [p.pos for p in packets], [p.size for p in packets], [p.is_keyframe for p in packets], stream.frames
 
 
-@pytest.mark.parametrize("options,movflags", [
-    (ALL_INTRA, "faststart"),  # what data prepare writes: moov first
-    (ALL_INTRA, ""),  # moov after the media data
-    ({"g": "7", "bf": "0", "crf": "10", "preset": "ultrafast"}, "faststart"),  # keyframes apart: stss
+@pytest.mark.parametrize("options,movflags,audio", [
+    (ALL_INTRA, "faststart", False),  # what data prepare writes: moov first
+    (ALL_INTRA, "", False),  # moov after the media data
+    (ALL_INTRA, "faststart", True),  # a sound track between the video's chunks: several stsc runs
+    ({"g": "7", "bf": "0", "crf": "10", "preset": "ultrafast"}, "faststart", False),  # keyframes apart: stss
 ])
-def test_table_is_where_ffmpeg_reads_each_frame(tmp_path, options, movflags):
-    path = _write(tmp_path / "v.mp4", options=options, movflags=movflags)
+def test_table_is_where_ffmpeg_reads_each_frame(tmp_path, options, movflags, audio):
+    path = _write(tmp_path / "v.mp4", options=options, movflags=movflags, audio=audio)
     table = _table(path)
     offsets, sizes, keys, frames = _demuxed(path)
     assert table is not None and table.codec == "h264"
@@ -73,7 +83,16 @@ def test_prepared_copies_are_served(tmp_path):
     assert table.offsets.tolist() == offsets and table.sizes.tolist() == sizes and table.all_sync(range(40))
 
 
-@pytest.mark.parametrize("case", ["reordered", "fragmented", "matroska", "shifted edit", "truncated moov", "text"])
+def _patched(path, box: bytes, skip: int, value: int) -> None:
+    """Overwrites the u32 `skip` bytes into the first `box` payload of the file at `path`."""
+    data = bytearray(path.read_bytes())
+    at = data.index(box) + 4 + skip
+    data[at : at + 4] = value.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("case", ["reordered", "fragmented", "matroska", "shifted edit", "short edit", "colour box",
+                                  "movie timescale 0", "truncated moov", "text"])
 def test_what_the_table_does_not_serve_is_left_to_ffmpeg(tmp_path, case):
     path = tmp_path / "v.mp4"
     if case == "reordered":  # B-frames: decode order is not display order (ctts)
@@ -83,17 +102,41 @@ def test_what_the_table_does_not_serve_is_left_to_ffmpeg(tmp_path, case):
     elif case == "matroska":
         _write(path, fmt="matroska", movflags="")
     elif case == "shifted edit":  # an edit list whose media starts at frame 1: FFmpeg drops frame 0
-        data = bytearray(_write(path).read_bytes())
-        at = data.index(b"elst") + 4 + 4 + 4 + 4  # version/flags, entry count, segment duration (v0)
-        assert data[at : at + 4] == bytes(4)
-        data[at : at + 4] = (512).to_bytes(4, "big")  # media_time: one frame at 15360 Hz / 30 fps
-        path.write_bytes(bytes(data))
+        _patched(_write(path), b"elst", 12, 512)  # media_time (after version/flags, count, duration): 1 frame
+    elif case == "short edit":  # an edit that ends before the last frame shows: FFmpeg drops it
+        _patched(_write(path), b"elst", 8, 1000)  # segment duration: 1 s of the movie's 1000 Hz, media 31/30 s
+    elif case == "colour box":  # colour tags in the container only: FFmpeg gives them to the decoder
+        _write(path, options={**ALL_INTRA, "x264-params": "colormatrix=bt709"})
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b"btrt", b"colr"))  # as long as btrt; what matters is the box's type
+    elif case == "movie timescale 0":  # FFmpeg reads it with a timescale of its own
+        _patched(_write(path), b"mvhd", 12, 0)  # after version/flags and the two v0 times
     elif case == "truncated moov":
         good = _write(tmp_path / "good.mp4").read_bytes()
         path.write_bytes(good[: good.index(b"stsz")])
     else:
         path.write_text("this is not a video\n")
     assert _table(path) is None
+
+
+def test_a_damaged_table_is_left_to_ffmpeg_and_reading_gives_frames_or_a_decode_error(tmp_path):
+    """Any u32 of the moov overwritten with 0, 1 or a huge value: the table is served or refused, never
+    raises, never allocates for counts the file cannot hold; the reader gives frames or a DecodeError."""
+    good = _write(tmp_path / "good.mp4").read_bytes()
+    start = good.index(b"moov") + 4
+    end = start + int.from_bytes(good[start - 8 : start - 4], "big") - 8
+    rng = np.random.default_rng(0)
+    path = tmp_path / "v.mp4"
+    for at in rng.choice(np.arange(start, end - 4, 4), 120, replace=False):
+        for value in (0, 1, 0xFFFFFFF0):
+            data = bytearray(good)
+            data[at : at + 4] = value.to_bytes(4, "big")
+            path.write_bytes(bytes(data))
+            _table(path)
+            try:
+                decode.read_sampled(path, lambda n: np.arange(min(n, 3)), decoder="pyav", pixels="yuv420")
+            except DecodeError:
+                pass
 
 
 def test_all_intra_clips_are_read_without_the_demuxer_and_equal_its_frames(tmp_path, monkeypatch):

@@ -143,11 +143,11 @@ def _dataset(manifest: str, *, num_frames: int, sampling: str, size_px: int, pix
 
 
 def measure_codec(manifest: str, *, num_frames: int, count: int, offset: int,
-                  packets: dict[str, tuple[bytes, list[bytes]]]) -> tuple[float, float, float, dict]:
+                  packets: dict[str, tuple[str, bytes, list[bytes]]]) -> tuple[float, float, float, dict]:
     """`measure`'s figures for the codec alone on `count` videos of `manifest` from `offset`: `num_frames`
     frames drawn as the training reader draws them (one at random in each of equal segments), each
     one's packet decoded by a fresh single-threaded decoder per clip. The packets are demuxed with
-    FFmpeg outside the clock (`packets`: path -> (decoder configuration, every packet's bytes), filled
+    FFmpeg outside the clock (`packets`: path -> (codec, its configuration, every packet's bytes), filled
     on first use), so the figure is the codec's work and nothing else: no file, no container, no
     seek. Stages: open (making the decoder), decode."""
     import av
@@ -165,12 +165,12 @@ def measure_codec(manifest: str, *, num_frames: int, count: int, offset: int,
         if path not in packets:
             with av.open(path) as container:
                 stream = container.streams.video[0]
-                packets[path] = (stream.codec_context.extradata,
+                packets[path] = (stream.codec_context.name, stream.codec_context.extradata,
                                  [bytes(p) for p in container.demux(stream) if p.size])  # decode order = display order
-        extradata, data = packets[path]
+        codec, extradata, data = packets[path]
         wanted = sampling.segment_indices(len(data), num_frames, train=True, rng=rng)
         cpu_start, wall_start, tick = time.process_time(), time.perf_counter(), time.thread_time()
-        decoder = av.CodecContext.create("h264", "r")
+        decoder = av.CodecContext.create(codec, "r")
         decoder.extradata, decoder.thread_count = extradata, 1  # one core, as a loader worker
         now = time.thread_time()
         stages["open"] += now - tick

@@ -11,6 +11,7 @@ loop runs first, in this process, then the Ray run (a local instance unless `RAY
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 import uuid
@@ -226,7 +227,8 @@ class BareRounds:
         finally:
             torch.set_num_threads(threads)
 
-    def round(self) -> None:
+    def take_round(self) -> None:
+        """Measures one round of `clips` (the next ones of the dataset) and adds its rate to `rates`."""
         cpu_s = self._measure(self.clips, 1 + len(self.rates) * self.clips)
         self.rates.append(self.clips / max(cpu_s, 1e-9))
 
@@ -312,8 +314,6 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
     rate of the same files. data.engine=loader runs the worker's DataLoader in this process (no Ray: the
     loader is the whole pipeline); data.engine=ray runs Ray Train workers on the cluster at `RAY_ADDRESS`
     (or a local instance), the Ray Data tasks placed by `data.decode_nodes`."""
-    import os
-
     from ..train import launch
 
     start = time.perf_counter()
@@ -322,16 +322,16 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
     if cfg.data.engine == "loader":
         use_gpu = torch.cuda.is_available() and cfg.compute.use_gpu is not False
         out = _deliver(cfg, launch.resolve_data(cfg), rank=0, world=1,
-                       device=torch.device("cuda" if use_gpu else "cpu"), between_epochs=bare.round)
+                       device=torch.device("cuda" if use_gpu else "cpu"), between_epochs=bare.take_round)
         out["train_nodes"], nodes = ["this process"], []
         # Each epoch against the bare rounds just before and after it, times the cores its workers can use.
         cores = loader_cores(cfg.data.num_loader_workers)
         shares = [rate / (cores * (before + after) / 2)
                   for rate, before, after in zip(out["clips_per_s"], bare.rates, bare.rates[1:])]
-        share = statistics.median(shares[1:] or shares)
+        share = statistics.median(shares[1:] or shares)  # epoch 1 pays the workers' start: only when alone
     else:
         for _ in range(3):
-            bare.round()
+            bare.take_round()
         out = _data_only_ray(cfg)
         nodes = decode_node_table()
     return DataOnlyBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
@@ -340,9 +340,8 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
 
 
 def loader_cores(num_loader_workers: int) -> int:
-    """The cores a DataLoader's workers can use on this machine: one each, at most every core."""
-    import os
-
+    """The cores a DataLoader's workers can use on this machine: one each, at most every core (at least one:
+    with no workers the loader runs in the calling process)."""
     return max(1, min(num_loader_workers, os.cpu_count() or 1))
 
 

@@ -268,7 +268,8 @@ def _bench_data_only(cfg, *, as_json: bool) -> int:
           f"clips/s per core ({rounds})")
     if out.delivered_share is not None:
         cores = loader_cores(workers)
-        print(f"  delivered / (bare x {cores} worker cores) = {out.delivered_share:.0%}: median of epochs 2..N, each "
+        epochs = "epochs 2..N" if len(out.clips_per_s) > 1 else "the one epoch"
+        print(f"  delivered / (bare x {cores} worker cores) = {out.delivered_share:.0%}: median of {epochs}, each "
               "against the bare rounds taken just before and after it (goal: >= 90% with one loader worker per core"
               f"{'' if workers == cores_here else f'; this run has {workers} workers on {cores_here} cores'})")
     print(f"  training step alone on such a batch: {out.step_clips_per_s:.1f} clips/s "

@@ -1,26 +1,31 @@
 """Where each frame of an MP4 lies: the video track's sample table, read from the file's `moov` box.
 
 In an all-intra file (what `data prepare` writes) every frame decodes from its own bytes, so a clip
-needs no demuxer: `decode` reads its frames' samples at their offsets and hands them to an H.264
-decoder made from the track's `avcC` record. Opening the file with FFmpeg (`av.open`: the demuxer,
+needs no demuxer: `frames` reads its frames' samples at their offsets and decodes each alone with an
+H.264 decoder made from the track's `avcC` record. Opening the file with FFmpeg (`av.open`: the demuxer,
 its index, `find_stream_info`) took ~2 ms of the ~7 ms a prepared clip cost; this table takes ~0.05 ms.
 
-Only what that path needs is read (ISO/IEC 14496-12 boxes: `stsd`, `stsz`, `stsc`, `stco`/`co64`,
-`stss`, `ctts`, `elst`). `sample_table` returns None for anything it does not serve the way FFmpeg's
-demuxer would (not ISO BMFF, fragmented, no `avc1` track, several sample descriptions, frames
-reordered, an edit list that shifts or trims the track), and the reader goes through FFmpeg as before.
+Only what that path needs is read (ISO/IEC 14496-12 boxes: `stsd`, `stts`, `stsz`, `stsc`,
+`stco`/`co64`, `stss`, `ctts`, `elst`). `sample_table` returns None for anything it does not serve the
+way FFmpeg's demuxer would (not ISO BMFF, fragmented, no `avc1` track, several sample descriptions,
+colour or crop boxes beside `avcC` that FFmpeg would pass to the decoder, frames reordered, an edit
+list that shifts or trims the track, a table larger than the file), and the reader goes through
+FFmpeg as before.
 """
 
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 _CODECS = {b"avc1": "h264"}  # sample entry -> FFmpeg decoder (avc1: parameter sets in avcC, not in-band)
+# Boxes a sample entry may hold besides avcC and still decode as avcC alone says (bit rates, pixel aspect);
+# others (colr: colour tags, clap: a crop, ...) FFmpeg's demuxer applies to the frames: those files go there.
+_HARMLESS = {b"avcC", b"btrt", b"pasp"}
 _VISUAL_ENTRY_BYTES = 78  # a VisualSampleEntry's fields before its child boxes (ISO/IEC 14496-12 12.1.3)
 _MAX_MOOV_BYTES = 256 << 20  # a moov past this is not a table to parse per clip
 
@@ -48,9 +53,40 @@ def sample_table(fd: int) -> SampleTable | None:
     should read the file (see the module docstring). Never raises for a malformed file: None."""
     try:
         moov = _read_moov(fd)
-        return _video_table(moov) if moov is not None else None
-    except (ValueError, KeyError, IndexError, struct.error, OSError):
+        return _video_table(moov, os.fstat(fd).st_size) if moov is not None else None
+    except (ValueError, KeyError, IndexError, struct.error, OSError, ArithmeticError):
         return None
+
+
+def frames(fd: int, table: SampleTable, indices: Iterable[int]) -> Iterator[tuple[int, object]]:
+    """(index, av.VideoFrame) of each sample of `indices` (each a sync sample: `all_sync`), read at
+    its offset and decoded by one single-threaded decoder made from the table's configuration.
+
+    Raises:
+        EOFError: a sample lies past the end of the file (truncated).
+        ValueError / av errors: a sample does not decode (corrupt).
+    """
+    import av
+
+    decoder = av.CodecContext.create(table.codec, "r")
+    decoder.extradata = table.extradata
+    decoder.thread_count = 1
+    file_size = os.fstat(fd).st_size
+    for index in indices:
+        size, offset = int(table.sizes[index]), int(table.offsets[index])
+        if offset + size > file_size:
+            raise EOFError(f"frame {index} lies past the end of the file ({offset + size} > {file_size} bytes)")
+        out = decoder.decode(av.Packet(os.pread(fd, size, offset))) or _drain(decoder)
+        if not out:
+            raise ValueError(f"frame {index} gave no picture")
+        yield index, out[-1]
+
+
+def _drain(decoder) -> list:
+    """The frames a decoder holds back (one that delays output), leaving it ready for the next packet."""
+    frames = decoder.decode(None)
+    decoder.flush_buffers()
+    return frames
 
 
 def _boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -107,11 +143,13 @@ def _full_box(buf: bytes, span: tuple[int, int]) -> tuple[int, int]:
     return buf[span[0]], span[0] + 4
 
 
-def _video_table(moov: bytes) -> SampleTable | None:
+def _video_table(moov: bytes, file_size: int) -> SampleTable | None:
     top = (0, len(moov))
     if b"mvex" in _children(moov, top):
         return None  # fragmented: samples live in moof boxes
     movie_timescale = _timescale(moov, _children(moov, top)[b"mvhd"])
+    if not movie_timescale:
+        return None  # FFmpeg reads such files with a timescale of its own choosing
     for kind, start, end in _boxes(moov, *top):
         if kind != b"trak":
             continue
@@ -122,9 +160,9 @@ def _video_table(moov: bytes) -> SampleTable | None:
         media_timescale = _timescale(moov, mdia[b"mdhd"])
         stbl = _children(moov, _children(moov, mdia[b"minf"])[b"stbl"])
         # The first video track is the one FFmpeg's reader takes (`streams.video[0]`): served or not.
-        if not _plain_timeline(moov, trak, stbl, movie_timescale, media_timescale):
+        if not media_timescale or not _plain_timeline(moov, trak, stbl, movie_timescale, media_timescale):
             return None
-        return _samples(moov, stbl)
+        return _samples(moov, stbl, file_size)
     return None
 
 
@@ -134,54 +172,50 @@ def _timescale(buf: bytes, span: tuple[int, int]) -> int:
     return struct.unpack_from(">I", buf, at + (16 if version == 1 else 8))[0]
 
 
-def _duration(buf: bytes, span: tuple[int, int]) -> int:
-    """mdhd's duration, in its timescale."""
-    version, at = _full_box(buf, span)
-    return struct.unpack_from(">Q" if version == 1 else ">I", buf, at + (20 if version == 1 else 12))[0]
-
-
 def _plain_timeline(moov: bytes, trak: dict, stbl: dict, movie_timescale: int, media_timescale: int) -> bool:
-    """True when sample i is displayed i-th and none is cut: no reordering (ctts absent or one
-    constant offset) and no edit list, or one edit that starts the media at 0 at normal rate and
-    covers all of it (as FFmpeg's muxer writes for streams without B-frames)."""
+    """True when sample i is displayed i-th and none is cut: no reordering (ctts absent or one constant
+    offset) and no edit list, or one edit that starts the media at 0 at normal rate and lasts past the
+    last sample's display time (as FFmpeg's muxer writes for streams without B-frames)."""
+    offset = 0  # display time - decode time, the same for every sample
     if b"ctts" in stbl:
         _, at = _full_box(moov, stbl[b"ctts"])
-        if struct.unpack_from(">I", moov, at)[0] > 1:
+        runs = struct.unpack_from(">I", moov, at)[0]
+        if runs > 1:
             return False  # offsets differ between samples: frames are reordered
-    if b"edts" not in trak:
+        offset = struct.unpack_from(">i", moov, at + 8)[0] if runs else 0
+    if b"edts" not in trak or b"elst" not in _children(moov, trak[b"edts"]):
         return True
-    edts = _children(moov, trak[b"edts"])
-    if b"elst" not in edts:
-        return True
-    version, at = _full_box(moov, edts[b"elst"])
-    (count,) = struct.unpack_from(">I", moov, at)
-    if count != 1:
+    version, at = _full_box(moov, _children(moov, trak[b"edts"])[b"elst"])
+    if struct.unpack_from(">I", moov, at)[0] != 1:
         return False
-    if version == 1:
-        segment, media_time, rate = struct.unpack_from(">QqI", moov, at + 4)
-    else:
-        segment, media_time, rate = struct.unpack_from(">IiI", moov, at + 4)
+    segment, media_time, rate = struct.unpack_from(">QqI" if version == 1 else ">IiI", moov, at + 4)
     if media_time != 0 or rate != 0x00010000:
         return False
-    media_s = _duration(moov, _children(moov, trak[b"mdia"])[b"mdhd"]) / media_timescale
-    return segment / movie_timescale >= media_s - 1.0 / movie_timescale  # the edit covers every sample
+    _, at = _full_box(moov, stbl[b"stts"])
+    runs = np.frombuffer(moov, ">u4", 2 * struct.unpack_from(">I", moov, at)[0], at + 4).astype(np.int64)
+    counts, deltas = runs[0::2], runs[1::2]  # runs of samples with one duration each
+    if not len(counts):
+        return False
+    last_shown = int(counts @ deltas) - int(deltas[-1]) + offset  # the last sample's display time, media units
+    return last_shown * movie_timescale < segment * media_timescale  # FFmpeg keeps what starts inside the edit
 
 
-def _samples(moov: bytes, stbl: dict) -> SampleTable | None:
+def _samples(moov: bytes, stbl: dict, file_size: int) -> SampleTable | None:
     _, at = _full_box(moov, stbl[b"stsd"])
     if struct.unpack_from(">I", moov, at)[0] != 1:
         return None  # several sample descriptions: samples may switch decoder configuration
-    kind, entry_start, entry_end = next(_boxes(moov, at + 4, stbl[b"stsd"][1]))
+    kind, entry_start, entry_end = next(_boxes(moov, at + 4, stbl[b"stsd"][1]), (b"", 0, 0))
     if kind not in _CODECS:
         return None
-    config = _children(moov, (entry_start + _VISUAL_ENTRY_BYTES, entry_end)).get(b"avcC")
-    if config is None:
+    inside = _children(moov, (entry_start + _VISUAL_ENTRY_BYTES, entry_end))
+    if b"avcC" not in inside or not inside.keys() <= _HARMLESS:
         return None
+    config = inside[b"avcC"]
 
     _, at = _full_box(moov, stbl[b"stsz"])
     fixed_size, count = struct.unpack_from(">II", moov, at)
-    if count == 0:
-        return None
+    if count == 0 or count * max(fixed_size, 1) > file_size:
+        return None  # no samples, or more bytes than the file has
     sizes = (np.full(count, fixed_size, np.int64) if fixed_size
              else np.frombuffer(moov, ">u4", count, at + 8).astype(np.int64))  # (N,)
 
@@ -199,11 +233,12 @@ def _samples(moov: bytes, stbl: dict) -> SampleTable | None:
     first_chunk = runs[:, 0] - 1
     if not len(runs) or first_chunk[0] != 0 or np.any(np.diff(first_chunk) <= 0) or first_chunk[-1] >= num_chunks:
         return None
-    per_chunk = np.repeat(runs[:, 1], np.diff(np.append(first_chunk, num_chunks)))  # (C,) samples in chunk c
-    if per_chunk.sum() < count:
+    per_chunk = np.repeat(np.minimum(runs[:, 1], count), np.diff(np.append(first_chunk, num_chunks)))  # (C,)
+    through = np.cumsum(per_chunk)  # (C,) samples in chunks 0..c
+    if through[-1] < count:
         return None
-    chunk_of = np.repeat(np.arange(num_chunks), per_chunk)[:count]  # (N,) chunk of sample i
-    first_of_chunk = np.cumsum(per_chunk) - per_chunk  # (C,) index of each chunk's first sample
+    chunk_of = np.searchsorted(through, np.arange(count), side="right")  # (N,) chunk of sample i
+    first_of_chunk = through - per_chunk  # (C,) index of each chunk's first sample
     ends = np.cumsum(sizes)  # (N,) bytes up to and including sample i
     offsets = chunk_offsets[chunk_of] + (ends - sizes) - (ends - sizes)[first_of_chunk[chunk_of]]
 

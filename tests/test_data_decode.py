@@ -164,3 +164,8 @@ def test_frame_index_comes_from_the_container_only_without_reordering(tmp_path, 
         decode.read_sampled(path, misconfigured, decoder="pyav")
     wanted = [30, 0, 8, 9, 15, 29]
     np.testing.assert_allclose(_frame_values(decode.read_frames(path, wanted)), wanted, atol=0.25)
+    # All-intra MP4s are read from their sample table (test_data_mp4); other all-intra files (colour boxes,
+    # MOV) take the demuxer, which must read no more of the index either.
+    demuxed, count = decode._demuxed_read(str(path), lambda n: np.asarray(wanted), "rgb", 0.0)
+    assert count == 31
+    np.testing.assert_allclose(_frame_values(demuxed), wanted, atol=0.25)

@@ -16,7 +16,7 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,6 +32,11 @@ class TrainBenchSide:
     wall_s: float  # the whole call, start-up included
     epochs_s: float  # training + validation passes, summed over epochs
     ray_start_s: float = 0.0  # starting (or joining) Ray
+
+    @property
+    def bare_clips_per_core_s(self) -> float:
+        """`bench data`'s measure of the same dataset (items + collate, one core): the rounds' median."""
+        return statistics.median(self.bare_rounds)
 
     @property
     def steady_clips_per_s(self) -> float:
@@ -188,12 +193,16 @@ class DataOnlyBench:
     train_nodes: list  # names of the nodes holding the Train workers
     nodes: list  # the cluster's alive nodes: {"node_id", "name", "cpus", "decode_label"}
     wall_s: float
-    bare_clips_per_core_s: float  # `bench data`'s measure of the same dataset: items + collate, one core (median)
+    bare_rounds: list  # clips/s per core of each bare round (`BareRounds`; loader: one before each epoch, one after)
     pinned: bool  # batches were pinned (a GPU was there)
     load_average: float  # 1-minute load average of this machine when the run ended
     batches: str = "rgb"  # what arrived: rgb, i420 (resized in the loader) or crops (`yuv.Crops`: resized on the device)
-    bare_rounds: list = field(default_factory=list)  # clips/s per core of each bare round (loader: one before each epoch, one after)
     delivered_share: float | None = None  # loader: median over epochs 2..N of delivered / (bare x worker cores)
+
+    @property
+    def bare_clips_per_core_s(self) -> float:
+        """`bench data`'s measure of the same dataset (items + collate, one core): the rounds' median."""
+        return statistics.median(self.bare_rounds)
 
     @property
     def steady_clips_per_s(self) -> float:
@@ -335,8 +344,8 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
         out = _data_only_ray(cfg)
         nodes = decode_node_table()
     return DataOnlyBench(out["clips_per_s"], out["step_clips_per_s"], out["clips_per_node"], out["train_nodes"],
-                         nodes, time.perf_counter() - start, statistics.median(bare.rates), out["pinned"],
-                         os.getloadavg()[0], out["batches"], bare.rates, share)
+                         nodes, time.perf_counter() - start, bare.rates, out["pinned"], os.getloadavg()[0],
+                         out["batches"], share)
 
 
 def loader_cores(num_loader_workers: int) -> int:

@@ -250,7 +250,8 @@ def _bench_data_only(cfg, *, as_json: bool) -> int:
 
     out = data_only_run(cfg)
     if as_json:
-        print_result({**out.__dict__, "steady_clips_per_s": out.steady_clips_per_s}, True)
+        print_result({**out.__dict__, "steady_clips_per_s": out.steady_clips_per_s,
+                      "bare_clips_per_core_s": out.bare_clips_per_core_s}, True)
         return 0
     cores_here = os.cpu_count() or 1
     workers = cfg.data.num_loader_workers

@@ -39,6 +39,7 @@ class SampleTable:
     offsets: np.ndarray  # (N,) int64 byte offset of sample i in the file
     sizes: np.ndarray  # (N,) int64 byte size of sample i
     sync: np.ndarray | None  # (N,) bool: sample i decodes from itself; None when every sample does
+    file_size: int  # bytes of the file the table was read from
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -52,8 +53,9 @@ def sample_table(fd: int) -> SampleTable | None:
     """The sample table of the open file `fd`'s first video track, or None where FFmpeg's demuxer
     should read the file (see the module docstring). Never raises for a malformed file: None."""
     try:
-        moov = _read_moov(fd)
-        return _video_table(moov, os.fstat(fd).st_size) if moov is not None else None
+        file_size = os.fstat(fd).st_size
+        moov = _read_moov(fd, file_size)
+        return _video_table(moov, file_size) if moov is not None else None
     except (ValueError, KeyError, IndexError, struct.error, OSError, ArithmeticError):
         return None
 
@@ -71,11 +73,10 @@ def frames(fd: int, table: SampleTable, indices: Iterable[int]) -> Iterator[tupl
     decoder = av.CodecContext.create(table.codec, "r")
     decoder.extradata = table.extradata
     decoder.thread_count = 1
-    file_size = os.fstat(fd).st_size
     for index in indices:
         size, offset = int(table.sizes[index]), int(table.offsets[index])
-        if offset + size > file_size:
-            raise EOFError(f"frame {index} lies past the end of the file ({offset + size} > {file_size} bytes)")
+        if offset + size > table.file_size:
+            raise EOFError(f"frame {index} lies past the end of the file ({offset + size} > {table.file_size} bytes)")
         out = decoder.decode(av.Packet(os.pread(fd, size, offset))) or _drain(decoder)
         if not out:
             raise ValueError(f"frame {index} gave no picture")
@@ -89,18 +90,24 @@ def _drain(decoder) -> list:
     return frames
 
 
+def _header(buf: bytes, pos: int, end: int) -> tuple[bytes, int, int]:
+    """(type, header bytes, box bytes) of the box at buf[pos:], which must end by `end`."""
+    size, kind = struct.unpack_from(">I4s", buf, pos)
+    header = 8
+    if size == 1:
+        (size,), header = struct.unpack_from(">Q", buf, pos + 8), 16
+    elif size == 0:
+        size = end - pos  # to the end of the enclosing box (or file)
+    if size < header or pos + size > end:
+        raise ValueError(f"box {kind!r} at {pos} overruns its parent")
+    return kind, header, size
+
+
 def _boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
     """(type, payload start, box end) of each box in buf[start:end]."""
     pos = start
     while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", buf, pos)
-        header = 8
-        if size == 1:
-            (size,), header = struct.unpack_from(">Q", buf, pos + 8), 16
-        elif size == 0:
-            size = end - pos  # to the end of the enclosing box
-        if size < header or pos + size > end:
-            raise ValueError(f"box {kind!r} at {pos} overruns its parent")
+        kind, header, size = _header(buf, pos, end)
         yield kind, pos + header, pos + size
         pos += size
 
@@ -113,20 +120,11 @@ def _children(buf: bytes, span: tuple[int, int]) -> dict[bytes, tuple[int, int]]
     return out
 
 
-def _read_moov(fd: int) -> bytes | None:
+def _read_moov(fd: int, file_size: int) -> bytes | None:
     """The moov box's payload, found by walking the file's top-level boxes (a few reads)."""
-    file_size = os.fstat(fd).st_size
     pos = 0
     while pos + 8 <= file_size:
-        head = os.pread(fd, 16, pos)
-        size, kind = struct.unpack_from(">I4s", head)
-        header = 8
-        if size == 1:
-            (size,), header = struct.unpack_from(">Q", head, 8), 16
-        elif size == 0:
-            size = file_size - pos
-        if size < header or pos + size > file_size:
-            return None  # truncated or not ISO BMFF
+        kind, header, size = _header(os.pread(fd, 16, pos), 0, file_size - pos)  # ValueError when truncated
         if kind == b"moov":
             if size > _MAX_MOOV_BYTES:
                 return None
@@ -145,9 +143,10 @@ def _full_box(buf: bytes, span: tuple[int, int]) -> tuple[int, int]:
 
 def _video_table(moov: bytes, file_size: int) -> SampleTable | None:
     top = (0, len(moov))
-    if b"mvex" in _children(moov, top):
+    movie = _children(moov, top)
+    if b"mvex" in movie:
         return None  # fragmented: samples live in moof boxes
-    movie_timescale = _timescale(moov, _children(moov, top)[b"mvhd"])
+    movie_timescale = _timescale(moov, movie[b"mvhd"])
     if not movie_timescale:
         return None  # FFmpeg reads such files with a timescale of its own choosing
     for kind, start, end in _boxes(moov, *top):
@@ -248,4 +247,4 @@ def _samples(moov: bytes, stbl: dict, file_size: int) -> SampleTable | None:
         numbers = np.frombuffer(moov, ">u4", struct.unpack_from(">I", moov, at)[0], at + 4).astype(np.int64)
         sync = np.zeros(count, bool)
         sync[numbers[(numbers >= 1) & (numbers <= count)] - 1] = True
-    return SampleTable(_CODECS[kind], bytes(moov[config[0] : config[1]]), offsets, sizes, sync)
+    return SampleTable(_CODECS[kind], bytes(moov[config[0] : config[1]]), offsets, sizes, sync, file_size)

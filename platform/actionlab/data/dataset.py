@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from actionlab import storage
 from actionlab.data import decode, frame_folders, profile, sampling, transforms, yuv
+from actionlab.data.batch_ring import BatchRing
 from workloads.registry import InputFormat
 
 
@@ -386,13 +387,14 @@ def build_dataset(
     )
 
 
-def stack_clips(clips: list[torch.Tensor | yuv.Crops]) -> torch.Tensor | yuv.Crops:
+def stack_clips(clips: list[torch.Tensor | yuv.Crops], ring: BatchRing | None = None) -> torch.Tensor | yuv.Crops:
     """Stacks items' clips; when packed I420 and RGB items meet (a frame folder or a BT.709 video in a
     `yuv420` run), the I420 ones are converted to uint8 RGB first, on the CPU. `yuv.Crops` items make
-    one `yuv.Crops`; among other items they are resized here, on the CPU."""
+    one `yuv.Crops` (in a segment of `ring` when it has one free); among other items they are resized
+    here, on the CPU."""
     crops = [clip for clip in clips if isinstance(clip, yuv.Crops)]
     if crops and len(crops) == len(clips):
-        return yuv.Crops.cat(crops)
+        return yuv.Crops.cat(crops, ring)
     if crops:
         clips = [c.packed()[0].round_().to(torch.uint8) if isinstance(c, yuv.Crops) else c for c in clips]
     if len({clip.shape for clip in clips}) > 1:
@@ -400,8 +402,8 @@ def stack_clips(clips: list[torch.Tensor | yuv.Crops]) -> torch.Tensor | yuv.Cro
     return torch.stack(clips)  # (B, T, C, H, W) or (B, V, T, C, H, W)
 
 
-def collate_clips(items: list[dict]) -> dict:
-    """Stacks good items and lists the bad ones.
+def collate_clips(items: list[dict], ring: BatchRing | None = None) -> dict:
+    """Stacks good items and lists the bad ones (`ring`: see `stack_clips`).
 
     Returns:
         `clip` (B, ...) uint8, `label` (B,) int64, `video_id` list of B, `bad` list of
@@ -414,7 +416,7 @@ def collate_clips(items: list[dict]) -> dict:
         empty_clip, empty_label = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return {"clip": empty_clip, "label": empty_label, "video_id": [], "bad": bad}
     batch = {
-        "clip": stack_clips([item["clip"] for item in good]),  # (B, T, C, H, W) or (B, V, T, C, H, W)
+        "clip": stack_clips([item["clip"] for item in good], ring),  # (B, T, C, H, W) or (B, V, T, C, H, W)
         "label": torch.tensor([item["label"] for item in good], dtype=torch.int64),
         "video_id": [item["video_id"] for item in good],
         "bad": bad,

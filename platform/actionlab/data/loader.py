@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from actionlab.data.batch_ring import BatchRing
 from actionlab.data.dataset import collate_clips
 
 # Loader workers start from a fresh server process, never forked from the caller: a Train worker runs
@@ -50,7 +51,8 @@ def make_loader(
     """A DataLoader over clips with `collate_clips`.
 
     Workers start once per loader (`persistent_workers`), from a fork server (`start_method`), and
-    follow the dataset's `set_epoch` through shared memory. The timeout (only meaningful with workers)
+    follow the dataset's `set_epoch` through shared memory. They write `yuv.Crops` batches into shared
+    segments they reuse (`batch_ring`). The timeout (only meaningful with workers)
     turns a hung worker into a `LoaderTimeout` that shows each worker's Python stack.
 
     Args:
@@ -75,6 +77,7 @@ def make_loader(
     # Persistent workers draw their base seed once, at the first epoch: drawn from the global RNG, a run
     # resumed at a later epoch would draw it there and train on with other random numbers.
     common["generator"] = torch.Generator().manual_seed(seed)
+    common["collate_fn"] = functools.partial(collate_clips, ring=BatchRing(num_workers))
     context = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         context.set_forkserver_preload(_PRELOAD)  # no effect once this process's fork server runs

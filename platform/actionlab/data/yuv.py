@@ -22,6 +22,9 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import get_worker_info
+
+from . import batch_ring
 
 # Where training clips cut from YUV planes are resized: per clip in the loader, or per batch where the
 # batch is normalised (the GPU, when the Train worker has one).
@@ -152,12 +155,22 @@ class Crops:
     Every clip's Y and U/V crops lie in one flat uint8 buffer, so a batch is pinned and copied to the
     device in one piece. `packed()` resizes each clip (antialiased bilinear, in float: no rounding
     to uint8 before the colour conversion) and returns the batch as packed I420 like `crop_resize`'s.
+    A batch a loader worker wrote into a `batch_ring` segment carries its `lease` (see `__reduce__`).
     """
 
     data: torch.Tensor  # (sum of the crops' sizes,) uint8
     shapes: list  # per clip: (T, h, w, ch, cw) of its Y and of each of its U and V crops
     flips: list  # per clip: mirror it horizontally
     size_px: int
+    lease: batch_ring.Lease | None = None
+
+    def __reduce__(self):
+        """Sent from a loader worker, a leased batch is claimed where it arrives. Sent on from there, it
+        goes as a copy: the ring hands the segment back to its worker once the first receiver drops it."""
+        data, lease = self.data, self.lease
+        if lease is not None and get_worker_info() is None:
+            data, lease = data.clone(), None
+        return _arrived, (data, self.shapes, self.flips, self.size_px, lease)
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -182,9 +195,14 @@ class Crops:
         return Crops(torch.from_numpy(flat), [(t, h, w, ch, cw)], [bool(flip)], size_px)
 
     @staticmethod
-    def cat(items: list[Crops]) -> Crops:
-        return Crops(torch.cat([c.data for c in items]), [s for c in items for s in c.shapes],
-                     [f for c in items for f in c.flips], items[0].size_px)
+    def cat(items: list[Crops], ring: batch_ring.BatchRing | None = None) -> Crops:
+        """One batch of the items' crops; in a loader worker, written into a segment of `ring` when one is free."""
+        total = sum(c.data.numel() for c in items)
+        placed = ring.buffer(total) if ring is not None else None
+        data, lease = placed or (torch.empty(total, dtype=torch.uint8), None)
+        torch.cat([c.data for c in items], out=data)
+        return Crops(data, [s for c in items for s in c.shapes], [f for c in items for f in c.flips], items[0].size_px,
+                     lease)
 
     def pin_memory(self) -> Crops:
         """Page-locked copy (what the DataLoader's pinning thread calls)."""
@@ -231,6 +249,13 @@ class Crops:
             luma, chroma = torch.where(flip, luma.flip(-1), luma), torch.where(flip, chroma.flip(-1), chroma)
         uv = chroma.view(b, 2, t, half * half).transpose(1, 2).reshape(b, t, half, size)  # (B, T, S/2, S)
         return torch.cat([luma, uv], dim=2).unsqueeze(2)
+
+
+def _arrived(data: torch.Tensor, shapes: list, flips: list, size_px: int, lease: batch_ring.Lease | None) -> Crops:
+    """Unpickles a `Crops`; one leased from a loader worker's ring is claimed by the process it reaches."""
+    if lease is not None:
+        batch_ring.claim(lease, data)
+    return Crops(data, shapes, flips, size_px, lease)
 
 
 def is_i420(clips: torch.Tensor | Crops) -> bool:

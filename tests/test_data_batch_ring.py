@@ -1,15 +1,18 @@
 """Loader workers write `yuv.Crops` batches into shared-memory segments they reuse (`data.batch_ring`); a
 segment goes back to its worker only once the consuming process has dropped the batch in it."""
 
+import copy
+import os
 import types
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 
 from actionlab.data import batch_ring, yuv
 from actionlab.data.loader import make_loader
 
-SEGMENTS = 4  # BatchRing's default, per worker
+SEGMENTS = 5  # BatchRing's default, per worker
 
 
 class _CropItems(Dataset):
@@ -34,29 +37,40 @@ def _loader(items, batch_size):
     return make_loader(items, batch_size=batch_size, shuffle=False, num_workers=2, timeout_s=60, drop_last=False)
 
 
-def test_batches_reuse_their_workers_segments_and_arrive_intact():
-    items = _CropItems()
-    loader = _loader(items, batch_size=3)  # 16 batches an epoch
-    leases = []
-    for _ in range(2):
+def _segments_used(loader, items, epochs: int) -> list:
+    """Each batch's (worker, segment) as batches are checked and dropped; segment None: fresh memory."""
+    used = []
+    for _ in range(epochs):
         for batch in loader:  # each batch dropped when the next one arrives
             crops = batch["clip"]
             expected = _expected(items, batch["label"])
             assert torch.equal(crops.data, expected.data) and crops.shapes == expected.shapes
             assert crops.flips == expected.flips
-            leases.append(crops.lease)
-    leased = [lease for lease in leases if lease is not None]
-    assert len(leased) >= 0.8 * len(leases), leases  # a free segment is the rule, fresh memory the exception
-    used = {lease[1:] for lease in leased}  # (worker, segment)
-    assert {w for w, _ in used} == {0, 1} and len(used) <= 2 * SEGMENTS < len(leased)
+            used.append((crops.lease.worker, crops.lease.segment))
+    return used
 
 
-def test_batches_a_consumer_keeps_are_never_overwritten():
+def _mostly_reused(used: list) -> None:
+    in_segments = [u for u in used if u[1] is not None]
+    assert len(in_segments) >= 0.8 * len(used), used  # a free segment is the rule, fresh memory the exception
+    assert {w for w, _ in in_segments} == {0, 1} and len(set(in_segments)) <= 2 * SEGMENTS < len(in_segments)
+
+
+def test_batches_reuse_their_workers_segments_and_arrive_intact():
     items = _CropItems()
-    kept = list(_loader(items, batch_size=2))  # 24 batches, all held: no segment comes back
+    _mostly_reused(_segments_used(_loader(items, batch_size=3), items, epochs=2))  # 16 batches an epoch
+
+
+def test_batches_a_consumer_keeps_are_never_overwritten_and_their_segments_come_back():
+    items = _CropItems()
+    loader = _loader(items, batch_size=2)  # 24 batches an epoch
+    kept = list(loader)  # all held: no segment comes back during the epoch
     assert all(torch.equal(b["clip"].data, _expected(items, b["label"]).data) for b in kept)
-    leased = [b["clip"].lease for b in kept if b["clip"].lease is not None]
-    assert len(leased) == 2 * SEGMENTS and len(set(leased)) == len(leased)  # then fresh memory for the rest
+    leases = [b["clip"].lease for b in kept]
+    in_segments = [lease for lease in leases if lease.segment is not None]
+    assert len(in_segments) == len(set(in_segments)) == 2 * SEGMENTS  # then fresh memory for the rest
+    del kept, leases, in_segments
+    _mostly_reused(_segments_used(loader, items, epochs=1))
 
 
 def test_a_leased_batch_goes_on_as_a_copy(monkeypatch):
@@ -65,14 +79,26 @@ def test_a_leased_batch_goes_on_as_a_copy(monkeypatch):
     items = _CropItems()
     ring = batch_ring.BatchRing(1)
     assert yuv.Crops.cat([items[0]["clip"]], ring).lease is None  # outside a loader worker: fresh memory
-    worker = types.SimpleNamespace(id=0)
-    monkeypatch.setattr(batch_ring, "get_worker_info", lambda: worker)
-    monkeypatch.setattr(yuv, "get_worker_info", lambda: worker)
+    monkeypatch.setattr(batch_ring, "get_worker_info", lambda: types.SimpleNamespace(id=0))
     crops = yuv.Crops.cat([items[0]["clip"], items[1]["clip"]], ring)
-    assert crops.lease == (ring.key, 0, 0) and ring.busy[0].tolist() == [1, 0, 0, 0]
-    _, (data, *_, lease) = crops.__reduce__()
+    assert crops.lease == (ring.key, 0, 0, os.getpid()) and ring.busy[0].tolist() == [1, 0, 0, 0, 0]
+    _, (data, *_, lease) = crops.__reduce__()  # in the worker that wrote it
     assert data is crops.data and lease == crops.lease
-    monkeypatch.setattr(yuv, "get_worker_info", lambda: None)
-    _, (data, *_, lease) = crops.__reduce__()
+    reached = copy.copy(crops)
+    reached.lease = crops.lease._replace(writer_pid=-1)  # as seen in the process it reached
+    _, (data, *_, lease) = reached.__reduce__()
     assert lease is None and data.untyped_storage().data_ptr() != crops.data.untyped_storage().data_ptr()
     assert torch.equal(data, crops.data)
+
+
+def test_a_failed_collate_gives_its_segment_back_and_a_copied_ring_is_its_own(monkeypatch):
+    ring = batch_ring.BatchRing(1)
+    monkeypatch.setattr(batch_ring, "get_worker_info", lambda: types.SimpleNamespace(id=0))
+    odd = yuv.Crops(torch.zeros(10, dtype=torch.float32), [(1, 2, 2, 1, 1)], [False], 2)  # not uint8
+    with pytest.raises(TypeError, match="cast"):
+        yuv.Crops.cat([odd], ring)
+    assert ring.busy[0].tolist() == [0] * SEGMENTS
+    twin = copy.deepcopy(ring)  # e.g. a deep copy of the loader: its batches must not free this ring's segments
+    assert twin.key != ring.key and twin.busy.is_shared()
+    twin.busy[0, 0] = 1
+    assert ring.busy[0, 0] == 0

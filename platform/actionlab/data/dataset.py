@@ -415,9 +415,10 @@ def collate_clips(items: list[dict], ring: BatchRing | None = None) -> dict:
     if not good:
         empty_clip, empty_label = torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
         return {"clip": empty_clip, "label": empty_label, "video_id": [], "bad": bad}
+    labels = torch.tensor([item["label"] for item in good], dtype=torch.int64)
     batch = {
         "clip": stack_clips([item["clip"] for item in good], ring),  # (B, T, C, H, W) or (B, V, T, C, H, W)
-        "label": torch.tensor([item["label"] for item in good], dtype=torch.int64),
+        "label": labels,
         "video_id": [item["video_id"] for item in good],
         "bad": bad,
     }

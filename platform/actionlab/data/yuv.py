@@ -22,9 +22,8 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import get_worker_info
 
-from . import batch_ring
+from actionlab.data import batch_ring
 
 # Where training clips cut from YUV planes are resized: per clip in the loader, or per batch where the
 # batch is normalised (the GPU, when the Train worker has one).
@@ -155,7 +154,8 @@ class Crops:
     Every clip's Y and U/V crops lie in one flat uint8 buffer, so a batch is pinned and copied to the
     device in one piece. `packed()` resizes each clip (antialiased bilinear, in float: no rounding
     to uint8 before the colour conversion) and returns the batch as packed I420 like `crop_resize`'s.
-    A batch a loader worker wrote into a `batch_ring` segment carries its `lease` (see `__reduce__`).
+    A batch a loader worker wrote into a `batch_ring` segment carries its `lease`, and its `data` belongs
+    to the ring: send the `Crops` on to another process (it goes as a copy), not its bare `data`.
     """
 
     data: torch.Tensor  # (sum of the crops' sizes,) uint8
@@ -165,10 +165,10 @@ class Crops:
     lease: batch_ring.Lease | None = None
 
     def __reduce__(self):
-        """Sent from a loader worker, a leased batch is claimed where it arrives. Sent on from there, it
-        goes as a copy: the ring hands the segment back to its worker once the first receiver drops it."""
+        """A batch a loader worker wrote into its ring travels with its lease to the process it reaches
+        (`batch_ring.arrived`); sent on from there, it goes as a copy (`Lease.sent_on`)."""
         data, lease = self.data, self.lease
-        if lease is not None and get_worker_info() is None:
+        if lease is not None and lease.sent_on():
             data, lease = data.clone(), None
         return _arrived, (data, self.shapes, self.flips, self.size_px, lease)
 
@@ -200,7 +200,12 @@ class Crops:
         total = sum(c.data.numel() for c in items)
         placed = ring.buffer(total) if ring is not None else None
         data, lease = placed or (torch.empty(total, dtype=torch.uint8), None)
-        torch.cat([c.data for c in items], out=data)
+        try:
+            torch.cat([c.data for c in items], out=data)
+        except BaseException:
+            if lease is not None:
+                ring.give_back(lease)
+            raise
         return Crops(data, [s for c in items for s in c.shapes], [f for c in items for f in c.flips], items[0].size_px,
                      lease)
 
@@ -252,9 +257,9 @@ class Crops:
 
 
 def _arrived(data: torch.Tensor, shapes: list, flips: list, size_px: int, lease: batch_ring.Lease | None) -> Crops:
-    """Unpickles a `Crops`; one leased from a loader worker's ring is claimed by the process it reaches."""
+    """Unpickles a `Crops`; one from a loader worker's ring is watched by the process it reaches."""
     if lease is not None:
-        batch_ring.claim(lease, data)
+        batch_ring.arrived(lease, data)
     return Crops(data, shapes, flips, size_px, lease)
 
 

@@ -138,6 +138,17 @@ def _resampled(frames, fps: float):
     # the last frame is shown until its own display time ends; nothing more to emit
 
 
+def _bt601(frame, width: int, height: int):
+    """The frame resized to yuv420p in BT.601 limited range, what an untagged H.264 stream means to FFmpeg
+    and to the YUV reader (`yuv.av_planes`). A BT.709 or full-range source is converted, not relabelled:
+    its colours keep their meaning (relabelled, saturated ones moved by 20-30 levels; swscale's conversion
+    truncates, about 1 level). The copy stays untagged: colour tags would put a `colr` box in the MP4,
+    which sends its reads through FFmpeg's demuxer (`mp4.sample_table`)."""
+    return frame.reformat(width=width, height=height, format="yuv420p", interpolation="AREA",
+                          src_colorspace=frame.colorspace, dst_colorspace="ITU601",
+                          src_color_range=frame.color_range, dst_color_range="MPEG")
+
+
 def encode_video(src: str, dst: str, settings: EncodeSettings, *, media: str = "video") -> int:
     """Re-encodes one local video (or JPEG frame folder) into `dst`; returns the frames written.
 
@@ -184,7 +195,7 @@ def encode_video(src: str, dst: str, settings: EncodeSettings, *, media: str = "
                 stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                 stream.options = settings.x264_options()
                 stream.codec_context.thread_count = 1  # one task = one core; parallelism comes from Ray
-            out = frame.reformat(width=stream.width, height=stream.height, format="yuv420p", interpolation="AREA")
+            out = _bt601(frame, stream.width, stream.height)
             out.pts, out.time_base = count, 1 / rate  # frame numbers: resampling already fixed the timing
             for packet in stream.encode(out):
                 container.mux(packet)

@@ -34,14 +34,13 @@ class TrainBenchSide:
     ray_start_s: float = 0.0  # starting (or joining) Ray
 
     @property
-    def bare_clips_per_core_s(self) -> float:
-        """`bench data`'s measure of the same dataset (items + collate, one core): the rounds' median."""
-        return statistics.median(self.bare_rounds)
-
-    @property
     def steady_clips_per_s(self) -> float:
-        rates = self.clips_per_s[1:] or self.clips_per_s
-        return statistics.median(rates)
+        return steady(self.clips_per_s)
+
+
+def steady(clips_per_s: list) -> float:
+    """The median rate of epochs 2..N (epoch 1 pays start-up), or of the one epoch there is."""
+    return statistics.median(clips_per_s[1:] or clips_per_s)
 
 
 def plain_run(cfg: Config) -> TrainBenchSide:
@@ -206,8 +205,7 @@ class DataOnlyBench:
 
     @property
     def steady_clips_per_s(self) -> float:
-        rates = self.clips_per_s[1:] or self.clips_per_s
-        return statistics.median(rates)
+        return steady(self.clips_per_s)
 
 
 class BareRounds:
@@ -337,7 +335,7 @@ def data_only_run(cfg: Config) -> DataOnlyBench:
         cores = loader_cores(cfg.data.num_loader_workers)
         shares = [rate / (cores * (before + after) / 2)
                   for rate, before, after in zip(out["clips_per_s"], bare.rates, bare.rates[1:])]
-        share = statistics.median(shares[1:] or shares)  # epoch 1 pays the workers' start: only when alone
+        share = steady(shares)  # epoch 1 pays the workers' start: counted only when alone
     else:
         for _ in range(3):
             bare.take_round()

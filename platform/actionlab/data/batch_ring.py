@@ -80,7 +80,7 @@ class BatchRing:
         self.key, self.busy = state["key"], state["busy"]
         self._reset_process_state()
         if self.key in _OWNED:  # a copy made in the owning process (deepcopy, pickle): a ring of its own
-            self.busy = self.busy.clone().share_memory_()
+            self.busy = torch.zeros_like(self.busy).share_memory_()
             self._own()
 
     def buffer(self, nbytes: int) -> tuple[torch.Tensor, Lease] | None:

@@ -70,9 +70,15 @@ def frames(fd: int, table: SampleTable, indices: Iterable[int]) -> Iterator[tupl
     """
     import av
 
-    decoder = av.CodecContext.create(table.codec, "r")
+    decoder = av.CodecContext.create(table.codec, "r")  # made here, not on the first frame: it is the clip's opening
     decoder.extradata = table.extradata
     decoder.thread_count = 1
+    return _decoded(fd, table, decoder, indices)
+
+
+def _decoded(fd: int, table: SampleTable, decoder, indices: Iterable[int]) -> Iterator[tuple[int, object]]:
+    import av
+
     for index in indices:
         size, offset = int(table.sizes[index]), int(table.offsets[index])
         if offset + size > table.file_size:
